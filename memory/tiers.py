@@ -1,0 +1,53 @@
+"""Tiers as data: hardware, model shape, step/time budget, seeds and typical noise, from tiers.toml.
+
+Results are only ever compared within one tier and one hardware string.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+
+class Tier(BaseModel):
+    name: str
+    description: str = ""
+    hardware: str  # "cpu", "cuda", "h100x8"; runs on different hardware are never pooled
+    nproc: int = 1  # processes per run (torchrun --nproc_per_node)
+    env: dict[str, str] = Field(default_factory=dict)  # trainer environment (shape, budget)
+    seeds_initial: int = 2  # seeds per side before the first verdict
+    seeds_max: int = 5  # seeds per candidate at most while ambiguous
+    noise_runs: int = 3  # A/A runs of the incumbent when the noise model is (re)measured
+    run_timeout_s: float = 600.0
+    typical_noise: float = 0.003  # prior std of val_bpb across seeds, replaced by the measured one
+    alpha: float = 0.05  # one-sided significance for a screening win on this tier
+    min_effect: float = 0.0  # a win must also beat this many bpb
+    price_per_hour: float | None = None  # dollars, for cost accounting
+    step_matched: bool = False  # fixed ITERATIONS instead of wallclock, so devices compare
+
+
+class TiersError(ValueError):
+    pass
+
+
+def load_tiers(path: str | Path) -> dict[str, Tier]:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise TiersError(f"{path}: no tiers file") from e
+    except tomllib.TOMLDecodeError as e:
+        raise TiersError(f"{path}: {e}") from e
+    tiers = {}
+    for name, body in raw.get("tier", {}).items():
+        try:
+            body = dict(body)
+            body["env"] = {k: str(v) for k, v in body.get("env", {}).items()}
+            tiers[name] = Tier(name=name, **body)
+        except (ValidationError, TypeError) as e:
+            raise TiersError(f"{path}: tier {name!r}: {e}") from e
+    if not tiers:
+        raise TiersError(f"{path}: no [tier.NAME] tables")
+    return tiers

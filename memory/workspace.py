@@ -1,0 +1,55 @@
+"""Where things live in a workspace (a git checkout of this project), named once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> Workspace:
+        return cls(Path(root).resolve())
+
+    @property
+    def script(self) -> Path:
+        return self.root / "trainer" / "train_gpt.py"
+
+    @property
+    def battle_plan(self) -> Path:
+        return self.root / "battle_plan.md"
+
+    @property
+    def tiers_file(self) -> Path:
+        return self.root / "tiers.toml"
+
+    @property
+    def state_dir(self) -> Path:  # ignored by git: ledger, runs, lock, frontier snapshots
+        return self.root / ".golf"
+
+    @property
+    def ledger(self) -> Path:
+        return self.state_dir / "ledger.jsonl"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
+
+    @property
+    def lock(self) -> Path:
+        return self.state_dir / "session.lock"
+
+    @property
+    def frontier_dir(self) -> Path:
+        return self.state_dir / "frontier"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
