@@ -1,0 +1,83 @@
+"""record_finding: write a technique's delta into the battle plan, backed by the judge's statistics.
+
+A planner may write "inconclusive" with a note at any time, but "confirmed" and "rejected" need a
+decision record in the ledger with that outcome: the statistics are copied from it, never taken from
+the caller, so no planner can declare a win the judge did not measure.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from memory.battle_plan import render_confirmed, render_dead_ends, write_blocks
+from memory.records import DecisionRecord, FindingRecord
+from tools.context import ToolContext
+from tools.registry import ToolError, tool
+
+
+class FindingArgs(BaseModel):
+    technique: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    status: Literal["confirmed", "rejected", "inconclusive"]
+    note: str = Field(default="", max_length=1000)
+    experiment: str | None = Field(default=None, max_length=120, description="the decided experiment's id")
+
+
+class FindingResult(BaseModel):
+    technique: str
+    status: str
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    blocks_written: list[str]
+
+
+def latest_findings(ctx: ToolContext) -> list[FindingRecord]:
+    """The newest finding per (technique, tier): what the plan's blocks show."""
+    latest: dict[tuple[str, str], FindingRecord] = {}
+    for f in ctx.ledger.records(FindingRecord):
+        latest[(f.technique, f.tier)] = f
+    return list(latest.values())
+
+
+def rewrite_plan_blocks(ctx: ToolContext) -> list[str]:
+    """Blocks are rendered from the whole ledger every time, so a crash between steps is harmless."""
+    found = latest_findings(ctx)
+    blocks = {
+        "confirmed": render_confirmed([f for f in found if f.status == "confirmed"]),
+        "dead_ends": render_dead_ends([f for f in found if f.status != "confirmed"]),
+    }
+    write_blocks(ctx.ws.battle_plan, blocks)
+    return sorted(blocks)
+
+
+@tool(
+    "record_finding",
+    "Write a technique's outcome into battle_plan.md. 'confirmed' and 'rejected' are accepted only when "
+    "the judge recorded that outcome for the technique; the statistics come from that decision.",
+    FindingArgs,
+)
+def record_finding(args: FindingArgs, ctx: ToolContext) -> FindingResult:
+    decisions = [d for d in ctx.ledger.records(DecisionRecord)
+                 if d.technique == args.technique and (args.experiment is None or d.experiment == args.experiment)]
+    backing = decisions[-1] if decisions else None
+    if args.status != "inconclusive":
+        if backing is None:
+            raise ToolError(f"no decision recorded for {args.technique!r}; run it through a sweep first")
+        if backing.outcome != args.status:
+            raise ToolError(f"the judge's latest decision on {args.technique!r} is {backing.outcome!r} "
+                            f"(delta {backing.delta}, p {backing.p_value}); cannot record {args.status!r}")
+    f = FindingRecord(
+        session=ctx.session, technique=args.technique, status=args.status,
+        tier=backing.tier if backing else ctx.tier.name,
+        delta=backing.delta if backing else None, ci_low=backing.ci_low if backing else None,
+        ci_high=backing.ci_high if backing else None, p_value=backing.p_value if backing else None,
+        n=backing.n_candidate if backing else 0, note=args.note,
+        experiment=backing.experiment if backing else args.experiment,
+    )
+    ctx.ledger.append(f)
+    written = rewrite_plan_blocks(ctx)
+    return FindingResult(technique=f.technique, status=f.status, delta=f.delta, ci_low=f.ci_low,
+                         ci_high=f.ci_high, p_value=f.p_value, blocks_written=written)

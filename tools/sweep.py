@@ -1,0 +1,304 @@
+"""launch_local_sweep: run the trainer for candidates x seeds on this machine, one run at a time.
+
+Each run gets its own directory holding the exact script it ran, its environment, logs and results.
+A run that already finished with the same experiment, candidate, seed, script and environment is
+reused from the ledger instead of run again, which is what makes `golf resume` record nothing twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from memory.records import Cost, EventRecord, RunRecord, RunResult
+from tools.context import ToolContext
+from tools.edit_script import incumbent_script, sha256_text
+from tools.registry import ToolError, tool
+
+SECRET_ENV = ("OPENAI_API_KEY", "RUNPOD_API_KEY", "GITHUB_TOKEN", "HF_TOKEN", "ANTHROPIC_API_KEY")
+# the harness owns where data comes from and where results go; a candidate may not redirect them
+RESERVED_ENV = {"DATA_PATH", "TOKENIZER_PATH", "RUN_DIR", "RUN_ID", "SEED"}
+ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class Candidate(BaseModel):
+    name: str = Field(description="short slug, e.g. smear_gate")
+    env: dict[str, str] = Field(default_factory=dict, description="trainer environment overrides")
+    script_revision: Literal["working", "incumbent"] = Field(
+        default="working", description="'working' = the script as edited now; 'incumbent' = as committed")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be a lowercase slug of letters, digits, _ . - (at most 64)")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 40:
+            raise ValueError("at most 40 overrides")
+        for k, val in v.items():
+            if not ENV_KEY.match(k):
+                raise ValueError(f"{k[:70]!r} is not an environment variable name (A-Z, 0-9, _)")
+            if k in RESERVED_ENV:
+                raise ValueError(f"{k} is set by the harness and cannot be overridden")
+            if len(str(val)) > 200 or "\n" in str(val) or "\x00" in str(val):
+                raise ValueError(f"{k}: value too long or contains a newline")
+        return {k: str(val) for k, val in v.items()}
+
+
+class SweepArgs(BaseModel):
+    candidates: list[Candidate] = Field(min_length=1, max_length=4)
+    seeds: list[int] = Field(min_length=1, max_length=8)
+    tier: str | None = Field(default=None, description="tier name from tiers.toml; default the session's")
+    experiment: str | None = Field(default=None, description="experiment id; default derived from the names")
+    hypothesis: str = Field(default="", max_length=2000)
+    technique: str | None = Field(default=None, max_length=64)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 or s > 2**31 - 1 for s in v) or len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct non-negative 32-bit integers")
+        return v
+
+
+class RunSummary(BaseModel):
+    run_id: str
+    candidate: str
+    seed: int
+    status: str
+    val_bpb: float | None = None
+    holdout_bpb: float | None = None
+    steps: int | None = None
+    train_time_s: float | None = None
+    bytes_total: int | None = None
+    error_tail: str | None = None
+    reused: bool = False
+
+
+class SweepResult(BaseModel):
+    experiment: str
+    tier: str
+    runs: list[RunSummary]
+
+
+def host_fingerprint() -> str:
+    """Hardware identity: results are pooled only when this string matches."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=10)
+        if r.returncode == 0 and r.stdout.strip():
+            gpu = "|" + r.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    model = re.sub(r"\s+", " ", model)[:60]
+    return f"{model}x{os.cpu_count()}{gpu}"
+
+
+def hardware_id(ctx: ToolContext, tier_hw: str) -> str:
+    hw = ctx.extra.get("hardware")
+    if hw is None:
+        hw = ctx.extra["hardware"] = host_fingerprint()
+    return f"{tier_hw}@{hw}"
+
+
+def clean_env(base: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in base.items() if k not in SECRET_ENV}
+
+
+def _die_with_parent() -> None:
+    """Child side: ask the kernel to SIGKILL the trainer if the session process dies (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _diverging(metrics_path: Path, first_loss: list[float]) -> bool:
+    """Early abort: a NaN/inf loss, or a loss far above where the run started."""
+    try:
+        lines = metrics_path.read_text().splitlines()[-5:]
+    except OSError:
+        return False
+    for line in lines:
+        try:
+            loss = float(json.loads(line).get("train_loss"))
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if not math.isfinite(loss):
+            return True
+        if not first_loss:
+            first_loss.append(loss)
+        elif loss > 3.0 * first_loss[0] + 5.0:
+            return True
+    return False
+
+
+def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: int, timeout_s: float,
+                python: str = sys.executable, on_start: Callable[[int], None] | None = None) -> tuple[RunResult, float]:
+    """Run one training job in its own process group; returns its result and wall seconds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script = run_dir / "train_gpt.py"
+    script.write_text(script_text, encoding="utf-8")
+    (run_dir / "env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k.isupper()}, indent=1))
+    results = run_dir / "results.json"
+    results.unlink(missing_ok=True)
+    cmd = [python, str(script)]
+    if nproc > 1:
+        cmd = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    t0 = time.time()
+    with open(run_dir / "stdout.log", "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        if on_start:
+            on_start(proc.pid)
+        status, first_loss = None, []
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if time.time() - t0 > timeout_s:
+                status = "timeout"
+            elif _diverging(run_dir / "metrics.jsonl", first_loss):
+                status = "diverged"
+            if status:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+    wall = time.time() - t0
+    tail = _tail(run_dir / "stdout.log")
+    if status is None and results.exists():
+        try:
+            return RunResult.model_validate_json(results.read_text()), wall
+        except ValueError as e:
+            return RunResult(status="error", error=f"unreadable results.json: {e}\n{tail}"), wall
+    if status == "timeout":
+        return RunResult(status="timeout", error=f"killed after {timeout_s:.0f} s\n{tail}"), wall
+    if status == "diverged":
+        return RunResult(status="diverged", error=f"loss diverged; aborted early\n{tail}"), wall
+    return RunResult(status="crashed", error=f"exit code {proc.returncode}, no results.json\n{tail}"), wall
+
+
+def data_env(ctx: ToolContext) -> dict[str, str]:
+    """Where the trainer finds its data: the embedded dataset unless the tier names another."""
+    data = ctx.ws.data_dir
+    return {
+        "DATA_PATH": str(data / "datasets" / "embedded_sp1024"),
+        "TOKENIZER_PATH": str(data / "tokenizers" / "embedded_1024_bpe.model"),
+    }
+
+
+def find_reusable(ctx: ToolContext, experiment: str, candidate: str, seed: int, sha: str,
+                  env: dict[str, str], tier: str) -> RunRecord | None:
+    for r in ctx.ledger.records(RunRecord):
+        if (r.session == ctx.session and r.experiment == experiment and r.candidate == candidate
+                and r.seed == seed and r.script_sha == sha and r.env == env and r.tier == tier
+                and r.result.status != "aborted"):
+            return r
+    return None
+
+
+def summarize(rec: RunRecord, reused: bool = False) -> RunSummary:
+    res = rec.result
+    return RunSummary(run_id=rec.run_id, candidate=rec.candidate, seed=rec.seed, status=res.status,
+                      val_bpb=res.val_bpb, holdout_bpb=res.holdout_bpb, steps=res.steps,
+                      train_time_s=res.train_time_s, bytes_total=res.bytes_total,
+                      error_tail=(res.error or "")[-800:] or None, reused=reused)
+
+
+def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecord]]:
+    tier = ctx.tiers.get(args.tier, None) if args.tier else ctx.tier
+    if tier is None:
+        raise ToolError(f"unknown tier {args.tier!r}; known: {', '.join(sorted(ctx.tiers))}")
+    if not ctx.ws.script.exists():
+        raise ToolError(f"no trainer script at {ctx.ws.script}")
+    experiment = args.experiment or "adhoc-" + "+".join(c.name for c in args.candidates)[:60]
+    if not NAME.match(experiment):
+        raise ToolError(f"experiment id {experiment!r} must be a lowercase slug")
+    working = ctx.ws.script.read_text(encoding="utf-8")
+    incumbent = incumbent_script(ctx.ws.root) or working
+    hardware = hardware_id(ctx, tier.hardware)
+    base_env = clean_env(dict(os.environ)) | {k: str(v) for k, v in tier.env.items()} | data_env(ctx)
+    on_run = ctx.extra.get("on_run")
+    summaries, records = [], []
+    for cand in args.candidates:
+        text = working if cand.script_revision == "working" else incumbent
+        sha = sha256_text(text)
+        for seed in args.seeds:
+            overrides = ctx.incumbent_env | cand.env
+            prior = find_reusable(ctx, experiment, cand.name, seed, sha, overrides, tier.name)
+            if prior is not None:
+                summaries.append(summarize(prior, reused=True))
+                records.append(prior)
+                continue
+            run_id = f"{experiment}-{cand.name}-s{seed}-{int(time.time() * 1000) % 10**8:08d}"
+            run_dir = ctx.ws.runs_dir / ctx.session / run_id
+            env = base_env | overrides | {"RUN_ID": run_id, "RUN_DIR": str(run_dir), "SEED": str(seed),
+                                          "PYTHONUNBUFFERED": "1"}
+            if on_run:
+                on_run("start", run_id, None)
+
+            def started(pid: int, run_id: str = run_id) -> None:
+                ctx.ledger.append(EventRecord(session=ctx.session, event="run_started",
+                                              detail={"run_id": run_id, "pid": pid}))
+
+            result, wall = run_trainer(text, env, run_dir, nproc=tier.nproc, timeout_s=tier.run_timeout_s,
+                                       python=ctx.python, on_start=started)
+            dollars = tier.price_per_hour * wall / 3600 if tier.price_per_hour else None
+            rec = RunRecord(
+                session=ctx.session, run_id=run_id, experiment=experiment, candidate=cand.name,
+                technique=args.technique, hypothesis=args.hypothesis, tier=tier.name, hardware=hardware,
+                seed=seed, env=overrides, script_sha=sha, result=result,
+                cost=Cost(device_seconds=wall * tier.nproc, dollars=dollars),
+                log_path=str(run_dir / "train.log"), run_dir=str(run_dir),
+                git_commit=ctx.extra.get("head_sha"),
+            )
+            ctx.ledger.append(rec)
+            if on_run:
+                on_run("end", run_id, rec)
+            summaries.append(summarize(rec))
+            records.append(rec)
+    return SweepResult(experiment=experiment, tier=tier.name, runs=summaries), records
+
+
+@tool(
+    "launch_local_sweep",
+    "Run the trainer for each candidate (environment overrides on the current or incumbent script) and "
+    "each seed on the local tier; returns every run's val_bpb or failure. The session's judge, not you, "
+    "decides whether a candidate is kept.",
+    SweepArgs,
+)
+def launch_local_sweep(args: SweepArgs, ctx: ToolContext) -> SweepResult:
+    return sweep(args, ctx)[0]
