@@ -199,6 +199,7 @@ class FrontierEntry(BaseModel):
     techniques: list[str] = Field(default_factory=list)  # identifiers (see frontier synonym table)
     raw_techniques: str = ""
     unknown_phrases: list[str] = Field(default_factory=list)
+    removed_techniques: list[str] = Field(default_factory=list)  # ids this entry dropped ("removed X")
     flags: list[str] = Field(default_factory=list)
     source: str = "snapshot"
     bytes_total: int | None = None
