@@ -1,0 +1,206 @@
+"""One experiment, start to verdict: seeds, the judge, the git record and the ledger's decision.
+
+Order matters for crash safety: runs are in the ledger as they finish; the git record is made
+(idempotently) before the decision is appended; findings and plan blocks are derived afterwards.
+Killed at any point, a resumed session re-proposes the same experiment id, reuses its finished
+runs, gets the same verdict and finds the same commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.judge import Verdict, judge, noise_model
+from agent.planner import ExperimentSpec, Proposal
+from agent.progress import Progress
+from agent.state import incumbent_env, latest_noise, matching_runs
+from memory import git_records
+from memory.records import DecisionRecord, EventRecord, NoiseRecord, RunRecord
+from tools import registry
+from tools.context import ToolContext
+from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text, unified_diff
+from tools.sweep import Candidate, SweepArgs, sweep
+
+SEED_BASE = 1337
+
+
+def env_tag(env: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:6]
+
+
+class ExperimentRunner:
+    def __init__(self, ctx: ToolContext, progress: Progress):
+        self.ctx = ctx
+        self.tier = ctx.tier
+        self.progress = progress
+        self.hardware = ""
+        ctx.extra["on_run"] = self._on_run
+
+    def _on_run(self, phase: str, run_id: str, rec: RunRecord | None) -> None:
+        if phase == "start":
+            self.progress.run_started(run_id)
+        elif rec is not None:
+            self.progress.run_finished(run_id, rec.result.status, rec.result.val_bpb, rec.cost.device_seconds)
+
+    # -- the incumbent ----------------------------------------------------------------------------
+    def incumbent(self) -> tuple[str, str, dict[str, str]]:
+        text = incumbent_script(self.ctx.ws.root) or self.ctx.ws.script.read_text()
+        env = incumbent_env(self.ctx.ledger.records(), self.ctx.session)
+        self.ctx.incumbent_env = env
+        return text, sha256_text(text), env
+
+    def incumbent_runs(self) -> list[RunRecord]:
+        _, sha, env = self.incumbent()
+        return matching_runs(self.ctx.ledger.records(), tier=self.tier.name, hardware=self.hardware,
+                             script_sha=sha, env=env)
+
+    def incumbent_mean(self) -> float | None:
+        vals = [r.result.val_bpb for r in self.incumbent_runs()]
+        return round(statistics.fmean(vals), 5) if vals else None
+
+    def expected_experiment_s(self) -> float:
+        recent = [r.cost.device_seconds for r in self.ctx.ledger.records(RunRecord)
+                  if r.tier == self.tier.name and r.result.status == "ok"][-10:]
+        per_run = statistics.fmean(recent) if recent else self.tier.run_timeout_s / 4
+        return per_run * (self.tier.seeds_initial + 0.5)
+
+    def ensure_noise(self) -> NoiseRecord:
+        """A/A runs of the incumbent until the tier's count, then a noise record for exactly them."""
+        _, sha, env = self.incumbent()
+        runs = self.incumbent_runs()
+        missing = self.tier.noise_runs - len(runs)
+        if missing > 0:
+            used = {r.seed for r in runs}
+            seeds = [s for s in range(SEED_BASE, SEED_BASE + 100) if s not in used][:missing]
+            self.progress.line(f"measuring noise: {missing} A/A run(s) of the incumbent on {self.tier.name}")
+            _, recs = sweep(SweepArgs(candidates=[Candidate(name="incumbent", script_revision="incumbent")],
+                                      seeds=seeds, experiment=f"aa-{sha[:8]}-{env_tag(env)}",
+                                      hypothesis="A/A: the incumbent against itself measures seed noise"),
+                            self.ctx)
+            runs = self.incumbent_runs()
+            if not runs:
+                failed = recs[-1].result if recs else None
+                raise RuntimeError("the incumbent does not train on this tier: "
+                                   + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs"))
+        vals = [r.result.val_bpb for r in runs]
+        prev = latest_noise(self.ctx.ledger.records(), self.tier.name, self.hardware)
+        if prev is not None and prev.script_sha == sha and prev.env == env and sorted(prev.values) == sorted(vals):
+            return prev
+        nm = noise_model(vals, prior_std=self.tier.typical_noise, tier=self.tier.name, hardware=self.hardware)
+        rec = NoiseRecord(session=self.ctx.session, tier=self.tier.name, hardware=self.hardware, script_sha=sha,
+                          env=env, values=vals, std=nm.std, mean=statistics.fmean(vals),
+                          runs=[r.run_id for r in runs])
+        self.ctx.ledger.append(rec)
+        self.progress.line(f"noise: std {nm.std:.5f} bpb ({nm.source}, n={len(vals)}), incumbent mean "
+                           f"{rec.mean:.5f}")
+        return rec
+
+    # -- one experiment ---------------------------------------------------------------------------
+    def experiment_id(self, spec: ExperimentSpec) -> str:
+        k = 1 + sum(1 for d in self.ctx.ledger.records(DecisionRecord) if d.session == self.ctx.session)
+        return f"e{k:03d}-{spec.name}"[:64]
+
+    def refuse(self, spec: ExperimentSpec | None, why: str) -> dict[str, Any]:
+        self.ctx.ledger.append(EventRecord(session=self.ctx.session, event="proposal_refused",
+                                           detail={"experiment": spec.model_dump() if spec else None, "why": why}))
+        self.progress.line(f"proposal refused: {why}")
+        return {"outcome": "refused", "reason": why}
+
+    def run_experiment(self, proposal: Proposal, planner: str = "") -> dict[str, Any]:
+        spec = proposal.experiment
+        if spec is None:
+            return self.refuse(None, "an experiment proposal needs an experiment")
+        inc_text, inc_sha, inc_env = self.incumbent()
+        try:
+            Candidate(name=spec.name, env=spec.env)
+        except ValidationError as e:
+            return self.refuse(spec, registry.format_validation_error(e))
+        working = self.ctx.ws.script.read_text()
+        cand_env = inc_env | spec.env
+        if working == inc_text and cand_env == inc_env:
+            return self.refuse(spec, "no change: the script equals the incumbent and the overrides are already set")
+        noise = self.ensure_noise()
+        inc_vals = [r.result.val_bpb for r in self.incumbent_runs()]
+        inc_ids = [r.run_id for r in self.incumbent_runs()]
+        exp_id = self.experiment_id(spec)
+        self.progress.line(f"{exp_id}: {spec.hypothesis[:120] or spec.name}")
+        seeds_all = list(range(SEED_BASE, SEED_BASE + self.tier.seeds_max))
+        todo, runs, look = seeds_all[: self.tier.seeds_initial], [], 1
+        verdict: Verdict | None = None
+        while todo:
+            _, recs = sweep(SweepArgs(candidates=[Candidate(name=spec.name, env=spec.env)], seeds=todo,
+                                      experiment=exp_id, hypothesis=spec.hypothesis, technique=spec.technique),
+                            self.ctx)
+            runs += recs
+            ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
+            if len(ok) < len(runs):
+                break  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
+            verdict = judge(inc_vals, [r.result.val_bpb for r in ok], alpha=self.tier.alpha,
+                            min_effect=self.tier.min_effect, noise_std=noise.std, seeds_max=self.tier.seeds_max,
+                            looks=look)
+            if not verdict.need_more or len(runs) >= self.tier.seeds_max:
+                break
+            todo, look = [seeds_all[len(runs)]], look + 1
+        return self.decide(spec, proposal, planner, exp_id, runs, verdict, inc_vals, inc_ids, noise,
+                           working, inc_text, cand_env)
+
+    def decide(self, spec, proposal, planner, exp_id, runs, verdict, inc_vals, inc_ids, noise, working,
+               inc_text, cand_env) -> dict[str, Any]:
+        ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
+        failed = [r for r in runs if r not in ok]
+        over_cap = [r for r in ok if r.result.over_cap]
+        outcome, reason = (verdict.outcome, verdict.reason) if verdict else ("rejected", "")
+        if failed:
+            outcome = "rejected"
+            reason = f"{len(failed)} of {len(runs)} seed(s) failed ({failed[0].result.status}): " \
+                     + (failed[0].result.error or "")[-300:]
+        elif over_cap:
+            outcome, reason = "rejected", f"artifact over the 16,000,000-byte cap ({over_cap[0].result.bytes_total:,})"
+        elif outcome == "confirmed":
+            hold_c = [r.result.holdout_bpb for r in ok if r.result.holdout_bpb is not None]
+            hold_i = [r.result.holdout_bpb for r in self.incumbent_runs() if r.result.holdout_bpb is not None]
+            if hold_c and hold_i and statistics.fmean(hold_c) >= statistics.fmean(hold_i):
+                outcome = "inconclusive"
+                reason = (f"wins on val but not on the held-out slice (holdout delta "
+                          f"{statistics.fmean(hold_c) - statistics.fmean(hold_i):+.5f}): may fit the selection set")
+        kept = outcome == "confirmed"
+        diff = unified_diff(inc_text, working) if working != inc_text else ""
+        v = verdict
+        stats = (f"delta {v.delta:+.5f} bpb (CI [{v.ci_low:+.5f}, {v.ci_high:+.5f}]), p={v.p_value:.3g}, "
+                 f"n={v.n_candidate} vs {v.n_incumbent}, noise std {v.noise_std:.5f}") if v and v.delta is not None \
+            else "no valid measurement"
+        message = "\n".join([
+            f"{exp_id}: {spec.name} -> {outcome} ({'kept' if kept else 'discarded'})", "",
+            f"Hypothesis: {spec.hypothesis or '(none given)'}",
+            f"Change: env {json.dumps(spec.env, sort_keys=True)}; script diff {len(diff.splitlines())} lines",
+            f"Result: {stats}",
+            f"Runs: {', '.join(f'{r.run_id}={r.result.val_bpb}' for r in runs)}",
+            f"Decision: {'kept: the branch advances' if kept else 'discarded: the branch keeps the incumbent'}"
+            f"; {reason}",
+            f"Tier: {self.tier.name} on {self.hardware}; planner {planner}; proposal: {proposal.reason[:200]}",
+        ])
+        commit = git_records.record_experiment(self.ctx.ws.root, self.ctx.session, exp_id, message, kept,
+                                               candidate_files={SCRIPT_RELPATH: working},
+                                               also_files=["battle_plan.md"])
+        dec = DecisionRecord(
+            session=self.ctx.session, experiment=exp_id, candidate=spec.name, technique=spec.technique,
+            hypothesis=spec.hypothesis, tier=self.tier.name, hardware=self.hardware, outcome=outcome, kept=kept,
+            delta=v.delta if v else None, ci_low=v.ci_low if v else None, ci_high=v.ci_high if v else None,
+            p_value=v.p_value if v else None, n_candidate=len(ok), n_incumbent=len(inc_vals),
+            noise_std=noise.std, candidate_runs=[r.run_id for r in runs], incumbent_runs=inc_ids, env=cand_env,
+            script_sha=sha256_text(working), git_commit=commit.candidate_sha, git_ref=commit.ref, reason=reason,
+            planner=planner, tokens_used=proposal.tokens_used or None,
+        )
+        self.ctx.ledger.append(dec)
+        if spec.technique:
+            registry.call("record_finding", {"technique": spec.technique, "status": outcome,
+                                             "experiment": exp_id, "note": reason[:300]}, self.ctx)
+        self.progress.line(f"{exp_id}: {outcome} ({'kept' if kept else 'discarded'}) {stats}")
+        if kept:
+            self.ensure_noise()  # the incumbent changed: its runs and noise are re-measured
+        return dec.model_dump(exclude={"incumbent_runs", "session", "at"})

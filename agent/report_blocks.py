@@ -1,0 +1,19 @@
+"""The battle plan's queue_status block: where each queued technique stands, from the ledger."""
+
+from __future__ import annotations
+
+from agent.state import findings_table, queue_view
+
+
+def queue_status_block(records: list, plan) -> str:
+    rows = queue_view(plan, findings_table(records))
+    by_tech = {f["technique"]: f for f in findings_table(records)}
+    lines = ["| technique | plan | status | delta bpb | p | tries |", "|---|---|---|---|---|---|"]
+    for q in rows:
+        f = by_tech.get(q["technique"], {})
+        delta = f.get("delta")
+        p = f.get("p")
+        lines.append(f"| {q['technique']} | {q['state']} | {q['decided'] or 'untested'} | "
+                     f"{'' if delta is None else f'{delta:+.5f}'} | {'' if p is None else f'{p:.3g}'} | "
+                     f"{q['tries']} |")
+    return "\n".join(lines)

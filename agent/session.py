@@ -1,0 +1,345 @@
+"""The session loop: observe -> plan -> act -> judge -> record, until the budget or the plan runs out.
+
+A session works on the git branch golf/<session>. Every step that matters is in the ledger before
+the next one starts, and every derived view (incumbent, noise, plan blocks) is recomputed from the
+ledger, so `golf resume` after a crash or SIGKILL continues without losing or doubling anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent import lock as session_lock
+from agent.experiment import ExperimentRunner
+from agent.planner import Budget, Planner, Proposal
+from agent.progress import Progress
+from agent.state import build_state
+from memory import git_records
+from memory.battle_plan import BattlePlanError, human_fingerprint, load_plan, write_blocks
+from memory.ledger import Ledger
+from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult, utcnow
+from memory.tiers import load_tiers
+from memory.workspace import Workspace
+from tools.context import ToolContext
+from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text
+from tools.sweep import hardware_id
+from tools.toolbox import load_tools
+
+DEFAULT_TIER = "cpu-smoke"
+
+
+class SessionSummary(BaseModel):
+    session: str
+    branch: str
+    planner: str
+    tier: str
+    decisions: int
+    kept: list[str]
+    stopped_because: str
+    elapsed_s: float
+    trainer_busy_s: float
+    incumbent_bpb: float | None = None
+
+
+class SessionError(RuntimeError):
+    pass
+
+
+def new_session_id() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _ts(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def elapsed_before(records: list, session: str) -> float:
+    """Wall seconds this session already used in earlier segments (a crash's downtime excluded)."""
+    total, seg_start, last = 0.0, None, None
+    for r in records:
+        if getattr(r, "session", None) != session:
+            continue
+        if isinstance(r, EventRecord) and r.event in ("session_start", "session_resume"):
+            if seg_start is not None and last is not None:
+                total += max(0.0, last - seg_start)
+            seg_start = _ts(r.at)
+        last = _ts(r.at)
+    if seg_start is not None and last is not None:
+        total += max(0.0, last - seg_start)
+    return total
+
+
+def ensure_data(ws: Workspace, progress: Progress) -> None:
+    """The embedded dataset is built on first use (about a minute), never committed."""
+    manifest = ws.data_dir / "datasets" / "embedded_sp1024" / "manifest.json"
+    if manifest.exists():
+        return
+    progress.line("preparing the embedded dataset (first run only) ...")
+    r = subprocess.run([sys.executable, str(ws.root / "trainer" / "prepare_data.py"), "--out", str(ws.data_dir)],
+                       cwd=ws.root, capture_output=True, text=True)
+    if r.returncode != 0 or not manifest.exists():
+        raise SessionError("data preparation failed:\n" + (r.stdout + r.stderr)[-2000:])
+    progress.line(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "data ready")
+
+
+def reap_orphans(ledger: Ledger, session: str) -> list[int]:
+    """Trainer processes of a killed session still running (should not exist: they die with their
+    parent) are killed by process group before anything else runs."""
+    killed = []
+    finished = {r.run_id for r in ledger.records(RunRecord)}
+    for e in ledger.records(EventRecord):
+        if e.session != session or e.event != "run_started" or e.detail.get("run_id") in finished:
+            continue
+        pid = int(e.detail.get("pid", -1))
+        if pid > 0 and session_lock.pid_alive(pid):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                cmd = b""
+            if b"train_gpt.py" in cmd:
+                os.killpg(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+def mark_interrupted_runs(ledger: Ledger, session: str) -> list[str]:
+    """Runs that started but never finished are recorded as aborted (the experiment re-runs them)."""
+    finished = {r.run_id for r in ledger.records(RunRecord)}
+    marked = []
+    for e in ledger.records(EventRecord):
+        rid = e.detail.get("run_id")
+        if e.session == session and e.event == "run_started" and rid not in finished:
+            ledger.append(RunRecord(session=session, run_id=rid, experiment="interrupted", candidate="interrupted",
+                                    tier="-", hardware="-", seed=-1, script_sha="-",
+                                    result=RunResult(status="aborted", error="the session was killed mid-run")))
+            finished.add(rid)
+            marked.append(rid)
+    return marked
+
+
+def commit_paths(root: Path, paths: list[str], message: str) -> str | None:
+    """Commit the worktree content of `paths` on the current branch if they changed; nothing else."""
+    changed = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=root, capture_output=True,
+                             text=True).stdout.strip()
+    if not changed:
+        return None
+    subprocess.run(["git", "add", "--", *paths], cwd=root, check=True, capture_output=True)
+    subprocess.run(["git", "-c", "user.name=pgolf", "-c", "user.email=pgolf@localhost", "commit", "-q",
+                    "-m", message, "--", *paths], cwd=root, check=True, capture_output=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def last_session(ledger: Ledger) -> str | None:
+    starts = [e for e in ledger.records(EventRecord) if e.event == "session_start"]
+    return starts[-1].session if starts else None
+
+
+class Session:
+    def __init__(self, ws: Workspace, *, planner: Planner, tier: str | None, budget: Budget | None,
+                 session: str | None, resume: bool, allow_dirty: bool, progress: Progress | None = None):
+        self.ws = ws
+        self.planner = planner
+        self.resume = resume
+        self.allow_dirty = allow_dirty
+        self.progress = progress or Progress.auto()
+        self.ledger = Ledger(ws.ledger)
+        self.tiers = load_tiers(ws.tiers_file)
+        try:
+            self.plan = load_plan(ws.battle_plan)
+        except BattlePlanError as e:
+            raise SessionError(f"battle plan: {e}") from e
+        if resume:
+            session = session or last_session(self.ledger)
+            if session is None:
+                raise SessionError("nothing to resume: the ledger holds no session")
+            start = next(e for e in self.ledger.records(EventRecord)
+                         if e.session == session and e.event == "session_start")
+            tier = tier or start.detail.get("tier")
+            budget = budget or Budget.model_validate(start.detail.get("budget", {}))
+        self.session = session or new_session_id()
+        pb = self.plan.budget
+        self.tier_name = tier or getattr(pb, "tier", None) or DEFAULT_TIER
+        if self.tier_name not in self.tiers:
+            raise SessionError(f"unknown tier {self.tier_name!r}; tiers.toml has {', '.join(self.tiers)}")
+        self.tier = self.tiers[self.tier_name]
+        self.budget = budget or Budget(minutes=getattr(pb, "minutes", None),
+                                       experiments=getattr(pb, "experiments", None),
+                                       dollars=getattr(pb, "dollars", None))
+        self.ctx = ToolContext(ws=ws, ledger=self.ledger, session=self.session, tier=self.tier, tiers=self.tiers,
+                               python=sys.executable)
+        self.runner = ExperimentRunner(self.ctx, self.progress)
+        self.t0 = time.time()
+        self.prior_elapsed = 0.0
+        self.plan_sha = ""
+
+    # -- budget ---------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.prior_elapsed + time.time() - self.t0
+
+    def budget_left(self) -> Budget:
+        records = self.ledger.records()
+        mine = [r for r in records if getattr(r, "session", None) == self.session]
+        decisions = sum(1 for r in mine if isinstance(r, DecisionRecord))
+        dollars = sum((r.cost.dollars or 0.0) for r in mine if isinstance(r, RunRecord))
+        b = self.budget
+        return Budget(
+            minutes=None if b.minutes is None else max(0.0, b.minutes - self.elapsed() / 60),
+            experiments=None if b.experiments is None else max(0, b.experiments - decisions),
+            dollars=None if b.dollars is None else max(0.0, b.dollars - dollars),
+        )
+
+    def out_of_budget(self) -> str | None:
+        left = self.budget_left()
+        if left.experiments is not None and left.experiments <= 0:
+            return "experiment budget spent"
+        if left.dollars is not None and left.dollars <= 0 and self.tier.price_per_hour:
+            return "dollar budget spent"
+        if left.minutes is not None:
+            need = self.runner.expected_experiment_s() / 60
+            if left.minutes <= 0 or (self.budget_decisions() > 0 and left.minutes < need):
+                return f"time budget spent ({left.minutes:.1f} min left, an experiment takes ~{need:.1f})"
+        return None
+
+    def budget_decisions(self) -> int:
+        return sum(1 for d in self.ledger.records(DecisionRecord) if d.session == self.session)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        session_lock.acquire(self.ws.lock, self.session)
+        if self.resume:
+            killed = reap_orphans(self.ledger, self.session)
+            marked = mark_interrupted_runs(self.ledger, self.session)
+            git_records.start_session(self.ws.root, self.session, allow_dirty=True)
+            # a crash can leave the candidate's script in the worktree: go back to the incumbent
+            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH])
+            self.prior_elapsed = elapsed_before(self.ledger.records(), self.session)
+            self.ledger.append(EventRecord(session=self.session, event="session_resume",
+                                           detail={"killed_orphans": killed, "aborted_runs": marked}))
+            self.progress.line(f"resumed session {self.session}: {len(marked)} interrupted run(s) re-queued")
+        else:
+            git_records.start_session(self.ws.root, self.session, allow_dirty=self.allow_dirty)
+            self.ledger.append(EventRecord(session=self.session, event="session_start", detail={
+                "tier": self.tier_name, "planner": self.planner.name, "budget": self.budget.model_dump(),
+                "branch": f"golf/{self.session}"}))
+        self.plan_sha = human_fingerprint(self.ws.battle_plan)
+        ensure_data(self.ws, self.progress)
+        self.ctx.extra["hardware"] = None
+        self.hardware = hardware_id(self.ctx, self.tier.hardware)
+        self.runner.hardware = self.hardware
+
+    # -- one decision ---------------------------------------------------------------------------
+    def reload_plan(self) -> bool:
+        """Steering: the plan is re-read at every decision; a human edit is noted in the ledger."""
+        try:
+            self.plan = load_plan(self.ws.battle_plan)
+        except BattlePlanError as e:
+            self.ledger.append(EventRecord(session=self.session, event="plan_malformed", detail={"error": str(e)}))
+            raise SessionError(f"battle plan: {e}") from e
+        sha = human_fingerprint(self.ws.battle_plan)
+        if sha != self.plan_sha:
+            self.ledger.append(EventRecord(session=self.session, event="plan_edited",
+                                           detail={"human_sha": sha, "previous": self.plan_sha,
+                                                   "directives": self.plan.directives[:20]}))
+            self.plan_sha = sha
+            return True
+        return False
+
+    def frontier_text(self) -> str:
+        try:
+            from memory.frontier import frontier_digest_for_workspace
+        except ImportError:
+            return ""
+        try:
+            return frontier_digest_for_workspace(self.ws.root, max_chars=1500)
+        except Exception as e:  # the frontier is advice; a broken snapshot must not stop the session
+            return f"(frontier unavailable: {e})"
+
+    def options(self, state_records: list) -> list[dict[str, Any]]:
+        try:
+            from agent.costs import options_for_session
+        except ImportError:
+            return []
+        try:
+            return options_for_session(state_records, self.plan, self.tier, self.tiers)
+        except Exception as e:
+            self.progress.line(f"cost model unavailable: {e}")
+            return []
+
+    def decide_once(self) -> Proposal:
+        changed = self.reload_plan()
+        records = self.ledger.records()
+        script = self.ws.script.read_text()
+        incumbent = incumbent_script(self.ws.root) or script
+        state = build_state(records=records, plan=self.plan, session=self.session, tier=self.tier_name,
+                            hardware=self.hardware, script_sha=sha256_text(incumbent),
+                            budget_left=self.budget_left(), frontier=self.frontier_text(),
+                            options=self.options(records), plan_changed=changed,
+                            script_dirty=script != incumbent)
+        return self.planner.propose(state, self.ctx)
+
+    def write_status_blocks(self) -> None:
+        from agent.report_blocks import queue_status_block
+
+        write_blocks(self.ws.battle_plan, {"queue_status": queue_status_block(self.ledger.records(), self.plan)})
+
+    def run(self) -> SessionSummary:
+        load_tools()
+        self.start()
+        stopped = "planner stopped"
+        try:
+            self.runner.ensure_noise()
+            while True:
+                reason = self.out_of_budget()
+                if reason:
+                    stopped = reason
+                    break
+                proposal = self.decide_once()
+                if proposal.action == "stop":
+                    stopped = f"planner: {proposal.reason}"
+                    break
+                outcome = self.runner.run_experiment(proposal, planner=self.planner.name)
+                self.planner.observe(outcome)
+                self.write_status_blocks()
+        finally:
+            self.finish(stopped)
+            session_lock.release(self.ws.lock)
+        return self.summary(stopped)
+
+    def finish(self, stopped: str) -> None:
+        try:
+            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH])
+            self.write_status_blocks()
+            commit_paths(self.ws.root, ["battle_plan.md"],
+                         f"session {self.session}: battle plan after the session ({stopped})")
+        except Exception as e:  # the ledger is the record; a failed final commit is reported, not fatal
+            self.progress.line(f"warning: final bookkeeping failed: {e}")
+        self.ledger.append(EventRecord(session=self.session, event="session_end", detail={"why": stopped,
+                                                                                          "at": utcnow()}))
+
+    def summary(self, stopped: str) -> SessionSummary:
+        recs = self.ledger.records()
+        mine = [r for r in recs if getattr(r, "session", None) == self.session]
+        decisions = [r for r in mine if isinstance(r, DecisionRecord)]
+        busy = sum(r.cost.device_seconds / max(1, self.tier.nproc) for r in mine if isinstance(r, RunRecord))
+        return SessionSummary(session=self.session, branch=f"golf/{self.session}", planner=self.planner.name,
+                              tier=self.tier_name, decisions=len(decisions),
+                              kept=[d.technique or d.candidate for d in decisions if d.kept],
+                              stopped_because=stopped, elapsed_s=round(self.elapsed(), 1),
+                              trainer_busy_s=round(busy, 1), incumbent_bpb=self.runner.incumbent_mean())
+
+
+def run_session(ws_root: str | Path, *, planner: Planner, tier: str | None = None, budget: Budget | None = None,
+                session: str | None = None, resume: bool = False, allow_dirty: bool = False,
+                progress: Progress | None = None) -> SessionSummary:
+    ws = Workspace.at(ws_root)
+    return Session(ws, planner=planner, tier=tier, budget=budget, session=session, resume=resume,
+                   allow_dirty=allow_dirty, progress=progress).run()

@@ -1,0 +1,107 @@
+"""What the loop knows at a decision, derived from the ledger and the plan (no hidden state).
+
+Everything here is recomputed from the ledger, which is why a resumed session picks up exactly
+where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from agent.planner import Budget, PlannerState
+from memory.records import DecisionRecord, FindingRecord, NoiseRecord, RunRecord
+
+RECENT_DECISIONS = 5
+
+
+def _of(records: list, cls: type) -> list:
+    return [r for r in records if isinstance(r, cls)]
+
+
+def incumbent_env(records: list, session: str) -> dict[str, str]:
+    """The environment of the last kept candidate of this session (wins stack through it)."""
+    env: dict[str, str] = {}
+    for d in _of(records, DecisionRecord):
+        if d.session == session and d.kept:
+            env = dict(d.env)
+    return env
+
+
+def incumbent_stack(records: list, session: str) -> list[str]:
+    return [d.technique or d.candidate for d in _of(records, DecisionRecord) if d.session == session and d.kept]
+
+
+def matching_runs(records: list, *, tier: str, hardware: str, script_sha: str, env: dict[str, str]) -> list[RunRecord]:
+    """Finished runs of one configuration: the only ones that may be pooled with each other."""
+    return [r for r in _of(records, RunRecord)
+            if r.tier == tier and r.hardware == hardware and r.script_sha == script_sha and r.env == env
+            and r.result.status == "ok" and r.result.val_bpb is not None]
+
+
+def latest_noise(records: list, tier: str, hardware: str) -> NoiseRecord | None:
+    found = [n for n in _of(records, NoiseRecord) if n.tier == tier and n.hardware == hardware]
+    return found[-1] if found else None
+
+
+def findings_table(records: list) -> list[dict[str, Any]]:
+    latest: dict[str, FindingRecord] = {}
+    for f in _of(records, FindingRecord):
+        latest[f.technique] = f
+    decided: dict[str, DecisionRecord] = {}
+    for d in _of(records, DecisionRecord):
+        decided[d.technique or d.candidate] = d
+    tries: dict[str, int] = {}
+    for x in _of(records, DecisionRecord):
+        tries[x.technique or x.candidate] = tries.get(x.technique or x.candidate, 0) + 1
+    table = []
+    for tech, d in decided.items():
+        f = latest.get(tech)
+        table.append({"technique": tech, "outcome": d.outcome, "delta": d.delta, "ci": [d.ci_low, d.ci_high],
+                      "p": d.p_value, "n": d.n_candidate, "tier": d.tier,
+                      "tries": tries[tech],
+                      "note": f.note if f else ""})
+    return table
+
+
+def recent_decisions(records: list, session: str, k: int = RECENT_DECISIONS) -> list[dict[str, Any]]:
+    out = []
+    for d in [d for d in _of(records, DecisionRecord) if d.session == session][-k:]:
+        out.append({"experiment": d.experiment, "technique": d.technique, "outcome": d.outcome, "kept": d.kept,
+                    "delta": None if d.delta is None else round(d.delta, 5),
+                    "p": None if d.p_value is None else round(d.p_value, 4), "n": d.n_candidate,
+                    "runs": d.candidate_runs[-3:], "reason": d.reason[:200]})
+    return out
+
+
+def queue_view(plan, findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_tech = {f["technique"]: f for f in findings}
+    out = []
+    for q in plan.queue:
+        f = by_tech.get(q.technique)
+        out.append({"technique": q.technique, "env": q.env, "state": q.state, "priority": q.priority,
+                    "notes": q.notes[:160], "decided": f["outcome"] if f else None,
+                    "tries": f["tries"] if f else 0})
+    return out
+
+
+def build_state(*, records: list, plan, session: str, tier: str, hardware: str, script_sha: str, budget_left: Budget,
+                frontier: str = "", options: list[dict[str, Any]] | None = None, plan_changed: bool = False,
+                script_dirty: bool = False) -> PlannerState:
+    env = incumbent_env(records, session)
+    runs = matching_runs(records, tier=tier, hardware=hardware, script_sha=script_sha, env=env)
+    vals = [r.result.val_bpb for r in runs if r.result.val_bpb is not None]
+    noise = latest_noise(records, tier, hardware)
+    findings = findings_table(records)
+    return PlannerState(
+        session=session, tier=tier, hardware=hardware, budget_left=budget_left,
+        directives=list(plan.directives), queue=queue_view(plan, findings),
+        incumbent={"script_sha": script_sha[:12], "env": env, "stack": incumbent_stack(records, session),
+                   "mean_bpb": round(statistics.fmean(vals), 5) if vals else None, "n": len(vals)},
+        noise={"std": noise.std if noise else None, "n": len(noise.values) if noise else 0,
+               "source": "measured" if noise else "none"},
+        findings=findings, recent=recent_decisions(records, session), frontier=frontier,
+        options=options or [], plan_changed=plan_changed,
+        decisions_so_far=sum(1 for d in _of(records, DecisionRecord) if d.session == session),
+        script_dirty=script_dirty,
+    )
