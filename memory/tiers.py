@@ -25,6 +25,10 @@ class Tier(BaseModel):
     alpha: float = 0.05  # one-sided significance for a screening win on this tier
     min_effect: float = 0.0  # a win must also beat this many bpb
     price_per_hour: float | None = None  # dollars, for cost accounting
+    # Dollars per hour used only to rank options (agent/costs.py) where no money changes hands (own CPU,
+    # own GPU): what renting the same machine would cost. Never booked as spend.
+    notional_price_per_hour: float | None = None
+    startup_s: float = 0.0  # once per batch of runs: pod start, image pull, data download
     step_matched: bool = False  # fixed ITERATIONS instead of wallclock, so devices compare
 
 
