@@ -20,6 +20,7 @@ from agent.planner import ExperimentSpec, Proposal
 from agent.progress import Progress
 from agent.state import incumbent_env, latest_noise, matching_runs
 from memory import git_records
+from memory.faults import crash_point, die
 from memory.records import DecisionRecord, EventRecord, NoiseRecord, RunRecord
 from tools import registry
 from tools.context import ToolContext
@@ -187,6 +188,8 @@ class ExperimentRunner:
         commit = git_records.record_experiment(self.ctx.ws.root, self.ctx.session, exp_id, message, kept,
                                                candidate_files={SCRIPT_RELPATH: working},
                                                also_files=["battle_plan.md"])
+        if crash_point("after_commit"):
+            die()
         dec = DecisionRecord(
             session=self.ctx.session, experiment=exp_id, candidate=spec.name, technique=spec.technique,
             hypothesis=spec.hypothesis, tier=self.tier.name, hardware=self.hardware, outcome=outcome, kept=kept,

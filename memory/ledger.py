@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from memory.faults import crash_point, die
 from memory.records import Record, utcnow
 
 _adapter: TypeAdapter = TypeAdapter(Record)
@@ -59,6 +60,10 @@ class Ledger:
     def append(self, record: BaseModel) -> BaseModel:
         line = record.model_dump_json() + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
+            if crash_point(f"ledger_write:{getattr(record, 'kind', '')}"):
+                f.write(line[: len(line) // 2])
+                f.flush()
+                die()
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from memory.faults import crash_point, die
 from memory.records import Cost, EventRecord, RunRecord, RunResult
 from tools.context import ToolContext
 from tools.edit_script import incumbent_script, sha256_text
@@ -186,6 +187,9 @@ def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: 
                                 start_new_session=True, preexec_fn=_die_with_parent)
         if on_start:
             on_start(proc.pid)
+        if crash_point("during_run"):
+            time.sleep(1.0)  # the trainer is well under way when the session dies
+            die()
         status, first_loss = None, []
         while proc.poll() is None:
             time.sleep(0.5)

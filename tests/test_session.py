@@ -1,0 +1,110 @@
+"""The research loop end to end on the real trainer at the tiny CPU tier, and its recovery from SIGKILL."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.planner import Budget
+from agent.playbook import PlaybookPlanner
+from agent.progress import Progress
+from agent.session import run_session
+from memory.ledger import Ledger
+from memory.records import DecisionRecord, EventRecord, NoiseRecord, RunRecord
+from tests.session_workspace import ROOT, git, make_workspace
+
+
+def trainer_processes(ws: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"train_gpt.py" in cmd and str(ws).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def check_consistent(ws: Path, session: str) -> Ledger:
+    """What must hold after any session, finished or resumed: nothing lost, nothing twice."""
+    ledger = Ledger(ws / ".golf" / "ledger.jsonl")
+    runs = [r for r in ledger.records(RunRecord) if r.session == session and r.result.status != "aborted"]
+    keys = collections.Counter((r.experiment, r.candidate, r.seed, r.script_sha, tuple(sorted(r.env.items())))
+                               for r in runs)
+    assert all(n == 1 for n in keys.values()), f"a run was recorded twice: {keys.most_common(2)}"
+    decisions = [d for d in ledger.records(DecisionRecord) if d.session == session]
+    assert len({d.experiment for d in decisions}) == len(decisions), "an experiment was decided twice"
+    run_ids = {r.run_id for r in runs}
+    for d in decisions:
+        assert set(d.candidate_runs) <= run_ids
+        assert git(ws, "rev-parse", f"refs/golf/{session}/{d.experiment}") == d.git_commit
+    assert git(ws, "rev-parse", "--abbrev-ref", "HEAD") == f"golf/{session}"
+    assert git(ws, "status", "--porcelain", "--untracked-files=no") == ""
+    assert not trainer_processes(ws), "a trainer process outlived its session"
+    return ledger
+
+
+def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judged_wins(tmp_path, tiny_dataset):
+    ws = make_workspace(tmp_path, tiny_dataset)
+    summary = run_session(ws, planner=PlaybookPlanner(), tier="cpu-tiny", budget=Budget(experiments=3),
+                          session="e2e", progress=Progress.quiet())
+    assert summary.decisions == 3
+    ledger = check_consistent(ws, "e2e")
+    decisions = ledger.records(DecisionRecord)
+    assert [d.technique for d in decisions] == ["leaky_relu2", "mlp3x", "bad_lr"]
+    assert decisions[2].outcome == "rejected" and not decisions[2].kept
+    noise = ledger.records(NoiseRecord)
+    assert noise and noise[0].std > 0 and len(noise[0].values) >= 2
+    assert not any(r.candidate == "ttt_prescore" for r in ledger.records(RunRecord)), "a banned item ran"
+    # git: one ref per experiment; kept ones are on the branch, discarded ones only under refs/golf
+    branch_log = git(ws, "log", "--format=%H", "golf/e2e")
+    for d in decisions:
+        assert (d.git_commit in branch_log) == d.kept
+        note = git(ws, "log", "-1", "--format=%B", d.git_commit)
+        assert "Hypothesis:" in note and "Result:" in note and "Decision:" in note
+    # the branch's script is the incumbent: the committed script equals the worktree's
+    assert git(ws, "show", "HEAD:trainer/train_gpt.py") == (ws / "trainer/train_gpt.py").read_text().rstrip("\n")
+    plan = (ws / "battle_plan.md").read_text()
+    assert "- test the cheap flags first" in plan
+    dead = plan.split("<!-- golf:begin dead_ends -->")[1].split("<!-- golf:end dead_ends -->")[0]
+    assert "bad_lr" in dead
+    assert "golf:begin queue_status" in plan
+    assert summary.trainer_busy_s > 0
+
+
+def golf(ws: Path, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    e = dict(os.environ) | {"PYTHONPATH": str(ROOT)} | (env or {})
+    e.pop("OPENAI_API_KEY", None)
+    e.pop("OPENAI_BASE_URL", None)
+    return subprocess.run([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *args], env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("point", ["during_run", "ledger_write:decision", "after_commit"])
+def test_sigkill_at_any_point_then_resume_loses_nothing_and_records_nothing_twice(tmp_path, tiny_dataset, point):
+    ws = make_workspace(tmp_path, tiny_dataset)
+    args = ["--tier", "cpu-tiny", "--experiments", "1", "--session", "crash", "--planner", "playbook"]
+    died = golf(ws, "run", *args, env={"PGOLF_CRASH_AT": point})
+    assert died.returncode == -signal.SIGKILL, died.stdout[-2000:] + died.stderr[-2000:]
+    before = Ledger(ws / ".golf" / "ledger.jsonl").records()
+    resumed = golf(ws, "resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    ledger = check_consistent(ws, "crash")
+    after = ledger.records()
+    assert after[: len(before)] == before, "resume rewrote what was recorded"
+    assert len([d for d in ledger.records(DecisionRecord) if d.session == "crash"]) == 1
+    assert any(e.event == "session_resume" for e in ledger.records(EventRecord))
+    if point == "ledger_write:decision":
+        assert len(ledger.torn_lines()) == 1  # the half-written decision was set aside, then redone
+    if point == "during_run":
+        aborted = [r for r in ledger.records(RunRecord) if r.result.status == "aborted"]
+        assert len(aborted) == 1
