@@ -1,0 +1,1294 @@
+"""Parameter Golf trainer: the challenge's baseline GPT, one file from a 2-core CPU to 8xH100.
+
+Run: `python trainer/train_gpt.py` (one device) or `torchrun --nproc_per_node=8 trainer/train_gpt.py`.
+Every knob is an environment variable read in `Hyperparameters`; every technique is off by default, so
+with no variables set this trains the challenge baseline (val_bpb 1.2244 on 8xH100 in 600 s).
+Writes RUN_DIR/train.log (starting with this source), RUN_DIR/metrics.jsonl and RUN_DIR/results.json.
+Standalone on purpose: it is copied to pods and mutated by the agent, so it imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import io
+import json
+import lzma
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+import zlib
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+try:  # Triton is optional: CPU hosts without it run the plain torch path
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the host
+    triton = None
+    tl = None
+
+# -----------------------------------------------------------------------------
+# HYPERPARAMETERS
+# -----------------------------------------------------------------------------
+
+
+class Hyperparameters:
+    """All knobs, from the environment (or a mapping, for tests). Names and defaults follow the challenge."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        e = os.environ if env is None else env
+
+        def get(name, default, cast=str):
+            v = e.get(name)
+            return default if v is None or v == "" else cast(v)
+
+        # data and bookkeeping
+        self.data_path = get("DATA_PATH", "data/datasets/fineweb10B_sp1024")
+        self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
+        self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
+        self.tokenizer_path = get("TOKENIZER_PATH", "data/tokenizers/fineweb_1024_bpe.model")
+        self.run_id = get("RUN_ID", str(uuid.uuid4()))
+        self.run_dir = get("RUN_DIR", os.path.join("runs", self.run_id))
+        self.seed = get("SEED", 1337, int)
+        # where and how to compute
+        self.device = get("DEVICE", "auto")  # auto | cpu | cuda
+        on_cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+        self.dtype = get("DTYPE", "bf16" if on_cuda else "fp32")  # fp32 | bf16 (autocast)
+        self.compile = bool(get("COMPILE", 1 if on_cuda else 0, int))  # torch.compile the model
+        self.fused_kernels = bool(get("FUSED_KERNELS", 1, int))  # Triton softcap-CE on CUDA; 0 = plain torch
+        self.grad_accum_steps = get("GRAD_ACCUM_STEPS", 0, int)  # 0 = 8 // world_size
+        # evaluation
+        self.val_batch_size = get("VAL_BATCH_SIZE", 524_288, int)
+        self.val_loss_every = get("VAL_LOSS_EVERY", 1000, int)  # 0 = only at the end
+        self.train_log_every = get("TRAIN_LOG_EVERY", 200, int)
+        self.val_max_tokens = get("VAL_MAX_TOKENS", 0, int)  # 0 = whole val split (cap for CPU tiers)
+        self.val_holdout_tokens = get("VAL_HOLDOUT_TOKENS", 0, int)  # second held-out slice from the END of val
+        self.eval_stride = get("EVAL_STRIDE", 0, int)  # sliding-window eval stride; 0 = non-overlapping
+        # schedule
+        self.iterations = get("ITERATIONS", 20000, int)
+        self.warmdown_iters = get("WARMDOWN_ITERS", 1200, int)
+        self.warmdown_mode = get("WARMDOWN_MODE", "iters")  # iters (challenge) | time_fraction (slow-hw fix)
+        self.warmdown_frac = get("WARMDOWN_FRAC", 0.2, float)  # time_fraction: share of the run in warmdown
+        self.warmup_steps = get("WARMUP_STEPS", 20, int)  # compile-priming steps, then state is reset
+        self.train_batch_tokens = get("TRAIN_BATCH_TOKENS", 524_288, int)
+        self.train_seq_len = get("TRAIN_SEQ_LEN", 1024, int)
+        self.max_wallclock_seconds = get("MAX_WALLCLOCK_SECONDS", 600.0, float)  # 0 = no cap
+        self.diverge_loss = get("DIVERGE_LOSS", 0.0, float)  # 0 = ln(vocab) + 3
+        # model shape
+        self.vocab_size = get("VOCAB_SIZE", 1024, int)
+        self.num_layers = get("NUM_LAYERS", 9, int)
+        self.num_kv_heads = get("NUM_KV_HEADS", 4, int)
+        self.model_dim = get("MODEL_DIM", 512, int)
+        self.num_heads = get("NUM_HEADS", 8, int)
+        self.mlp_mult = get("MLP_MULT", 2, float)  # MLP width = MLP_MULT * MODEL_DIM
+        self.tie_embeddings = bool(get("TIE_EMBEDDINGS", 1, int))
+        self.rope_base = get("ROPE_BASE", 10000.0, float)
+        self.logit_softcap = get("LOGIT_SOFTCAP", 30.0, float)
+        self.qk_gain_init = get("QK_GAIN_INIT", 1.5, float)
+        self.tied_embed_init_std = get("TIED_EMBED_INIT_STD", 0.005, float)
+        # optimiser
+        self.embed_lr = get("EMBED_LR", 0.6, float)
+        self.head_lr = get("HEAD_LR", 0.008, float)
+        self.tied_embed_lr = get("TIED_EMBED_LR", 0.05, float)
+        self.matrix_lr = get("MATRIX_LR", 0.04, float)
+        self.scalar_lr = get("SCALAR_LR", 0.04, float)
+        self.muon_momentum = get("MUON_MOMENTUM", 0.95, float)
+        self.muon_backend_steps = get("MUON_BACKEND_STEPS", 5, int)
+        self.muon_momentum_warmup_start = get("MUON_MOMENTUM_WARMUP_START", 0.85, float)
+        self.muon_momentum_warmup_steps = get("MUON_MOMENTUM_WARMUP_STEPS", 500, int)
+        self.beta1 = get("BETA1", 0.9, float)
+        self.beta2 = get("BETA2", 0.95, float)
+        self.adam_eps = get("ADAM_EPS", 1e-8, float)
+        self.grad_clip_norm = get("GRAD_CLIP_NORM", 0.0, float)
+        # techniques, each off by default
+        self.value_residual = bool(get("VALUE_RESIDUAL", 0, int))  # layer-0 values mixed into later layers
+        self.gated_attention = bool(get("GATED_ATTENTION", 0, int))  # per-head sigmoid gate on attn output
+        self.rope_dims = get("ROPE_DIMS", 0, int)  # rotary dims per head (partial RoPE); 0 = all
+        self.ln_scale = bool(get("LN_SCALE", 0, int))  # scale block norm outputs by 1/sqrt(layer+1)
+        self.ema_decay = get("EMA_DECAY", 0.0, float)  # EMA of weights for eval/export; 0 = off
+        self.bigram_hash_buckets = get("BIGRAM_HASH_BUCKETS", 0, int)  # hashed (prev,cur) embedding; 0 = off
+        self.bigram_dim = get("BIGRAM_DIM", 128, int)  # width of the BigramHash table before projection
+        self.smear_gate = bool(get("SMEAR_GATE", 0, int))  # blend with previous position, masked at BOS
+        self.qat_bits = get("QAT_BITS", 0, int)  # straight-through fake quant of block matrices; 0 = off
+        self.xsa_last_n = get("XSA_LAST_N", 0, int)  # exclusive self-attention on the last N layers
+        self.mlp_act_slope = get("MLP_ACT_SLOPE", 0.0, float)  # LeakyReLU slope before squaring; 0 = relu^2
+        self.ttt_enable = bool(get("TTT_ENABLE", 0, int))  # legal score-first test-time training at eval
+        self.ttt_chunk_tokens = get("TTT_CHUNK_TOKENS", 32768, int)  # tokens scored before each TTT update
+        self.ttt_lr = get("TTT_LR", 0.002, float)  # SGD (momentum 0.9) learning rate for TTT
+        self.ttt_epochs = get("TTT_EPOCHS", 3, int)  # passes over each already-scored chunk
+        # export
+        self.compressor = get("COMPRESSOR", "zlib")  # zlib (level 9) | zstd (level 22) | lzma
+        self.int8_keep_float_max_numel = get("INT8_KEEP_FLOAT_MAX_NUMEL", 65_536, int)  # smaller: kept float
+        self.artifact_cap_bytes = get("ARTIFACT_CAP_BYTES", 16_000_000, int)
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+# -----------------------------------------------------------------------------
+# DATA
+# -----------------------------------------------------------------------------
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+SHARD_HEADER_INTS = 256
+SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
+
+
+def load_data_shard(file: str | Path) -> torch.Tensor:
+    """One shard as uint16 token ids; a corrupt file fails with its name and what is wrong."""
+    file = str(file)
+    size = os.path.getsize(file)
+    if size < SHARD_HEADER_BYTES:
+        raise ValueError(f"{file}: truncated header: {size} bytes, a shard header is {SHARD_HEADER_BYTES}")
+    header = np.fromfile(file, dtype="<i4", count=SHARD_HEADER_INTS)
+    if int(header[0]) != SHARD_MAGIC:
+        raise ValueError(f"{file}: bad magic {int(header[0])}, expected {SHARD_MAGIC}")
+    if int(header[1]) != SHARD_VERSION:
+        raise ValueError(f"{file}: bad version {int(header[1])}, expected {SHARD_VERSION}")
+    num_tokens = int(header[2])
+    expected = SHARD_HEADER_BYTES + 2 * num_tokens
+    if num_tokens < 0 or size != expected:
+        raise ValueError(f"{file}: size mismatch: {size} bytes on disk, header says {num_tokens} tokens "
+                         f"({expected} bytes)")
+    tokens = np.fromfile(file, dtype="<u2", count=num_tokens, offset=SHARD_HEADER_BYTES)
+    return torch.from_numpy(tokens.astype(np.int32))
+
+
+def shard_files(pattern: str) -> list[str]:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no shards match {pattern}")
+    return files
+
+
+class TokenStream:
+    """Reads shards in order and wraps around; no shuffling, exactly like the challenge."""
+
+    def __init__(self, pattern: str):
+        self.files = shard_files(pattern)
+        self.file_idx = 0
+        self.tokens = load_data_shard(self.files[0])
+        self.pos = 0
+
+    def _advance_file(self):
+        self.file_idx = (self.file_idx + 1) % len(self.files)
+        self.tokens = load_data_shard(self.files[self.file_idx])
+        self.pos = 0
+
+    def take(self, n: int) -> torch.Tensor:
+        chunks, remaining = [], n
+        while remaining > 0:
+            avail = self.tokens.numel() - self.pos
+            if avail <= 0:
+                self._advance_file()
+                continue
+            k = min(remaining, avail)
+            chunks.append(self.tokens[self.pos:self.pos + k])
+            self.pos += k
+            remaining -= k
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+class DistributedTokenLoader:
+    """Each call takes one contiguous span per rank; with world_size=1 and accumulation, the micro-batches
+    walk the same spans in the same order, so one device reproduces the multi-device batch."""
+
+    def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.stream = TokenStream(pattern)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
+        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
+        local_tokens = (local_tokens // seq_len) * seq_len
+        if local_tokens <= 0:
+            raise ValueError(f"TRAIN_BATCH_TOKENS={global_tokens} is too small for TRAIN_SEQ_LEN={seq_len} "
+                             f"x world {self.world_size} x accumulation {grad_accum_steps}")
+        span = local_tokens + 1
+        chunk = self.stream.take(span * self.world_size)
+        local = chunk[self.rank * span:(self.rank + 1) * span].to(dtype=torch.int64)
+        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def load_validation_tokens(pattern: str) -> torch.Tensor:
+    return torch.cat([load_data_shard(f) for f in shard_files(pattern)]).to(torch.int64)
+
+
+def split_validation(tokens: torch.Tensor, max_tokens: int, holdout_tokens: int):
+    """(scored val tokens, holdout tokens): the holdout is cut from the END, so the two never overlap."""
+    holdout = tokens[tokens.numel() - holdout_tokens:] if holdout_tokens > 0 else None
+    val = tokens[:tokens.numel() - holdout_tokens] if holdout_tokens > 0 else tokens
+    if max_tokens > 0:
+        val = val[:max_tokens]
+    return val, holdout
+
+
+# === PROTECTED: METRIC BEGIN ===
+def build_sentencepiece_luts(sp, vocab_size: int, device: torch.device):
+    """Per-token byte accounting from the SentencePiece model, as the challenge defines it."""
+    sp_vocab = int(sp.vocab_size())
+    table = max(sp_vocab, vocab_size)
+    base_bytes = np.zeros(table, dtype=np.int64)
+    has_leading_space = np.zeros(table, dtype=np.bool_)
+    is_boundary = np.ones(table, dtype=np.bool_)  # control/unknown/unused (and ids past the vocab): 0 bytes
+    for i in range(sp_vocab):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        is_boundary[i] = False
+        if sp.is_byte(i):
+            base_bytes[i] = 1  # a byte-fallback piece <0xAB> stands for exactly one byte
+            continue
+        piece = sp.id_to_piece(i)
+        if piece.startswith("\u2581"):
+            has_leading_space[i] = True
+            piece = piece[1:]
+        base_bytes[i] = len(piece.encode("utf-8"))
+    return (torch.tensor(base_bytes, device=device), torch.tensor(has_leading_space, device=device),
+            torch.tensor(is_boundary, device=device))
+
+
+def count_target_bytes(prev_ids: torch.Tensor, target_ids: torch.Tensor, luts) -> torch.Tensor:
+    """bytes(t) = base_bytes[t] + (has_leading_space[t] and not is_boundary[prev]), elementwise, int64."""
+    base_bytes, has_leading_space, is_boundary = luts
+    return base_bytes[target_ids] + (has_leading_space[target_ids] & ~is_boundary[prev_ids]).to(torch.int64)
+
+
+def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> float:
+    """(mean nats / ln 2) * (tokens / bytes), from float64 sums."""
+    return (loss_sum_nats / token_count) / math.log(2.0) * (token_count / byte_count)
+# === PROTECTED: METRIC END ===
+
+
+# -----------------------------------------------------------------------------
+# MODEL
+# -----------------------------------------------------------------------------
+
+# Small per-channel tensors: Adam instead of Muon, kept in float at export.
+CONTROL_TENSOR_NAME_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "vr_lambda",
+                                "attn_gate", "smear", "bigram.scale")
+
+
+def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-row fake quantisation with a straight-through gradient (QAT)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / qmax
+    q = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax) * scale
+    return w + (q - w).detach()
+
+
+class CastedLinear(nn.Linear):
+    """fp32 master weight, computed in the activation dtype; optional QAT fake quantisation."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
+        super().__init__(in_features, out_features, bias=False)
+        self.zero_init = zero_init
+        self.qat_bits = 0
+        if zero_init:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.qat_bits and self.training:
+            w = fake_quantize_rows(w, self.qat_bits)
+        return F.linear(x, w.to(x.dtype))
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Rotary(nn.Module):
+    def __init__(self, dim: int, base: float):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)),
+                             persistent=False)
+        self._cache = (0, None, None, None)
+
+    def forward(self, seq_len: int, device, dtype):
+        n, dev, cos, sin = self._cache
+        if n != seq_len or dev != device or cos is None:
+            t = torch.arange(seq_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            cos, sin = freqs.cos()[None, None], freqs.sin()[None, None]
+            self._cache = (seq_len, device, cos, sin)
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dims: int) -> torch.Tensor:
+    """Rotate the first rope_dims of each head (all when rope_dims == head dim); the rest carry no position."""
+    if rope_dims < x.size(-1):
+        xr, xp = x[..., :rope_dims], x[..., rope_dims:]
+        return torch.cat([apply_rotary(xr, cos, sin, rope_dims), xp], dim=-1)
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, args: Hyperparameters, layer_idx: int):
+        super().__init__()
+        dim, self.num_heads, self.num_kv_heads = args.model_dim, args.num_heads, args.num_kv_heads
+        if dim % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("MODEL_DIM must divide by NUM_HEADS and NUM_HEADS by NUM_KV_HEADS")
+        self.head_dim = dim // self.num_heads
+        kv_dim = self.num_kv_heads * self.head_dim
+        self.c_q = CastedLinear(dim, dim)
+        self.c_k = CastedLinear(dim, kv_dim)
+        self.c_v = CastedLinear(dim, kv_dim)
+        self.proj = CastedLinear(dim, dim, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((self.num_heads,), args.qk_gain_init))
+        self.rope_dims = args.rope_dims if 0 < args.rope_dims < self.head_dim else self.head_dim
+        if self.rope_dims % 2:
+            raise ValueError("ROPE_DIMS must be even")
+        self.rotary = Rotary(self.rope_dims, args.rope_base)
+        # Value Residual: V_n = l1 * V_0 + l2 * V_n for every layer after the first
+        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if args.value_residual and layer_idx > 0 else None
+        if args.gated_attention:  # bias 4: sigmoid ~0.98, so the gate starts near identity
+            self.attn_gate_w = nn.Parameter(torch.zeros(self.num_heads, dim))
+            self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0))
+        else:
+            self.attn_gate_w = self.attn_gate_b = None
+        self.xsa = layer_idx >= args.num_layers - args.xsa_last_n if args.xsa_last_n > 0 else False
+
+    def forward(self, x: torch.Tensor, v0: torch.Tensor | None):
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v_raw = v
+        if self.vr_lambda is not None and v0 is not None:
+            lam = self.vr_lambda.to(v.dtype)
+            v = lam[0] * v0 + lam[1] * v
+        q, k = rms_norm(q), rms_norm(k)
+        cos, sin = self.rotary(T, x.device, q.dtype)
+        q, k = apply_rotary(q, cos, sin, self.rope_dims), apply_rotary(k, cos, sin, self.rope_dims)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=self.num_kv_heads != self.num_heads)
+        if self.xsa:  # XSA: remove each output's component along the token's own value direction
+            g = self.num_heads // self.num_kv_heads
+            yg = y.view(B, self.num_kv_heads, g, T, self.head_dim)
+            vn = F.normalize(v, dim=-1).unsqueeze(2)
+            y = (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(B, self.num_heads, T, self.head_dim)
+        if self.attn_gate_w is not None:
+            gate = torch.sigmoid(F.linear(x, self.attn_gate_w.to(x.dtype), self.attn_gate_b.to(x.dtype)))
+            y = y * gate.transpose(1, 2)[..., None]
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y), v_raw
+
+
+def mlp_activation(x: torch.Tensor, slope: float) -> torch.Tensor:
+    return (F.leaky_relu(x, slope) if slope else F.relu(x)).square()
+
+
+class MLP(nn.Module):
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        hidden = int(args.mlp_mult * args.model_dim)
+        self.fc = CastedLinear(args.model_dim, hidden)
+        self.proj = CastedLinear(hidden, args.model_dim, zero_init=True)
+        self.slope = args.mlp_act_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(mlp_activation(self.fc(x), self.slope))
+
+
+class Block(nn.Module):
+    def __init__(self, args: Hyperparameters, layer_idx: int):
+        super().__init__()
+        dim = args.model_dim
+        self.attn = CausalSelfAttention(args, layer_idx)
+        self.mlp = MLP(args)
+        self.attn_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]))
+        self.norm_scale = 1.0 / math.sqrt(layer_idx + 1) if args.ln_scale else 1.0
+
+    def forward(self, x, x0, v0):
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+        a, v = self.attn(rms_norm(x) * self.norm_scale, v0)
+        x = x + self.attn_scale.to(x.dtype)[None, None, :] * a
+        x = x + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(rms_norm(x) * self.norm_scale)
+        return x, v
+
+
+class BigramHash(nn.Module):
+    """Embedding of a hash of (previous, current) token. Sequence starts and BOS positions use a reserved
+    bucket, so the first token of a document never sees the previous document."""
+
+    def __init__(self, buckets: int, bigram_dim: int, model_dim: int, bos_id: int):
+        super().__init__()
+        if buckets < 2:
+            raise ValueError("BIGRAM_HASH_BUCKETS must be 0 or >= 2")
+        self.buckets, self.bos_id = buckets, bos_id
+        self.embed = nn.Embedding(buckets, bigram_dim)
+        nn.init.zeros_(self.embed.weight)  # starts as a no-op; the projection is not zero so both learn
+        self.proj = CastedLinear(bigram_dim, model_dim)
+        self.scale = nn.Parameter(torch.tensor(0.05))
+
+    def bucket_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        prev = F.pad(ids[:, :-1], (1, 0))
+        h = torch.bitwise_xor(36313 * ids, 27191 * prev) % (self.buckets - 1)
+        h[:, 0] = self.buckets - 1
+        return torch.where(ids == self.bos_id, self.buckets - 1, h)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.embed(self.bucket_ids(ids))) * self.scale
+
+
+class SmearGate(nn.Module):
+    """x_t <- (1-g) x_t + g x_{t-1} with a learned per-channel gate; no blending at BOS (PR #1851 fix)."""
+
+    def __init__(self, dim: int, bos_id: int):
+        super().__init__()
+        self.smear_gate = nn.Parameter(torch.zeros(dim))
+        self.bos_id = bos_id
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.smear_gate).to(x.dtype)[None, None, :]
+        prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+        prev = torch.where((ids == self.bos_id)[..., None], x, prev)
+        return (1 - g) * x + g * prev
+
+
+class GPT(nn.Module):
+    def __init__(self, args: Hyperparameters, bos_id: int = 1):
+        super().__init__()
+        self.args = args
+        self.logit_softcap = args.logit_softcap
+        self.fused_ce = False  # set by the trainer where a Triton kernel can run
+        self.tok_emb = nn.Embedding(args.vocab_size, args.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
+        self.bigram = (BigramHash(args.bigram_hash_buckets, args.bigram_dim, args.model_dim, bos_id)
+                       if args.bigram_hash_buckets else None)
+        self.smear = SmearGate(args.model_dim, bos_id) if args.smear_gate else None
+        self.num_encoder_layers = args.num_layers // 2
+        self.num_decoder_layers = args.num_layers - self.num_encoder_layers
+        self.skip_weights = nn.Parameter(
+            torch.ones(min(self.num_encoder_layers, self.num_decoder_layers), args.model_dim))
+        self.blocks = nn.ModuleList([Block(args, i) for i in range(args.num_layers)])
+        self.lm_head = None if args.tie_embeddings else CastedLinear(args.model_dim, args.vocab_size, True)
+        if args.qat_bits:
+            for m in self.blocks.modules():
+                if isinstance(m, CastedLinear) and m.weight.numel() > args.int8_keep_float_max_numel:
+                    m.qat_bits = args.qat_bits
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The input stage x0: token (+ bigram) embedding, RMSNorm, (+ smear)."""
+        x = self.tok_emb(ids)
+        if self.bigram is not None:
+            x = x + self.bigram(ids)
+        x = rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x, ids)
+        return x
+
+    def project(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits before the softcap, (B, T, V)."""
+        x = x0 = self.embed(ids)
+        v0, skips = None, []
+        for i in range(self.num_encoder_layers):  # U-Net: encoder blocks store skips...
+            x, v = self.blocks[i](x, x0, v0)
+            v0 = v if v0 is None else v0
+            skips.append(x)
+        for i in range(self.num_decoder_layers):  # ...decoder blocks add them back, last in first out
+            if skips:
+                x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * skips.pop()
+            x, v = self.blocks[self.num_encoder_layers + i](x, x0, v0)
+            v0 = v if v0 is None else v0
+        x = rms_norm(x)
+        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, w.to(x.dtype))
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        z = self.project(ids).float()
+        return self.logit_softcap * torch.tanh(z / self.logit_softcap)
+
+    def token_losses(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy in nats, float32, (B, T)."""
+        logits = self.logits(ids)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = self.project(ids)
+        return softcap_cross_entropy(z.flatten(0, 1), targets.flatten(), self.logit_softcap, self.fused_ce)
+
+
+def torch_softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+    logits = cap * torch.tanh(z.float() / cap)
+    return F.cross_entropy(logits, targets, reduction="mean")
+
+
+def triton_usable(t: torch.Tensor) -> bool:
+    """Kernels launch on CUDA, or on CPU tensors under TRITON_INTERPRET=1 (how the tests check them)."""
+    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _softcap_ce_kernel(z_ptr, tgt_ptr, loss_ptr, grad_ptr, stride_row, n_cols, cap, inv_n,
+                           BLOCK: tl.constexpr):
+        # One row per program: softcap, log-sum-exp, loss, and d(mean loss)/dz in one pass over the logits,
+        # so the float32 softcapped logits are never written to memory.
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < n_cols
+        z = tl.load(z_ptr + row * stride_row + offs, mask=mask, other=0.0).to(tl.float32)
+        u = z / cap
+        e = tl.exp(-2.0 * tl.abs(u))
+        th = (1.0 - e) / (1.0 + e)
+        th = tl.where(u < 0, -th, th)
+        s = tl.where(mask, cap * th, float("-inf"))
+        m = tl.max(s, axis=0)
+        p = tl.exp(s - m)
+        denom = tl.sum(p, axis=0)
+        tgt = tl.load(tgt_ptr + row).to(tl.int32)
+        is_t = offs == tgt
+        s_t = tl.sum(tl.where(is_t & mask, s, 0.0), axis=0)
+        tl.store(loss_ptr + row, m + tl.log(denom) - s_t)
+        dz = (p / denom - tl.where(is_t, 1.0, 0.0)) * (1.0 - th * th) * inv_n
+        tl.store(grad_ptr + row * stride_row + offs, dz.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+class _FusedSoftcapCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, targets, cap):
+        z = z.contiguous()
+        n, v = z.shape
+        loss = torch.empty(n, device=z.device, dtype=torch.float32)
+        grad = torch.empty_like(z)
+        _softcap_ce_kernel[(n,)](z, targets.contiguous(), loss, grad, z.stride(0), v, float(cap), 1.0 / n,
+                                 BLOCK=triton.next_power_of_2(v), num_warps=4 if v <= 2048 else 8)
+        ctx.save_for_backward(grad)
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.to(grad.dtype), None, None
+
+
+@torch.compiler.disable
+def _fused_softcap_ce(z, targets, cap):
+    return _FusedSoftcapCE.apply(z, targets, cap)
+
+
+def softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float, fused: bool) -> torch.Tensor:
+    """Mean cross-entropy of cap*tanh(z/cap); the Triton kernel when asked for and able to launch."""
+    if fused and triton_usable(z):
+        return _fused_softcap_ce(z, targets, cap)
+    return torch_softcap_cross_entropy(z, targets, cap)
+
+
+def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:
+    return GPT(args, bos_id).to(device)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
+    """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul) + causal attention."""
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "bigram.embed" not in n)
+    attn = 6 * args.num_layers * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
+    return 6.0 * matmul + attn
+
+
+# -----------------------------------------------------------------------------
+# OPTIMIZER
+# -----------------------------------------------------------------------------
+
+
+def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
+    """Quintic Newton-Schulz orthogonalisation (Muon)."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.to(torch.bfloat16 if G.is_cuda else G.dtype)
+    X = X / (X.norm() + eps)
+    transposed = G.size(0) > G.size(1)
+    if transposed:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.T if transposed else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share of the matrices and one
+    all-reduce assembles the updates (zeros elsewhere, so the sum is exact)."""
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        distributed = dist.is_available() and dist.is_initialized()
+        world_size = dist.get_world_size() if distributed else 1
+        rank = dist.get_rank() if distributed else 0
+        for group in self.param_groups:
+            params = group["params"]
+            if not params:
+                continue
+            total = sum(p.numel() for p in params)
+            flat = torch.zeros(total, device=params[0].device, dtype=torch.float32)
+            curr = 0
+            for i, p in enumerate(params):
+                if i % world_size == rank and p.grad is not None:
+                    g = p.grad
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(g)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).add_(g)
+                    if group["nesterov"]:
+                        g = g.add(buf, alpha=group["momentum"])
+                    g = zeropower_via_newtonschulz5(g, steps=group["backend_steps"])
+                    g = g * max(1, g.size(0) / g.size(1)) ** 0.5
+                    flat[curr:curr + p.numel()] = g.reshape(-1).float()
+                curr += p.numel()
+            if distributed:
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            curr = 0
+            for p in params:
+                p.add_(flat[curr:curr + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+                curr += p.numel()
+
+
+def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
+    """Muon for block matrices; Adam for the embedding(s), the untied head, vectors and control scalars."""
+    matrix, scalar, embed = [], [], [model.tok_emb.weight]
+    for name, p in model.named_parameters():
+        if name == "tok_emb.weight" or (model.lm_head is not None and name == "lm_head.weight"):
+            continue
+        if name == "bigram.embed.weight":
+            embed.append(p)
+        elif p.ndim == 2 and not any(pat in name for pat in CONTROL_TENSOR_NAME_PATTERNS):
+            matrix.append(p)
+        else:
+            scalar.append(p)
+    adam = dict(betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda")
+    embed_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
+    opts = [torch.optim.Adam([{"params": embed, "lr": embed_lr, "base_lr": embed_lr}], **adam),
+            Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps),
+            torch.optim.Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], **adam)]
+    for g in opts[1].param_groups:
+        g["base_lr"] = args.matrix_lr
+    if model.lm_head is not None:
+        opts.append(torch.optim.Adam([{"params": [model.lm_head.weight], "lr": args.head_lr,
+                                       "base_lr": args.head_lr}], **adam))
+    return opts
+
+
+def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """Constant LR, then a linear warmdown to zero."""
+    max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    if args.warmdown_mode == "time_fraction":
+        # The fix for slow hardware: warm down over the last WARMDOWN_FRAC of the run, measured by the cap
+        # that binds first (wallclock or iterations), however long a step takes.
+        progress = step / max(args.iterations, 1)
+        if max_ms:
+            progress = max(progress, elapsed_ms / max_ms)
+        return float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
+    if args.warmdown_mode != "iters":
+        raise ValueError(f"WARMDOWN_MODE={args.warmdown_mode!r}: expected iters or time_fraction")
+    if args.warmdown_iters <= 0:
+        return 1.0
+    if max_ms is None:
+        start = max(args.iterations - args.warmdown_iters, 0)
+        return max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
+    # The challenge's rule: warm down over the estimated wallclock of the last WARMDOWN_ITERS steps. On slow
+    # hardware that estimate exceeds the whole budget and the LR decays from the first step (known bug).
+    step_ms = elapsed_ms / max(step, 1)
+    warmdown_ms = args.warmdown_iters * step_ms
+    remaining_ms = max(max_ms - elapsed_ms, 0.0)
+    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+class EMA:
+    """Shadow fp32 weights, ema = d * ema + (1 - d) * w after each step; used for eval and export."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters()]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self):
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module):
+        for p, s in zip(model.parameters(), self.shadow, strict=True):
+            p.copy_(s.to(p.dtype))
+
+
+# -----------------------------------------------------------------------------
+# EVALUATION
+# -----------------------------------------------------------------------------
+
+
+def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
+    """(start, first scored position) per window of seq_len inputs. Targets are the tokens after position 0,
+    truncated to a multiple of seq_len as in the challenge; every target is scored exactly once. With a
+    stride, each window after the first scores only its last `stride` targets (more context per token)."""
+    n_targets = ((num_tokens - 1) // seq_len) * seq_len
+    if n_targets <= 0:
+        raise ValueError(f"{num_tokens} validation tokens cannot fill one sequence of {seq_len}")
+    if stride <= 0 or stride >= seq_len:
+        return [(s, 0) for s in range(0, n_targets, seq_len)]
+    windows, end = [(0, 0)], seq_len
+    while end < n_targets:
+        new_end = min(end + stride, n_targets)
+        windows.append((new_end - seq_len, seq_len - (new_end - end)))
+        end = new_end
+    return windows
+
+
+def window_batch(tokens: torch.Tensor, batch: list[tuple[int, int]], seq_len: int, device: torch.device):
+    idx = torch.tensor([s for s, _ in batch])[:, None] + torch.arange(seq_len)[None, :]
+    return tokens[idx].to(device, non_blocking=True), tokens[idx + 1].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int]], seq_len: int,
+                  batch_seqs: int, luts, device: torch.device, autocast) -> tuple[float, int, int]:
+    """(sum of nats, scored targets, their bytes) over the given windows, float64/int64 sums."""
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    tok_count = torch.zeros((), device=device, dtype=torch.int64)
+    byte_count = torch.zeros((), device=device, dtype=torch.int64)
+    pos = torch.arange(seq_len)
+    for i in range(0, len(windows), batch_seqs):
+        batch = windows[i:i + batch_seqs]
+        x, y = window_batch(tokens, batch, seq_len, device)
+        mask = (pos[None, :] >= torch.tensor([f for _, f in batch])[:, None]).to(device)
+        with autocast:
+            losses = model.token_losses(x, y)
+        loss_sum += (losses.double() * mask).sum()
+        tok_count += mask.sum()
+        byte_count += (count_target_bytes(x, y, luts) * mask).sum()
+    return float(loss_sum.item()), int(tok_count.item()), int(byte_count.item())
+
+
+def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tuple[float, int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor([float(values[0])], device=device, dtype=torch.float64)
+    c = torch.tensor([int(values[1]), int(values[2])], device=device, dtype=torch.int64)
+    dist.all_reduce(t)
+    dist.all_reduce(c)
+    return float(t.item()), int(c[0].item()), int(c[1].item())
+
+
+def evaluate(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
+             rank: int = 0, world_size: int = 1, batch_seqs: int = 1) -> dict:
+    """Plain (optionally sliding-window) evaluation; windows are split across ranks."""
+    was_training = model.training
+    model.eval()
+    windows = eval_windows(tokens.numel(), args.train_seq_len, args.eval_stride)
+    per = math.ceil(len(windows) / world_size)
+    mine = windows[rank * per:(rank + 1) * per]
+    sums = all_reduce_sums(score_windows(model, tokens, mine, args.train_seq_len, batch_seqs, luts, device,
+                                         autocast), device)
+    model.train(was_training)
+    return summarize(sums)
+
+
+def summarize(sums: tuple[float, int, int]) -> dict:
+    loss_sum, toks, nbytes = sums
+    return dict(val_loss=loss_sum / toks, val_bpb=bits_per_byte(loss_sum, toks, nbytes), tokens=toks,
+                bytes=nbytes)
+
+
+def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
+                 rank: int = 0, world_size: int = 1, batch_seqs: int = 1, before_score=None) -> dict:
+    """Legal score-first TTT: windows are grouped into chunks of about TTT_CHUNK_TOKENS scored targets; each
+    chunk is scored with the weights as they are, and only then are the weights trained on that chunk's
+    windows (whose targets are all already scored) before the next chunk. `before_score(k, model)`, if given,
+    is called right before chunk k is scored (the tests use it to check which weights scored which chunk)."""
+    seq_len = args.train_seq_len
+    windows = eval_windows(tokens.numel(), seq_len, args.eval_stride)
+    chunks, cur, cur_targets = [], [], 0
+    for w in windows:
+        cur.append(w)
+        cur_targets += seq_len - w[1]
+        if cur_targets >= args.ttt_chunk_tokens:
+            chunks.append(cur)
+            cur, cur_targets = [], 0
+    if cur:
+        chunks.append(cur)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=args.ttt_lr, momentum=0.9)
+    total = [0.0, 0, 0]
+    per_chunk = []
+    distributed = dist.is_available() and dist.is_initialized()
+    for k, chunk in enumerate(chunks):
+        if before_score is not None:
+            before_score(k, model)
+        model.eval()
+        per = math.ceil(len(chunk) / world_size)
+        sums = all_reduce_sums(score_windows(model, tokens, chunk[rank * per:(rank + 1) * per], seq_len,
+                                             batch_seqs, luts, device, autocast), device)
+        per_chunk.append(sums)
+        total = [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
+        if k == len(chunks) - 1:
+            break  # nothing left to score: an update now would change no score
+        model.train()
+        for _ in range(args.ttt_epochs):
+            for i in range(0, len(chunk), batch_seqs * world_size):
+                whole = chunk[i:i + batch_seqs * world_size]
+                group = whole[rank::world_size]
+                opt.zero_grad(set_to_none=False)
+                if group:
+                    with autocast:
+                        loss = model(*window_batch(tokens, group, seq_len, device))
+                    (loss * len(group)).backward()
+                for p in params:  # mean over the windows of the whole group, across ranks
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    if distributed:
+                        dist.all_reduce(p.grad)
+                    p.grad.div_(len(whole))
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+    model.eval()
+    out = summarize(tuple(total))
+    out["chunks"] = per_chunk
+    return out
+
+
+# -----------------------------------------------------------------------------
+# QUANTIZATION
+# -----------------------------------------------------------------------------
+
+INT8_CLIP_Q = 99.99984 / 100.0
+
+
+def quantize_rows(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric quantisation to int8 storage: int8 clips at the 99.99984th percentile (challenge),
+    lower bit widths use the row max, matching what QAT trained against."""
+    qmax = 2 ** (bits - 1) - 1
+    t32 = t.float()
+    if bits == 8:
+        clip = torch.quantile(t32.abs(), INT8_CLIP_Q, dim=1)
+    else:
+        clip = t32.abs().amax(dim=1)
+    scale = (clip / qmax).clamp_min(1e-12)
+    q = torch.clamp(torch.round(torch.clamp(t32, -clip[:, None], clip[:, None]) / scale[:, None]), -qmax, qmax)
+    return q.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
+
+
+def quantize_state_dict(state_dict: dict, args: Hyperparameters) -> dict:
+    """Large 2-D float tensors -> per-row ints (QAT_BITS for block matrices, else 8 bits); small tensors and
+    control scalars stay float (fp32 for control tensors, fp16 otherwise)."""
+    out = {"__quant_format__": "intN_per_row_v1", "quantized": {}, "scales": {}, "bits": {}, "dtypes": {},
+           "passthrough": {}}
+    for name, tensor in state_dict.items():
+        t = tensor.detach().cpu()
+        if not t.is_floating_point():
+            out["passthrough"][name] = t
+        elif t.ndim != 2 or t.numel() <= args.int8_keep_float_max_numel:
+            keep_fp32 = any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS)
+            out["passthrough"][name] = t.float() if keep_fp32 else t.to(torch.float16)
+            out["dtypes"][name] = str(t.dtype).removeprefix("torch.")
+        else:
+            bits = args.qat_bits if args.qat_bits and name.startswith("blocks.") else 8
+            q, s = quantize_rows(t, bits)
+            out["quantized"][name], out["scales"][name], out["bits"][name] = q, s, bits
+            out["dtypes"][name] = str(t.dtype).removeprefix("torch.")
+    return out
+
+
+def dequantize_state_dict(obj: dict) -> dict:
+    sd = {}
+    for name, q in obj["quantized"].items():
+        sd[name] = (q.float() * obj["scales"][name].float()[:, None]).to(getattr(torch, obj["dtypes"][name]))
+    for name, t in obj["passthrough"].items():
+        dtype = obj["dtypes"].get(name)
+        sd[name] = t.to(getattr(torch, dtype)) if dtype else t
+    return sd
+
+
+def compress_bytes(raw: bytes, compressor: str) -> bytes:
+    if compressor == "zlib":
+        return zlib.compress(raw, 9)
+    if compressor == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor(level=22).compress(raw)
+    if compressor == "lzma":
+        return lzma.compress(raw, preset=9)
+    raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
+
+
+def decompress_bytes(blob: bytes, compressor: str) -> bytes:
+    if compressor == "zlib":
+        return zlib.decompress(blob)
+    if compressor == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().decompress(blob)
+    if compressor == "lzma":
+        return lzma.decompress(blob)
+    raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
+
+
+def export_model(model: nn.Module, args: Hyperparameters, path: Path) -> int:
+    """Quantise, serialise, compress, write; returns the model file's size in bytes."""
+    buf = io.BytesIO()
+    torch.save(quantize_state_dict(model.state_dict(), args), buf)
+    blob = compress_bytes(buf.getvalue(), args.compressor)
+    path.write_bytes(blob)
+    return len(blob)
+
+
+def load_exported(path: Path, args: Hyperparameters) -> dict:
+    raw = decompress_bytes(path.read_bytes(), args.compressor)
+    return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
+
+
+# -----------------------------------------------------------------------------
+# TRAINING
+# -----------------------------------------------------------------------------
+
+
+class RunContext:
+    """Process-level facts: device, ranks, logging. One per process."""
+
+    def __init__(self, args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0):
+        self.args, self.rank, self.world_size, self.local_rank = args, rank, world_size, local_rank
+        want = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if want == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("DEVICE=cuda but no CUDA device is available")
+        if want not in ("cpu", "cuda"):
+            raise ValueError(f"DEVICE={args.device!r}: expected auto, cpu or cuda")
+        self.device = torch.device("cuda", local_rank) if want == "cuda" else torch.device("cpu")
+        if args.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"DTYPE={args.dtype!r}: expected fp32 or bf16")
+        self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+                         if args.dtype == "bf16" else nullcontext())
+        self.master = rank == 0
+        self.run_dir = Path(args.run_dir)
+        self.log_path = self.run_dir / "train.log"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        if self.master:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(self, msg: str, console: bool = True):
+        if not self.master:
+            return
+        if console:
+            print(msg, flush=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+    def metric(self, row: dict):
+        if self.master:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.world_size}x {torch.cuda.get_device_name(self.device)}"
+        return f"{self.world_size}x cpu ({os.cpu_count()} cores)"
+
+
+def script_source() -> str:
+    return Path(__file__).read_text(encoding="utf-8")
+
+
+def set_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def write_results(ctx: RunContext, result: dict):
+    if ctx.master:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ctx.run_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2, default=str))
+        tmp.replace(ctx.run_dir / "results.json")
+
+
+def base_result(ctx: RunContext, source: str) -> dict:
+    """Every field of the RunResult record, filled in as the run goes."""
+    return dict(status="error", error=None, val_bpb=None, val_bpb_prequant=None, val_loss=None, val_tokens=None,
+                val_bytes=None, holdout_bpb=None, steps=None, train_tokens=None, train_time_s=None,
+                eval_time_s=None, bytes_code=len(source.encode("utf-8")), bytes_model=None, bytes_total=None,
+                over_cap=None, seed=ctx.args.seed, world_size=ctx.world_size, device=ctx.device_name(),
+                torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
+                script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest())
+
+
+def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
+    """The training loop; fills steps/train_tokens/train_time_s and sets status 'diverged' if the loss blows
+    up. Returns the EMA (if any) so the caller evaluates the shadow weights."""
+    args, device = ctx.args, ctx.device
+    grad_accum = args.grad_accum_steps or 8 // ctx.world_size
+    if not args.grad_accum_steps and 8 % ctx.world_size:
+        raise ValueError(f"world size {ctx.world_size} does not divide 8; set GRAD_ACCUM_STEPS")
+    fused = args.fused_kernels and triton is not None and device.type == "cuda"
+    model.fused_ce = fused
+    compiled = torch.compile(model, dynamic=False, fullgraph=not fused) if args.compile else model
+    ddp = DDP(compiled, device_ids=[ctx.local_rank] if device.type == "cuda" else None,
+              broadcast_buffers=False) if ctx.world_size > 1 else compiled
+    optimizers = build_optimizers(model, args, device)
+    loader = DistributedTokenLoader(args.train_files, ctx.rank, ctx.world_size, device)
+    diverge_at = args.diverge_loss or math.log(args.vocab_size) + 3.0
+
+    def step_once(step: int, scale: float) -> torch.Tensor:
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        for micro in range(grad_accum):
+            if ctx.world_size > 1:
+                ddp.require_backward_grad_sync = micro == grad_accum - 1
+            x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum)
+            with ctx.autocast:
+                loss = ddp(x, y)
+            total += loss.detach().float()
+            (loss / grad_accum).backward()
+        frac = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps > 0 else 1.0
+        for g in optimizers[1].param_groups:
+            g["momentum"] = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * scale
+        if args.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        return total / grad_accum
+
+    model.train()
+    if args.warmup_steps > 0:  # prime compile/kernels, then restore the true initial state and data order
+        init_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        init_opts = [copy.deepcopy(o.state_dict()) for o in optimizers]
+        for ws in range(args.warmup_steps):
+            step_once(ws, 1.0)
+        model.load_state_dict(init_model)
+        for o, s in zip(optimizers, init_opts, strict=True):
+            o.load_state_dict(s)
+        loader = DistributedTokenLoader(args.train_files, ctx.rank, ctx.world_size, device)
+        ctx.log(f"warmup: {args.warmup_steps} priming steps done, state restored")
+    ema = EMA(model, args.ema_decay) if args.ema_decay > 0 else None
+    tokens_per_step = (args.train_batch_tokens // (ctx.world_size * grad_accum) // args.train_seq_len
+                       * args.train_seq_len * ctx.world_size * grad_accum)
+    max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    train_ms, step, stop_after = 0.0, 0, None
+    ctx.sync()
+    t0 = time.perf_counter()
+    while True:
+        last = step == args.iterations or (stop_after is not None and step >= stop_after)
+        if args.val_loss_every > 0 and step > 0 and (step % args.val_loss_every == 0 or last):
+            ctx.sync()
+            train_ms += 1000.0 * (time.perf_counter() - t0)
+            ev = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank,
+                          ctx.world_size, ctx.val_batch_seqs)
+            ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} val_bpb:{ev['val_bpb']:.4f} "
+                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            ctx.sync()
+            t0 = time.perf_counter()
+        if last:
+            break
+        scale = lr_scale(args, step, train_ms + 1000.0 * (time.perf_counter() - t0))
+        loss = step_once(step, scale)
+        if ema is not None:
+            ema.update()
+        step += 1
+        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        if step <= 10 or step % max(args.train_log_every, 1) == 0 or step == args.iterations:
+            if is_distributed():  # every rank must see the same loss, or they disagree about diverging
+                dist.all_reduce(loss, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM)
+                loss = loss if device.type == "cuda" else loss / ctx.world_size
+            lv = float(loss.item())
+            ctx.metric(dict(step=step, train_loss=lv, lr_scale=scale, elapsed_s=elapsed_ms / 1000.0,
+                            tokens_per_s=step * tokens_per_step / max(elapsed_ms / 1000.0, 1e-9)))
+            ctx.log(f"step:{step}/{args.iterations} train_loss:{lv:.4f} lr_scale:{scale:.4f} "
+                    f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
+            if not math.isfinite(lv) or lv > diverge_at:
+                result["status"] = "diverged"
+                result["error"] = f"train_loss {lv} at step {step} (limit {diverge_at:.2f})"
+                break
+        if stop_after is None and max_ms is not None and all_reduce_max(elapsed_ms, device) >= max_ms:
+            stop_after = step
+    ctx.sync()
+    train_ms += 1000.0 * (time.perf_counter() - t0)
+    result.update(steps=step, train_tokens=step * tokens_per_step, train_time_s=train_ms / 1000.0)
+    ctx.log(f"training done: steps:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms "
+            f"peak_mem:{torch.cuda.max_memory_allocated(device) // 2**20 if device.type == 'cuda' else 0}MiB")
+    return ema
+
+
+def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
+    """Pre-quant score, export (quantise + compress), reload the artifact, and score it: the roundtrip score,
+    with TTT and on the holdout slice when asked for."""
+    args, device = ctx.args, ctx.device
+    t_eval = time.perf_counter()
+    pre = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank, ctx.world_size,
+                   ctx.val_batch_seqs)
+    result["val_bpb_prequant"] = pre["val_bpb"]
+    ctx.log(f"prequant val_loss:{pre['val_loss']:.6f} val_bpb:{pre['val_bpb']:.6f}")
+    suffix = f"int{args.qat_bits}" if args.qat_bits else "int8"
+    model_path = ctx.run_dir / f"final_model.{suffix}.ptz"
+    if ctx.master:
+        result["bytes_model"] = export_model(model, args, model_path)
+    if is_distributed():
+        dist.barrier()
+    state = load_exported(model_path, args)
+    model.load_state_dict(state, strict=True)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.ttt_enable else None
+
+    def score(tokens):
+        if args.ttt_enable:
+            model.load_state_dict(initial, strict=True)  # every slice adapts from the artifact's weights
+            return evaluate_ttt(model, tokens, args, ctx.luts, device, ctx.autocast, ctx.rank, ctx.world_size,
+                                ctx.val_batch_seqs)
+        return evaluate(model, tokens, args, ctx.luts, device, ctx.autocast, ctx.rank, ctx.world_size,
+                        ctx.val_batch_seqs)
+
+    rt = score(ctx.val_tokens)
+    result.update(val_bpb=rt["val_bpb"], val_loss=rt["val_loss"], val_tokens=rt["tokens"], val_bytes=rt["bytes"])
+    ctx.log(f"final_roundtrip val_loss:{rt['val_loss']:.8f} val_bpb:{rt['val_bpb']:.8f} "
+            f"tokens:{rt['tokens']} bytes:{rt['bytes']}")
+    if ctx.holdout_tokens is not None:
+        ho = score(ctx.holdout_tokens)
+        result["holdout_bpb"] = ho["val_bpb"]
+        ctx.log(f"holdout val_bpb:{ho['val_bpb']:.8f} tokens:{ho['tokens']}")
+    ctx.sync()
+    result["eval_time_s"] = time.perf_counter() - t_eval
+    if ctx.master:
+        result["bytes_total"] = result["bytes_code"] + result["bytes_model"]
+        result["over_cap"] = result["bytes_total"] > args.artifact_cap_bytes
+        ctx.log(f"artifact: code {result['bytes_code']} + model {result['bytes_model']} = {result['bytes_total']} "
+                f"bytes{' OVER THE CAP' if result['over_cap'] else ''}")
+
+
+def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
+    """One whole run in this process (the caller set up torch.distributed if world_size > 1). Always writes
+    results.json; returns the result dict. Exceptions propagate after the error result is written."""
+    source = script_source()
+    try:
+        ctx = RunContext(args, rank, world_size, local_rank)
+    except BaseException as e:  # bad DEVICE/DTYPE: still leave a result behind
+        if rank == 0:
+            Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.run_dir) / "results.json").write_text(json.dumps(dict(
+                status="error", error=traceback.format_exception_only(type(e), e)[-1].strip(), seed=args.seed,
+                world_size=world_size, torch_version=torch.__version__, hyperparameters=args.as_dict(),
+                bytes_code=len(source.encode("utf-8")),
+                script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest()), indent=2))
+        raise
+    result = base_result(ctx, source)
+    if ctx.master:
+        for p in (ctx.log_path, ctx.metrics_path):
+            p.unlink(missing_ok=True)
+    ctx.log(source, console=False)
+    ctx.log("=" * 100, console=False)
+    ctx.log(f"python {sys.version.split()[0]} torch {torch.__version__} device {ctx.device_name()}")
+    ctx.log("hyperparameters: " + json.dumps(args.as_dict(), sort_keys=True))
+    try:
+        if ctx.device.type == "cuda":
+            torch.cuda.set_device(ctx.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            try:
+                smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+                ctx.log(smi, console=False)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        set_seed(args.seed)
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+        if int(sp.vocab_size()) != args.vocab_size:
+            raise ValueError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE is "
+                             f"{args.vocab_size}")
+        ctx.luts = build_sentencepiece_luts(sp, args.vocab_size, ctx.device)
+        val_all = load_validation_tokens(args.val_files)
+        ctx.val_tokens, ctx.holdout_tokens = split_validation(val_all, args.val_max_tokens,
+                                                              args.val_holdout_tokens)
+        grad_accum = args.grad_accum_steps or max(8 // world_size, 1)
+        ctx.val_batch_seqs = max(1, args.val_batch_size // (world_size * grad_accum) // args.train_seq_len)
+        model = build_model(args, ctx.device, bos_id=sp.bos_id())
+        n_params = count_params(model)
+        ctx.log(f"model_params:{n_params} flops_per_token:{flops_per_token(args, model):.4e} "
+                f"world_size:{world_size} grad_accum_steps:{grad_accum} val_tokens:{ctx.val_tokens.numel()} "
+                f"holdout_tokens:{0 if ctx.holdout_tokens is None else ctx.holdout_tokens.numel()}")
+        ema = train(ctx, model, result)
+        if result["status"] == "diverged":
+            ctx.log(f"diverged: {result['error']}")
+            write_results(ctx, result)
+            return result
+        if ema is not None:
+            ema.copy_to(model)
+        final_evaluation(ctx, model, result, source)
+        result["status"] = "ok"
+    except BaseException as e:
+        result["status"] = "error"
+        result["error"] = (traceback.format_exception_only(type(e), e)[-1].strip())[:2000]
+        ctx.log(traceback.format_exc())
+        write_results(ctx, result)
+        raise
+    write_results(ctx, result)
+    return result
+
+
+def main() -> int:
+    args = Hyperparameters()
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if distributed and world_size > 1:
+        use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        run(args, rank, world_size if distributed else 1, local_rank)
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        if is_distributed():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
