@@ -18,7 +18,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -260,7 +260,7 @@ def parse_plan(text: str, name: str = "battle_plan.md") -> BattlePlan:
     section: str | None = None
     seen_sections: dict[str, int] = {}
     directives: list[str] = []
-    budget: dict[str, object] = {}
+    budget: dict[str, Any] = {}
     budget_lines: dict[str, int] = {}
     queue: list[QueueItem] = []
     for i, raw in enumerate(lines):
@@ -296,7 +296,7 @@ def parse_plan(text: str, name: str = "battle_plan.md") -> BattlePlan:
         else:
             queue.append(_parse_queue_line(text_line, lineno, name))
     blocks = {s.name: "".join(lines[s.begin + 1: s.end]) for s in spans}
-    return BattlePlan(name=name, directives=directives, budget=PlanBudget(**budget), queue=queue,
+    return BattlePlan(name=name, directives=directives, budget=PlanBudget.model_validate(budget), queue=queue,
                       blocks=blocks, human_sha=_fingerprint(lines, spans))
 
 
