@@ -1,0 +1,272 @@
+"""The planner's view of the world: a bounded text digest of PlannerState, and the prompt templates.
+
+The digest is what keeps the LLM's context small however long the ledger grows: every section has
+a share of a hard character budget, items inside a section are cut line by line (the most important
+first), and a section that does not fit is shortened, never allowed to push another out. Human
+directives come first and get the largest share, because steering must survive a long session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from agent.planner import PlannerState
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_MAX_CHARS = 6000
+MAX_LINE = 240  # no single item may take more than this
+_SEP = "\n\n"
+
+# Which section gets how much of the budget when everything cannot fit; what is left unused by a
+# short section is handed to the others in this (priority) order: steering, then what to do next.
+SHARES: dict[str, float] = {
+    "directives": 0.22,
+    "incumbent": 0.10,
+    "queue": 0.16,
+    "recent": 0.14,
+    "findings": 0.18,
+    "frontier": 0.13,
+    "options": 0.07,
+}
+
+SECRET_ENV = ("OPENAI_API_KEY", "RUNPOD_API_KEY", "GITHUB_TOKEN", "HF_TOKEN", "ANTHROPIC_API_KEY")
+_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{16,}|rpa_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,})")
+
+
+def redact(text: str, env: dict[str, str] | None = None) -> str:
+    """Remove API keys from text bound for the model (a directive or a log may carry one by accident)."""
+    env = os.environ if env is None else env
+    for name in SECRET_ENV:
+        value = env.get(name)
+        if value and len(value) >= 8 and value in text:
+            text = text.replace(value, f"[{name} redacted]")
+    return _KEY_LIKE.sub("[key redacted]", text)
+
+
+def load_template(name: str) -> str:
+    return (PROMPTS_DIR / name).read_text(encoding="utf-8")
+
+
+def fill(name: str, **values: Any) -> str:
+    """A template with $placeholders; missing ones stay visible rather than raising."""
+    return Template(load_template(name)).safe_substitute({k: str(v) for k, v in values.items()})
+
+
+def _clip(text: str, n: int = MAX_LINE) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _num(x: Any, fmt: str = ".4f") -> str:
+    if x is None:
+        return "-"
+    try:
+        return format(float(x), fmt)
+    except (TypeError, ValueError):
+        return _clip(str(x), 24)
+
+
+def _signed(x: Any) -> str:
+    return _num(x, "+.4f")
+
+
+def _first(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return None
+
+
+def _env(env: Any, n: int = 120) -> str:
+    if not env:
+        return "{}"
+    if isinstance(env, dict):
+        return _clip(" ".join(f"{k}={v}" for k, v in env.items()), n)
+    return _clip(str(env), n)
+
+
+def _ci(d: dict[str, Any]) -> str:
+    ci = d.get("ci")
+    lo, hi = (ci[0], ci[1]) if isinstance(ci, list | tuple) and len(ci) == 2 else (d.get("ci_low"), d.get("ci_high"))
+    return "-" if lo is None and hi is None else f"[{_signed(lo)}, {_signed(hi)}]"
+
+
+def _fit(head: str, lines: list[str], cap: int) -> str:
+    """The header plus as many lines as fit in `cap` characters, then a count of what was left out."""
+    if not lines:
+        return ""
+    whole = "\n".join([head, *lines])
+    if len(whole) <= cap:
+        return whole
+    if cap < len(head) + 20:
+        return ""
+    out, used = [head], len(head)
+    for i, line in enumerate(lines):
+        more = len(lines) - i
+        tail = f"\n… {more} more not shown"
+        if used + 1 + len(line) + (len(tail) if more > 1 else 0) > cap:
+            if used + len(tail) <= cap:
+                out.append(tail.lstrip("\n"))
+            break
+        out.append(line)
+        used += 1 + len(line)
+    return "\n".join(out)
+
+
+# -- sections: each returns (header, lines), most important lines first -------------------------------
+
+def _directives(s: PlannerState) -> tuple[str, list[str]]:
+    head = "## Human directives (follow these first)"
+    if s.plan_changed:
+        head += "\n(battle_plan.md was edited since the last decision: re-read these)"
+    lines = [f"- {_clip(d, 400)}" for d in s.directives if str(d).strip()]
+    return head, lines or ["- (none)"]
+
+
+def _incumbent(s: PlannerState) -> tuple[str, list[str]]:
+    inc, noise = s.incumbent, s.noise
+    lines = []
+    if inc:
+        sha = str(inc.get("script_sha") or "")[:10] or "-"
+        lines.append(f"val_bpb {_num(_first(inc, 'mean_bpb', 'val_bpb'))} over n={inc.get('n', '-')} runs, "
+                     f"script {sha}")
+        stack = inc.get("stack")
+        if stack:
+            lines.append("stack: " + _clip(", ".join(map(str, stack)) if isinstance(stack, list) else str(stack)))
+        lines.append("env: " + _env(inc.get("env"), MAX_LINE - 5))
+    else:
+        lines.append("not measured yet")
+    if noise:
+        lines.append(f"noise: seed std {_num(noise.get('std'), '.5f')} (n={noise.get('n', '-')}, "
+                     f"{_clip(str(noise.get('source', 'measured')), 60)})")
+    else:
+        lines.append("noise: not measured yet")
+    if s.script_dirty:
+        lines.append("the working script has an edit not yet judged (your next sweep tests it)")
+    return "## Incumbent", lines
+
+
+_ORDER = {"confirmed": 0, "inconclusive": 1, "rejected": 2}
+
+
+def _findings(s: PlannerState) -> tuple[str, list[str]]:
+    rows = sorted(s.findings, key=lambda f: _ORDER.get(str(_first(f, "outcome", "status")), 3))
+    lines = [
+        f"| {_clip(_first(f, 'technique', 'name') or '?', 40)} | {_first(f, 'outcome', 'status') or '?'} "
+        f"| {_signed(f.get('delta'))} | {_ci(f)} | {_num(_first(f, 'p', 'p_value'), '.3g')} "
+        f"| {_first(f, 'n', 'n_candidate') or '-'} |"
+        for f in rows
+    ]
+    head = "## Techniques judged (delta bpb vs incumbent, negative is better)\n| technique | outcome | delta | CI | p | n |"
+    return head, lines or ["| (none yet) | | | | | |"]
+
+
+def _recent(s: PlannerState) -> tuple[str, list[str]]:
+    lines = []
+    for r in reversed(s.recent):  # newest first: they matter most
+        name = _first(r, "candidate", "name", "experiment") or "?"
+        tech = r.get("technique")
+        verdict = _first(r, "outcome", "status") or "?"
+        kept = " kept" if r.get("kept") else ""
+        extra = _first(r, "reason", "note", "error") or ""
+        runs = r.get("runs") or r.get("candidate_runs") or []
+        if runs:
+            extra = f"runs {', '.join(map(str, runs[-2:]))}" + (f"; {extra}" if extra else "")
+        lines.append(_clip(f"- {name}{f' ({tech})' if tech and tech != name else ''}: {verdict}{kept}, "
+                           f"delta {_signed(r.get('delta'))}, p {_num(_first(r, 'p', 'p_value'), '.3g')}, "
+                           f"n {_first(r, 'n', 'n_candidate') or '-'}"
+                           f"{'; ' + str(extra) if extra else ''}"))
+    return "## Last experiments (newest first)", lines or ["- (none yet)"]
+
+
+def _frontier(s: PlannerState) -> tuple[str, list[str]]:
+    lines = [_clip(ln) for ln in s.frontier.splitlines() if ln.strip()]
+    return "## Frontier changes since the last decision", lines or ["(no change)"]
+
+
+_CLOSED = {"done", "banned", "rejected", "confirmed", "skip", "skipped"}
+
+
+def _queue(s: PlannerState) -> tuple[str, list[str]]:
+    open_items = [q for q in s.queue if str(q.get("state", "open")).lower() not in _CLOSED]
+    lines = []
+    for q in open_items:
+        notes = q.get("notes")
+        tried = f", tried {q['tries']}x: {q.get('decided')}" if q.get("tries") else ""
+        lines.append(_clip(f"- {q.get('technique', '?')} [priority {q.get('priority', '-')}, "
+                           f"{q.get('state', 'open')}{tried}] env {_env(q.get('env'), 80)}"
+                           f"{'; ' + str(notes) if notes else ''}"))
+    closed = len(s.queue) - len(open_items)
+    head = "## Queue (open items, in order)" + (f"; {closed} closed items hidden" if closed else "")
+    return head, lines or ["- (queue exhausted)"]
+
+
+def _options(s: PlannerState) -> tuple[str, list[str]]:
+    lines = [_clip("- " + ", ".join(f"{k}={v}" for k, v in o.items())) for o in s.options]
+    return "## Options with cost estimates", lines
+
+
+_SECTIONS = {"directives": _directives, "incumbent": _incumbent, "findings": _findings, "recent": _recent,
+             "frontier": _frontier, "queue": _queue, "options": _options}
+# the order the model reads; the brief's order: directives, frontier, incumbent, table, recent, budget
+_READ_ORDER = ["directives", "frontier", "incumbent", "findings", "recent", "queue", "options"]
+
+
+def _budget_line(s: PlannerState) -> str:
+    b = s.budget_left
+    parts = []
+    if b.experiments is not None:
+        parts.append(f"{b.experiments} experiments")
+    if b.minutes is not None:
+        parts.append(f"{b.minutes:.1f} minutes")
+    if b.dollars is not None:
+        parts.append(f"${b.dollars:.2f}")
+    return "## Budget left\n" + (", ".join(parts) or "unbounded") + f"; decisions so far: {s.decisions_so_far}"
+
+
+def render_state(state: PlannerState, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """The state digest, never longer than `max_chars` (directives first, budget always shown)."""
+    header = _clip(f"Session {state.session}, tier {state.tier}, hardware {state.hardware}", 200)
+    budget = _budget_line(state)
+    fixed = len(header) + len(budget) + 2 * len(_SEP)
+    avail = max(0, max_chars - fixed - len(_SEP) * len(_SECTIONS))
+    built = {}
+    for key, fn in _SECTIONS.items():
+        head, lines = fn(state)
+        built[key] = (head, [redact(ln) for ln in lines])
+    want = {k: len(h) + sum(1 + len(ln) for ln in lines) for k, (h, lines) in built.items()}
+    # water-filling: each section gets up to its share, then the leftovers go out in priority order
+    alloc = {k: min(want[k], int(SHARES[k] * avail)) for k in _SECTIONS}
+    left = avail - sum(alloc.values())
+    for k in SHARES:
+        extra = min(want[k] - alloc[k], left)
+        alloc[k] += extra
+        left -= extra
+    parts = [header]
+    for k in _READ_ORDER:
+        text = _fit(*built[k], alloc[k])
+        if text:
+            parts.append(text)
+    parts.append(budget)
+    out = _SEP.join(parts)
+    return out if len(out) <= max_chars else out[: max_chars - 12] + "\n…[cut]"
+
+
+def compact(obj: Any, limit: int = 1500) -> str:
+    """A dict as one line of JSON for a tool message, bounded."""
+    text = redact(json.dumps(obj, default=str, separators=(",", ":")))
+    return text if len(text) <= limit else text[: limit - 15] + "…[truncated]"
+
+
+def system_prompt() -> str:
+    return load_template("system.txt").strip()
+
+
+def decision_prompt(state: PlannerState, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    return fill("decision.txt", decision=state.decisions_so_far + 1, session=state.session,
+                digest=render_state(state, max_chars)).strip()
