@@ -9,8 +9,9 @@ our own only nudge it, and a few dozen override it. There is no stored state: th
 the ledger every time, so every new final moves it.
 
 Known simplification: the lower-tier deltas are themselves noisy, which biases a least-squares slope
-toward zero (attenuation). With proxy deltas several times their standard error this is small next to
-the prior's width; the prediction adds the proxy's own error on top (predict).
+toward zero (attenuation). Pairs are weighted by their measurement errors (fit_calibration), which
+limits the damage from noisy pairs but does not remove the bias; the prediction adds the proxy's own
+error on top (predict).
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def fit_calibration(pairs: Sequence[Pair], kind: Kind, prior: Prior | dict[Kind,
     Normal-Inverse-Gamma: beta | s2 ~ N(m0, s2 V0), s2 ~ InvGamma(a0, b0), with V0 chosen so that the
     slope's prior sd is prior.slope_sd at the prior residual sd, and E[s2] = prior.residual_sd^2. The
     posterior slope is Student-t; slope_sd is its sd. Without pairs of this kind it is the prior itself.
+    Pairs that carry standard errors are weighted by 1 / (1 + (slope*lower_se)^2 + upper_se^2) in units
+    of the prior scatter, so a pair whose proxy delta is mostly noise moves the line little (and the
+    slope is not dragged toward zero by it as much as unweighted least squares would be).
     Through the origin by default: a change that does nothing on the proxy is expected to do nothing at
     full scale; an intercept (prior mean 0, sd one residual) is for when the tiers disagree on a baseline.
     """
@@ -171,11 +175,19 @@ def fit_calibration(pairs: Sequence[Pair], kind: Kind, prior: Prior | dict[Kind,
     x = np.array([p.lower_delta for p in own], dtype=float)
     y = np.array([p.upper_delta for p in own], dtype=float)
     X = np.column_stack([x, np.ones_like(x)]) if fit_intercept else x[:, None]
-    lam = v0_inv + X.T @ X
-    cov_unit = np.linalg.inv(lam)
-    mn = cov_unit @ (v0_inv @ m0 + X.T @ y)
+    se_x = np.array([p.lower_se or 0.0 for p in own], dtype=float)
+    se_y = np.array([p.upper_se or 0.0 for p in own], dtype=float)
+    slope = prior.slope
+    for _ in range(3):  # the weights depend on the slope: a few fixed-point steps settle them
+        # a pair's variance around the line is s2 plus its measurement errors (the proxy's through the
+        # slope); as a weight relative to s2 at the prior scatter, so a noisy pair counts for less
+        w = s0**2 / (s0**2 + (slope * se_x) ** 2 + se_y**2)
+        lam = v0_inv + X.T @ (w[:, None] * X)
+        cov_unit = np.linalg.inv(lam)
+        mn = cov_unit @ (v0_inv @ m0 + X.T @ (w * y))
+        slope = float(mn[0])
     an = a0 + len(own) / 2.0
-    bn = b0 + 0.5 * float(y @ y + m0 @ v0_inv @ m0 - mn @ lam @ mn)
+    bn = b0 + 0.5 * float(y @ (w * y) + m0 @ v0_inv @ m0 - mn @ lam @ mn)
     bn = max(bn, 1e-30)
     dof = 2.0 * an
     scale2 = bn / an * np.diag(cov_unit) * dof / (dof - 2.0)  # Student-t variance
