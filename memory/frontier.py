@@ -619,8 +619,13 @@ def _ids(ids: list[str]) -> str:
     return ", ".join(ids) if ids else "none"
 
 
+def _closed_only(e: FrontierEntry) -> bool:
+    """A pull request closed unmerged with no rule failure: usually superseded, rarely worth a row."""
+    return e.flags == [REJECTED] and e.source == "pr"
+
+
 def format_table(snap: FrontierSnapshot, now: dt.datetime | None = None, limit: int | None = None,
-                 table: SynonymTable | None = None) -> str:
+                 show_all: bool = False, table: SynonymTable | None = None) -> str:
     """The frontier as a text table: legal records first by score, then everything flagged."""
     best = best_legal(snap.entries)
     state = stack_state(snap.entries, table)
@@ -628,16 +633,21 @@ def format_table(snap: FrontierSnapshot, now: dt.datetime | None = None, limit: 
              f"Best legal record: {_short(best) if best else 'none'}",
              f"Best stack ({len(state.stack)}): {_ids(sorted(state.stack))}", ""]
     rows = sorted(snap.entries, key=lambda e: (not is_legal_record(e), e.val_bpb))
+    hidden = 0 if show_all else sum(map(_closed_only, rows))
+    rows = rows if show_all else [e for e in rows if not _closed_only(e)]
     if limit is not None:
+        hidden += max(0, len(rows) - limit)
         rows = rows[:limit]
-    lines.append(f"{'val_bpb':>7}  {'date':10}  {'pr':>8}  {'author':18}  {'flags':34}  techniques")
+    lines.append(f"{'val_bpb':>7}  {'date':10}  {'pr':>12}  {'author':18}  {'flags':34}  techniques")
     for e in rows:
         mark = "!" if BLOCKING.intersection(e.flags) else " "
-        pr = _pr(e.pr)
-        pr = pr if len(pr) <= 8 else pr[:7] + "…"
-        lines.append(f"{e.val_bpb:7.4f}{mark} {_day(e.date):10}  {pr:>8}  {e.author[:18]:18}  "
+        pr = _pr(e.pr).rsplit("/", 1)[-1]
+        pr = pr if len(pr) <= 12 else pr[:11] + "…"
+        lines.append(f"{e.val_bpb:7.4f}{mark} {_day(e.date):10}  {pr:>12}  {e.author[:18]:18}  "
                      f"{','.join(e.flags)[:34]:34}  {_ids(e.techniques)}"
                      + (f"  [removed: {_ids(e.removed_techniques)}]" if e.removed_techniques else ""))
+    if hidden:
+        lines.append(f"({hidden} more rows hidden: closed pull requests without a rule failure, or past the limit)")
     flagged = [e for e in snap.entries if set(RULE_FLAGS).intersection(e.flags)]
     if flagged:
         lines += ["", "Rule checks ('!' rows are not built on without saying so):"]
@@ -744,9 +754,10 @@ def frontier_diff_for(ws_root: str | Path, queue: list[str] | None = None,
     return diff(base, cur.snapshot, queue, base_name=base_name, current_name=cur.name, now=now)
 
 
-def frontier_show(ws_root: str | Path, now: dt.datetime | None = None) -> str:
+def frontier_show(ws_root: str | Path, now: dt.datetime | None = None, show_all: bool = False,
+                  limit: int | None = None) -> str:
     """`golf frontier`: the current frontier as a table, with its flags and its age."""
-    return format_table(current(frontier_dir(ws_root)).snapshot, now)
+    return format_table(current(frontier_dir(ws_root)).snapshot, now, limit=limit, show_all=show_all)
 
 
 def frontier_diff_text(ws_root: str | Path, queue: list[str] | None = None,

@@ -214,7 +214,7 @@ def test_snapshots_are_never_overwritten_and_old_ones_are_pruned(tmp_path):
 def test_sync_writes_a_snapshot_joining_readme_records_and_pull_requests(tmp_path, github):
     r = do_sync(tmp_path, github)
     assert r.ok and Path(r.snapshot).exists()
-    assert (r.readme_rows, r.records, r.pull_requests) == (4, 3, 7)
+    assert (r.readme_rows, r.records, r.pull_requests) == (4, 3, 8)
     assert any("2026-04-28_BrokenJson/submission.json: malformed" in w for w in r.warnings)
 
     entries = F.current(Workspace.at(tmp_path).frontier_dir).snapshot.entries
@@ -236,6 +236,12 @@ def test_sync_writes_a_snapshot_joining_readme_records_and_pull_requests(tmp_pat
     assert not [e for e in entries if e.pr == "1904"]  # a typo fix claims nothing
     # shipped knowledge survives a sync: GitHub's window does not reach #338
     assert F.ILLEGAL_TTT in by_pr(entries, "338").flags and F.INVALID_BYTES in by_pr(entries, "1184").flags
+
+    assert by_pr(entries, "1897").flags == [F.REJECTED]  # closed unmerged, no rule failure
+    table = F.frontier_show(tmp_path, now=NOW)
+    assert "#1897" not in table and "1 more rows hidden" in table
+    assert "#1897" in F.frontier_show(tmp_path, now=NOW, show_all=True)
+    assert " #1901 " in table and "1.0400!" in table
 
     text = F.frontier_diff_text(tmp_path, QUEUE, now=NOW)
     assert "New best legal record: 1.0590 (#1903, Ada Tester, 2026-04-29) (was 1.0611 (#1855" in text
