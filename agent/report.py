@@ -207,12 +207,13 @@ def _spend_series(records: list) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Figure:
+    """Write the PNG and hand back the figure, so a caller can check what was drawn."""
     fig.savefig(path, dpi=DPI, format="png")
-    return path
+    return fig
 
 
-def plot_val_bpb(data: dict[str, Any], path: Path) -> Path:
+def plot_val_bpb(data: dict[str, Any], path: Path) -> Figure:
     """One panel per tier (results on different hardware are never drawn on one axis), plus the finals."""
     points = [p for p in data["decisions"] if p["candidate_bpb"] is not None]
     tiers = list(dict.fromkeys(p["tier"] for p in points))
@@ -229,7 +230,7 @@ def plot_val_bpb(data: dict[str, Any], path: Path) -> Path:
                 if sel:
                     ax.scatter([p["index"] for p in sel], [p["candidate_bpb"] for p in sel], s=36,
                                facecolors=color if kept else "none", edgecolors=color,
-                               label=f"{outcome}{' (kept)' if kept else ''}", zorder=3)
+                               label=f"{outcome}{' (kept)' if kept else ''}", zorder=3, gid="decisions")
         inc = [(p["index"], p["incumbent_bpb"]) for p in mine if p["incumbent_bpb"] is not None]
         if inc:
             ax.step([i for i, _ in inc], [v for _, v in inc], where="post", color="black", lw=1.2)
@@ -254,7 +255,7 @@ def plot_val_bpb(data: dict[str, Any], path: Path) -> Path:
         for x, f in zip(xs, finals, strict=True):
             ax.annotate(f["final_id"][:14], (x, f["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         if best is not None:
-            ax.axhline(best, color="tab:purple", ls="--", label=f"frontier {best:.4f} ({source})")
+            ax.axhline(best, color="tab:purple", ls="--", label=f"frontier {best:.4f} ({source})", gid="frontier")
         ax.set_title(f"finals ({FINAL_TIER})", fontsize=10)
         ax.set_xlabel("final (ledger order)")
         ax.set_ylabel("val_bpb")
@@ -266,7 +267,7 @@ def plot_val_bpb(data: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_deltas(data: dict[str, Any], path: Path) -> Path:
+def plot_deltas(data: dict[str, Any], path: Path) -> Figure:
     rows = data["deltas"]
     fig = Figure(figsize=(WIDTH_IN, max(2.5, 0.35 * len(rows) + 1.2)))
     ax = fig.subplots()
@@ -294,7 +295,7 @@ def plot_deltas(data: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_calibration(data: dict[str, Any], path: Path) -> Path:
+def plot_calibration(data: dict[str, Any], path: Path) -> Figure:
     cal = data["calibration"]
     fig = Figure(figsize=(WIDTH_IN, 4.0))
     axes = fig.subplots(1, len(KINDS), squeeze=False)[0]
@@ -314,7 +315,7 @@ def plot_calibration(data: dict[str, Any], path: Path) -> Path:
         span = max(hi - lo, 0.01)
         xs = [lo - 0.1 * span + (span * 1.2) * i / 50 for i in range(51)]
         pred = [predict(c, x) for x in xs]
-        ax.plot(xs, [m for m, _ in pred], color="tab:red", label=f"{'posterior' if c.source == 'fit' else 'prior'}: slope {c.slope:+.3f}")
+        ax.plot(xs, [m for m, _ in pred], color="tab:red", gid="fit", label=f"{'posterior' if c.source == 'fit' else 'prior'}: slope {c.slope:+.3f}")
         ax.fill_between(xs, [m - s for m, s in pred], [m + s for m, s in pred], color="tab:red", alpha=0.15,
                         label="+- 1 sd")
         ax.axhline(0, color="black", lw=0.5)
@@ -330,7 +331,7 @@ def plot_calibration(data: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_spend(data: dict[str, Any], path: Path) -> Path:
+def plot_spend(data: dict[str, Any], path: Path) -> Figure:
     series = data["spend"]
     fig = Figure(figsize=(WIDTH_IN, 3.5))
     ax = fig.subplots()
