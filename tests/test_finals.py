@@ -1,0 +1,443 @@
+"""RunPod finals against a fake RunPod (a real HTTP server on 127.0.0.1 speaking the SDK's GraphQL, whose
+pods run tools/pod_agent.py as local processes). The real `runpod` SDK, the real agent, the real ledger.
+
+Every fault test ends with the same three promises: no pod left running in the fake, spend never
+above the budget (both as the fake bills it and as the ledger books it), and the ledger tells what
+happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.finals import (
+    FinalConfig,
+    Rung,
+    host_tag,
+    judge_final,
+    live_sessions,
+    pod_prefix,
+    reap_pods,
+    resolve_budget,
+    run_final,
+)
+from memory.ledger import Ledger
+from memory.records import EventRecord, FinalRecord, RunRecord, SpendRecord
+from memory.workspace import Workspace
+from tests.fakes.fake_runpod import FakeRunPod
+from tools.pods import (
+    AgentRef,
+    PodSpec,
+    RetryPolicy,
+    RunPodBackend,
+    agent_payload,
+    agent_start_cmd,
+    gql_string_body,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+VALS = {1337: 1.05000, 42: 1.05040, 2025: 1.04970}  # a clear record against 1.0611 at 0.005 nats
+
+STAND_IN_TRAIN = '''
+"""Stand-in for train_gpt.py on a fake pod: writes what the real one writes, in a second."""
+import hashlib, json, os, sys, time
+src = open(__file__, "rb").read()
+seed = int(os.environ["SEED"])
+run_dir = os.environ["RUN_DIR"]
+os.makedirs(run_dir, exist_ok=True)
+assert os.path.exists(os.path.join(os.environ["DATA_PATH"], "fineweb_val_000000.bin")), "no data"
+log = open(os.path.join(run_dir, "train.log"), "w")
+for step in range(0, 40, 10):
+    print(f"step:{step} train_loss:{3.0 - step / 100:.3f}", flush=True)
+    log.write(f"step:{step}\\n")
+    time.sleep(SLEEP / 4)
+if seed in CRASH:
+    print("Traceback (most recent call last):\\nRuntimeError: CUDA error: an illegal memory access", flush=True)
+    sys.exit(1)
+open(os.path.join(run_dir, "final_model.int6.ptz"), "wb").write(b"\\0" * 1000)
+val = VALS[seed]
+res = dict(status="ok", val_bpb=val, val_loss=val * 1.6925, val_tokens=1000, val_bytes=2445, steps=13000,
+           train_time_s=599.1, eval_time_s=120.5, bytes_code=len(src), bytes_model=15_000_000,
+           bytes_total=len(src) + 15_000_000, seed=seed, world_size=int(os.environ["FAKE_NPROC_PER_NODE"]),
+           script_sha256=hashlib.sha256(src).hexdigest(), hyperparameters={"HELLO": os.environ.get("HELLO")})
+print(f"final val_bpb:{val:.5f}", flush=True)
+log.write(f"val_bpb:{val}\\n")
+json.dump(res, open(os.path.join(run_dir, "results.json"), "w"))
+'''
+
+STAND_IN_PREPARE = '''
+"""Stand-in for prepare_data.py --variant fineweb: a valid (tiny) shard where the real one puts them."""
+import argparse, os, struct
+p = argparse.ArgumentParser()
+p.add_argument("--variant"); p.add_argument("--out"); p.add_argument("--train-shards", type=int)
+p.add_argument("--if-missing", action="store_true")
+a = p.parse_args()
+assert a.variant == "fineweb"
+d = os.path.join(a.out, "datasets", "fineweb10B_sp1024")
+os.makedirs(d, exist_ok=True)
+header = struct.pack("<256i", 20240520, 1, 2, *([0] * 253))
+open(os.path.join(d, "fineweb_val_000000.bin"), "wb").write(header + struct.pack("<2H", 1, 5))
+print(f"DATA_PATH={d} shards={a.train_shards}")
+'''
+
+
+def stand_in(crash: tuple[int, ...] = (), sleep: float = 0.2) -> str:
+    return f"VALS = {VALS!r}\nCRASH = {set(crash)!r}\nSLEEP = {sleep}\n" + STAND_IN_TRAIN
+
+
+def make_ws(root: Path, script: str) -> Path:
+    (root / "trainer").mkdir(parents=True)
+    (root / "trainer" / "train_gpt.py").write_text(script)
+    (root / "trainer" / "prepare_data.py").write_text(STAND_IN_PREPARE)
+    (root / "tiers.toml").write_text('[tier.h100x8-final]\nhardware = "h100x8"\nenv = { HELLO = "tier" }\n')
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    subprocess.run(["git", "add", "."], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ws"], cwd=root, check=True)
+    return root
+
+
+def cfg(**kw) -> FinalConfig:
+    base = dict(ladder=[Rung(gpu_type=H100, cloud_type="SECURE"), Rung(gpu_type=H100, cloud_type="COMMUNITY"),
+                        Rung(gpu_type=H200, cloud_type="SECURE")],
+                image="runpod/pytorch:test", runtime_wait_s=8, setup_s=10, train_s=4, eval_s=4, per_seed_margin_s=4,
+                teardown_s=4, deadman_grace_s=5, agent_idle_s=60, agent_lost_s=4, poll_s=0.1,
+                spend_interval_s=0.3, setup_cmd="python3 prepare_data.py --variant fineweb --out data "
+                                                 "--train-shards {train_shards} --if-missing")
+    return FinalConfig(**(base | kw))
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", "")  # set below, once the port is known
+    monkeypatch.setenv("PGOLF_LOCK_DIR", str(tmp_path / "locks"))
+    with FakeRunPod(root=tmp_path / "fake") as f:
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", f.url)
+        yield f
+
+
+def backend_for(fake: FakeRunPod) -> RunPodBackend:
+    return RunPodBackend(api_key="test-key", proxy_template=fake.proxy_template,
+                         retry=RetryPolicy(attempts=3, wait_min_s=0.05, wait_max_s=0.2, request_timeout_s=5),
+                         lookup_attempts=5, lookup_wait_s=0.2)
+
+
+def final(ws: Path, fake: FakeRunPod, budget: float = 2.0, **kw) -> FinalRecord:
+    kw.setdefault("config", cfg())
+    return run_final(ws, "s1", seeds=kw.pop("seeds", 3), approve=kw.pop("approve", True), budget_dollars=budget,
+                     backend=backend_for(fake), frontier=kw.pop("frontier", 1.0611), log=lambda s: None, **kw)
+
+
+def assert_money_and_pods(ws: Path, fake: FakeRunPod, budget: float, ours: set[str] | None = None) -> list:
+    """The promises every test ends with; returns the ledger's records. `ours`: the final's pods (default all)."""
+    assert fake.running() == [], "a pod was left running"
+    records = Ledger(Workspace.at(ws).ledger).records()
+    booked = sum(r.dollars for r in records if isinstance(r, SpendRecord))
+    billed = sum(p.dollars() for p in fake.pods.values() if ours is None or p.id in ours)
+    assert billed <= budget + 1e-9
+    assert booked <= budget + 1e-9
+    assert booked >= billed - 1e-6, "the ledger books less than the provider bills"
+    return records
+
+
+def events(records: list) -> list[str]:
+    return [r.event for r in records if isinstance(r, EventRecord)]
+
+
+# ------------------------------------------------------------------------------------------ the happy path
+
+
+def test_a_final_runs_three_seeds_books_spend_and_writes_the_submission(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in())
+    rec = final(ws, fake, budget=2.0, name="StandIn", author="Ada", github_id="ada")
+    records = assert_money_and_pods(ws, fake, 2.0)
+
+    assert rec.status == "ok", rec.note
+    assert rec.val_bpbs == [VALS[1337], VALS[42], VALS[2025]]
+    assert rec.record_claim and rec.p_value < 0.01 and rec.compliance["passed"]
+    spends = [r for r in records if isinstance(r, SpendRecord)]
+    assert len(spends) >= 3, "spend must be booked while it accrues, not once at the end"
+    assert rec.dollars == pytest.approx(sum(s.dollars for s in spends), abs=1e-5)
+    runs = [r for r in records if isinstance(r, RunRecord)]
+    assert [r.seed for r in runs] == [1337, 42, 2025] and all(r.tier == "h100x8-final" for r in runs)
+    assert runs[0].result.hyperparameters == {"HELLO": "tier"}  # the tier's env reached the trainer
+    assert runs[0].result.world_size == 8  # nproc_per_node=8 reached torchrun
+    assert isinstance(records[-1], FinalRecord)
+    # the exact script went up and the artifact came back
+    seed_dir = ws / ".golf" / "finals" / rec.final_id / "seed_1337"
+    assert {"results.json", "train.log", "final_model.int6.ptz"} <= {p.name for p in seed_dir.iterdir()}
+    assert rec.script_sha == json.loads((seed_dir / "results.json").read_text())["script_sha256"]
+    [pod] = fake.pods.values()
+    calls = (pod.workdir / "job" / "torchrun_calls.txt").read_text().splitlines()
+    assert calls == ["--standalone --nproc_per_node=8 train_gpt.py"] * 3
+
+    folder = ws / rec.submission_dir
+    assert folder.parent == ws / "records" / "track_10min_16mb" and folder.name.endswith("_StandIn")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "submission.json", "train_gpt.py", "train_seed1337.log", "train_seed2025.log", "train_seed42.log"]
+    assert (folder / "train_gpt.py").read_text() == stand_in()
+    sub = json.loads((folder / "submission.json").read_text())
+    for k in ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code",
+              "seeds", "seed_results", "val_bpb_std", "hardware", "p_value"):
+        assert k in sub, k
+    assert sub["val_bpb"] == pytest.approx(sum(VALS.values()) / 3) and sub["seeds"] == [1337, 42, 2025]
+    assert sub["bytes_code"] == len(stand_in().encode()) and sub["bytes_total"] <= 16_000_000
+    assert "val_bpb:1.05" in (folder / "train_seed42.log").read_text()
+    assert "p = " in (folder / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+def test_no_capacity_on_the_first_gpu_types_walks_the_ladder(fake, tmp_path):
+    fake.no_capacity = {H100}  # while the stock query still says "High", as RunPod's sometimes does
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
+    rec = final(ws, fake, seeds=2)
+    records = assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "ok"
+    assert events(records).count("final_no_capacity") == 2
+    assert [p.gpu_type for p in fake.pods.values()] == [H200]
+
+
+@pytest.mark.parametrize("body", ["html", "json"])
+def test_a_5xx_on_create_adopts_the_pod_that_was_made_instead_of_making_another(fake, tmp_path, body):
+    fake.create_5xx_after_create, fake.create_5xx_body = 1, body
+    fake.list_lag_s = 0.3  # and the new pod is not listed at once
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
+    rec = final(ws, fake, seeds=2)
+    assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "ok", rec.note
+    assert len(fake.pods) == 1, "a second pod was created after the ambiguous 5xx"
+
+
+def test_a_pod_stuck_starting_is_terminated_and_the_next_rung_tried(fake, tmp_path):
+    fake.stuck_starting = {H100}
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
+    rec = final(ws, fake, seeds=2, config=cfg(runtime_wait_s=1.0, ladder=[Rung(gpu_type=H100), Rung(gpu_type=H200)]))
+    records = assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "ok"
+    assert [p.gpu_type for p in fake.pods.values()] == [H100, H200]
+    assert "final_pod_stuck" in events(records)
+    stuck = next(p for p in fake.pods.values() if p.gpu_type == H100)
+    assert any(isinstance(r, SpendRecord) and r.pod_id == stuck.id for r in records), "the stuck pod's time is booked"
+
+
+def test_a_crashing_job_stops_the_final_and_keeps_what_finished(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in(crash=(42,), sleep=0.1))
+    rec = final(ws, fake)
+    records = assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "partial" and rec.val_bpbs == [VALS[1337]] and not rec.record_claim
+    assert "seed 42: crashed" in rec.note and rec.submission_dir is None
+    crashed = [r for r in records if isinstance(r, RunRecord) and r.seed == 42][0]
+    assert crashed.result.status == "crashed" and "illegal memory access" in crashed.result.error
+    assert not any(isinstance(r, RunRecord) and r.seed == 2025 for r in records), "no seed after a crash"
+
+
+def _drop_when_training(fake: FakeRunPod, seconds: float) -> threading.Thread:
+    def watch():
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if any((p.workdir / "job" / "runs" / "seed_1337").exists() for p in fake.pods.values()):
+                fake.drop_proxy(seconds)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_connection_dropping_mid_run_is_ridden_out(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=1.5))
+    _drop_when_training(fake, 1.0)
+    rec = final(ws, fake, seeds=1)
+    records = assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "ok", rec.note
+    assert "final_agent_reconnected" in events(records)
+
+
+def test_a_connection_that_stays_down_ends_the_final_and_terminates_the_pod(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=1.5))
+    _drop_when_training(fake, 60.0)
+    rec = final(ws, fake, seeds=1, config=cfg(agent_lost_s=1.0))
+    records = assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "failed" and "unreachable" in rec.note
+    assert "final_agent_lost" in events(records) and "final_pod_terminated" in events(records)
+
+
+KILLED_SESSION = """
+import sys
+from pathlib import Path
+from agent.finals import run_final, FinalConfig, Rung
+from tools.pods import RunPodBackend, RetryPolicy
+cfg = FinalConfig.model_validate_json(sys.argv[2])
+be = RunPodBackend(api_key="test-key", proxy_template=sys.argv[3], retry=RetryPolicy(attempts=2, wait_min_s=0.05))
+run_final(Path(sys.argv[1]), "doomed", seeds=2, approve=True, budget_dollars=2.0, backend=be, config=cfg,
+          frontier=1.0611, log=lambda s: print(s, flush=True))
+"""
+
+
+def test_a_session_killed_mid_final_leaves_a_pod_the_reaper_terminates(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=30))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SESSION, str(ws), cfg().model_dump_json(),
+                             fake.proxy_template], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while not any((p.workdir / "job" / "runs" / "seed_1337").exists() for p in fake.pods.values()):
+            assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:] if proc.poll() else "slow"
+            time.sleep(0.05)
+        assert "doomed" in live_sessions(Workspace.at(ws))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [orphan] = fake.running()
+    assert orphan.name.startswith(pod_prefix("doomed") + host_tag())
+    assert "doomed" not in live_sessions(Workspace.at(ws))  # the lock's pid is dead
+
+    # a pod of a live session and somebody else's pod are not ours to reap
+    be = backend_for(fake)
+    (tmp_path / "locks" / "live.lock").write_text(json.dumps(
+        {"pid": os.getpid(), "session": "alive", "host": os.uname().nodename, "started": "now"}))
+    keep = be.create(PodSpec(name=f"{pod_prefix('alive')}{host_tag()}-abc123-1", gpu_type=H100, image="x/y:1",
+                             start_cmd="sleep 60"))
+    theirs = be.create(PodSpec(name="someone-elses-pod", gpu_type=H100, image="x/y:1", start_cmd="sleep 60"))
+    reaped = reap_pods(ws, backend=be)
+    assert reaped == [orphan.id]
+    assert {p.id for p in fake.running()} == {keep.id, theirs.id}
+    be.terminate(keep.id), be.terminate(theirs.id)
+
+    records = assert_money_and_pods(ws, fake, 2.0, ours={orphan.id})
+    assert "pod_reaped" in events(records)
+    reaped_spend = [r for r in records if isinstance(r, SpendRecord) and r.note.startswith("reaped")]
+    assert reaped_spend and reaped_spend[0].session == "doomed"
+    assert not any(isinstance(r, FinalRecord) for r in records)  # the killed session never finished
+
+
+def test_the_pod_terminates_itself_when_its_deadline_passes(fake):
+    """The dead man's switch: money stays bounded even if nobody is left to call terminate."""
+    be = backend_for(fake)
+    pod = be.create(PodSpec(name="pgolf-x-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd=agent_start_cmd(),
+                            env={"PGOLF_AGENT_TOKEN": "t" * 24, "PGOLF_AGENT_B64": agent_payload(),
+                                 "PGOLF_AGENT_DEADLINE_UNIX": f"{time.time() + 1:.0f}"}))
+    deadline = time.time() + 8
+    while fake.running() and time.time() < deadline:
+        time.sleep(0.1)
+    assert fake.running() == [] and fake.pods[pod.id].status == "TERMINATED"
+
+
+# ------------------------------------------------------------------------------------------ money and approval
+
+
+def test_a_final_that_cannot_fit_the_budget_is_refused_with_the_figures(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in())
+    rec = final(ws, fake, budget=0.10)
+    assert rec.status == "refused" and rec.dollars == 0
+    assert "$23.92/h" in rec.note and "cap $0.10" in rec.note, rec.note
+    assert fake.pods == {}, "a pod was created although the budget could not pay for it"
+    assert_money_and_pods(ws, fake, 0.10)
+
+
+def test_without_approval_nothing_is_asked_of_runpod(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in())
+    rec = final(ws, fake, approve=False)
+    assert rec.status == "refused" and "not approved" in rec.note
+    assert fake.requests == [] and fake.pods == {}
+    assert isinstance(Ledger(Workspace.at(ws).ledger).records()[-1], FinalRecord)
+
+
+def test_the_battle_plan_grants_approval_and_caps_the_sessions_finals(tmp_path):
+    ws = Workspace.at(make_ws(tmp_path / "ws", stand_in()))
+    ledger = Ledger(ws.ledger)
+    ws.battle_plan.write_text("# Plan\n\n## Budget\n\n- final_dollars: 50\n- approve_finals: yes\n")
+    ledger.append(SpendRecord(session="s1", final_id="f0", dollars=30.0, seconds=4500))
+    ledger.append(SpendRecord(session="other", final_id="f9", dollars=99.0, seconds=9000))
+    b = resolve_budget(ws, ledger, "s1", approve=False, budget_dollars=40.0, session_budget_dollars=None)
+    assert b.granted_by == "battle_plan approve_finals" and b.cap == pytest.approx(20.0)  # 50 - 30 < 40
+    ws.battle_plan.write_text("# Plan\n\n## Budget\n\n- approve_finals: no\n")
+    with pytest.raises(Exception, match="not approved"):
+        resolve_budget(ws, ledger, "s1", approve=False, budget_dollars=40.0, session_budget_dollars=None)
+    b = resolve_budget(ws, ledger, "s1", approve=True, budget_dollars=40.0, session_budget_dollars=35.0)
+    assert b.cap == pytest.approx(5.0) and b.granted_by == "--approve"
+    with pytest.raises(Exception, match="no budget"):
+        resolve_budget(ws, ledger, "s1", approve=True, budget_dollars=None, session_budget_dollars=None)
+
+
+# ------------------------------------------------------------------------------------------ the rule
+
+
+def test_the_record_rule_on_known_numbers():
+    c = cfg()
+    # 3 seeds 0.0111 below 1.0611, std 0.00035: far past the 0.00295 bpb margin
+    v = judge_final([1.0500, 1.0504, 1.0497], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c)
+    assert v["record"]["outcome"] == "confirmed" and v["record"]["p_value"] < 0.01
+    assert v["record"]["margin"] == pytest.approx(0.005 / 0.6931471805599453 / 2.4456, rel=0.01)
+    # better, but by less than 0.005 nats: not a record however small the noise
+    v = judge_final([1.0590, 1.0591, 1.0589], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c)
+    assert v["record"]["outcome"] == "rejected"
+    # clears the margin on average but with a spread that leaves p above 0.01
+    v = judge_final([1.0500, 1.0620, 1.0550], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c)
+    assert v["record"]["outcome"] == "inconclusive" and v["record"]["p_value"] >= 0.01
+    # and against the incumbent's own finals
+    inc = FinalRecord(session="s0", final_id="f-old", script_sha="x", seeds=[1, 2, 3], status="ok",
+                      val_bpbs=[1.0530, 1.0533, 1.0528])
+    v = judge_final([1.0500, 1.0504, 1.0497], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=inc, cfg=c)
+    assert v["vs_incumbent"]["outcome"] == "confirmed" and v["vs_incumbent"]["delta"] == pytest.approx(-0.00300, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ backend and agent
+
+
+def test_env_values_are_escaped_for_the_sdk_query_and_arrive_intact(fake):
+    be = backend_for(fake)
+    nasty = 'say "hi" \\ then }) { injected: true } \n\t done'
+    pod = be.create(PodSpec(name="pgolf-esc-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd='echo "q"',
+                            env={"NASTY": nasty}))
+    assert fake.pods[pod.id].env == {"NASTY": nasty}
+    assert fake.pods[pod.id].docker_args == 'echo "q"'
+    be.terminate(pod.id)
+    n = len(fake.requests)
+    for bad in ({"BAD KEY": "x"}, {"OK": "caf\u00e9"}, {"OK": "a\x00b"}):
+        with pytest.raises(ValueError):
+            be.create(PodSpec(name="pgolf-esc-0000-aaaaaa-2", gpu_type=H100, image="x/y:1", start_cmd="x", env=bad))
+    with pytest.raises(ValueError):
+        be.get('abc"}) { myself { pods { id } } } #')
+    assert len(fake.requests) == n, "an invalid value reached the API"
+    assert gql_string_body('a"b\\c\n') == 'a\\"b\\\\c\\n'
+
+
+def test_the_agent_wants_its_token_keeps_to_its_root_and_starts_a_job_once(fake):
+    be = backend_for(fake)
+    token = "k" * 24
+    pod = be.create(PodSpec(name="pgolf-agt-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd=agent_start_cmd(),
+                            env={"PGOLF_AGENT_TOKEN": token, "PGOLF_AGENT_B64": agent_payload()}))
+    ref = AgentRef(pod.id, 8000, token)
+    deadline = time.time() + 10
+    while not be.ping(ref):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    url = fake.proxy_template.format(pod_id=pod.id, port=8000)
+    assert httpx.get(url + "/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert "token" not in repr(ref)
+    r = httpx.put(url + "/files/..%2F..%2Fescape.txt", content=b"x", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403
+    for _ in range(2):  # a retried start is the same job
+        be.run_command(ref, "once", "echo ran >> count.txt; echo secret=$PGOLF_AGENT_TOKEN", cwd="w")
+    time.sleep(0.5)
+    st = be.job_status(ref, "once")
+    assert st.state == "exited" and st.returncode == 0 and "secret=\n" in st.data
+    assert (fake.pods[pod.id].workdir / "w" / "count.txt").read_text() == "ran\n"
+    be.terminate(pod.id)
+    assert fake.running() == []
