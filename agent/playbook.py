@@ -24,30 +24,36 @@ class PlaybookPlanner:
     def observe(self, outcome: dict[str, Any]) -> None:
         self.last_outcome = outcome
 
-    def _eligible(self, state: PlannerState) -> list[dict[str, Any]]:
-        todo, retest = [], []
+    def _eligible(self, state: PlannerState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        untested, retest = [], []
+        already = state.incumbent.get("env", {})
         for q in state.queue:
             if q["state"] in ("done", "banned") or not q["env"]:
                 continue  # the playbook only tests flag changes; script edits are the LLM's
-            if q["decided"] is None or q["state"] == "retest" and q["tries"] <= RETRIES_FOR_INCONCLUSIVE:
-                todo.append(q)
-            elif q["decided"] == "inconclusive" and q["tries"] <= RETRIES_FOR_INCONCLUSIVE:
+            if not any(already.get(k) != v for k, v in q["env"].items()):
+                continue  # already part of the incumbent
+            if q["decided"] is None:
+                untested.append(q)
+            elif (q["decided"] == "inconclusive" or q["state"] == "retest") and q["tries"] <= RETRIES_FOR_INCONCLUSIVE:
                 retest.append(q)
-        return todo + retest  # new techniques first, then one more look at the ambiguous ones
+        return untested, retest
 
     def propose(self, state: PlannerState, ctx: Any = None) -> Proposal:
-        eligible = self._eligible(state)
-        already = state.incumbent.get("env", {})
-        eligible = [q for q in eligible if any(already.get(k) != v for k, v in q["env"].items())]
-        if not eligible:
+        untested, retest = self._eligible(state)
+        # the whole queue is explored before any ambiguous result gets its second look
+        group, second_look = (untested, False) if untested else (retest, True)
+        if not group:
             return Proposal(action="stop", reason="the queue holds nothing untested")
-        ranked = {o.get("technique"): o for o in state.options if o.get("action") == "test"}
-        if ranked:  # cost-aware order when the cost model has figures; queue order breaks ties
-            order = {q["technique"]: i for i, q in enumerate(eligible)}
-            eligible.sort(key=lambda q: (-(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
-                                         order[q["technique"]]))
-        q = eligible[0]
+        ranked = {o.get("technique"): o for o in state.options
+                  if o.get("action") in ("test", "add_seeds") and o.get("technique")}
+        order = {q["technique"]: i for i, q in enumerate(group)}
+        if ranked:  # cost-aware order within the group; queue order breaks ties
+            group = sorted(group, key=lambda q: (-(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
+                                                 order[q["technique"]]))
+        q = group[0]
         why = "queue order" if not ranked else "highest expected gain per dollar"
+        if second_look:
+            why += ", second look at an inconclusive result"
         return Proposal(
             action="experiment",
             experiment=ExperimentSpec(name=q["technique"], technique=q["technique"], env=dict(q["env"]),

@@ -35,6 +35,7 @@ from tools.sweep import hardware_id
 from tools.toolbox import load_tools
 
 DEFAULT_TIER = "cpu-smoke"
+AGENT_BLOCKS = ("confirmed", "dead_ends", "frontier", "queue_status")
 
 
 class SessionSummary(BaseModel):
@@ -226,10 +227,15 @@ class Session:
                                            detail={"killed_orphans": killed, "aborted_runs": marked}))
             self.progress.line(f"resumed session {self.session}: {len(marked)} interrupted run(s) re-queued")
         else:
-            git_records.start_session(self.ws.root, self.session, allow_dirty=self.allow_dirty)
+            # the human's own uncommitted plan edit is how they steer; anything else dirty is refused
+            git_records.start_session(self.ws.root, self.session, allow_dirty=self.allow_dirty,
+                                      allow_paths=["battle_plan.md"])
             self.ledger.append(EventRecord(session=self.session, event="session_start", detail={
                 "tier": self.tier_name, "planner": self.planner.name, "budget": self.budget.model_dump(),
                 "branch": f"golf/{self.session}"}))
+        missing = {n: "" for n in AGENT_BLOCKS if n not in self.plan.blocks}
+        if missing:  # create our blocks once, up front, so later writes never change the human part
+            write_blocks(self.ws.battle_plan, missing)
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
         ensure_data(self.ws, self.progress)
         self.ctx.extra["hardware"] = None
@@ -289,7 +295,11 @@ class Session:
     def write_status_blocks(self) -> None:
         from agent.report_blocks import queue_status_block
 
+        before = human_fingerprint(self.ws.battle_plan)
         write_blocks(self.ws.battle_plan, {"queue_status": queue_status_block(self.ledger.records(), self.plan)})
+        # our own block write (which may append a missing block) is not a human edit
+        if before == self.plan_sha:
+            self.plan_sha = human_fingerprint(self.ws.battle_plan)
 
     def run(self) -> SessionSummary:
         load_tools()
