@@ -98,14 +98,28 @@ def cmd_status(args) -> int:
 
 
 def cmd_frontier(args) -> int:
-    from tools import frontier_sync
+    from memory.battle_plan import BattlePlanError, load_plan
+    from memory.frontier import frontier_diff_text, frontier_show
+    from memory.workspace import Workspace
 
-    ws = _ws(args)
+    ws = Workspace.at(_ws(args))
+    rc = 0
     if args.sync:
-        report = frontier_sync.sync(ws, args.owner, args.repo)
-        print(report.model_dump_json(indent=1) if hasattr(report, "model_dump_json") else report)
-    print(frontier_sync.frontier_diff_text(ws) if args.diff else frontier_sync.frontier_show(ws))
-    return 0
+        from tools.frontier_sync import sync
+
+        owner, _, repo = args.repo.partition("/")
+        report = sync(ws.root, owner, repo or "parameter-golf")
+        print(report.text())
+        rc = 0 if report.ok else 1
+    if args.diff:
+        try:
+            queue = [q.technique for q in load_plan(ws.battle_plan).queue]
+        except (BattlePlanError, FileNotFoundError):
+            queue = []
+        print(frontier_diff_text(ws.root, queue))
+    else:
+        print(frontier_show(ws.root, show_all=args.all))
+    return rc
 
 
 def cmd_final(args) -> int:
@@ -162,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("frontier", help="the public leaderboard as data, with legality flags")
     f.add_argument("--diff", action="store_true", help="what changed since the last session")
     f.add_argument("--sync", action="store_true", help="fetch from GitHub first")
-    f.add_argument("--owner", default="openai")
-    f.add_argument("--repo", default="parameter-golf")
+    f.add_argument("--repo", default="openai/parameter-golf", help="owner/name of the challenge repository")
+    f.add_argument("--all", action="store_true", help="include closed and rejected rows")
     fi = sub.add_parser("final", help="run an 8xH100 final on RunPod (costs money)")
     fi.add_argument("--session", help="the session whose incumbent is promoted (default: last)")
     fi.add_argument("--seeds", type=int, default=3)

@@ -181,6 +181,7 @@ class Session:
         self.t0 = time.time()
         self.prior_elapsed = 0.0
         self.plan_sha = ""
+        self.frontier_digest = ""
 
     # -- budget ---------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -236,6 +237,7 @@ class Session:
         missing = {n: "" for n in AGENT_BLOCKS if n not in self.plan.blocks}
         if missing:  # create our blocks once, up front, so later writes never change the human part
             write_blocks(self.ws.battle_plan, missing)
+        self.refresh_frontier()
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
         ensure_data(self.ws, self.progress)
         self.ctx.extra["hardware"] = None
@@ -259,15 +261,19 @@ class Session:
             return True
         return False
 
-    def frontier_text(self) -> str:
+    def refresh_frontier(self) -> None:
+        """The frontier diff since the last session: into the plan's frontier block and the digest."""
+        from memory.frontier import frontier_block_markdown, frontier_diff_for, frontier_digest
+
+        queue = [q.technique for q in self.plan.queue]
+        self.ctx.extra["queue"] = queue
         try:
-            from memory.frontier import frontier_digest_for_workspace
-        except ImportError:
-            return ""
-        try:
-            return frontier_digest_for_workspace(self.ws.root, max_chars=1500)
+            d = frontier_diff_for(self.ws.root, queue)
+            self.frontier_digest = frontier_digest(d, max_chars=1500)
+            write_blocks(self.ws.battle_plan, {"frontier": frontier_block_markdown(d)})
         except Exception as e:  # the frontier is advice; a broken snapshot must not stop the session
-            return f"(frontier unavailable: {e})"
+            self.frontier_digest = f"(frontier unavailable: {e})"
+            self.progress.line(f"warning: {self.frontier_digest}")
 
     def options(self, state_records: list) -> list[dict[str, Any]]:
         try:
@@ -287,7 +293,7 @@ class Session:
         incumbent = incumbent_script(self.ws.root) or script
         state = build_state(records=records, plan=self.plan, session=self.session, tier=self.tier_name,
                             hardware=self.hardware, script_sha=sha256_text(incumbent),
-                            budget_left=self.budget_left(), frontier=self.frontier_text(),
+                            budget_left=self.budget_left(), frontier=self.frontier_digest,
                             options=self.options(records), plan_changed=changed,
                             script_dirty=script != incumbent)
         return self.planner.propose(state, self.ctx)
@@ -332,6 +338,12 @@ class Session:
                          f"session {self.session}: battle plan after the session ({stopped})")
         except Exception as e:  # the ledger is the record; a failed final commit is reported, not fatal
             self.progress.line(f"warning: final bookkeeping failed: {e}")
+        try:
+            from memory.frontier import mark_seen
+
+            mark_seen(self.ws.frontier_dir)
+        except Exception as e:
+            self.progress.line(f"warning: could not mark the frontier as seen: {e}")
         self.ledger.append(EventRecord(session=self.session, event="session_end", detail={"why": stopped,
                                                                                           "at": utcnow()}))
 
