@@ -279,7 +279,8 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
         if lo is None:
             continue
         pairs.append(Pair(technique=name, kind=decision_kind(lo, runs), lower_tier=lower_tier, upper_tier=upper_tier,
-                          lower_delta=lo.delta, upper_delta=u.delta, lower_se=_decision_se(lo),
+                          lower_delta=float(lo.delta or 0.0), upper_delta=float(u.delta or 0.0),
+                          lower_se=_decision_se(lo),
                           upper_se=_decision_se(u), source=f"ledger: {lo.experiment} -> {u.experiment}"))
     if upper_tier != final_tier:
         return pairs
@@ -301,11 +302,12 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
         fm, fs = _mean_sd(f.val_bpbs, FINAL_SEED_STD)
         bm, bs = _mean_sd(b.val_bpbs, FINAL_SEED_STD)
         ses = [_decision_se(d) for d in stack]
+        known = [s for s in ses if s is not None]
         pairs.append(Pair(
             technique="+".join(_name(d) for d in stack), kind=kinds.pop(), lower_tier=lower_tier,
-            upper_tier=upper_tier, lower_delta=sum(d.delta for d in stack),
+            upper_tier=upper_tier, lower_delta=sum(float(d.delta or 0.0) for d in stack),
             upper_delta=fm - bm,
-            lower_se=math.sqrt(sum(s * s for s in ses)) if all(s is not None for s in ses) else None,
+            lower_se=math.sqrt(sum(s * s for s in known)) if len(known) == len(ses) else None,
             upper_se=math.sqrt(fs**2 / len(f.val_bpbs) + bs**2 / len(b.val_bpbs)),
             source=f"ledger: {', '.join(d.experiment for d in stack)} -> final {f.final_id} vs {b.final_id}"))
     return pairs

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -69,7 +69,7 @@ class Queued(BaseModel):
 class CostInputs(BaseModel):
     local_tier: Tier
     final_tier: Tier
-    calibrations: dict[str, Calibration]  # by kind, lower tier = local_tier, upper = final_tier
+    calibrations: dict[Kind, Calibration]  # by kind, lower tier = local_tier, upper = final_tier
     queue: list[Queued] = Field(default_factory=list)
     ambiguous: list[Evidence] = Field(default_factory=list)
     unpromoted: list[Evidence] = Field(default_factory=list)  # kept locally since the last final
@@ -250,7 +250,7 @@ def _evidence(d: DecisionRecord, kind: Kind, noise: float) -> Evidence:
         se = (d.ci_high - d.ci_low) / (2 * 1.96)
     else:
         se = _se(noise, max(d.n_candidate, 1), max(d.n_incumbent, 1))
-    return Evidence(technique=d.technique or d.candidate, kind=kind, delta=float(d.delta), se=max(se, 1e-9),
+    return Evidence(technique=d.technique or d.candidate, kind=kind, delta=float(d.delta or 0.0), se=max(se, 1e-9),
                     n_candidate=max(d.n_candidate, 1), n_incumbent=max(d.n_incumbent, 1), experiment=d.experiment)
 
 
@@ -317,13 +317,13 @@ def inputs_from_ledger(records: Sequence, tiers: dict[str, Tier], local_tier: st
     )
 
 
-def queued_from_plan(items: Sequence[Any], decided: set[str] = frozenset()) -> list[Queued]:
+def queued_from_plan(items: Sequence[Any], decided: Set[str] = frozenset()) -> list[Queued]:
     """Battle-plan queue items (memory.battle_plan.QueueItem or dicts) still to test, with their kind."""
     out = []
     for q in items:
         get = q.get if isinstance(q, dict) else lambda k, q=q: getattr(q, k, None)
         tech, env, state = get("technique"), get("env") or {}, get("state") or "todo"
-        if state in ("done", "banned") or (tech in decided and state != "retest"):
+        if not tech or state in ("done", "banned") or (tech in decided and state != "retest"):
             continue
         out.append(Queued(technique=tech, kind=technique_kind(tech, env.keys(), script_changed=not env)))
     return out

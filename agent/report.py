@@ -118,8 +118,8 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
     runs = {r.run_id: r for r in records if isinstance(r, RunRecord)}
 
     def run_values(ids: list[str]) -> list[float]:
-        return [runs[i].result.val_bpb for i in ids
-                if i in runs and runs[i].result.status == "ok" and runs[i].result.val_bpb is not None]
+        values = [runs[i].result.val_bpb for i in ids if i in runs and runs[i].result.status == "ok"]
+        return [v for v in values if v is not None]
 
     decisions = [d for d in records if isinstance(d, DecisionRecord)]
     points = []
@@ -336,7 +336,7 @@ def plot_spend(data: dict[str, Any], path: Path) -> Figure:
     fig = Figure(figsize=(WIDTH_IN, 3.5))
     ax = fig.subplots()
     if series:
-        ts = [dt.datetime.fromisoformat(s["at"]) for s in series]
+        ts: list[Any] = [dt.datetime.fromisoformat(s["at"]) for s in series]
         ax.step(ts, [s["dollars"] for s in series], where="post", color="tab:green", label="dollars (real)")
         ax.set_ylabel("cumulative dollars")
         ax2 = ax.twinx()
