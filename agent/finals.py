@@ -104,6 +104,9 @@ class FinalConfig(BaseModel):
     agent_lost_s: float = 300.0  # we give up on a pod whose agent stays unreachable this long
     poll_s: float = 10.0
     spend_interval_s: float = 60.0  # a SpendRecord at least this often while a pod lives
+    # the stock figure is a hint: RunPod has said "none" and "High" while the opposite was true, and a
+    # refused create costs nothing, so by default we try a rung whatever its reported stock
+    skip_unstocked: bool = False
     ladder_rounds: int = 1
     ladder_pause_s: float = 60.0
     # the job on the pod (run in the uploaded directory `job/`)
@@ -317,7 +320,8 @@ def resolve_script(ws: Workspace, session: str, script_rev: str | None) -> tuple
             prep = _git_show(ws.root, rev, PREPARE_RELPATH)
             if prep is None and (ws.root / PREPARE_RELPATH).exists():
                 prep = (ws.root / PREPARE_RELPATH).read_text()
-            return text, prep or "", rev, f"git {rev}"
+            sha = subprocess.run(["git", "rev-parse", rev], cwd=ws.root, capture_output=True, text=True).stdout.strip()
+            return text, prep or "", sha or rev, f"git {rev} ({sha[:12]})"
     if script_rev:
         raise FinalRefused(f"no {SCRIPT_RELPATH} at git revision {script_rev!r}")
     prep = (ws.root / PREPARE_RELPATH).read_text() if (ws.root / PREPARE_RELPATH).exists() else ""
@@ -447,12 +451,12 @@ class _Run:
             for rung in self.cfg.ladder:
                 try:
                     offer = self.backend.offer(rung.gpu_type, self.cfg.gpu_count, rung.cloud_type)
-                except PodError as e:
-                    misses.append(f"{rung.gpu_type}/{rung.cloud_type}: price check failed: {e}")
+                except Exception as e:  # noqa: BLE001 - a rung we cannot price is a rung we do not use
+                    misses.append(f"{rung.gpu_type}/{rung.cloud_type}: price check failed: {str(e)[:160]}")
                     continue
                 price = offer.price_per_hour
-                if price is None or not offer.available:
-                    misses.append(f"{rung.gpu_type}/{rung.cloud_type}: no stock reported")
+                if price is None or (not offer.available and self.cfg.skip_unstocked):
+                    misses.append(f"{rung.gpu_type}/{rung.cloud_type}: no price or no stock reported")
                     continue
                 if price > self.cfg.max_price_per_hour:
                     misses.append(f"{rung.gpu_type}/{rung.cloud_type}: ${price:.2f}/h over the "
@@ -544,6 +548,25 @@ class _Run:
                 return True
             time.sleep(min(self.cfg.poll_s, max(0.05, deadline - time.monotonic())))
         return False
+
+    def sweep(self) -> None:
+        """Terminate any pod of this final still alive: one a failed create made after we stopped looking.
+        Never raises; what it cannot do is left to the pod's dead man's switch and the reaper."""
+        try:
+            listed_at = time.monotonic()
+            strays = [p for p in self.backend.list() if p.name.startswith(self.name_stem + "-") and p.alive]
+        except Exception as e:  # noqa: BLE001
+            self.log(f"final {self.final_id}: could not list pods for the sweep: {e}")
+            return
+        for pod in strays:
+            try:
+                ok = self.backend.terminate(pod.id)
+            except Exception:  # noqa: BLE001
+                ok = False
+            self.event("final_stray_pod_terminated" if ok else "final_stray_pod_left", pod_id=pod.id, name=pod.name)
+            if ok:
+                extra = time.monotonic() - listed_at + 1.0  # uptime is whole seconds as of the listing
+                self.meter.total += _book_reaped(self.ledger, pod, self.session, extra_s=extra, final_id=self.final_id)
 
     def release(self, why: str) -> None:
         """Terminate the current pod (confirmed, retried) and book its last spend. Never raises."""
@@ -884,6 +907,7 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
     outcomes: list[SeedOutcome] = []
     failure: str | None = None
     stopped: _Stop | None = None
+    unexpected: Exception | None = None
     status = "failed"
     with final_lock(session, final_id), _signals_to_stop(log) as calm:
         try:
@@ -904,9 +928,12 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
                 failure = f"{type(e).__name__}: {e}"
             except _Stop as e:
                 stopped, failure = e, f"stopped by {e}"
+            except Exception as e:  # a bug or an unexpected answer: record it, clean up, then raise it
+                unexpected, failure = e, f"unexpected {type(e).__name__}: {str(e)[:300]}"
             finally:
                 calm()
                 run.release("final finished" if failure is None else f"final ended: {failure[:120]}")
+                run.sweep()
         except _Stop as e:  # a second signal raced the handler swap; the pod is released above
             stopped, failure = e, f"stopped by {e}"
     ok_vals = [o.result.val_bpb for o in outcomes if o.result.status == "ok" and o.result.val_bpb is not None]
@@ -952,6 +979,8 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
         if stopped.signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + stopped.signum)
+    if unexpected is not None:
+        raise unexpected
     return rec
 
 
@@ -991,11 +1020,12 @@ def reap(backend: PodBackend, *, live: set[str], ledger: Ledger | None = None, s
     return done
 
 
-def _book_reaped(ledger: Ledger, pod: Pod, session: str, extra_s: float = 0.0) -> None:
+def _book_reaped(ledger: Ledger, pod: Pod, session: str, extra_s: float = 0.0, final_id: str | None = None) -> float:
+    """Book the pod time nobody booked (the owner died, or a stray); returns the dollars booked."""
     spends = [r for r in ledger.records(SpendRecord) if r.pod_id == pod.id]
     booked = sum(r.dollars for r in spends)
     owner = spends[-1].session if spends else session
-    final_id = spends[-1].final_id if spends else "unknown"
+    final_id = spends[-1].final_id if spends else (final_id or "unknown")
     price = pod.cost_per_hr or (spends[-1].price_per_hour if spends else 0.0) or 0.0
     # the pod's own uptime may restart with the container: never book less than what was booked
     secs = max((pod.uptime_s or 0.0) + extra_s, sum(r.seconds for r in spends))
@@ -1006,6 +1036,7 @@ def _book_reaped(ledger: Ledger, pod: Pod, session: str, extra_s: float = 0.0) -
     ledger.append(EventRecord(session=session, event="pod_reaped", detail={
         "pod_id": pod.id, "name": pod.name, "owner_session": owner, "final_id": final_id,
         "uptime_s": pod.uptime_s, "unbooked_dollars": round(unbooked, 6)}))
+    return unbooked
 
 
 def reap_pods(ws_root: str | Path, backend: PodBackend | None = None) -> list[str]:

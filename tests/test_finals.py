@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import requests
 
 from agent.finals import (
     FinalConfig,
@@ -220,10 +221,33 @@ def test_a_5xx_on_create_adopts_the_pod_that_was_made_instead_of_making_another(
     assert len(fake.pods) == 1, "a second pod was created after the ambiguous 5xx"
 
 
+def test_a_5xx_on_create_whose_pod_is_listed_too_late_is_swept_at_the_end(fake, tmp_path):
+    fake.create_5xx_after_create = 1
+    fake.list_lag_s = 2.0  # longer than the backend's look-ups (5 x 0.2 s): it gives up, the pod bills on
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=0.6))
+    rec = final(ws, fake, seeds=2)
+    records = assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "ok", rec.note
+    assert len(fake.pods) == 2 and "final_create_failed" in events(records)
+    assert "final_stray_pod_terminated" in events(records)
+    assert rec.dollars == pytest.approx(sum(r.dollars for r in records if isinstance(r, SpendRecord)), abs=1e-5)
+
+
+def test_control_plane_reads_are_retried_and_give_up_in_bounded_time(fake):
+    be = backend_for(fake)
+    fake.api_5xx_next = 2
+    assert be.list() == []
+    fake.api_5xx_next = 100
+    t = time.time()
+    with pytest.raises(requests.exceptions.RequestException):  # the SDK's own error for a 5xx page
+        be.list()
+    assert time.time() - t < 5
+
+
 def test_a_pod_stuck_starting_is_terminated_and_the_next_rung_tried(fake, tmp_path):
     fake.stuck_starting = {H100}
     ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
-    rec = final(ws, fake, seeds=2, config=cfg(runtime_wait_s=1.0, ladder=[Rung(gpu_type=H100), Rung(gpu_type=H200)]))
+    rec = final(ws, fake, seeds=2, config=cfg(runtime_wait_s=2.5, ladder=[Rung(gpu_type=H100), Rung(gpu_type=H200)]))
     records = assert_money_and_pods(ws, fake, 2.0)
     assert rec.status == "ok"
     assert [p.gpu_type for p in fake.pods.values()] == [H100, H200]
@@ -275,34 +299,49 @@ def test_a_connection_that_stays_down_ends_the_final_and_terminates_the_pod(fake
     assert "final_agent_lost" in events(records) and "final_pod_terminated" in events(records)
 
 
-KILLED_SESSION = """
+SESSION = """
 import sys
 from pathlib import Path
 from agent.finals import run_final, FinalConfig, Rung
 from tools.pods import RunPodBackend, RetryPolicy
 cfg = FinalConfig.model_validate_json(sys.argv[2])
 be = RunPodBackend(api_key="test-key", proxy_template=sys.argv[3], retry=RetryPolicy(attempts=2, wait_min_s=0.05))
-run_final(Path(sys.argv[1]), "doomed", seeds=2, approve=True, budget_dollars=2.0, backend=be, config=cfg,
+run_final(Path(sys.argv[1]), sys.argv[4], seeds=2, approve=True, budget_dollars=2.0, backend=be, config=cfg,
           frontier=1.0611, log=lambda s: print(s, flush=True))
 """
 
 
+def session_in_training(ws: Path, fake: FakeRunPod, session: str) -> subprocess.Popen:
+    """A session process running a final, returned once its first seed is training on the pod."""
+    proc = subprocess.Popen([sys.executable, "-c", SESSION, str(ws), cfg().model_dump_json(), fake.proxy_template,
+                             session], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 40
+    while not any((p.workdir / "job" / "runs" / "seed_1337").exists() for p in fake.pods.values()):
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(proc.stdout.read().decode()[-3000:])
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_mid_final_terminates_the_pod_and_records_the_final(fake, tmp_path):
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=30))
+    proc = session_in_training(ws, fake, "stopped")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    records = assert_money_and_pods(ws, fake, 2.0)
+    [rec] = [r for r in records if isinstance(r, FinalRecord)]
+    assert rec.status == "failed" and "SIGTERM" in rec.note
+    assert "final_pod_terminated" in events(records)
+    assert "stopped" not in live_sessions(Workspace.at(ws))  # the final's lock went with it
+
+
 def test_a_session_killed_mid_final_leaves_a_pod_the_reaper_terminates(fake, tmp_path):
     ws = make_ws(tmp_path / "ws", stand_in(sleep=30))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SESSION, str(ws), cfg().model_dump_json(),
-                             fake.proxy_template], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 30
-        while not any((p.workdir / "job" / "runs" / "seed_1337").exists() for p in fake.pods.values()):
-            assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:] if proc.poll() else "slow"
-            time.sleep(0.05)
-        assert "doomed" in live_sessions(Workspace.at(ws))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = session_in_training(ws, fake, "doomed")
+    assert "doomed" in live_sessions(Workspace.at(ws))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
     [orphan] = fake.running()
     assert orphan.name.startswith(pod_prefix("doomed") + host_tag())
     assert "doomed" not in live_sessions(Workspace.at(ws))  # the lock's pid is dead

@@ -220,25 +220,19 @@ class FakePod:
         return ((self.ended or time.time()) - self.created) * self.cost_per_hr / 3600.0
 
 
-TORCHRUN_SHIM = r'''#!{python}
-"""Stand-in for torchrun on a fake pod: run the script once as rank 0, record the arguments."""
-import os, sys
-args = sys.argv[1:]
-opts = {{}}
-while args and args[0].startswith("-"):
-    a = args.pop(0)
-    if "=" in a:
-        k, v = a.split("=", 1)
-    elif a in ("--standalone",):
-        k, v = a, "1"
-    else:
-        k, v = a, args.pop(0)
-    opts[k.lstrip("-")] = v
-with open(os.path.join(os.getcwd(), "torchrun_calls.txt"), "a") as f:
-    f.write(" ".join(sys.argv[1:]) + "\n")
-env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-           FAKE_NPROC_PER_NODE=opts.get("nproc_per_node", "1"))
-os.execve(sys.executable, [sys.executable] + args, env)
+TORCHRUN_SHIM = r'''#!/bin/bash
+# Stand-in for torchrun on a fake pod: run the script once as rank 0, record the arguments.
+echo "$*" >> torchrun_calls.txt
+nproc=1
+while [[ "$1" == -* ]]; do
+  case "$1" in
+    --nproc_per_node=*|--nproc-per-node=*) nproc="${{1#*=}}" ;;
+    --standalone|*=*) ;;
+    *) shift ;;
+  esac
+  shift
+done
+RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 FAKE_NPROC_PER_NODE="$nproc" exec python3 "$@"
 '''
 
 RUNPODCTL_SHIM = r'''#!{python}
