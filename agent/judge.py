@@ -1,7 +1,8 @@
 """The judge: a measured noise model, a sequential Welch test for screening, and the challenge's record rule.
 
 All values are val_bpb (lower is better); delta = mean(candidate) - mean(incumbent), so a negative
-delta is an improvement. Statistics come from scipy.stats; nothing here writes a distribution by hand.
+delta is an improvement. Statistics come from scipy (stats, and in hot paths the t kernels stats.t
+itself uses); nothing here writes a distribution by hand.
 """
 
 from __future__ import annotations
@@ -300,6 +301,8 @@ def judge_record(
         raise ValueError("judge_record: need at least two finite candidate values (the rule expects 3 seeds)")
     bpt = SP1024_BYTES_PER_TOKEN if bytes_per_token is None else bytes_per_token
     margin = nats_to_bpb(nats, 1.0, bpt)
+    if not isinstance(frontier, (int, float, np.floating)) and len(frontier) == 1:
+        frontier = float(frontier[0])  # one frontier seed has no spread: it is a published number
     if isinstance(frontier, (int, float, np.floating)):
         f_mean, f_n = float(frontier), 1
         if frontier_std is not None:

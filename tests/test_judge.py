@@ -246,6 +246,8 @@ def test_record_against_frontier_seeds_is_scipys_welch_on_the_shifted_frontier()
     summary = judge_record(cand, float(np.mean(front)), frontier_std=float(np.std(front, ddof=1)),
                            frontier_n=3, bytes_per_token=bpt)
     assert summary.p_value == pytest.approx(ref.pvalue)
+    single = judge_record(cand, [FRONTIER], bytes_per_token=bpt)
+    assert single.p_value == pytest.approx(judge_record(cand, FRONTIER, bytes_per_token=bpt).p_value)
 
 
 # ------------------------------------------------------------------------------ noise model
