@@ -3,7 +3,8 @@
 English text comes from the Python standard library itself (docstrings and the pydoc topic pages), plus a
 few multilingual documents so that byte-fallback pieces and multi-byte UTF-8 occur. A real SentencePiece
 BPE model is trained with the challenge's sp1024 settings and shards are written in the challenge format
-by `write_shard` below (independently of the trainer's reader). Built once per test session.
+by `write_shard` below (independently of the trainer's reader). Built once per process (cached);
+test modules wrap `build_tiny_dataset` and `trainer_for_tests` in session fixtures `tiny_data` and `tg`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ROOT / "trainer" / "train_gpt.py"
@@ -49,7 +49,7 @@ SP_SETTINGS = dict(model_type="bpe", vocab_size=1024, byte_fallback=True, split_
 TINY_ENV = dict(VOCAB_SIZE="1024", NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="2", NUM_KV_HEADS="1",
                 MLP_MULT="2", TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="256", GRAD_ACCUM_STEPS="1",
                 ITERATIONS="4", WARMUP_STEPS="0", WARMDOWN_ITERS="0", MAX_WALLCLOCK_SECONDS="0",
-                VAL_MAX_TOKENS="2048", VAL_BATCH_SIZE="512", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
+                VAL_MAX_TOKENS="1024", VAL_BATCH_SIZE="512", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
                 DEVICE="cpu", DTYPE="fp32", COMPILE="0", INT8_KEEP_FLOAT_MAX_NUMEL="256", SEED="7")
 
 
@@ -86,7 +86,9 @@ def stdlib_documents() -> list[str]:
             else:
                 objs_extra = []
             for o in [obj, *objs_extra]:
-                doc = inspect.getdoc(o)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    doc = inspect.getdoc(o)
                 if doc and len(doc) >= 200:
                     docs.append(doc)
     return list(dict.fromkeys(docs))
@@ -136,11 +138,6 @@ def build_tiny_dataset() -> TinyData:
     return TinyData(root, data, tok_dir / "fineweb_1024_bpe.model", np.asarray(val, dtype=np.int64))
 
 
-@pytest.fixture(scope="session")
-def tiny_data() -> TinyData:
-    return build_tiny_dataset()
-
-
 def load_trainer(name: str = "train_gpt_under_test"):
     """Import trainer/train_gpt.py as a module (tests may; the project packages never do)."""
     if name in sys.modules:
@@ -152,8 +149,11 @@ def load_trainer(name: str = "train_gpt_under_test"):
     return mod
 
 
-@pytest.fixture(scope="session")
-def tg():
+def trainer_for_tests():
+    """The trainer module, with torch on one thread: tiny shapes on a shared 2-core box only contend."""
+    import torch
+
+    torch.set_num_threads(1)
     return load_trainer()
 
 
