@@ -94,7 +94,7 @@ class ExperimentRunner:
             return prev
         nm = noise_model(vals, prior_std=self.tier.typical_noise, tier=self.tier.name, hardware=self.hardware)
         rec = NoiseRecord(session=self.ctx.session, tier=self.tier.name, hardware=self.hardware, script_sha=sha,
-                          env=env, values=vals, std=nm.std, mean=statistics.fmean(vals),
+                          env=env, values=vals, std=nm.std, mean=statistics.fmean(vals), df=nm.df, source=nm.source,
                           runs=[r.run_id for r in runs])
         self.ctx.ledger.append(rec)
         self.progress.line(f"noise: std {nm.std:.5f} bpb ({nm.source}, n={len(vals)}), incumbent mean "
@@ -142,7 +142,8 @@ class ExperimentRunner:
             if len(ok) < len(runs):
                 break  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
             verdict = judge(inc_vals, [r.result.val_bpb for r in ok], alpha=self.tier.alpha,
-                            min_effect=self.tier.min_effect, noise_std=noise.std, seeds_max=self.tier.seeds_max,
+                            min_effect=self.tier.min_effect, noise_std=noise.std, noise_df=noise.df,
+                            seeds_max=self.tier.seeds_max,
                             looks=look)
             if not verdict.need_more or len(runs) >= self.tier.seeds_max:
                 break

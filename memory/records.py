@@ -119,8 +119,10 @@ class NoiseRecord(BaseModel):
     script_sha: str
     env: dict[str, str] = Field(default_factory=dict)
     values: list[float]
-    std: float
+    std: float  # the noise model's std: measured runs pooled with the tier's prior
     mean: float
+    df: float | None = None  # effective degrees of freedom behind std (measured + prior)
+    source: str | None = None  # measured | pooled | prior
     runs: list[str] = Field(default_factory=list)
 
 
