@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -215,7 +215,8 @@ def live_sessions(ws: Workspace | None = None) -> set[str]:
     locks = sorted(lock_dir().glob("*.lock")) if lock_dir().is_dir() else []
     if ws is not None:
         locks.append(ws.lock)
-    return {info["session"] for info in map(read_lock, locks) if _owner_live(info)}
+    infos = [read_lock(p) for p in locks]
+    return {str(info["session"]) for info in infos if info is not None and _owner_live(info)}
 
 
 # --------------------------------------------------------------------------------------- money
@@ -380,6 +381,7 @@ class _Digest:
     """A bounded view of a job's log: the last N lines and the last N notable ones, never the whole log."""
 
     def __init__(self, n: int, echo: Callable[[str], None], label: str, echo_cap: int = 200):
+        self.n = n
         self.tail: collections.deque[str] = collections.deque(maxlen=n)
         self.notable: collections.deque[str] = collections.deque(maxlen=n)
         self.partial = ""
@@ -403,7 +405,7 @@ class _Digest:
             if line not in seen:
                 seen.add(line)
                 out.append(line)
-        return out[-2 * self.tail.maxlen:]
+        return out[-2 * self.n:]
 
 
 class _Run:
@@ -423,6 +425,16 @@ class _Run:
         self.out_dir = ws.state_dir / "finals" / final_id
         self.events: list[str] = []
         self.name_stem = f"{pod_prefix(session)}{host_tag()}-{final_id.rsplit('-', 1)[-1]}"
+
+    @property
+    def agent(self) -> AgentRef:
+        assert self.ref is not None, "no pod agent yet"
+        return self.ref
+
+    @property
+    def pod_id(self) -> str:
+        assert self.pod is not None, "no pod"
+        return self.pod.id
 
     def event(self, event: str, **detail: Any) -> None:
         self.events.append(event)
@@ -536,14 +548,14 @@ class _Run:
         deadline = time.monotonic() + self.cfg.runtime_wait_s
         while time.monotonic() < deadline:
             self.meter.book()
-            pod = self.backend.get(self.pod.id)
+            pod = self.backend.get(self.pod_id)
             if pod is None or not pod.alive:
-                self.event("final_pod_vanished", pod_id=self.pod.id, during="start")
+                self.event("final_pod_vanished", pod_id=self.pod_id, during="start")
                 self.pod = None
                 self.meter.book("pod vanished while starting", force=True, stop=True)
                 return False
             self.meter.attach(pod)
-            if pod.runtime_up and self.backend.ping(self.ref):
+            if pod.runtime_up and self.backend.ping(self.agent):
                 self.log(f"final {self.final_id}: pod {pod.id} ready")
                 return True
             time.sleep(min(self.cfg.poll_s, max(0.05, deadline - time.monotonic())))
@@ -589,17 +601,17 @@ class _Run:
     # -- running jobs
 
     def upload(self) -> None:
-        self.backend.upload(self.ref, self.script.encode(), "job/train_gpt.py")
+        self.backend.upload(self.agent, self.script.encode(), "job/train_gpt.py")
         if self.prepare:
-            self.backend.upload(self.ref, self.prepare.encode(), "job/prepare_data.py")
-        self.event("final_uploaded", pod_id=self.pod.id, script_sha=sha256(self.script),
+            self.backend.upload(self.agent, self.prepare.encode(), "job/prepare_data.py")
+        self.event("final_uploaded", pod_id=self.pod_id, script_sha=sha256(self.script),
                    bytes_code=len(self.script.encode()))
 
     def run_job(self, job_id: str, cmd: str, env: dict[str, str], bound_s: float) -> tuple[int | None, float, list[str]]:
         """Start (idempotently) and follow one job within bound_s. Returns (returncode, wall_s, digest)."""
         self.check_money(f"job {job_id}", bound_s + self.cfg.teardown_s)
         digest = _Digest(self.cfg.digest_lines, self.log, job_id)
-        self.backend.run_command(self.ref, job_id, cmd, env, cwd="job")
+        self.backend.run_command(self.agent, job_id, cmd, env, cwd="job")
         started = time.monotonic()
         offset, lost_since, status = 0, None, None
         while True:
@@ -611,21 +623,21 @@ class _Run:
                 return None, time.monotonic() - started, digest.lines()
             self.check_money(f"continuing {job_id}", self.cfg.poll_s + self.cfg.teardown_s)
             try:
-                status = self.backend.job_status(self.ref, job_id, offset=offset)
+                status = self.backend.job_status(self.agent, job_id, offset=offset)
                 if lost_since is not None:
-                    self.event("final_agent_reconnected", pod_id=self.pod.id, lost_s=round(time.monotonic() - lost_since, 1))
+                    self.event("final_agent_reconnected", pod_id=self.pod_id, lost_s=round(time.monotonic() - lost_since, 1))
                     lost_since = None
             except AgentError as e:
                 lost_since = lost_since or time.monotonic()
                 lost = time.monotonic() - lost_since
                 self.log(f"final {self.final_id}: agent unreachable for {lost:.0f}s: {str(e)[:120]}")
-                pod = self.backend.get(self.pod.id)
+                pod = self.backend.get(self.pod_id)
                 if pod is None or not pod.alive:
-                    self.event("final_pod_vanished", pod_id=self.pod.id, during=job_id)
+                    self.event("final_pod_vanished", pod_id=self.pod_id, during=job_id)
                     self.pod = None
                     raise PodError(f"pod vanished during {job_id}") from e
                 if lost > self.cfg.agent_lost_s:
-                    self.event("final_agent_lost", pod_id=self.pod.id, job_id=job_id, lost_s=round(lost, 1))
+                    self.event("final_agent_lost", pod_id=self.pod_id, job_id=job_id, lost_s=round(lost, 1))
                     raise PodError(f"agent unreachable for {lost:.0f}s during {job_id}") from e
                 time.sleep(self.cfg.poll_s)
                 continue
@@ -640,14 +652,14 @@ class _Run:
 
     def _kill(self, job_id: str) -> None:
         try:
-            self.backend.kill_job(self.ref, job_id)
+            self.backend.kill_job(self.agent, job_id)
         except AgentError:
             pass
 
     def setup(self) -> None:
         cmd = self.cfg.setup_cmd.format(train_shards=self.cfg.train_shards, gpu_count=self.cfg.gpu_count)
         rc, wall, digest = self.run_job("setup", cmd, {}, self.cfg.setup_s)
-        self.event("final_setup_done", pod_id=self.pod.id, returncode=rc, wall_s=round(wall, 1))
+        self.event("final_setup_done", pod_id=self.pod_id, returncode=rc, wall_s=round(wall, 1))
         if rc != 0:
             raise PodError(f"setup on the pod failed (rc={rc}): " + " | ".join(digest[-5:]))
 
@@ -662,7 +674,7 @@ class _Run:
         local = self.out_dir / f"seed_{seed}"
         files: list[Path] = []
         try:
-            files = self.backend.fetch_files(self.ref, f"job/{run_dir}", local, max_bytes=self.cfg.fetch_max_bytes)
+            files = self.backend.fetch_files(self.agent, f"job/{run_dir}", local, max_bytes=self.cfg.fetch_max_bytes)
         except AgentError as e:
             self.log(f"final {self.final_id}: fetching seed {seed} files failed: {e}")
         result = _read_result(local / "results.json", rc, digest)
@@ -763,14 +775,14 @@ def write_submission(ws: Workspace, rec: FinalRecord, outcomes: list[SeedOutcome
     folder = ws.root / "records" / "track_10min_16mb" / f"{day}_{safe}"
     folder.mkdir(parents=True, exist_ok=True)
     ok = [o for o in outcomes if o.result.status == "ok" and o.result.val_bpb is not None]
-    bpbs = [o.result.val_bpb for o in ok]
-    losses = [o.result.val_loss for o in ok if o.result.val_loss is not None]
+    bpbs = [float(o.result.val_bpb or 0.0) for o in ok]
+    losses = [float(o.result.val_loss) for o in ok if o.result.val_loss is not None]
     record = verdict.get("record", {})
     sub = {
         "author": author, "github_id": github_id, "name": name, "blurb": blurb, "date": day,
         "val_loss": round(statistics.fmean(losses), 8) if losses else None,
         "val_bpb": round(statistics.fmean(bpbs), 8),
-        "bytes_total": max(o.result.bytes_total for o in ok),
+        "bytes_total": max(o.result.bytes_total or 0 for o in ok),
         "bytes_code": len(script.encode()),
         "seeds": [o.seed for o in ok],
         "seed_results": {str(o.seed): {"val_bpb": o.result.val_bpb, "val_loss": o.result.val_loss,
@@ -873,11 +885,13 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
     session = session or _last_session(ledger) or f"final-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     final_id = f"final-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     seed_list = _seed_list(seeds)
-    base = dict(session=session, final_id=final_id, seeds=seed_list)
+    base: dict[str, Any] = dict(session=session, final_id=final_id, seeds=seed_list)
 
     def refused(why: str, script_sha: str = "") -> FinalRecord:
         log(f"final refused: {why}")
-        return ledger.append(FinalRecord(**base, script_sha=script_sha, status="refused", note=why))
+        rec = FinalRecord(**base, script_sha=script_sha, status="refused", note=why)
+        ledger.append(rec)
+        return rec
 
     try:
         budget = resolve_budget(ws, ledger, session, approve, budget_dollars, session_budget_dollars)
@@ -908,7 +922,7 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
     failure: str | None = None
     stopped: _Stop | None = None
     unexpected: Exception | None = None
-    status = "failed"
+    status: Literal["ok", "failed", "refused", "partial"] = "failed"
     with final_lock(session, final_id), _signals_to_stop(log) as calm:
         try:
             try:
@@ -951,7 +965,7 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
         verdict = judge_final(ok_vals, frontier, frontier_std=frontier_std, bytes_per_token=_bytes_per_token(outcomes),
                               incumbent=incumbent_finals(ledger, exclude=final_id), cfg=cfg)
     record = verdict.get("record", {})
-    claim = status == "ok" and comp.get("passed", False) and record.get("outcome") == "confirmed"
+    claim = bool(status == "ok" and comp.get("passed", False) and record.get("outcome") == "confirmed")
     note_parts = [failure or "all seeds finished"]
     if record:
         note_parts.append(f"record rule: {record['outcome']} ({record['reason']})")

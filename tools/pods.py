@@ -24,6 +24,7 @@ The data plane is `pod_agent.py` (see there), reached at a configurable URL temp
 from __future__ import annotations
 
 import base64
+import builtins
 import gzip
 import hashlib
 import json
@@ -202,7 +203,7 @@ class PodBackend(Protocol):
     def kill_job(self, ref: AgentRef, job_id: str) -> None: ...
     def upload(self, ref: AgentRef, data: bytes, remote_path: str, executable: bool = False) -> str: ...
     def fetch_files(self, ref: AgentRef, remote_dir: str, local_dir: Path, max_bytes: int = 64 << 20,
-                    only: set[str] | None = None) -> list[Path]: ...
+                    only: set[str] | None = None) -> builtins.list[Path]: ...
 
 
 # --------------------------------------------------------------------------------------- agent
@@ -477,5 +478,5 @@ class RunPodBackend:
         return self.agent.upload(ref, data, remote_path, executable)
 
     def fetch_files(self, ref: AgentRef, remote_dir: str, local_dir: Path, max_bytes: int = 64 << 20,
-                    only: set[str] | None = None) -> list[Path]:
+                    only: set[str] | None = None) -> builtins.list[Path]:
         return self.agent.fetch_files(ref, remote_dir, local_dir, max_bytes, only)
