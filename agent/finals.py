@@ -583,7 +583,8 @@ class _Run:
     def release(self, why: str) -> None:
         """Terminate the current pod (confirmed, retried) and book its last spend. Never raises."""
         pod, self.pod = self.pod, None
-        if pod is None:
+        if pod is None:  # gone already (vanished or never made): still book the time it ran
+            self.meter.book(f"ended: {why}", force=True, stop=True)
             return
         ok = False
         for i in range(5):
