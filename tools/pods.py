@@ -412,6 +412,8 @@ class RunPodBackend:
         except Exception as e:
             if _is_capacity_error(e):
                 raise NoCapacity(f"{spec.gpu_type} x{spec.gpu_count} ({spec.cloud_type}): {e}") from e
+            if type(e) is ValueError and "no gpu found" in str(e).lower():  # the SDK's pre-flight check
+                raise CreateFailed(f"{spec.gpu_type}: unknown GPU type ({e})") from e
             # ambiguous: the pod may exist and bill although the call failed
             pod = self.find_by_name(spec.name)
             if pod is not None:
