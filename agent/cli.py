@@ -38,16 +38,19 @@ def make_planner(kind: str):
 
 
 def cmd_run(args, resume: bool = False) -> int:
+    from agent.experiment import ExperimentError
     from agent.lock import LockedError
     from agent.session import SessionError, run_session
-    from memory.git_records import DirtyTreeError
+    from memory.git_records import GitRecordsError
+    from memory.ledger import LedgerError
+    from memory.tiers import TiersError
 
     planner, why = make_planner(args.planner)
     print(f"planner: {why}")
     try:
         summary = run_session(_ws(args), planner=planner, tier=args.tier, budget=_budget(args),
                               session=args.session, resume=resume, allow_dirty=getattr(args, "allow_dirty", False))
-    except (SessionError, LockedError, DirtyTreeError) as e:
+    except (SessionError, LockedError, GitRecordsError, ExperimentError, LedgerError, TiersError) as e:
         print(f"golf: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

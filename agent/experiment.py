@@ -30,6 +30,10 @@ from tools.sweep import Candidate, SweepArgs, sweep
 SEED_BASE = 1337
 
 
+class ExperimentError(RuntimeError):
+    """The loop cannot go on (the incumbent itself does not train): said plainly, nothing lost."""
+
+
 def env_tag(env: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:6]
 
@@ -86,7 +90,7 @@ class ExperimentRunner:
             runs = self.incumbent_runs()
             if not runs:
                 failed = recs[-1].result if recs else None
-                raise RuntimeError("the incumbent does not train on this tier: "
+                raise ExperimentError("the incumbent does not train on this tier: "
                                    + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs"))
         vals = [r.result.val_bpb for r in runs]
         prev = latest_noise(self.ctx.ledger.records(), self.tier.name, self.hardware)
