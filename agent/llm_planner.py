@@ -135,6 +135,17 @@ def _kept_arguments(arguments: str) -> str:
     return json.dumps({"_dropped_arguments_chars": len(arguments)})
 
 
+# what the model needs first from a verdict (the rest follows if there is room); the hypothesis it wrote
+_VERDICT_FIRST = ("experiment", "candidate", "technique", "outcome", "kept", "delta", "ci_low", "ci_high", "p_value",
+                  "n_candidate", "n_incumbent", "noise_std", "reason", "candidate_runs")
+
+
+def _verdict(outcome: dict[str, Any]) -> dict[str, Any]:
+    first = {k: outcome[k] for k in _VERDICT_FIRST if k in outcome}
+    rest = {k: v for k, v in outcome.items() if k not in first and k not in ("hypothesis", "kind", "at", "session")}
+    return first | rest
+
+
 class LLMPlanner:
     name = "llm"
 
@@ -267,7 +278,7 @@ class LLMPlanner:
             content = item["content"]
             if content is None:
                 if self.verdict is not None:
-                    content = "the session ran this experiment; the judge's verdict: " + P.compact(self.verdict)
+                    content = "the session ran this experiment; the judge's verdict: " + P.compact(_verdict(self.verdict))
                 else:
                     content = "this experiment was not run (no verdict was reported)"
             self.messages.append({"role": "tool", "tool_call_id": item["id"], "content": content})

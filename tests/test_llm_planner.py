@@ -433,3 +433,90 @@ def test_the_digest_stays_under_its_budget_as_the_ledger_grows(n):
     assert "## Human directives" in text and "## Budget left" in text and "## Techniques judged" in text
     if n == 500:
         assert "more not shown" in text  # the table was cut, not the budget
+
+
+# -- a whole session --------------------------------------------------------------------------------------
+
+QK_EDIT = {"rationale": "a larger initial q gain sharpens attention early in a short run",
+           "edits": [{"search": 'get("QK_GAIN_INIT", 1.5, float)', "replace": 'get("QK_GAIN_INIT", 2.0, float)'}]}
+
+
+def _field(text: str, name: str) -> str | None:
+    import re
+
+    m = re.search(rf'"{name}":\[?"([^"]+)"', text)
+    return m.group(1) if m else None
+
+
+def scientist(body: dict, n: int):
+    """A scripted model that reads what it is sent: edit + sweep, then logs + finding + sweep, then finish."""
+    msgs = body["messages"]
+    starts = [i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"].startswith("Decision ")]
+    decision = int(msgs[starts[-1]]["content"].split()[1])
+    done = [c["function"]["name"] for m in msgs[starts[-1]:] if m["role"] == "assistant"
+            for c in m.get("tool_calls", [])]
+    verdict = next((m["content"] for m in reversed(msgs[:starts[-1]]) if m["role"] == "tool"
+                    and "verdict" in m["content"]), "")
+    outcome = _field(verdict, "outcome")
+    if decision == 1:
+        if not done:
+            return tool_reply(call("edit_train_script", QK_EDIT))
+        return tool_reply(call("launch_local_sweep", {
+            "candidates": [{"name": "qk_gain_2", "env": {}}], "seeds": [1, 2], "technique": "qk_gain",
+            "hypothesis": "QK_GAIN_INIT 2.0 trains faster in a short run"}))
+    if decision == 2:
+        if "read_logs" not in done:
+            return tool_reply(call("read_logs", {"run_id": _field(verdict, "candidate_runs"), "tail_lines": 5}))
+        if "record_finding" not in done:
+            return tool_reply(call("record_finding", {"technique": "qk_gain", "status": outcome,
+                                                      "note": "from the model: QK gain 2.0 on cpu-tiny"}))
+        return tool_reply(call("launch_local_sweep", {
+            "candidates": [{"name": "leaky_relu2", "env": {"MLP_ACT_SLOPE": "0.5"}}], "seeds": [1, 2],
+            "technique": "leaky_relu2", "hypothesis": "the directive says cheap flags first"}))
+    if "record_finding" not in done:
+        return tool_reply(call("record_finding", {"technique": "leaky_relu2", "status": outcome,
+                                                  "note": "from the model: leaky slope 0.5"}))
+    return tool_reply(call("finish", {"reason": "both ideas judged; nothing cheap left worth the budget"}))
+
+
+@pytest.mark.slow
+def test_a_whole_session_driven_by_a_scripted_model(tmp_path, tiny_dataset, monkeypatch):
+    from agent.progress import Progress
+    from agent.session import run_session
+    from memory.records import FindingRecord
+    from tests.session_workspace import git, make_workspace
+    from tests.test_session import check_consistent
+
+    key = "sk-test-WholeSessionSecret0123456789abcd"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    ws = make_workspace(tmp_path, tiny_dataset)
+    with FakeOpenAI(scientist) as fake:
+        pl = LLMPlanner.from_env({"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake.base_url}, max_retries=0)
+        summary = run_session(ws, planner=pl, tier="cpu-tiny", budget=Budget(experiments=3), session="llm1",
+                              progress=Progress.quiet())
+    assert summary.decisions == 2 and "the model finished" in summary.stopped_because
+    ledger = check_consistent(ws, "llm1")
+    decisions = ledger.records(DecisionRecord)
+    assert [d.technique for d in decisions] == ["qk_gain", "leaky_relu2"]
+    assert all(d.planner == "llm" and d.tokens_used and d.tokens_used > 0 for d in decisions)
+    assert not [e for e in ledger.records(EventRecord) if e.event in ("llm_tool_refused", "proposal_refused")]
+    # the model's edit is the first experiment's commit; the branch has it only if the judge kept it
+    first = decisions[0]
+    assert 'get("QK_GAIN_INIT", 2.0, float)' in git(ws, "show", f"{first.git_commit}:trainer/train_gpt.py")
+    assert ('QK_GAIN_INIT", 2.0' in (ws / "trainer/train_gpt.py").read_text()) == first.kept
+    # the model's findings repeat the judge's outcome, with the judge's statistics and the model's note
+    mine = [f for f in ledger.records(FindingRecord) if f.note.startswith("from the model")]
+    assert [(f.technique, f.status) for f in mine] == [(d.technique, d.outcome) for d in decisions]
+    assert mine[0].delta == first.delta
+    plan = (ws / "battle_plan.md").read_text()
+    assert "- test the cheap flags first" in plan and "qk_gain" in plan and "leaky_relu2" in plan
+    # the conversation: the directive led every decision; each sweep was answered with its verdict
+    bodies = fake.chat_requests()
+    decision_prompts = [m["content"] for b in bodies for m in b["messages"] if m["role"] == "user"]
+    assert all(p.index("test the cheap flags first") < p.index("## Incumbent") for p in set(decision_prompts))
+    final = bodies[-1]["messages"]
+    assert_well_formed(final)
+    verdicts = [m["content"] for m in final if m["role"] == "tool" and "verdict" in m["content"]]
+    assert len(verdicts) == 2 and first.experiment in verdicts[0]
+    assert key not in ledger.path.read_text() and key not in git(ws, "log", "-p", "--all")
+    assert all(key not in json.dumps(b["messages"]) for b in bodies)
