@@ -295,3 +295,25 @@ def test_an_exception_is_an_error_result_with_exit_code_1(tiny_data, tmp_path):
     result = json.loads((tmp_path / "err" / "results.json").read_text())
     assert result["status"] == "error" and result["error"].startswith("ValueError: MODEL_DIM must divide")
     RunResult.model_validate(result)
+
+
+def test_adam_matches_torch_adam_and_restores_state(tg):
+    torch.manual_seed(0)
+    mine_p = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    ref_p = [t.detach().clone().requires_grad_() for t in mine_p]
+    mine = tg.Adam([{"params": mine_p, "lr": 0.01}], betas=(0.9, 0.95), eps=1e-8)
+    ref = torch.optim.Adam(ref_p, lr=0.01, betas=(0.9, 0.95), eps=1e-8)
+    saved = None
+    for step in range(6):
+        grads = [torch.randn_like(t) for t in mine_p]
+        for a, b, g in zip(mine_p, ref_p, grads, strict=True):
+            a.grad, b.grad = g.clone(), g.clone()
+        mine.step()
+        ref.step()
+        if step == 2:
+            saved, weights = mine.state_dict(), [p.detach().clone() for p in mine_p]
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-7) for a, b in zip(mine_p, ref_p, strict=True))
+    mine.load_state_dict(saved)
+    assert mine.param_groups[0]["step"] == 3
+    assert torch.equal(mine.state[mine_p[0]]["exp_avg"], saved["state"][0]["exp_avg"])
+    assert not torch.equal(weights[0], mine_p[0])  # weights are the model's business, not the optimiser's

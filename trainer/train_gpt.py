@@ -585,9 +585,15 @@ class _FusedSoftcapCE(torch.autograd.Function):
         return grad * grad_out.to(grad.dtype), None, None
 
 
-@torch.compiler.disable
 def _fused_softcap_ce(z, targets, cap):
     return _FusedSoftcapCE.apply(z, targets, cap)
+
+
+def keep_kernel_out_of_compile():
+    """torch.compile must not trace into the Triton launch: make the call a graph break. Done only when
+    compiling, because importing torch._dynamo costs seconds at every CPU start."""
+    global _fused_softcap_ce
+    _fused_softcap_ce = torch.compiler.disable(_fused_softcap_ce)
 
 
 def softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float, fused: bool) -> torch.Tensor:
@@ -632,15 +638,72 @@ def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7) 
     return X.T if transposed else X
 
 
-class Muon(torch.optim.Optimizer):
+class Optimizer:
+    """The little of torch.optim.Optimizer this script needs. Constructing a torch.optim optimiser imports
+    torch._dynamo, which costs seconds at every CPU start; these few lines do not."""
+
+    def __init__(self, groups: list[dict], **defaults):
+        self.param_groups = [dict(defaults, **g) for g in groups]
+        self.state: dict = {}
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self._params():
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        index = {id(p): i for i, p in enumerate(self._params())}
+        return copy.deepcopy({"state": {index[id(p)]: s for p, s in self.state.items()},
+                              "groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]})
+
+    def load_state_dict(self, sd: dict):
+        params = self._params()
+        self.state = {params[i]: copy.deepcopy(s) for i, s in sd["state"].items()}
+        for g, saved in zip(self.param_groups, sd["groups"], strict=True):
+            g.update(copy.deepcopy(saved))
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam's update (bias-corrected, eps outside the square root), with foreach kernels."""
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float], eps: float):
+        super().__init__(groups, betas=betas, eps=eps, step=0)
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            ps = [p for p in g["params"] if p.grad is not None]
+            if not ps:
+                continue
+            b1, b2 = g["betas"]
+            g["step"] += 1
+            for p in ps:
+                if p not in self.state:
+                    self.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            grads = [p.grad for p in ps]
+            ms = [self.state[p]["exp_avg"] for p in ps]
+            vs = [self.state[p]["exp_avg_sq"] for p in ps]
+            torch._foreach_lerp_(ms, grads, 1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, math.sqrt(1 - b2 ** g["step"]))
+            torch._foreach_add_(denom, g["eps"])
+            torch._foreach_addcdiv_(ps, ms, denom, value=-g["lr"] / (1 - b1 ** g["step"]))
+
+
+class Muon(Optimizer):
     """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share of the matrices and one
     all-reduce assembles the updates (zeros elsewhere, so the sum is exact)."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+        super().__init__([{"params": list(params)}], lr=lr, momentum=momentum, backend_steps=backend_steps,
+                         nesterov=nesterov)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self):
         distributed = dist.is_available() and dist.is_initialized()
         world_size = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
@@ -654,7 +717,7 @@ class Muon(torch.optim.Optimizer):
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
                     g = p.grad
-                    state = self.state[p]
+                    state = self.state.setdefault(p, {})
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = torch.zeros_like(g)
                     buf = state["momentum_buffer"]
@@ -685,16 +748,16 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
             matrix.append(p)
         else:
             scalar.append(p)
-    adam = dict(betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda")
+    adam = dict(betas=(args.beta1, args.beta2), eps=args.adam_eps)
     embed_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
-    opts = [torch.optim.Adam([{"params": embed, "lr": embed_lr, "base_lr": embed_lr}], **adam),
+    opts = [Adam([{"params": embed, "lr": embed_lr, "base_lr": embed_lr}], **adam),
             Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps),
-            torch.optim.Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], **adam)]
+            Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], **adam)]
     for g in opts[1].param_groups:
         g["base_lr"] = args.matrix_lr
     if model.lm_head is not None:
-        opts.append(torch.optim.Adam([{"params": [model.lm_head.weight], "lr": args.head_lr,
-                                       "base_lr": args.head_lr}], **adam))
+        opts.append(Adam([{"params": [model.lm_head.weight], "lr": args.head_lr, "base_lr": args.head_lr}],
+                         **adam))
     return opts
 
 
@@ -836,7 +899,7 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
     if cur:
         chunks.append(cur)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=args.ttt_lr, momentum=0.9)
+    momentum_bufs = None  # SGD with momentum 0.9 (torch.optim.SGD's rule: the first buffer is the gradient)
     total = [0.0, 0, 0]
     per_chunk = []
     distributed = dist.is_available() and dist.is_initialized()
@@ -856,7 +919,8 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
             for i in range(0, len(chunk), batch_seqs * world_size):
                 whole = chunk[i:i + batch_seqs * world_size]
                 group = whole[rank::world_size]
-                opt.zero_grad(set_to_none=False)
+                for p in params:
+                    p.grad = None
                 if group:
                     with autocast:
                         loss = model(*window_batch(tokens, group, seq_len, device))
@@ -868,7 +932,14 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
                         dist.all_reduce(p.grad)
                     p.grad.div_(len(whole))
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
+                grads = [p.grad for p in params]
+                with torch.no_grad():
+                    if momentum_bufs is None:
+                        momentum_bufs = [g.clone() for g in grads]
+                    else:
+                        torch._foreach_mul_(momentum_bufs, 0.9)
+                        torch._foreach_add_(momentum_bufs, grads)
+                    torch._foreach_add_(params, momentum_bufs, alpha=-args.ttt_lr)
     model.eval()
     out = summarize(tuple(total))
     out["chunks"] = per_chunk
@@ -1064,6 +1135,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         raise ValueError(f"world size {ctx.world_size} does not divide 8; set GRAD_ACCUM_STEPS")
     fused = args.fused_kernels and triton is not None and device.type == "cuda"
     model.fused_ce = fused
+    if args.compile and fused:
+        keep_kernel_out_of_compile()
     compiled = torch.compile(model, dynamic=False, fullgraph=not fused) if args.compile else model
     ddp = DDP(compiled, device_ids=[ctx.local_rank] if device.type == "cuda" else None,
               broadcast_buffers=False) if ctx.world_size > 1 else compiled
@@ -1115,7 +1188,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     t0 = time.perf_counter()
     while True:
         last = step == args.iterations or (stop_after is not None and step >= stop_after)
-        if args.val_loss_every > 0 and step > 0 and (step % args.val_loss_every == 0 or last):
+        if args.val_loss_every > 0 and step > 0 and step % args.val_loss_every == 0 and not last:
             ctx.sync()
             train_ms += 1000.0 * (time.perf_counter() - t0)
             ev = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank,
