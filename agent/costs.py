@@ -255,11 +255,12 @@ def _evidence(d: DecisionRecord, kind: Kind, noise: float) -> Evidence:
 
 
 def dollars_spent_on_finals(records: Sequence) -> float:
-    """Real money on finals: the spend records (the latest per final, as they accrue), else the finals'."""
+    """Real money on finals: the spend records (increments, booked as a pod runs), summed per final; a
+    final without any counts its own total."""
     by_final: dict[str, float] = {}
     for s in records:
         if isinstance(s, SpendRecord):
-            by_final[s.final_id] = max(by_final.get(s.final_id, 0.0), s.dollars)
+            by_final[s.final_id] = by_final.get(s.final_id, 0.0) + s.dollars
     for f in records:
         if isinstance(f, FinalRecord) and f.final_id not in by_final:
             by_final[f.final_id] = f.dollars

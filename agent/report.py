@@ -176,24 +176,20 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
 def _spend_series(records: list) -> list[dict[str, Any]]:
     """Cumulative real dollars and device-hours over time.
 
-    Spend records accrue per final as running totals, so each final counts its latest figure; a final
-    without spend records counts its own dollars. Runs add their device-seconds (seconds x processes)
-    and any dollars of theirs; a final's pod seconds count FINAL_GPUS device-seconds each.
+    Spend records are increments booked while a pod runs (agent/finals.py); a final without any counts
+    its own total. Runs add their device-seconds (seconds x processes) and any dollars of theirs; a
+    final's pod seconds count FINAL_GPUS device-seconds each.
     """
     events: list[tuple[dt.datetime, float, float]] = []  # time, dollars added, device-hours added
-    booked: dict[str, float] = {}
-    clocked: dict[str, float] = {}
+    booked: set[str] = set()
     for r in records:
         if isinstance(r, SpendRecord):
-            added = max(0.0, r.dollars - booked.get(r.final_id, 0.0))
-            booked[r.final_id] = max(booked.get(r.final_id, 0.0), r.dollars)
-            secs = max(0.0, r.seconds - clocked.get(r.final_id, 0.0))
-            clocked[r.final_id] = max(clocked.get(r.final_id, 0.0), r.seconds)
-            events.append((_time(r.at), added, secs * FINAL_GPUS / 3600.0))
+            booked.add(r.final_id)
+            events.append((_time(r.at), r.dollars, r.seconds * FINAL_GPUS / 3600.0))
         elif isinstance(r, FinalRecord) and r.final_id not in booked and r.dollars:
-            booked[r.final_id] = r.dollars
+            booked.add(r.final_id)
             events.append((_time(r.at), r.dollars, 0.0))
-        elif isinstance(r, RunRecord):
+        elif isinstance(r, RunRecord) and r.tier != FINAL_TIER:  # a final's runs are in its spend records
             events.append((_time(r.at), r.cost.dollars or 0.0, r.cost.device_seconds / 3600.0))
     events.sort(key=lambda e: e[0])
     out, dollars, hours = [], 0.0, 0.0

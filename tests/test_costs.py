@@ -13,6 +13,7 @@ from agent.costs import (
     Evidence,
     Queued,
     adopted_gain,
+    dollars_spent_on_finals,
     final_seed_seconds,
     inputs_from_ledger,
     options_for_session,
@@ -139,6 +140,10 @@ def test_session_options_follow_the_plan_budget():
     promote = next(o for o in opts if o["action"] == "promote")
     assert promote["fits_budget"] is False  # finals not approved
     plan.budget.approve_finals = True
+    assert dollars_spent_on_finals(records) == pytest.approx(22.0 + 23.5)  # spend increments, summed per final
     opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS)
-    # the fixture's finals cost 45.50: 54.50 left covers one more
-    assert next(o for o in opts if o["action"] == "promote")["fits_budget"] is True
+    promote = next(o for o in opts if o["action"] == "promote")
+    assert promote["fits_budget"] is True  # 54.50 left
+    plan.budget.final_dollars = 45.5 + promote["real_dollars"] - 1.0
+    opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS)
+    assert next(o for o in opts if o["action"] == "promote")["fits_budget"] is False  # a dollar short

@@ -56,7 +56,7 @@ def test_report_writes_markdown_pictures_and_data_into_the_workspace(rendered):
     data = json.loads((path.parent / "report.json").read_text())
     assert len(data["decisions"]) == 7
     assert data["frontier"] == {"best_bpb": 1.0611, "source": "leaderboard PR #1855"}
-    assert "spend $50.00" in text  # the two finals' latest spend figures, 22.00 + 23.50, plus 4.50 of H100 runs
+    assert "spend $50.00" in text  # the finals' spend increments, 22.00 + 23.50, plus 4.50 of one-H100 runs
 
 
 def test_every_picture_is_a_valid_png_of_the_planned_size(rendered):
