@@ -235,6 +235,7 @@ def plot_val_bpb(data: dict[str, Any], path: Path) -> Figure:
         for p in mine:
             ax.annotate(p["technique"][:14], (p["index"], p["candidate_bpb"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"val_bpb per experiment, tier {tier}", fontsize=10)
         ax.set_xlabel("decision index (ledger order)")
         ax.set_ylabel("val_bpb")
@@ -252,6 +253,7 @@ def plot_val_bpb(data: dict[str, Any], path: Path) -> Figure:
             ax.annotate(f["final_id"][:14], (x, f["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         if best is not None:
             ax.axhline(best, color="tab:purple", ls="--", label=f"frontier {best:.4f} ({source})", gid="frontier")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"finals ({FINAL_TIER})", fontsize=10)
         ax.set_xlabel("final (ledger order)")
         ax.set_ylabel("val_bpb")
