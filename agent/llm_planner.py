@@ -153,7 +153,7 @@ class LLMPlanner:
                  max_turns_per_decision: int = 8, max_tokens_per_session: int = 400_000,
                  timeout_s: float = 120.0, max_retries: int = 2, strict_tools: bool | Literal["auto"] = "auto",
                  max_completion_tokens: int | None = None, digest_chars: int = P.DEFAULT_MAX_CHARS,
-                 max_history_chars: int = 60_000, max_repeats: int = 3, tools: list[str] | None = None):
+                 max_history_chars: int = 24_000, max_repeats: int = 3, tools: list[str] | None = None):
         load_tools()
         if api_key is None and base_url:
             api_key = PLACEHOLDER_KEY
@@ -298,7 +298,7 @@ class LLMPlanner:
 
     def _stop(self, reason: str, tokens: int) -> Proposal:
         self.stopped_reason = reason
-        log.warning("LLM planner stops: %s", reason)
+        log.info("LLM planner stops: %s", reason)
         return Proposal(action="stop", reason=reason, tokens_used=tokens)
 
     def _record_refusal(self, ctx: Any, tool: str, error: str) -> None:
