@@ -153,7 +153,8 @@ class LLMPlanner:
                  max_turns_per_decision: int = 8, max_tokens_per_session: int = 400_000,
                  timeout_s: float = 120.0, max_retries: int = 2, strict_tools: bool | Literal["auto"] = "auto",
                  max_completion_tokens: int | None = None, digest_chars: int = P.DEFAULT_MAX_CHARS,
-                 max_history_chars: int = 24_000, max_repeats: int = 3, tools: list[str] | None = None):
+                 max_history_chars: int = 24_000, max_repeats: int = 3, tools: list[str] | None = None,
+                 tool_choice: str | dict[str, Any] = "auto"):
         load_tools()
         if api_key is None and base_url:
             api_key = PLACEHOLDER_KEY
@@ -168,6 +169,7 @@ class LLMPlanner:
         self.digest_chars = digest_chars
         self.max_history_chars = max_history_chars
         self.max_repeats = max_repeats
+        self.tool_choice = tool_choice  # "auto"; a named function forces a call (small local models)
         wanted = tools or OFFERED_TOOLS
         self.tool_names = [t for t in wanted if t in registry.names()]
         if SWEEP_TOOL not in self.tool_names or FINISH_TOOL not in self.tool_names:
@@ -248,7 +250,7 @@ class LLMPlanner:
             "model": self.model,
             "messages": self.messages,
             "tools": registry.openai_schemas(self.tool_names, strict=bool(self.strict)),
-            "tool_choice": "auto",
+            "tool_choice": self.tool_choice,
         }
         if self.max_completion_tokens:
             kwargs["max_completion_tokens" if self.base_url is None else "max_tokens"] = self.max_completion_tokens

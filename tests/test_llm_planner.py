@@ -18,7 +18,7 @@ from memory.ledger import Ledger
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult
 from memory.tiers import Tier
 from memory.workspace import Workspace
-from tests.fakes.fake_openai import FakeOpenAI, call, http_error, text_reply, tool_reply
+from tests.fakes.fake_openai import FakeOpenAI, call, http_error, slow_reply, text_reply, tool_reply
 from tools.context import ToolContext
 
 SCRIPT = '''import os
@@ -267,6 +267,12 @@ def test_http_500_is_retried_by_the_sdk_then_the_session_stops_with_a_clear_mess
         p = planner(fake, max_retries=2).propose(state(), ctx)
     assert p.action == "stop" and "HTTP 500 after 2 retries" in p.reason and "model crashed" in p.reason
     assert len(fake.chat_requests()) == 3
+
+
+def test_a_server_that_hangs_times_out_and_the_session_stops(ctx):
+    with FakeOpenAI([slow_reply(3.0, tool_reply(call("finish", FINISH)))]) as fake:
+        p = planner(fake, timeout_s=0.5).propose(state(), ctx)
+    assert p.action == "stop" and "timed out" in p.reason
 
 
 def test_an_unreachable_server_stops_cleanly(ctx):
