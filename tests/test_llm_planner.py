@@ -526,3 +526,16 @@ def test_a_whole_session_driven_by_a_scripted_model(tmp_path, tiny_dataset, monk
     assert len(verdicts) == 2 and first.experiment in verdicts[0]
     assert key not in ledger.path.read_text() and key not in git(ws, "log", "-p", "--all")
     assert all(key not in json.dumps(b["messages"]) for b in bodies)
+
+
+def test_the_planner_benchmark_runs_both_scripted_models_through_the_loop(capsys):
+    from benchmarks.planner import main
+
+    report = main(["--reps", "1", "--ideas", "5", "--budget", "40", "--run-s", "0", "--json"])
+    oracle, naive = report["oracle"], report["naive"]
+    assert naive["decisions"] == 5 and naive["stopped"] == ["the model finished: queue exhausted"]
+    assert oracle["kept"] == oracle["kept_real"]  # the oracle proposes only true wins
+    assert oracle["decisions"] <= naive["decisions"]
+    for r in (oracle, naive):
+        assert r["tokens_per_decision"] > 0 and r["requests_per_decision"] >= 1
+        assert 0 < r["busy_share_h100x8_600s_latency3s"] < 1
