@@ -304,7 +304,7 @@ class LLMPlanner:
         return Proposal(action="stop", reason=reason, tokens_used=tokens)
 
     def _record_refusal(self, ctx: Any, tool: str, error: str) -> None:
-        log.info("tool call refused: %s: %s", tool, error[:200])
+        log.info("tool call refused: %s: %s", tool[:80], P.redact(error)[:200])
         ledger = getattr(ctx, "ledger", None)
         if ledger is None:
             return
