@@ -28,6 +28,7 @@ from agent import prompt as P
 from agent.planner import ExperimentSpec, PlannerState, Proposal
 from tools import registry
 from tools.registry import format_validation_error
+from tools.sweep import SweepArgs
 
 log = logging.getLogger("pgolf.llm")
 
@@ -60,13 +61,10 @@ if FINISH_TOOL not in registry.names():
 
 
 def load_tools() -> None:
-    """Register every tool module that exists (some are written by other parts of the project)."""
-    try:
-        from tools.toolbox import load_tools as _load
-    except ModuleNotFoundError:  # pragma: no cover - older tree
-        _load = None
-    if _load is not None:
-        _load()
+    """Register every tool module of the project (the registry fills as modules are imported)."""
+    from tools.toolbox import load_tools as _load
+
+    _load()
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -314,7 +312,8 @@ class LLMPlanner:
                                   detail={"tool": tool[:80], "error": P.redact(error)[:500]}))
 
     def _handle_calls(self, calls: list[Any], content: str, ctx: Any, tokens: int) -> Proposal | None:
-        kept_calls, answers = [], []
+        kept_calls: list[dict[str, Any]] = []
+        answers: list[tuple[str, str | None]] = []
         proposal: Proposal | None = None
         for call in calls:
             fn = getattr(call, "function", None)
@@ -380,7 +379,7 @@ class LLMPlanner:
             return "ERROR: " + error, None
         try:
             raw = json.loads(arguments or "{}")
-            args = registry.get(name).args_model.model_validate(raw)
+            args = (FinishArgs if name == FINISH_TOOL else SweepArgs).model_validate(raw)
         except json.JSONDecodeError as e:
             error = f"arguments are not valid JSON: {e.msg} at char {e.pos}"
             self._record_refusal(ctx, name, error)
@@ -389,7 +388,7 @@ class LLMPlanner:
             error = format_validation_error(e)
             self._record_refusal(ctx, name, error)
             return "ERROR: " + error, None
-        if name == FINISH_TOOL:
+        if isinstance(args, FinishArgs):
             return "session ends: " + P.redact(args.reason)[:300], self._stop(
                 "the model finished: " + P.redact(args.reason)[:500], tokens)
         first = args.candidates[0]

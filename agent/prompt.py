@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -38,11 +39,11 @@ SECRET_ENV = ("OPENAI_API_KEY", "RUNPOD_API_KEY", "GITHUB_TOKEN", "HF_TOKEN", "A
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{16,}|rpa_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,})")
 
 
-def redact(text: str, env: dict[str, str] | None = None) -> str:
+def redact(text: str, env: Mapping[str, str] | None = None) -> str:
     """Remove API keys from text bound for the model (a directive or a log may carry one by accident)."""
-    env = os.environ if env is None else env
+    source: Mapping[str, str] = os.environ if env is None else env
     for name in SECRET_ENV:
-        value = env.get(name)
+        value = source.get(name)
         if value and len(value) >= 8 and value in text:
             text = text.replace(value, f"[{name} redacted]")
     return _KEY_LIKE.sub("[key redacted]", text)
