@@ -182,6 +182,7 @@ class Session:
         self.prior_elapsed = 0.0
         self.plan_sha = ""
         self.frontier_digest = ""
+        self.stop_tokens = 0  # tokens the planner spent on the decision to stop
 
     # -- budget ---------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -321,6 +322,7 @@ class Session:
                 proposal = self.decide_once()
                 if proposal.action == "stop":
                     stopped = f"planner: {proposal.reason}"
+                    self.stop_tokens = proposal.tokens_used
                     break
                 outcome = self.runner.run_experiment(proposal, planner=self.planner.name)
                 self.planner.observe(outcome)
@@ -345,7 +347,8 @@ class Session:
         except Exception as e:
             self.progress.line(f"warning: could not mark the frontier as seen: {e}")
         self.ledger.append(EventRecord(session=self.session, event="session_end", detail={"why": stopped,
-                                                                                          "at": utcnow()}))
+                                                                                          "at": utcnow(),
+                                                                                          "tokens": self.stop_tokens}))
 
     def summary(self, stopped: str) -> SessionSummary:
         recs = self.ledger.records()
