@@ -526,8 +526,10 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        z = self.project(ids)
-        return softcap_cross_entropy(z.flatten(0, 1), targets.flatten(), self.logit_softcap, self.fused_ce)
+        z = self.project(ids).flatten(0, 1)
+        if self.fused_ce:  # decided once by the trainer, outside any compiled graph
+            return _fused_softcap_ce(z, targets.flatten(), self.logit_softcap)
+        return torch_softcap_cross_entropy(z, targets.flatten(), self.logit_softcap)
 
 
 def torch_softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
