@@ -110,6 +110,9 @@ else
   fi
 fi
 echo "DATA_PATH=$DATA TOKENIZER_PATH=$TOK"
+VAL_TOKENS=$($PY -c "import glob, os; print(sum((os.path.getsize(f) - 1024) // 2 for f in glob.glob('$DATA/fineweb_val_*.bin')))")
+HOLDOUT=$(( VAL_TOKENS / 4 < 65536 ? VAL_TOKENS / 4 : 65536 ))
+echo "val tokens $VAL_TOKENS: scoring up to 262144, holdout $HOLDOUT"
 ls -la "$DATA" || true
 
 run_cfg() {  # name, then env assignments
@@ -117,7 +120,7 @@ run_cfg() {  # name, then env assignments
   stamp "run $name: $*"
   env "$@" DATA_PATH="$DATA" TOKENIZER_PATH="$TOK" RUN_DIR="$WORK/runs/$name" RUN_ID="$name" \
     MAX_WALLCLOCK_SECONDS="$SECONDS_PER_RUN" WARMUP_STEPS=10 WARMDOWN_MODE=time_fraction TRAIN_LOG_EVERY=10 \
-    VAL_LOSS_EVERY=0 VAL_MAX_TOKENS=262144 VAL_HOLDOUT_TOKENS=65536 COMPRESSOR=lzma DEVICE=cuda ${DRY_ENV:-} \
+    VAL_LOSS_EVERY=0 VAL_MAX_TOKENS=262144 VAL_HOLDOUT_TOKENS=$HOLDOUT COMPRESSOR=lzma DEVICE=cuda ${DRY_ENV:-} \
     timeout 240 $PY trainer/train_gpt.py > "$WORK/$name.stdout" 2>&1
   stamp "run $name exit $?"
   tail -n 12 "$WORK/$name.stdout"
@@ -144,7 +147,8 @@ for name in ("baseline", "stack"):
     except (OSError, ValueError):
         rows[name] = {"status": "missing"}; continue
     log = (rd / "train.log").read_text(errors="replace")
-    fpt = float(re.search(r"flops_per_token:(\S+)", log).group(1)) if "flops_per_token:" in log else None
+    fpt = [float(x) for x in re.findall(r"flops_per_token:([0-9][0-9.eE+-]*)", log)]
+    fpt = fpt[-1] if fpt else None
     params = int(re.search(r"model_params:(\d+)", log).group(1)) if "model_params:" in log else None
     peak = re.search(r"peak_mem:(\d+)MiB", log)
     steps, tt = r.get("steps") or 0, r.get("train_time_s") or 0

@@ -231,6 +231,9 @@ def load_validation_tokens(pattern: str) -> torch.Tensor:
 
 def split_validation(tokens: torch.Tensor, max_tokens: int, holdout_tokens: int):
     """(scored val tokens, holdout tokens): the holdout is cut from the END, so the two never overlap."""
+    if holdout_tokens >= tokens.numel():
+        raise ValueError(f"VAL_HOLDOUT_TOKENS={holdout_tokens} leaves nothing of the {tokens.numel()} "
+                         "validation tokens to score")
     holdout = tokens[tokens.numel() - holdout_tokens:] if holdout_tokens > 0 else None
     val = tokens[:tokens.numel() - holdout_tokens] if holdout_tokens > 0 else tokens
     if max_tokens > 0:
@@ -1136,6 +1139,13 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     if not args.grad_accum_steps and 8 % ctx.world_size:
         raise ValueError(f"world size {ctx.world_size} does not divide 8; set GRAD_ACCUM_STEPS")
     fused = args.fused_kernels and triton is not None and device.type == "cuda"
+    if fused:  # a kernel that cannot build on this stack must not cost the run: say so and use torch
+        try:
+            probe = torch.randn(4, args.vocab_size, device=device, requires_grad=True)
+            _fused_softcap_ce(probe, torch.zeros(4, dtype=torch.long, device=device), 30.0).backward()
+        except Exception as e:
+            ctx.log(f"WARNING: fused softcap-CE kernel failed ({type(e).__name__}: {e}); using the torch path")
+            fused = False
     model.fused_ce = fused
     if args.compile and fused:
         keep_kernel_out_of_compile()
