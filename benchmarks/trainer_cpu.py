@@ -42,7 +42,9 @@ def find_data(explicit: str | None) -> tuple[Path, Path, str]:
         d = Path(explicit)
         toks = sorted((d.parent.parent / "tokenizers").glob("*.model"))
         return d, toks[0], str(d)
-    for name, tok in (("embedded_sp1024", "embedded_1024_bpe.model"), ("fineweb10B_sp1024", "fineweb_1024_bpe.model")):
+    layouts = (("embedded_sp1024", "embedded_1024_bpe.model"),
+               ("fineweb10B_sp1024", "fineweb_1024_bpe.model"))
+    for name, tok in layouts:
         d, t = ROOT / "data" / "datasets" / name, ROOT / "data" / "tokenizers" / tok
         if list(d.glob("fineweb_val_*.bin")) and t.exists():
             return d, t, f"data/datasets/{name}"
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="training wallclock per run")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--tier", default="cpu-smoke", help="tiers.toml tier whose env gives the shape")
-    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help="comma-separated subset of " + ",".join(CONFIGS))
     p.add_argument("--data", default=None, help="DATA_PATH (tokenizer: ../../tokenizers/*.model)")
     p.add_argument("--json", default=None, help="also write all results here")
     a = p.parse_args(argv)
@@ -95,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     data, tok, data_name = find_data(a.data)
     base = tier_env(a.tier) | {"MAX_WALLCLOCK_SECONDS": str(a.seconds), "ITERATIONS": "1000000",
                                "DATA_PATH": str(data), "TOKENIZER_PATH": str(tok)}
-    print(f"trainer CPU benchmark: tier {a.tier} shape, {a.seconds:.0f} s training per run, {a.seeds} seed(s), "
-          f"data {data_name}, {os.cpu_count()} cores, OMP_NUM_THREADS={base.get('OMP_NUM_THREADS', 'default')}")
+    print(f"trainer CPU benchmark: tier {a.tier} shape, {a.seconds:.0f} s training per run, "
+          f"{a.seeds} seed(s), "
+          f"data {data_name}, {os.cpu_count()} cores, "
+          f"OMP_NUM_THREADS={base.get('OMP_NUM_THREADS', 'default')}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="pgolf_cpu_bench_") as tmp:
         for name in a.configs.split(","):
@@ -122,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             return statistics.fmean(vals) if vals else None
 
         spread = (f" ±{statistics.stdev([r['val_bpb'] for r in rs]):.4f}" if len(rs) > 1 else "")
-        print(f"{name:<15}{mean('steps'):>7.0f}{mean('tokens_per_s'):>9.0f}{fmt(mean('last_train_loss'), '.4f'):>12}"
+        print(f"{name:<15}{mean('steps'):>7.0f}{mean('tokens_per_s'):>9.0f}"
+              f"{fmt(mean('last_train_loss'), '.4f'):>12}"
               f"{fmt(mean('val_bpb_prequant'), '.4f'):>9}{fmt(mean('val_bpb'), '.4f'):>9}"
-              f"{fmt(mean('holdout_bpb'), '.4f'):>9}{mean('bytes_total'):>10.0f}{mean('eval_time_s'):>8.1f}{spread}")
+              f"{fmt(mean('holdout_bpb'), '.4f'):>9}{mean('bytes_total'):>10.0f}"
+              f"{mean('eval_time_s'):>8.1f}{spread}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     return 0 if all(r.get("status") == "ok" for r in rows) else 1

@@ -14,7 +14,8 @@ from tests.trainer_fixtures import TRAINER, build_tiny_dataset, read_metrics
 
 
 def launch(cmd: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    full = {k: v for k, v in os.environ.items() if k not in drop}
     full.update(env, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, env=full, cwd=cwd, capture_output=True, text=True, timeout=300)
 

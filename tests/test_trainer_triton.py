@@ -24,7 +24,8 @@ tg = load_trainer()
 assert type(tg._softcap_ce_kernel).__name__ == "InterpretedFunction"
 torch.manual_seed(0)
 out = {}
-for name, dtype, vocab in [("fp32", torch.float32, 1024), ("bf16", torch.bfloat16, 1024), ("odd", torch.float32, 1000)]:
+cases = [("fp32", torch.float32, 1024), ("bf16", torch.bfloat16, 1024), ("odd", torch.float32, 1000)]
+for name, dtype, vocab in cases:
     z = (torch.randn(37, vocab) * 20).to(dtype).requires_grad_()
     t = torch.randint(0, vocab, (37,))
     fused = tg.softcap_cross_entropy(z, t, 30.0, True)
@@ -32,7 +33,8 @@ for name, dtype, vocab in [("fp32", torch.float32, 1024), ("bf16", torch.bfloat1
     g_fused, z.grad = z.grad.clone(), None
     ref = tg.softcap_cross_entropy(z, t, 30.0, False)
     (ref * 3).backward()
-    out[name] = dict(loss=[fused.item(), ref.item()], grad_err=(g_fused.float() - z.grad.float()).abs().max().item(),
+    out[name] = dict(loss=[fused.item(), ref.item()],
+                     grad_err=(g_fused.float() - z.grad.float()).abs().max().item(),
                      grad_max=z.grad.float().abs().max().item())
 # a whole model step: loss and every gradient agree
 args = tg.Hyperparameters(dict(TINY_ENV))
@@ -81,4 +83,5 @@ def test_fused_path_is_off_where_kernels_cannot_launch():
         pytest.skip("interpreter mode is on in this process")
     assert not tg.triton_usable(torch.zeros(1))
     z, t = torch.randn(4, 16), torch.randint(0, 16, (4,))
-    assert tg.softcap_cross_entropy(z, t, 30.0, True).item() == tg.torch_softcap_cross_entropy(z, t, 30.0).item()
+    fused_requested = tg.softcap_cross_entropy(z, t, 30.0, True)
+    assert fused_requested.item() == tg.torch_softcap_cross_entropy(z, t, 30.0).item()

@@ -67,7 +67,8 @@ def stdlib_documents() -> list[str]:
     import pydoc_data.topics
 
     docs = list(pydoc_data.topics.topics.values())
-    skip = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip"}
+    skip = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3",
+            "ensurepip"}
     for name in sorted(sys.stdlib_module_names):
         if name in skip or name.startswith("_"):
             continue
@@ -82,7 +83,8 @@ def stdlib_documents() -> list[str]:
                         and (inspect.isclass(v) or inspect.isfunction(v) or inspect.isbuiltin(v))]
         for obj in objs:
             if inspect.isclass(obj):
-                objs_extra = [m for k, m in vars(obj).items() if not k.startswith("_") and inspect.isfunction(m)]
+                objs_extra = [m for k, m in vars(obj).items()
+                              if not k.startswith("_") and inspect.isfunction(m)]
             else:
                 objs_extra = []
             for o in [obj, *objs_extra]:
@@ -120,8 +122,9 @@ def build_tiny_dataset() -> TinyData:
     lines = [ln for d in docs for ln in d.splitlines() if ln.strip()]
     tok_dir = root / "tokenizers"
     tok_dir.mkdir()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tok_dir / "fineweb_1024_bpe"),
-                                   num_threads=2, minloglevel=2, **SP_SETTINGS)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines),
+                                   model_prefix=str(tok_dir / "fineweb_1024_bpe"), num_threads=2, minloglevel=2,
+                                   **SP_SETTINGS)
     sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "fineweb_1024_bpe.model"))
     streams = [[BOS, *sp.encode(d)] for d in docs]
     n_val = max(len(streams) // 10, 20)

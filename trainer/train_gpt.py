@@ -76,7 +76,7 @@ class Hyperparameters:
         self.val_loss_every = get("VAL_LOSS_EVERY", 1000, int)  # 0 = only at the end
         self.train_log_every = get("TRAIN_LOG_EVERY", 200, int)
         self.val_max_tokens = get("VAL_MAX_TOKENS", 0, int)  # 0 = whole val split (cap for CPU tiers)
-        self.val_holdout_tokens = get("VAL_HOLDOUT_TOKENS", 0, int)  # second held-out slice from the END of val
+        self.val_holdout_tokens = get("VAL_HOLDOUT_TOKENS", 0, int)  # 2nd held-out slice, from the END of val
         self.eval_stride = get("EVAL_STRIDE", 0, int)  # sliding-window eval stride; 0 = non-overlapping
         # schedule
         self.iterations = get("ITERATIONS", 20000, int)
@@ -333,7 +333,7 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dims: int) -> torch.Tensor:
-    """Rotate the first rope_dims of each head (all when rope_dims == head dim); the rest carry no position."""
+    """Rotate the first rope_dims of each head (all if rope_dims == head dim); the rest are position-free."""
     if rope_dims < x.size(-1):
         xr, xp = x[..., :rope_dims], x[..., rope_dims:]
         return torch.cat([apply_rotary(xr, cos, sin, rope_dims), xp], dim=-1)
@@ -360,7 +360,8 @@ class CausalSelfAttention(nn.Module):
             raise ValueError("ROPE_DIMS must be even")
         self.rotary = Rotary(self.rope_dims, args.rope_base)
         # Value Residual: V_n = l1 * V_0 + l2 * V_n for every layer after the first
-        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if args.value_residual and layer_idx > 0 else None
+        use_vr = args.value_residual and layer_idx > 0
+        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if use_vr else None
         if args.gated_attention:  # bias 4: sigmoid ~0.98, so the gate starts near identity
             self.attn_gate_w = nn.Parameter(torch.zeros(self.num_heads, dim))
             self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0))
@@ -660,8 +661,8 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         index = {id(p): i for i, p in enumerate(self._params())}
-        return copy.deepcopy({"state": {index[id(p)]: s for p, s in self.state.items()},
-                              "groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]})
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        return copy.deepcopy({"state": {index[id(p)]: s for p, s in self.state.items()}, "groups": groups})
 
     def load_state_dict(self, sd: dict):
         params = self._params()
@@ -756,7 +757,8 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
     adam = dict(betas=(args.beta1, args.beta2), eps=args.adam_eps)
     embed_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
     opts = [Adam([{"params": embed, "lr": embed_lr, "base_lr": embed_lr}], **adam),
-            Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps),
+            Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum,
+                 backend_steps=args.muon_backend_steps),
             Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], **adam)]
     for g in opts[1].param_groups:
         g["base_lr"] = args.matrix_lr
@@ -968,7 +970,8 @@ def quantize_rows(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     else:
         clip = t32.abs().amax(dim=1)
     scale = (clip / qmax).clamp_min(1e-12)
-    q = torch.clamp(torch.round(torch.clamp(t32, -clip[:, None], clip[:, None]) / scale[:, None]), -qmax, qmax)
+    clipped = torch.clamp(t32, -clip[:, None], clip[:, None])
+    q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
     return q.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
 
 
@@ -1123,10 +1126,11 @@ def write_results(ctx: RunContext, result: dict):
 
 def base_result(ctx: RunContext, source: str) -> dict:
     """Every field of the RunResult record, filled in as the run goes."""
-    return dict(status="error", error=None, val_bpb=None, val_bpb_prequant=None, val_loss=None, val_tokens=None,
-                val_bytes=None, holdout_bpb=None, steps=None, train_tokens=None, train_time_s=None,
-                eval_time_s=None, bytes_code=len(source.encode("utf-8")), bytes_model=None, bytes_total=None,
-                over_cap=None, seed=ctx.args.seed, world_size=ctx.world_size, device=ctx.device_name(),
+    return dict(status="error", error=None, val_bpb=None, val_bpb_prequant=None, val_loss=None,
+                val_tokens=None, val_bytes=None, holdout_bpb=None, steps=None, train_tokens=None,
+                train_time_s=None, eval_time_s=None, bytes_code=len(source.encode("utf-8")), bytes_model=None,
+                bytes_total=None, over_cap=None, seed=ctx.args.seed, world_size=ctx.world_size,
+                device=ctx.device_name(),
                 torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
                 script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest())
 
@@ -1144,7 +1148,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
             probe = torch.randn(4, args.vocab_size, device=device, requires_grad=True)
             _fused_softcap_ce(probe, torch.zeros(4, dtype=torch.long, device=device), 30.0).backward()
         except Exception as e:
-            ctx.log(f"WARNING: fused softcap-CE kernel failed ({type(e).__name__}: {e}); using the torch path")
+            ctx.log(f"WARNING: fused softcap-CE kernel failed ({type(e).__name__}: {e}); "
+                    "using the torch path")
             fused = False
     model.fused_ce = fused
     if args.compile and fused:
@@ -1168,7 +1173,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
                 loss = ddp(x, y)
             total += loss.detach().float()
             (loss / grad_accum).backward()
-        frac = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps > 0 else 1.0
+        warm = args.muon_momentum_warmup_steps
+        frac = min(step / warm, 1.0) if warm > 0 else 1.0
         for g in optimizers[1].param_groups:
             g["momentum"] = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
         for opt in optimizers:
@@ -1205,7 +1211,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
             train_ms += 1000.0 * (time.perf_counter() - t0)
             ev = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank,
                           ctx.world_size, ctx.val_batch_seqs)
-            ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} val_bpb:{ev['val_bpb']:.4f} "
+            ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} "
+                    f"val_bpb:{ev['val_bpb']:.4f} "
                     f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
             ctx.sync()
             t0 = time.perf_counter()
@@ -1235,7 +1242,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     ctx.sync()
     train_ms += 1000.0 * (time.perf_counter() - t0)
     result.update(steps=step, train_tokens=step * tokens_per_step, train_time_s=train_ms / 1000.0)
-    ctx.log(f"training done: steps:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms "
+    ctx.log(f"training done: steps:{step} train_time:{train_ms:.0f}ms "
+            f"step_avg:{train_ms / max(step, 1):.2f}ms "
             f"peak_mem:{torch.cuda.max_memory_allocated(device) // 2**20 if device.type == 'cuda' else 0}MiB")
     return ema
 
@@ -1268,7 +1276,8 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
                         ctx.val_batch_seqs)
 
     rt = score(ctx.val_tokens)
-    result.update(val_bpb=rt["val_bpb"], val_loss=rt["val_loss"], val_tokens=rt["tokens"], val_bytes=rt["bytes"])
+    result.update(val_bpb=rt["val_bpb"], val_loss=rt["val_loss"], val_tokens=rt["tokens"],
+                  val_bytes=rt["bytes"])
     ctx.log(f"final_roundtrip val_loss:{rt['val_loss']:.8f} val_bpb:{rt['val_bpb']:.8f} "
             f"tokens:{rt['tokens']} bytes:{rt['bytes']}")
     if ctx.holdout_tokens is not None:
@@ -1280,7 +1289,8 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
     if ctx.master:
         result["bytes_total"] = result["bytes_code"] + result["bytes_model"]
         result["over_cap"] = result["bytes_total"] > args.artifact_cap_bytes
-        ctx.log(f"artifact: code {result['bytes_code']} + model {result['bytes_model']} = {result['bytes_total']} "
+        ctx.log(f"artifact: code {result['bytes_code']} + model {result['bytes_model']} = "
+                f"{result['bytes_total']} "
                 f"bytes{' OVER THE CAP' if result['over_cap'] else ''}")
 
 
