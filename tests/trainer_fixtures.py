@@ -122,9 +122,9 @@ def build_tiny_dataset() -> TinyData:
     lines = [ln for d in docs for ln in d.splitlines() if ln.strip()]
     tok_dir = root / "tokenizers"
     tok_dir.mkdir()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines),
-                                   model_prefix=str(tok_dir / "fineweb_1024_bpe"), num_threads=2, minloglevel=2,
-                                   **SP_SETTINGS)
+    prefix = str(tok_dir / "fineweb_1024_bpe")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, num_threads=2,
+                                   minloglevel=2, **SP_SETTINGS)
     sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "fineweb_1024_bpe.model"))
     streams = [[BOS, *sp.encode(d)] for d in docs]
     n_val = max(len(streams) // 10, 20)
