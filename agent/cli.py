@@ -76,7 +76,8 @@ def cmd_status(args) -> int:
     sessions = [e.session for e in records if isinstance(e, EventRecord) and e.event == "session_start"]
     session = sessions[-1] if sessions else None
     print(f"workspace: {ws.root}")
-    print(f"running: {'session ' + held['session'] + ' (pid ' + str(held['pid']) + ')' if lock_is_live(held) else 'nothing'}")
+    running = f"session {held['session']} (pid {held['pid']})" if held and lock_is_live(held) else "nothing"
+    print(f"running: {running}")
     if session is None:
         print("no session yet: `golf run` starts one")
         return 0

@@ -21,7 +21,7 @@ from agent.progress import Progress
 from agent.state import incumbent_env, latest_noise, matching_runs
 from memory import git_records
 from memory.faults import crash_point, die
-from memory.records import DecisionRecord, EventRecord, NoiseRecord, RunRecord
+from memory.records import DecisionRecord, EventRecord, NoiseRecord, Outcome, RunRecord
 from tools import registry
 from tools.context import ToolContext
 from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text, unified_diff
@@ -32,6 +32,11 @@ SEED_BASE = 1337
 
 class ExperimentError(RuntimeError):
     """The loop cannot go on (the incumbent itself does not train): said plainly, nothing lost."""
+
+
+def scores(runs: list[RunRecord]) -> list[float]:
+    """val_bpb of finished runs (matching_runs and the ok filter guarantee it is set)."""
+    return [r.result.val_bpb for r in runs if r.result.val_bpb is not None]
 
 
 def env_tag(env: dict[str, str]) -> str:
@@ -65,7 +70,7 @@ class ExperimentRunner:
                              script_sha=sha, env=env)
 
     def incumbent_mean(self) -> float | None:
-        vals = [r.result.val_bpb for r in self.incumbent_runs()]
+        vals = scores(self.incumbent_runs())
         return round(statistics.fmean(vals), 5) if vals else None
 
     def expected_experiment_s(self) -> float:
@@ -92,7 +97,7 @@ class ExperimentRunner:
                 failed = recs[-1].result if recs else None
                 raise ExperimentError("the incumbent does not train on this tier: "
                                    + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs"))
-        vals = [r.result.val_bpb for r in runs]
+        vals = scores(runs)
         prev = latest_noise(self.ctx.ledger.records(), self.tier.name, self.hardware)
         if prev is not None and prev.script_sha == sha and prev.env == env and sorted(prev.values) == sorted(vals):
             return prev
@@ -130,7 +135,7 @@ class ExperimentRunner:
         if working == inc_text and cand_env == inc_env:
             return self.refuse(spec, "no change: the script equals the incumbent and the overrides are already set")
         noise = self.ensure_noise()
-        inc_vals = [r.result.val_bpb for r in self.incumbent_runs()]
+        inc_vals = scores(self.incumbent_runs())
         inc_ids = [r.run_id for r in self.incumbent_runs()]
         exp_id = self.experiment_id(spec)
         self.progress.line(f"{exp_id}: {spec.hypothesis[:120] or spec.name}")
@@ -145,7 +150,7 @@ class ExperimentRunner:
             ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
             if len(ok) < len(runs):
                 break  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
-            verdict = judge(inc_vals, [r.result.val_bpb for r in ok], alpha=self.tier.alpha,
+            verdict = judge(inc_vals, scores(ok), alpha=self.tier.alpha,
                             min_effect=self.tier.min_effect, noise_std=noise.std, noise_df=noise.df,
                             seeds_max=self.tier.seeds_max,
                             looks=look)
@@ -160,7 +165,8 @@ class ExperimentRunner:
         ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
         failed = [r for r in runs if r not in ok]
         over_cap = [r for r in ok if r.result.over_cap]
-        outcome, reason = (verdict.outcome, verdict.reason) if verdict else ("rejected", "")
+        outcome: Outcome = verdict.outcome if verdict else "rejected"
+        reason = verdict.reason if verdict else ""
         if failed:
             outcome = "rejected"
             reason = f"{len(failed)} of {len(runs)} seed(s) failed ({failed[0].result.status}): " \

@@ -35,7 +35,9 @@ def read_lock(path: Path) -> dict | None:
 
 
 def lock_is_live(info: dict | None) -> bool:
-    return bool(info) and info.get("host") == socket.gethostname() and pid_alive(int(info.get("pid", -1)))
+    if not info:
+        return False
+    return info.get("host") == socket.gethostname() and pid_alive(int(info.get("pid", -1)))
 
 
 def acquire(path: Path, session: str) -> dict:
@@ -47,7 +49,7 @@ def acquire(path: Path, session: str) -> dict:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             held = read_lock(path)
-            if lock_is_live(held):
+            if held is not None and lock_is_live(held):
                 raise LockedError(f"session {held['session']} (pid {held['pid']}) is running in this "
                                   f"workspace since {held.get('started')}; one session at a time") from None
             path.unlink(missing_ok=True)  # stale: its process is gone

@@ -10,8 +10,8 @@ from typing import Any
 class Progress:
     def __init__(self, rich: bool = False, stream: Any = None):
         self.stream = stream or sys.stdout
-        self.console = None
-        self.status = None
+        self.console: Any = None
+        self.status: Any = None
         if rich:
             from rich.console import Console
 

@@ -190,7 +190,8 @@ def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: 
         if crash_point("during_run"):
             time.sleep(1.0)  # the trainer is well under way when the session dies
             die()
-        status, first_loss = None, []
+        status: str | None = None
+        first_loss: list[float] = []
         while proc.poll() is None:
             time.sleep(0.5)
             if time.time() - t0 > timeout_s:
