@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from agent.judge import Verdict, judge, noise_model
 from agent.planner import ExperimentSpec, Proposal
 from agent.progress import Progress
-from agent.state import incumbent_env, latest_noise, matching_runs
+from agent.state import AA_PREFIX, incumbent_env, latest_noise, matching_runs
 from memory import git_records
 from memory.faults import crash_point, die
 from memory.records import DecisionRecord, EventRecord, NoiseRecord, Outcome, RunRecord
@@ -27,7 +27,10 @@ from tools.context import ToolContext
 from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text, unified_diff
 from tools.sweep import Candidate, SweepArgs, sweep
 
-SEED_BASE = 1337
+SEED_BASE = 1337  # candidates' seeds: SEED_BASE, SEED_BASE + 1, ...
+# A/A seeds never overlap candidates' seeds: the trainer is deterministic per seed, so re-running a
+# winner's seeds would copy its selected (lucky) values into the new incumbent's baseline
+AA_SEED_BASE = 7001
 
 
 class ExperimentError(RuntimeError):
@@ -67,7 +70,7 @@ class ExperimentRunner:
     def incumbent_runs(self) -> list[RunRecord]:
         _, sha, env = self.incumbent()
         return matching_runs(self.ctx.ledger.records(), tier=self.tier.name, hardware=self.hardware,
-                             script_sha=sha, env=env)
+                             script_sha=sha, env=env, aa_only=True)
 
     def incumbent_mean(self) -> float | None:
         vals = scores(self.incumbent_runs())
@@ -86,10 +89,10 @@ class ExperimentRunner:
         missing = self.tier.noise_runs - len(runs)
         if missing > 0:
             used = {r.seed for r in runs}
-            seeds = [s for s in range(SEED_BASE, SEED_BASE + 100) if s not in used][:missing]
+            seeds = [s for s in range(AA_SEED_BASE, AA_SEED_BASE + 100) if s not in used][:missing]
             self.progress.line(f"measuring noise: {missing} A/A run(s) of the incumbent on {self.tier.name}")
             _, recs = sweep(SweepArgs(candidates=[Candidate(name="incumbent", script_revision="incumbent")],
-                                      seeds=seeds, experiment=f"aa-{sha[:8]}-{env_tag(env)}",
+                                      seeds=seeds, experiment=f"{AA_PREFIX}{sha[:8]}-{env_tag(env)}",
                                       hypothesis="A/A: the incumbent against itself measures seed noise"),
                             self.ctx)
             runs = self.incumbent_runs()
@@ -216,5 +219,5 @@ class ExperimentRunner:
                                              "experiment": exp_id, "note": reason[:300]}, self.ctx)
         self.progress.line(f"{exp_id}: {outcome} ({'kept' if kept else 'discarded'}) {stats}")
         if kept:
-            self.ensure_noise()  # the incumbent changed: its runs and noise are re-measured
+            self.ensure_noise()  # the incumbent changed: fresh A/A runs on new seeds re-measure it
         return dec.model_dump(exclude={"incumbent_runs", "session", "at"})

@@ -84,12 +84,18 @@ def ensure_data(ws: Workspace, progress: Progress) -> None:
     manifest = ws.data_dir / "datasets" / "embedded_sp1024" / "manifest.json"
     if manifest.exists():
         return
-    progress.line("preparing the embedded dataset (first run only) ...")
-    r = subprocess.run([sys.executable, str(ws.root / "trainer" / "prepare_data.py"), "--out", str(ws.data_dir)],
-                       cwd=ws.root, capture_output=True, text=True)
-    if r.returncode != 0 or not manifest.exists():
-        raise SessionError("data preparation failed:\n" + (r.stdout + r.stderr)[-2000:])
-    progress.line(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "data ready")
+    progress.line("preparing the embedded dataset (first run only, about 1-2 minutes) ...")
+    proc = subprocess.Popen([sys.executable, str(ws.root / "trainer" / "prepare_data.py"), "--out", str(ws.data_dir)],
+                            cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # stream it: a silent minute looks like a hang
+        line = line.rstrip()
+        if line:
+            progress.line(f"  data: {line[:200]}")
+            tail = (tail + [line])[-30:]
+    if proc.wait() != 0 or not manifest.exists():
+        raise SessionError("data preparation failed:\n" + "\n".join(tail))
 
 
 def reap_orphans(ledger: Ledger, session: str) -> list[int]:
@@ -354,6 +360,11 @@ class Session:
         recs = self.ledger.records()
         mine = [r for r in recs if getattr(r, "session", None) == self.session]
         decisions = [r for r in mine if isinstance(r, DecisionRecord)]
+        self.progress.table(f"session {self.session}: decisions", [
+            {"experiment": d.experiment, "outcome": d.outcome, "kept": d.kept,
+             "delta": "" if d.delta is None else f"{d.delta:+.5f}",
+             "p": "" if d.p_value is None else f"{d.p_value:.3g}", "seeds": d.n_candidate}
+            for d in decisions])
         busy = sum(r.cost.device_seconds / max(1, self.tier.nproc) for r in mine if isinstance(r, RunRecord))
         return SessionSummary(session=self.session, branch=f"golf/{self.session}", planner=self.planner.name,
                               tier=self.tier_name, decisions=len(decisions),

@@ -32,11 +32,19 @@ def incumbent_stack(records: list, session: str) -> list[str]:
     return [d.technique or d.candidate for d in _of(records, DecisionRecord) if d.session == session and d.kept]
 
 
-def matching_runs(records: list, *, tier: str, hardware: str, script_sha: str, env: dict[str, str]) -> list[RunRecord]:
-    """Finished runs of one configuration: the only ones that may be pooled with each other."""
+AA_PREFIX = "aa-"  # experiment ids of A/A measurements of an incumbent
+
+
+def matching_runs(records: list, *, tier: str, hardware: str, script_sha: str, env: dict[str, str],
+                  aa_only: bool = False) -> list[RunRecord]:
+    """Finished runs of one configuration: the only ones that may be pooled with each other.
+
+    aa_only keeps the A/A measurements alone: the runs that made a candidate win were selected for
+    being low (the winner's curse), so they never serve as the new incumbent's baseline."""
     return [r for r in _of(records, RunRecord)
             if r.tier == tier and r.hardware == hardware and r.script_sha == script_sha and r.env == env
-            and r.result.status == "ok" and r.result.val_bpb is not None]
+            and r.result.status == "ok" and r.result.val_bpb is not None
+            and (not aa_only or r.experiment.startswith(AA_PREFIX))]
 
 
 def latest_noise(records: list, tier: str, hardware: str) -> NoiseRecord | None:
@@ -89,7 +97,7 @@ def build_state(*, records: list, plan, session: str, tier: str, hardware: str, 
                 frontier: str = "", options: list[dict[str, Any]] | None = None, plan_changed: bool = False,
                 script_dirty: bool = False) -> PlannerState:
     env = incumbent_env(records, session)
-    runs = matching_runs(records, tier=tier, hardware=hardware, script_sha=script_sha, env=env)
+    runs = matching_runs(records, tier=tier, hardware=hardware, script_sha=script_sha, env=env, aa_only=True)
     vals = [r.result.val_bpb for r in runs if r.result.val_bpb is not None]
     noise = latest_noise(records, tier, hardware)
     findings = findings_table(records)

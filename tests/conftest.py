@@ -49,3 +49,19 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
     ds = TinyDataset(root, root / manifest["data_path"], root / manifest["tokenizer_path"], manifest)
     assert manifest["tokens"]["val"] >= 8192 and manifest["tokens"]["train"] >= 65536, manifest["tokens"]
     return ds
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """The trainer tests' own dataset (tests/trainer_fixtures.py), built once per test session."""
+    from tests.trainer_fixtures import build_tiny_dataset
+
+    return build_tiny_dataset()
+
+
+@pytest.fixture(scope="session")
+def tg():
+    """train_gpt.py imported as a module, so tests can call its functions directly."""
+    from tests.trainer_fixtures import trainer_for_tests
+
+    return trainer_for_tests()

@@ -16,23 +16,11 @@ import torch
 from tests.trainer_fixtures import (
     BOS,
     MULTILINGUAL,
-    build_tiny_dataset,
     run_in_process,
-    trainer_for_tests,
     write_shard,
 )
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="session")
-def tiny_data():
-    return build_tiny_dataset()
-
-
-@pytest.fixture(scope="session")
-def tg():
-    return trainer_for_tests()
 
 
 def documents_of(stream: list[int]) -> list[list[int]]:

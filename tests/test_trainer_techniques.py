@@ -18,23 +18,11 @@ from memory.records import RunResult
 from tests.trainer_fixtures import (
     BOS,
     TRAINER,
-    build_tiny_dataset,
     read_metrics,
     run_in_process,
-    trainer_for_tests,
 )
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="session")
-def tiny_data():
-    return build_tiny_dataset()
-
-
-@pytest.fixture(scope="session")
-def tg():
-    return trainer_for_tests()
 
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
