@@ -84,7 +84,11 @@ def cmd_status(args) -> int:
     decisions = [d for d in records if isinstance(d, DecisionRecord) and d.session == session]
     noise = [n for n in records if isinstance(n, NoiseRecord) and n.session == session]
     print(f"last session: {session} (branch golf/{session}), {len(decisions)} decision(s)")
-    print(f"incumbent env: {json.dumps(incumbent_env(records, session))}")
+    from agent.experiment import committed_incumbent_env_at
+
+    start = next((e.detail.get("start_sha") for e in records if isinstance(e, EventRecord)
+                  and e.session == session and e.event == "session_start"), None) or "HEAD"
+    print(f"incumbent env: {json.dumps(incumbent_env(records, session, committed_incumbent_env_at(ws.root, start)))}")
     if noise:
         print(f"noise: std {noise[-1].std:.5f} bpb over {len(noise[-1].values)} A/A runs on {noise[-1].tier}, "
               f"incumbent mean {noise[-1].mean:.5f}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import subprocess
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,6 +36,27 @@ AA_SEED_BASE = 7001
 
 class ExperimentError(RuntimeError):
     """The loop cannot go on (the incumbent itself does not train): said plainly, nothing lost."""
+
+
+INCUMBENT_FILE = "incumbent.json"  # the env overrides the branch's script runs with, for reviewers and sessions
+
+
+def incumbent_file_text(env: dict[str, str], experiment: str) -> str:
+    return json.dumps({"env": dict(sorted(env.items())), "experiment": experiment,
+                       "note": "trainer environment overrides (on top of tiers.toml) that the branch's "
+                               "trainer/train_gpt.py is the incumbent with; written by pgolf"}, indent=1) + "\n"
+
+
+def committed_incumbent_env_at(ws_root, rev: str = "HEAD") -> dict[str, str]:
+    """The env of incumbent.json at `rev`: where a new session starts from (empty when absent)."""
+    r = subprocess.run(["git", "show", f"{rev}:{INCUMBENT_FILE}"], cwd=ws_root, capture_output=True, text=True)
+    if r.returncode != 0:
+        return {}
+    try:
+        env = json.loads(r.stdout).get("env", {})
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
 
 
 def scores(runs: list[RunRecord]) -> list[float]:
@@ -63,7 +85,7 @@ class ExperimentRunner:
     # -- the incumbent ----------------------------------------------------------------------------
     def incumbent(self) -> tuple[str, str, dict[str, str]]:
         text = incumbent_script(self.ctx.ws.root) or self.ctx.ws.script.read_text()
-        env = incumbent_env(self.ctx.ledger.records(), self.ctx.session)
+        env = incumbent_env(self.ctx.ledger.records(), self.ctx.session, self.ctx.extra.get("base_env"))
         self.ctx.incumbent_env = env
         return text, sha256_text(text), env
 
@@ -200,7 +222,8 @@ class ExperimentRunner:
             f"Tier: {self.tier.name} on {self.hardware}; planner {planner}; proposal: {proposal.reason[:200]}",
         ])
         commit = git_records.record_experiment(self.ctx.ws.root, self.ctx.session, exp_id, message, kept,
-                                               candidate_files={SCRIPT_RELPATH: working},
+                                               candidate_files={SCRIPT_RELPATH: working,
+                                                                INCUMBENT_FILE: incumbent_file_text(cand_env, exp_id)},
                                                also_files=["battle_plan.md"])
         if crash_point("after_commit"):
             die()

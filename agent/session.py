@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent import lock as session_lock
-from agent.experiment import ExperimentRunner
+from agent.experiment import ExperimentRunner, committed_incumbent_env_at
 from agent.planner import Budget, Planner, Proposal
 from agent.progress import Progress
 from agent.state import build_state
@@ -240,7 +240,7 @@ class Session:
                                       allow_paths=["battle_plan.md"])
             self.ledger.append(EventRecord(session=self.session, event="session_start", detail={
                 "tier": self.tier_name, "planner": self.planner.name, "budget": self.budget.model_dump(),
-                "branch": f"golf/{self.session}"}))
+                "branch": f"golf/{self.session}", "start_sha": git_records.head_sha(self.ws.root)}))
         missing = {n: "" for n in AGENT_BLOCKS if n not in self.plan.blocks}
         if missing:  # create our blocks once, up front, so later writes never change the human part
             write_blocks(self.ws.battle_plan, missing)
@@ -248,6 +248,8 @@ class Session:
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
         ensure_data(self.ws, self.progress)
         self.ctx.extra["hardware"] = None
+        start = self.start_sha()
+        self.ctx.extra["base_env"] = committed_incumbent_env_at(self.ws.root, start)
         self.hardware = hardware_id(self.ctx, self.tier.hardware)
         self.runner.hardware = self.hardware
 
@@ -300,10 +302,18 @@ class Session:
         incumbent = incumbent_script(self.ws.root) or script
         state = build_state(records=records, plan=self.plan, session=self.session, tier=self.tier_name,
                             hardware=self.hardware, script_sha=sha256_text(incumbent),
+                            base_env=self.ctx.extra.get("base_env"),
                             budget_left=self.budget_left(), frontier=self.frontier_digest,
                             options=self.options(records), plan_changed=changed,
                             script_dirty=script != incumbent)
         return self.planner.propose(state, self.ctx)
+
+    def start_sha(self) -> str:
+        """The commit this session branched from (recorded at its start, so resume sees the same)."""
+        for e in self.ledger.records(EventRecord):
+            if e.session == self.session and e.event == "session_start" and e.detail.get("start_sha"):
+                return str(e.detail["start_sha"])
+        return "HEAD"
 
     def write_status_blocks(self) -> None:
         from agent.report_blocks import queue_status_block

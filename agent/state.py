@@ -19,9 +19,10 @@ def _of(records: list, cls: type) -> list:
     return [r for r in records if isinstance(r, cls)]
 
 
-def incumbent_env(records: list, session: str) -> dict[str, str]:
-    """The environment of the last kept candidate of this session (wins stack through it)."""
-    env: dict[str, str] = {}
+def incumbent_env(records: list, session: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the last kept candidate of this session (wins stack through it); before the
+    first keep, `base`: the incumbent.json committed on the branch the session started from."""
+    env: dict[str, str] = dict(base or {})
     for d in _of(records, DecisionRecord):
         if d.session == session and d.kept:
             env = dict(d.env)
@@ -94,9 +95,10 @@ def queue_view(plan, findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_state(*, records: list, plan, session: str, tier: str, hardware: str, script_sha: str, budget_left: Budget,
+                base_env: dict[str, str] | None = None,
                 frontier: str = "", options: list[dict[str, Any]] | None = None, plan_changed: bool = False,
                 script_dirty: bool = False) -> PlannerState:
-    env = incumbent_env(records, session)
+    env = incumbent_env(records, session, base_env)
     runs = matching_runs(records, tier=tier, hardware=hardware, script_sha=script_sha, env=env, aa_only=True)
     vals = [r.result.val_bpb for r in runs if r.result.val_bpb is not None]
     noise = latest_noise(records, tier, hardware)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -71,8 +72,12 @@ def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judge
         assert (d.git_commit in branch_log) == d.kept
         note = git(ws, "log", "-1", "--format=%B", d.git_commit)
         assert "Hypothesis:" in note and "Result:" in note and "Decision:" in note
-    # the branch's script is the incumbent: the committed script equals the worktree's
+    # the branch's script is the incumbent: the committed script equals the worktree's, and the branch's
+    # incumbent.json holds the env of the last kept candidate (or none)
     assert git(ws, "show", "HEAD:trainer/train_gpt.py") == (ws / "trainer/train_gpt.py").read_text().rstrip("\n")
+    kept = [d for d in decisions if d.kept]
+    committed = git(ws, "show", "HEAD:incumbent.json") if kept else "{}"
+    assert json.loads(committed).get("env", {}) == (kept[-1].env if kept else {})
     plan = (ws / "battle_plan.md").read_text()
     assert "- test the cheap flags first" in plan
     dead = plan.split("<!-- golf:begin dead_ends -->")[1].split("<!-- golf:end dead_ends -->")[0]
@@ -108,3 +113,22 @@ def test_sigkill_at_any_point_then_resume_loses_nothing_and_records_nothing_twic
     if point == "during_run":
         aborted = [r for r in ledger.records(RunRecord) if r.result.status == "aborted"]
         assert len(aborted) == 1
+
+
+def test_a_new_session_starts_from_the_incumbent_env_committed_on_its_branch(tmp_path):
+    from agent.experiment import INCUMBENT_FILE, committed_incumbent_env_at, incumbent_file_text
+    from agent.state import incumbent_env
+
+    ws = tmp_path / "repo"
+    ws.mkdir()
+    git(ws, "init", "-q", "-b", "main")
+    assert committed_incumbent_env_at(ws) == {}  # no commit, no file: the tier's env alone
+    (ws / INCUMBENT_FILE).write_text(incumbent_file_text({"GATED_ATTENTION": "1"}, "e005-gated_attention"))
+    git(ws, "add", "-A")
+    git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "kept")
+    base = committed_incumbent_env_at(ws)
+    assert base == {"GATED_ATTENTION": "1"}
+    assert incumbent_env([], "new-session", base) == {"GATED_ATTENTION": "1"}
+    kept = DecisionRecord(session="new-session", experiment="e001-x", candidate="x", tier="t", hardware="h",
+                          outcome="confirmed", kept=True, env={"GATED_ATTENTION": "1", "MLP_MULT": "3"})
+    assert incumbent_env([kept], "new-session", base) == {"GATED_ATTENTION": "1", "MLP_MULT": "3"}
