@@ -28,10 +28,10 @@ from tools.context import ToolContext
 from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text, unified_diff
 from tools.sweep import Candidate, SweepArgs, sweep
 
-SEED_BASE = 1337  # candidates' seeds: SEED_BASE, SEED_BASE + 1, ...
-# A/A seeds never overlap candidates' seeds: the trainer is deterministic per seed, so re-running a
-# winner's seeds would copy its selected (lucky) values into the new incumbent's baseline
-AA_SEED_BASE = 7001
+# Both arms run on the same seeds (SEED_BASE, SEED_BASE + 1, ...) and are compared on matched seed sets:
+# a step-matched trainer is deterministic per seed, so a seed's own luck (init, data order) is then the
+# same on both sides instead of a bias that one fixed seed set would add to every experiment.
+SEED_BASE = 1337
 
 
 class ExperimentError(RuntimeError):
@@ -104,6 +104,22 @@ class ExperimentRunner:
         per_run = statistics.fmean(recent) if recent else self.tier.run_timeout_s / 4
         return per_run * (self.tier.seeds_initial + 0.5)
 
+    def measure_incumbent(self, seeds: list[int]) -> list[RunRecord]:
+        """A/A runs of the incumbent (fresh, never a winner's selected runs) on these seeds."""
+        _, sha, env = self.incumbent()
+        _, recs = sweep(SweepArgs(candidates=[Candidate(name="incumbent", script_revision="incumbent")],
+                                  seeds=seeds, experiment=f"{AA_PREFIX}{sha[:8]}-{env_tag(env)}",
+                                  hypothesis="A/A: the incumbent against itself measures seed noise"), self.ctx)
+        return recs
+
+    def matched_incumbent(self, seeds: set[int]) -> list[RunRecord]:
+        """The incumbent's runs on exactly the candidate's seeds, running the missing ones first."""
+        have = {r.seed for r in self.incumbent_runs()}
+        missing = sorted(seeds - have)
+        if missing:
+            self.measure_incumbent(missing)
+        return [r for r in self.incumbent_runs() if r.seed in seeds]
+
     def ensure_noise(self) -> NoiseRecord:
         """A/A runs of the incumbent until the tier's count, then a noise record for exactly them."""
         _, sha, env = self.incumbent()
@@ -111,17 +127,14 @@ class ExperimentRunner:
         missing = self.tier.noise_runs - len(runs)
         if missing > 0:
             used = {r.seed for r in runs}
-            seeds = [s for s in range(AA_SEED_BASE, AA_SEED_BASE + 100) if s not in used][:missing]
+            seeds = [s for s in range(SEED_BASE, SEED_BASE + 100) if s not in used][:missing]
             self.progress.line(f"measuring noise: {missing} A/A run(s) of the incumbent on {self.tier.name}")
-            _, recs = sweep(SweepArgs(candidates=[Candidate(name="incumbent", script_revision="incumbent")],
-                                      seeds=seeds, experiment=f"{AA_PREFIX}{sha[:8]}-{env_tag(env)}",
-                                      hypothesis="A/A: the incumbent against itself measures seed noise"),
-                            self.ctx)
+            recs = self.measure_incumbent(seeds)
             runs = self.incumbent_runs()
             if not runs:
                 failed = recs[-1].result if recs else None
                 raise ExperimentError("the incumbent does not train on this tier: "
-                                   + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs"))
+                                      + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs"))
         vals = scores(runs)
         prev = latest_noise(self.ctx.ledger.records(), self.tier.name, self.hardware)
         if prev is not None and prev.script_sha == sha and prev.env == env and sorted(prev.values) == sorted(vals):
@@ -160,8 +173,7 @@ class ExperimentRunner:
         if working == inc_text and cand_env == inc_env:
             return self.refuse(spec, "no change: the script equals the incumbent and the overrides are already set")
         noise = self.ensure_noise()
-        inc_vals = scores(self.incumbent_runs())
-        inc_ids = [r.run_id for r in self.incumbent_runs()]
+        inc_runs: list[RunRecord] = []
         exp_id = self.experiment_id(spec)
         self.progress.line(f"{exp_id}: {spec.hypothesis[:120] or spec.name}")
         seeds_all = list(range(SEED_BASE, SEED_BASE + self.tier.seeds_max))
@@ -175,15 +187,16 @@ class ExperimentRunner:
             ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
             if len(ok) < len(runs):
                 break  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
-            verdict = judge(inc_vals, scores(ok), alpha=self.tier.alpha,
+            inc_runs = self.matched_incumbent({r.seed for r in ok})
+            verdict = judge(scores(inc_runs), scores(ok), alpha=self.tier.alpha,
                             min_effect=self.tier.min_effect, noise_std=noise.std, noise_df=noise.df,
                             seeds_max=self.tier.seeds_max,
                             looks=look)
             if not verdict.need_more or len(runs) >= self.tier.seeds_max:
                 break
             todo, look = [seeds_all[len(runs)]], look + 1
-        return self.decide(spec, proposal, planner, exp_id, runs, verdict, inc_vals, inc_ids, noise,
-                           working, inc_text, cand_env)
+        return self.decide(spec, proposal, planner, exp_id, runs, verdict, scores(inc_runs),
+                           [r.run_id for r in inc_runs], noise, working, inc_text, cand_env)
 
     def decide(self, spec, proposal, planner, exp_id, runs, verdict, inc_vals, inc_ids, noise, working,
                inc_text, cand_env) -> dict[str, Any]:
