@@ -149,6 +149,20 @@ class ExperimentRunner:
         return rec
 
     # -- one experiment ---------------------------------------------------------------------------
+    def same_scores(self, cand: list[RunRecord], inc_ids: list[str]) -> bool:
+        by_id = {r.run_id: r for r in self.incumbent_runs()}
+        inc = {by_id[i].seed: by_id[i].result.val_bpb for i in inc_ids if i in by_id}
+        return bool(cand) and all(inc.get(r.seed) == r.result.val_bpb for r in cand)
+
+    def bytes_note(self, cand: list[RunRecord], inc_ids: list[str]) -> str:
+        inc = [r.result.bytes_total for r in self.incumbent_runs() if r.run_id in inc_ids and r.result.bytes_total]
+        got = [r.result.bytes_total for r in cand if r.result.bytes_total]
+        if inc and got and statistics.fmean(got) != statistics.fmean(inc):
+            return (f"a bytes-only change (artifact {statistics.fmean(got) - statistics.fmean(inc):+,.0f} bytes): "
+                    "worth what the freed bytes can buy, not a bpb win by itself")
+        return ("the change does not reach the computation at this tier's shape (check the flag's thresholds, "
+                "e.g. INT8_KEEP_FLOAT_MAX_NUMEL or TTT_CHUNK_TOKENS)")
+
     def experiment_id(self, spec: ExperimentSpec) -> str:
         k = 1 + sum(1 for d in self.ctx.ledger.records(DecisionRecord) if d.session == self.ctx.session)
         return f"e{k:03d}-{spec.name}"[:64]
@@ -211,6 +225,9 @@ class ExperimentRunner:
                      + (failed[0].result.error or "")[-300:]
         elif over_cap:
             outcome, reason = "rejected", f"artifact over the 16,000,000-byte cap ({over_cap[0].result.bytes_total:,})"
+        elif inc_vals and self.same_scores(ok, inc_ids):
+            outcome, reason = "rejected", "no effect: identical val_bpb on every matched seed; " + \
+                self.bytes_note(ok, inc_ids)
         elif outcome == "confirmed":
             hold_c = [r.result.holdout_bpb for r in ok if r.result.holdout_bpb is not None]
             hold_i = [r.result.holdout_bpb for r in self.incumbent_runs() if r.result.holdout_bpb is not None]

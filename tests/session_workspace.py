@@ -22,6 +22,7 @@ PLAN = """# Battle plan (test)
 - [ ] leaky_relu2: MLP_ACT_SLOPE=0.5 — reported -0.002 to -0.003
 - [ ] mlp3x: MLP_MULT=3 — wider MLP
 - [ ] bad_lr: MATRIX_LR=1000 TIED_EMBED_LR=1000 SCALAR_LR=1000 — an LR that must diverge
+- [ ] lzma: COMPRESSOR=lzma — bytes only: the score cannot move
 - [-] ttt_prescore: TTT_ENABLE=1 — illegal, banned
 
 <!-- golf:begin confirmed -->
