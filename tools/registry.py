@@ -81,12 +81,26 @@ def _strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _drop_long_limits(node: Any) -> Any:
+    """Long string limits stay in the pydantic models (validated on every call) but leave the exported
+    schema: grammar-constrained servers (llama.cpp) expand maxLength=2000 into a grammar they cannot parse."""
+    if isinstance(node, dict):
+        return {k: _drop_long_limits(v) for k, v in node.items()
+                if not (k == "maxLength" and isinstance(v, int) and v > MAX_SCHEMA_STRING)}
+    if isinstance(node, list):
+        return [_drop_long_limits(v) for v in node]
+    return node
+
+
+MAX_SCHEMA_STRING = 64
+
+
 def openai_schemas(only: list[str] | None = None, strict: bool = False) -> list[dict[str, Any]]:
     """Chat Completions `tools=` entries for the registered tools (optionally a subset)."""
     out = []
     for name in only or names():
         t = _TOOLS[name]
-        params = t.args_model.model_json_schema()
+        params = _drop_long_limits(t.args_model.model_json_schema())
         if strict:
             params = _strict_schema(params)
         fn: dict[str, Any] = {"name": t.name, "description": t.description, "parameters": params}
