@@ -6,8 +6,9 @@ from agent.state import findings_table, queue_view
 
 
 def queue_status_block(records: list, plan) -> str:
-    rows = queue_view(plan, findings_table(records))
-    by_tech = {f["technique"]: f for f in findings_table(records)}
+    findings = findings_table(records)
+    rows = queue_view(plan, findings)
+    by_tech = {f["technique"]: f for f in findings}
     lines = ["| technique | plan | status | delta bpb | p | tries |", "|---|---|---|---|---|---|"]
     for q in rows:
         f = by_tech.get(q["technique"], {})
