@@ -19,12 +19,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent import lock as session_lock
+from agent.costs import options_for_session
 from agent.experiment import ExperimentRunner, committed_incumbent_env_at
 from agent.planner import Budget, Planner, Proposal
 from agent.progress import Progress
 from agent.state import build_state
 from memory import git_records
 from memory.battle_plan import BattlePlanError, human_fingerprint, load_plan, write_blocks
+from memory.frontier import frontier_block_markdown, frontier_diff_for, frontier_digest, mark_seen
 from memory.ledger import Ledger
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult, utcnow
 from memory.tiers import load_tiers
@@ -272,8 +274,6 @@ class Session:
 
     def refresh_frontier(self) -> None:
         """The frontier diff since the last session: into the plan's frontier block and the digest."""
-        from memory.frontier import frontier_block_markdown, frontier_diff_for, frontier_digest
-
         queue = [q.technique for q in self.plan.queue]
         self.ctx.extra["queue"] = queue
         try:
@@ -285,10 +285,6 @@ class Session:
             self.progress.line(f"warning: {self.frontier_digest}")
 
     def options(self, state_records: list) -> list[dict[str, Any]]:
-        try:
-            from agent.costs import options_for_session
-        except ImportError:
-            return []
         try:
             return options_for_session(state_records, self.plan, self.tier, self.tiers)
         except Exception as e:
@@ -357,8 +353,6 @@ class Session:
         except Exception as e:  # the ledger is the record; a failed final commit is reported, not fatal
             self.progress.line(f"warning: final bookkeeping failed: {e}")
         try:
-            from memory.frontier import mark_seen
-
             mark_seen(self.ws.frontier_dir)
         except Exception as e:
             self.progress.line(f"warning: could not mark the frontier as seen: {e}")
