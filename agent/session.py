@@ -196,11 +196,15 @@ class Session:
     def elapsed(self) -> float:
         return self.prior_elapsed + time.time() - self.t0
 
-    def budget_left(self) -> Budget:
-        records = self.ledger.records()
-        mine = [r for r in records if getattr(r, "session", None) == self.session]
+    def spent(self) -> tuple[int, float]:
+        """Decisions made and dollars booked by this session so far (one pass over the ledger)."""
+        mine = [r for r in self.ledger.records() if getattr(r, "session", None) == self.session]
         decisions = sum(1 for r in mine if isinstance(r, DecisionRecord))
         dollars = sum((r.cost.dollars or 0.0) for r in mine if isinstance(r, RunRecord))
+        return decisions, dollars
+
+    def budget_left(self, spent: tuple[int, float] | None = None) -> Budget:
+        decisions, dollars = spent or self.spent()
         b = self.budget
         return Budget(
             minutes=None if b.minutes is None else max(0.0, b.minutes - self.elapsed() / 60),
@@ -209,19 +213,17 @@ class Session:
         )
 
     def out_of_budget(self) -> str | None:
-        left = self.budget_left()
+        spent = self.spent()
+        left = self.budget_left(spent)
         if left.experiments is not None and left.experiments <= 0:
             return "experiment budget spent"
         if left.dollars is not None and left.dollars <= 0 and self.tier.price_per_hour:
             return "dollar budget spent"
         if left.minutes is not None:
             need = self.runner.expected_experiment_s() / 60
-            if left.minutes <= 0 or (self.budget_decisions() > 0 and left.minutes < need):
+            if left.minutes <= 0 or (spent[0] > 0 and left.minutes < need):
                 return f"time budget spent ({left.minutes:.1f} min left, an experiment takes ~{need:.1f})"
         return None
-
-    def budget_decisions(self) -> int:
-        return sum(1 for d in self.ledger.records(DecisionRecord) if d.session == self.session)
 
     # -- set-up ---------------------------------------------------------------------------------
     def start(self) -> None:
