@@ -22,6 +22,7 @@ from agent.progress import Progress
 from agent.state import AA_PREFIX, incumbent_env, latest_noise, matching_runs
 from memory import git_records
 from memory.faults import crash_point, die
+from memory.knobs import check_env_allowed
 from memory.records import DecisionRecord, EventRecord, NoiseRecord, Outcome, RunRecord
 from tools import registry
 from tools.context import ToolContext
@@ -178,11 +179,14 @@ class ExperimentRunner:
         if spec is None:
             return self.refuse(None, "an experiment proposal needs an experiment")
         inc_text, inc_sha, inc_env = self.incumbent()
+        working = self.ctx.ws.script.read_text()
         try:
             Candidate(name=spec.name, env=spec.env)
+            check_env_allowed(spec.env, working)
         except ValidationError as e:
             return self.refuse(spec, registry.format_validation_error(e))
-        working = self.ctx.ws.script.read_text()
+        except ValueError as e:
+            return self.refuse(spec, str(e))
         cand_env = inc_env | spec.env
         if working == inc_text and cand_env == inc_env:
             return self.refuse(spec, "no change: the script equals the incumbent and the overrides are already set")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from memory.knobs import ENV_NAME
 from memory.records import FindingRecord
 
 BLOCK_NAMES = ("confirmed", "dead_ends", "frontier", "queue_status", "log")
@@ -63,7 +64,7 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _BULLET = re.compile(r"^[-*+]\s")
 _QUEUE = re.compile(r"^[-*+]\s+\[(.)\]\s+(\S+?)(?::(?=\s|$)|(?=\s)|$)(.*)$")
 _TECHNIQUE = re.compile(r"^[a-z][a-z0-9_]*$")
-_ENV = re.compile(r"^([A-Z_][A-Z0-9_]*)=(\S+)$")
+_ENV = re.compile(r"^(" + ENV_NAME.pattern.strip("^$") + r")=(\S+)$")
 _PRIORITY = re.compile(r"\(\s*priority\s+(-?\d+)\s*\)\s*$", re.IGNORECASE)
 _NOTES_SPLIT = re.compile(r"\s+(?:—|–|--)\s+|^(?:—|–|--)\s+")
 _BUDGET = re.compile(r"^[-*+]\s+([A-Za-z_][A-Za-z0-9_ ]*?)\s*:\s*(.*?)\s*$")

@@ -24,15 +24,13 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from memory.faults import crash_point, die
+from memory.knobs import check_env_allowed, check_env_syntax
 from memory.records import Cost, EventRecord, RunRecord, RunResult
 from tools.context import ToolContext
 from tools.edit_script import incumbent_script, sha256_text
 from tools.registry import ToolError, tool
 
 SECRET_ENV = ("OPENAI_API_KEY", "RUNPOD_API_KEY", "GITHUB_TOKEN", "HF_TOKEN", "ANTHROPIC_API_KEY")
-# the harness owns where data comes from and where results go; a candidate may not redirect them
-RESERVED_ENV = {"DATA_PATH", "TOKENIZER_PATH", "RUN_DIR", "RUN_ID", "SEED"}
-ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -52,16 +50,7 @@ class Candidate(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > 40:
-            raise ValueError("at most 40 overrides")
-        for k, val in v.items():
-            if not ENV_KEY.match(k):
-                raise ValueError(f"{k[:70]!r} is not an environment variable name (A-Z, 0-9, _)")
-            if k in RESERVED_ENV:
-                raise ValueError(f"{k} is set by the harness and cannot be overridden")
-            if len(str(val)) > 200 or "\n" in str(val) or "\x00" in str(val):
-                raise ValueError(f"{k}: value too long or contains a newline")
-        return {k: str(val) for k, val in v.items()}
+        return check_env_syntax(v)
 
 
 class SweepArgs(BaseModel):
@@ -254,6 +243,11 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
         raise ToolError(f"experiment id {experiment!r} must be a lowercase slug")
     working = ctx.ws.script.read_text(encoding="utf-8")
     incumbent = incumbent_script(ctx.ws.root) or working
+    for cand in args.candidates:  # every override is checked against the script it runs, before any run
+        try:
+            check_env_allowed(cand.env, working if cand.script_revision == "working" else incumbent)
+        except ValueError as e:
+            raise ToolError(f"candidate {cand.name}: {e}") from None
     hardware = hardware_id(ctx, tier.hardware)
     base_env = clean_env(dict(os.environ)) | {k: str(v) for k, v in tier.env.items()} | data_env(ctx)
     on_run = ctx.extra.get("on_run")
