@@ -235,7 +235,10 @@ def _mean_sd(values: Sequence[float], fallback_sd: float) -> tuple[float, float]
     return statistics.fmean(values), sd
 
 
-def _decision_se(d: DecisionRecord) -> float | None:
+def decision_se(d: DecisionRecord) -> float | None:
+    """The standard error of a decision's delta: paired (sd of differences / sqrt n) or unpaired."""
+    if d.test == "paired" and d.paired_noise is not None and d.seed_diffs:
+        return d.paired_noise.std / math.sqrt(len(d.seed_diffs))
     if d.noise_std and d.n_candidate and d.n_incumbent:
         return d.noise_std * math.sqrt(1.0 / d.n_candidate + 1.0 / d.n_incumbent)
     if d.ci_low is not None and d.ci_high is not None:
@@ -280,8 +283,8 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
             continue
         pairs.append(Pair(technique=name, kind=decision_kind(lo, runs), lower_tier=lower_tier, upper_tier=upper_tier,
                           lower_delta=float(lo.delta or 0.0), upper_delta=float(u.delta or 0.0),
-                          lower_se=_decision_se(lo),
-                          upper_se=_decision_se(u), source=f"ledger: {lo.experiment} -> {u.experiment}"))
+                          lower_se=decision_se(lo),
+                          upper_se=decision_se(u), source=f"ledger: {lo.experiment} -> {u.experiment}"))
     if upper_tier != final_tier:
         return pairs
 
@@ -301,7 +304,7 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
             continue
         fm, fs = _mean_sd(f.val_bpbs, FINAL_SEED_STD)
         bm, bs = _mean_sd(b.val_bpbs, FINAL_SEED_STD)
-        ses = [_decision_se(d) for d in stack]
+        ses = [decision_se(d) for d in stack]
         known = [s for s in ses if s is not None]
         pairs.append(Pair(
             technique="+".join(_name(d) for d in stack), kind=kinds.pop(), lower_tier=lower_tier,

@@ -36,6 +36,7 @@ from agent.calibration import (
     Kind,
     calibrations_from_ledger,
     decision_kind,
+    decision_se,
     predict,
     technique_kind,
 )
@@ -244,7 +245,10 @@ def rank_options(inputs: CostInputs, include_unaffordable: bool = False) -> list
 
 
 def _evidence(d: DecisionRecord, kind: Kind, noise: float) -> Evidence:
-    if d.noise_std and d.n_candidate and d.n_incumbent:
+    paired = decision_se(d) if d.test == "paired" else None
+    if paired is not None:
+        se = paired
+    elif d.noise_std and d.n_candidate and d.n_incumbent:
         se = _se(d.noise_std, d.n_candidate, d.n_incumbent)
     elif d.ci_low is not None and d.ci_high is not None:
         se = (d.ci_high - d.ci_low) / (2 * 1.96)
