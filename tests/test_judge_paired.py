@@ -31,33 +31,29 @@ RUN_SD = 0.002  # per-run noise: per-seed differences sd about sqrt(2) x 0.002 =
 
 
 def loop(effects, *, seed, seeds_initial=2, seeds_max=4, run_sd=RUN_SD, paired=True, alpha=0.05,
-         kinds=None, run_sds=None, pool_by_kind=True):
+         kinds=None, run_sds=None, pool_by_kind=True, per_incumbent=10):
     """Experiments the way the session loop runs them: 3 A/A runs of the incumbent on seeds 0..2 give the
-    noise model; each candidate runs seeds 0, 1, ... through sequential_experiment; the incumbent gets a
+    noise model (a new incumbent every per_incumbent experiments: its runs' luck is shared by all the
+    experiments compared against it, so a false-win rate is only meaningful over many incumbents); each candidate runs seeds 0, 1, ... through sequential_experiment; the incumbent gets a
     run on any seed it lacks. Per-seed differences of paired decisions feed later experiments' prior.
     Returns the outcome and the number of candidate runs of every experiment."""
     rng = np.random.default_rng(seed)
     seed_fx = SEED_SD * rng.standard_normal(64)
-    inc = {s: BASE + seed_fx[s] + RUN_SD * rng.standard_normal() for s in range(3)}
-    nm = noise_model(list(inc.values()), 0.006, "t", "h")
     pools: dict[str, list[list[float]]] = {}
     out = []
     for i, effect in enumerate(effects):
+        if i % per_incumbent == 0:  # a new incumbent (a kept change, a new session): fresh A/A runs
+            inc = {s: BASE + seed_fx[s] + RUN_SD * rng.standard_normal() for s in range(3)}
+            nm = noise_model(list(inc.values()), 0.006, "t", "h")
         kind = kinds[i] if kinds else "architecture"
         sd = run_sds[i] if run_sds else run_sd
         key = kind if pool_by_kind else "all"
         prior = paired_prior(pools.get(key, []), nm.std, nm.df, kind) if paired else None
         # a candidate's runs share the seed effect with the incumbent's on the same seed; its own noise
-        # is fresh; an eval-only change reuses the same weights, so only its scoring noise differs
+        # is fresh
         cand_noise = sd * rng.standard_normal(seeds_max)
 
-        def measure(seeds, cand={}, incumbent=dict(inc)):  # noqa: B006 - per-experiment state by design
-            for s in seeds:
-                incumbent.setdefault(s, BASE + seed_fx[s] + RUN_SD * rng.standard_normal())
-                cand[s] = incumbent[s] + effect + cand_noise[s]
-            return ({s: incumbent[s] for s in cand} if paired else
-                    {s: v for s, v in incumbent.items() if s < 3}), dict(cand)
-
+        measure = make_measure(rng, seed_fx, dict(inc), effect, cand_noise, kind, paired)
         v = sequential_experiment(measure, seeds=range(seeds_max), seeds_initial=seeds_initial, seeds_max=seeds_max,
                                   alpha=alpha, noise_std=nm.std, noise_df=nm.df, diff_prior=prior)
         assert v is not None and not v.need_more
@@ -65,6 +61,19 @@ def loop(effects, *, seed, seeds_initial=2, seeds_max=4, run_sd=RUN_SD, paired=T
             pools.setdefault(key, []).append(v.seed_diffs)
         out.append((v.outcome, v.n_candidate, v.test))
     return out
+
+
+def make_measure(rng, seed_fx, incumbent, effect, cand_noise, kind, paired):
+    cand: dict[int, float] = {}
+
+    def measure(seeds):
+        for s in seeds:
+            incumbent.setdefault(s, BASE + seed_fx[s] + RUN_SD * rng.standard_normal())
+            # an eval-only change scores the incumbent's own weights: only its scoring noise is new
+            cand[s] = (incumbent[s] if kind == "eval" else BASE + seed_fx[s]) + effect + cand_noise[s]
+        return ({s: incumbent[s] for s in cand} if paired else
+                {s: v for s, v in incumbent.items() if s < 3}), dict(cand)
+    return measure
 
 
 def rate(out, outcome="confirmed"):
