@@ -114,7 +114,10 @@ def adopted_gain(mean: float, sd: float, measure_sd: float = 0.0) -> float:
 
 
 def _wallclock(tier: Tier) -> float:
-    return float(tier.env.get("MAX_WALLCLOCK_SECONDS", tier.run_timeout_s / 2))
+    if tier.seconds_per_run:  # measured (tiers.toml): the run's own wall time, overhead included
+        return max(0.0, (tier.seconds_per_run - RUN_OVERHEAD_S) / 1.3)
+    cap = float(tier.env.get("MAX_WALLCLOCK_SECONDS", 0) or 0)
+    return cap if cap > 0 else tier.run_timeout_s / 2  # 0: no cap (step-matched), bounded by the timeout
 
 
 def local_run_seconds(tier: Tier) -> float:
