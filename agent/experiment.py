@@ -98,9 +98,22 @@ class ExperimentRunner:
         return text, sha256_text(text), env
 
     def incumbent_runs(self) -> list[RunRecord]:
+        """The incumbent's runs, one per seed: its A/A runs and the runs that made it win.
+
+        A kept change's own runs are runs of exactly the new incumbent on their seeds, so they serve as
+        its matched baseline instead of being run again: on a step-matched (deterministic) tier a rerun
+        on the same seed returns the same number, so re-measuring would only spend runs. They were
+        selected for being low (the winner's curse), which makes later candidates' differences
+        conservative, never a false win's help.
+        """
         _, sha, env = self.incumbent()
-        return matching_runs(self.ctx.ledger.records(), tier=self.tier.name, hardware=self.hardware,
-                             script_sha=sha, env=env, aa_only=True)
+        records = self.ctx.ledger.records()
+        kept = {d.experiment for d in records if isinstance(d, DecisionRecord) and d.kept}
+        by_seed: dict[int, RunRecord] = {}
+        for r in matching_runs(records, tier=self.tier.name, hardware=self.hardware, script_sha=sha, env=env):
+            if r.experiment.startswith(AA_PREFIX) or r.experiment in kept:
+                by_seed.setdefault(r.seed, r)
+        return list(by_seed.values())
 
     def incumbent_mean(self) -> float | None:
         vals = scores(self.incumbent_runs())
@@ -225,7 +238,7 @@ class ExperimentRunner:
         verdict = sequential_experiment(measure, seeds=seeds_all, seeds_initial=self.tier.seeds_initial,
                                         seeds_max=self.tier.seeds_max, alpha=self.tier.alpha,
                                         min_effect=self.tier.min_effect, noise_std=noise.std, noise_df=noise.df,
-                                        diff_prior=diff_prior)
+                                        diff_prior=diff_prior, futility_p=self.tier.futility_p)
         return self.decide(spec, proposal, planner, exp_id, runs, verdict, scores(inc_runs),
                            [r.run_id for r in inc_runs], noise, working, inc_text, cand_env)
 

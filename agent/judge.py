@@ -339,9 +339,11 @@ def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, k
     its own effect), and never lets an eval-only change's tiny spread vouch for an architecture change.
     Before any experiment of the kind, the prior is sqrt(2) x the A/A std: the sd of a difference of two
     independent runs, an upper bound whenever seed effects are shared non-negatively, so pairing has to
-    earn its tighter spread from data of its own kind. That fallback enters the pool as PRIOR_DF
-    pseudo-degrees of freedom, so one lucky early experiment cannot set the kind's figure alone. The
-    pooled figure then counts for at most PAIRED_POOL_DF_CAP degrees of freedom in the experiment.
+    earn its tighter spread from data of its own kind. Once the kind has any within-experiment degree
+    of freedom, the pooled variance alone is the prior, with exactly those degrees of freedom (so a
+    kind measured on two experiments of two seeds gives a t with 2 df: wide, but honest; mixing in the
+    fallback, which can be thirty times the real spread, would bias the estimate instead of widening
+    it). It counts for at most PAIRED_POOL_DF_CAP degrees of freedom in the experiment.
     """
     if not (aa_std > 0 and math.isfinite(aa_std)):
         raise ValueError(f"paired_prior: the A/A std must be positive, got {aa_std}")
@@ -352,8 +354,8 @@ def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, k
     if df == 0:
         return PairedNoise(std=math.sqrt(fallback), df=min(aa_df, PAIRED_POOL_DF_CAP), pool_kind=kind,
                            pool_std=math.sqrt(fallback), pool_df=min(aa_df, PAIRED_POOL_DF_CAP), pool_source="aa")
-    var = (PRIOR_DF * fallback + ss) / (PRIOR_DF + df)
-    given = min(PRIOR_DF + df, PAIRED_POOL_DF_CAP)
+    var = ss / df
+    given = min(float(df), PAIRED_POOL_DF_CAP)
     return PairedNoise(std=math.sqrt(var), df=given, pool_kind=kind, pool_std=math.sqrt(var), pool_df=given,
                        pool_source="kind", pool_experiments=used)
 

@@ -24,6 +24,9 @@ class Tier(BaseModel):
     typical_noise: float = 0.003  # prior std of val_bpb across seeds, replaced by the measured one
     alpha: float = 0.05  # one-sided significance for a screening win on this tier
     min_effect: float = 0.0  # a win must also beat this many bpb
+    # drop a candidate at an interim look when its one-sided p exceeds this (None: never); lower screens
+    # faster (benchmarks/decisions.py, "screen")
+    futility_p: float | None = 0.8
     price_per_hour: float | None = None  # dollars, for cost accounting
     # Dollars per hour used only to rank options (agent/costs.py) where no money changes hands (own CPU,
     # own GPU): what renting the same machine would cost. Never booked as spend.

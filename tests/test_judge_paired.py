@@ -137,7 +137,7 @@ def test_the_prior_starts_at_the_unpaired_spread_and_caps_the_pools_weight():
     many = paired_prior([[0.001, 0.003, 0.002, 0.0025]] * 30, 0.01, 4.0, "architecture")
     assert many.pool_source == "kind" and many.pool_experiments == 30
     assert many.pool_df == PAIRED_POOL_DF_CAP
-    assert many.std < 0.0025  # ninety pooled df of sd ~0.0009 overrule the A/A fallback (0.014) at two
+    assert many.std < 0.001  # ninety pooled df of sd ~0.0009 replace the A/A fallback (0.014)
     # an experiment that scatters far more than its kind's pool is not hidden by it
     v = judge_paired([-0.02, 0.015, -0.03, 0.01], prior=many, alpha=0.05, seeds_max=4, looks=3)
     assert v.paired_noise.own_std > 0.015 and v.paired_noise.std > 0.01
