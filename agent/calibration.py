@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import stats
 
-from memory.records import DecisionRecord, FinalRecord, RunRecord
+from memory.records import CalibrationPairRecord, DecisionRecord, FinalRecord, RunRecord
 
 Kind = Literal["architecture", "training"]
 KINDS: tuple[Kind, ...] = ("architecture", "training")
@@ -268,9 +268,23 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
     upper_tier is the final tier): a final F that promoted lower-tier experiment e is compared with the
     latest earlier successful final B; its delta mean(F) - mean(B) belongs to the stack of kept
     lower-tier decisions after B's experiment up to e, whose lower deltas add up. A stack that mixes
-    architecture and training changes is left out, because it belongs to neither fit.
+    architecture and training changes is left out, because it belongs to neither fit. First of all come
+    the tier's own calibration pairs (CalibrationPairRecord, written by `golf fidelity`); a technique
+    measured there is not paired again from decisions.
     """
     runs = {r.run_id: r for r in records if isinstance(r, RunRecord)}
+    measured = {c.technique: c for c in records if isinstance(c, CalibrationPairRecord)
+                and c.tier == lower_tier and c.upper_tier == upper_tier}  # golf fidelity: latest per technique
+    fidelity = [Pair(technique=c.technique, kind=c.technique_kind if c.technique_kind in KINDS else "architecture",
+                     lower_tier=lower_tier, upper_tier=upper_tier, lower_delta=c.lower_delta,
+                     upper_delta=c.upper_delta, lower_se=c.lower_se, source=f"fidelity: {c.source}")
+                for c in measured.values()]
+    return fidelity + _pairs_from_decisions(records, runs, lower_tier, upper_tier, final_tier,
+                                            skip=set(measured))
+
+
+def _pairs_from_decisions(records: Sequence, runs: dict[str, RunRecord], lower_tier: str, upper_tier: str,
+                          final_tier: str, skip: set[str]) -> list[Pair]:
     decisions = [d for d in records if isinstance(d, DecisionRecord) and d.delta is not None
                  and d.candidate != "incumbent"]
     lower = [d for d in decisions if d.tier == lower_tier]
@@ -279,7 +293,7 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
     pairs = []
     for name, u in latest_upper.items():
         lo = latest_lower.get(name)
-        if lo is None:
+        if lo is None or name in skip:
             continue
         pairs.append(Pair(technique=name, kind=decision_kind(lo, runs), lower_tier=lower_tier, upper_tier=upper_tier,
                           lower_delta=float(lo.delta or 0.0), upper_delta=float(u.delta or 0.0),

@@ -406,7 +406,7 @@ def judge_paired(
     first = max(1, n - look + 1)
     sizes = tuple(range(first, seeds_max + 1))
     a_look = paired_look_alpha(alpha, sizes)
-    nm = paired_noise(prior, d)
+    nm = paired_noise(prior, [float(x) for x in d])
     base: dict[str, Any] = dict(delta=delta, n_candidate=n, n_incumbent=n, noise_std=nm.std, alpha_look=a_look,
                                 look=look, looks_planned=len(sizes), margin=min_effect, test="paired",
                                 seeds=list(seeds), seed_diffs=[float(x) for x in d], paired_noise=nm)

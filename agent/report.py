@@ -34,6 +34,7 @@ from agent.calibration import (
     published_pairs,
 )
 from memory.records import (
+    CalibrationPairRecord,
     DecisionRecord,
     EventRecord,
     FinalRecord,
@@ -150,6 +151,8 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
                "n": d.n_candidate} for (t, tier), d in confirmed.items()]
 
     tiers = Counter(d.tier for d in decisions if d.tier != FINAL_TIER)
+    # no decisions yet: the tier `golf fidelity` measured, whose own calibration pairs are plotted
+    tiers = tiers or Counter(c.tier for c in records if isinstance(c, CalibrationPairRecord))
     lower = tiers.most_common(1)[0][0] if tiers else None
     calib: dict[str, Any] = {"lower_tier": lower, "upper_tier": FINAL_TIER, "kinds": {}}
     own = pairs_from_ledger(records, lower, FINAL_TIER) if lower else []
@@ -307,7 +310,8 @@ def plot_calibration(data: dict[str, Any], path: Path) -> Figure:
         if own:
             ax.errorbar([p["lower_delta"] for p in own], [p["upper_delta"] for p in own],
                         xerr=[p["lower_se"] or 0.0 for p in own], yerr=[p["upper_se"] or 0.0 for p in own],
-                        fmt="o", color="tab:blue", capsize=2, label=f"ledger ({cal['lower_tier']})")
+                        fmt="o", color="tab:blue", capsize=2,
+                        label=f"own pairs ({cal['lower_tier']}: golf fidelity, finals)")
         xs_data = [p["lower_delta"] for p in pub + own] + [0.0]
         lo, hi = min(xs_data), max(xs_data)
         span = max(hi - lo, 0.01)

@@ -215,6 +215,32 @@ class EventRecord(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+class CalibrationPairRecord(BaseModel):
+    """One change measured on a tier against its published full-scale delta (`golf fidelity`).
+
+    These are the tier's own calibration pairs: agent/calibration.py fits the tier's proxy-to-full
+    mapping on them (the latest per technique), and the report plots them.
+    """
+
+    kind: Literal["calibration_pair"] = "calibration_pair"
+    at: str = Field(default_factory=utcnow)
+    session: str
+    tier: str
+    hardware: str
+    technique: str
+    technique_kind: str  # architecture | training (agent/calibration.py's kinds)
+    lower_delta: float  # mean per-seed difference on the tier (candidate - baseline), bpb
+    lower_se: float | None = None
+    upper_tier: str = "h100x8-final"
+    upper_delta: float  # the published full-scale delta
+    source: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=list)
+    seed_diffs: list[float] = Field(default_factory=list)
+    runs: list[str] = Field(default_factory=list)
+    script_sha: str | None = None
+
+
 class FrontierEntry(BaseModel):
     """One leaderboard row with its provenance and legality flags."""
 
@@ -235,6 +261,7 @@ class FrontierEntry(BaseModel):
 
 
 Record = Annotated[
-    RunRecord | DecisionRecord | NoiseRecord | FindingRecord | SpendRecord | FinalRecord | EventRecord,
+    RunRecord | DecisionRecord | NoiseRecord | FindingRecord | SpendRecord | FinalRecord | EventRecord
+    | CalibrationPairRecord,
     Field(discriminator="kind"),
 ]
