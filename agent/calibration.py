@@ -34,6 +34,7 @@ KINDS: tuple[Kind, ...] = ("architecture", "training")
 PUBLISHED = Path(__file__).resolve().parent.parent / "memory" / "data" / "published_deltas.toml"
 FINAL_TIER = "h100x8-final"
 FINAL_SEED_STD = 0.00054  # median 3-seed std of 8xH100 records (challenge.md)
+BASELINE_BPB = 1.2244  # the challenge's baseline train_gpt.py on 8xH100 (challenge.md)
 PRIOR_A0 = 2.0  # inverse-gamma shape of the residual variance: worth about four pairs, and its mean exists
 
 # Environment variables whose change is a training-hyperparameter change (split on "_", any token).
@@ -305,9 +306,12 @@ def _pairs_from_decisions(records: Sequence, runs: dict[str, RunRecord], lower_t
     finals = [f for f in records if isinstance(f, FinalRecord) and f.status in ("ok", "partial") and f.val_bpbs]
     index = {d.experiment: i for i, d in enumerate(lower)}
     for k, f in enumerate(finals):
-        if f.experiment not in index or k == 0:
+        if f.experiment not in index:
             continue
-        b = finals[k - 1]
+        # the first final of a promoted experiment: against the published baseline score (the loop starts
+        # from the challenge's baseline script), so the first real score already moves the fit
+        b = finals[k - 1] if k else FinalRecord(session="-", final_id="published-baseline", script_sha="-",
+                                                seeds=[1, 2, 3], val_bpbs=[BASELINE_BPB], status="ok")
         # a baseline final of a script no lower-tier decision produced: everything kept before e
         start = index.get(b.experiment, -1) if b.experiment is not None else -1
         stack = [d for d in lower[start + 1: index[f.experiment] + 1] if d.kept or d.experiment == f.experiment]

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.calibration import technique_kind
 from agent.judge import (
     PRIOR_DF,
     noise_kind,
@@ -258,6 +259,15 @@ class ExperimentRunner:
         elif inc_vals and self.same_scores(ok, inc_ids):
             outcome, reason = "rejected", "no effect: identical val_bpb on every matched seed; " + \
                 self.bytes_note(ok, inc_ids)
+        elif outcome == "rejected" and verdict is not None and self.tier.hardware == "cpu":
+            # a technique this tier cannot see (golf fidelity, or a kind that does not transfer from it) is
+            # not rejected on its evidence: it waits for a GPU tier
+            from agent.fidelity import needs_gpu_tier  # fidelity runs experiments' seeds: import here
+
+            kind = technique_kind(spec.technique, list(spec.env), working != inc_text)
+            blind = needs_gpu_tier(self.ctx.ledger.records(), self.tier.name, spec.technique, kind)
+            if blind:
+                outcome, reason = "inconclusive", f"needs a GPU tier: {blind}; the judge said: {reason}"
         elif outcome == "confirmed":
             hold_c = [r.result.holdout_bpb for r in ok if r.result.holdout_bpb is not None]
             hold_i = [r.result.holdout_bpb for r in self.incumbent_runs() if r.result.holdout_bpb is not None]

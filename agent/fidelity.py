@@ -176,3 +176,88 @@ def run_fidelity(ws_root: str | Path, *, tier: str, seeds: int = 2, only: Sequen
     finally:
         lock.release(ws.lock)
     return fidelity_of(ledger.records(), tier)
+
+
+# ---------------------------------------------------------------------------------------------- trust
+
+
+class KindTrust(BaseModel):
+    kind: str
+    pairs: int
+    spearman: float | None
+    sign_agreement: float | None
+    slope: float
+    slope_low: float
+    slope_high: float
+    level: str  # trusted | weak | unmeasured
+
+
+def kind_trust(records: Sequence, tier: str) -> dict[str, KindTrust]:
+    """Per technique kind: how far this tier's verdicts track full scale (its own fidelity pairs)."""
+    pairs = tier_pairs(records, tier)
+    calibs = calibrations_from_ledger(records, tier, FINAL_TIER)
+    out: dict[str, KindTrust] = {}
+    for kind in KINDS:
+        own = [p for p in pairs if p.technique_kind == kind]
+        x, y = [p.lower_delta for p in own], [p.upper_delta for p in own]
+        rho = None
+        if len(own) >= 3 and len(set(x)) > 1 and len(set(y)) > 1:
+            rho = float(stats.spearmanr(x, y).statistic)
+        signs = [math.copysign(1, a) == math.copysign(1, b) for a, b in zip(x, y, strict=True) if a and b]
+        agree = sum(signs) / len(signs) if signs else None
+        lo, hi = slope_interval(calibs[kind])
+        if not own:
+            level = "unmeasured"
+        elif rho is not None and rho >= TRUST_SPEARMAN and (agree or 0.0) >= TRUST_SPEARMAN and lo > 0:
+            level = "trusted"
+        else:
+            level = "weak"
+        out[kind] = KindTrust(kind=kind, pairs=len(own), spearman=rho, sign_agreement=agree,
+                              slope=calibs[kind].slope, slope_low=lo, slope_high=hi, level=level)
+    return out
+
+
+def needs_gpu_tier(records: Sequence, tier: str, technique: str | None, kind: str) -> str | None:
+    """Why this tier cannot see the technique (so a verdict against it says "needs a GPU tier"), or None.
+
+    From the tier's own fidelity pair for the technique: its sign disagreed with the published
+    full-scale delta, or its effect stayed within two standard errors; without a pair, a training change
+    while the tier's training slope may be zero or negative (they did not transfer, PR #2005).
+    """
+    pair = next((p for p in tier_pairs(records, tier) if p.technique == technique), None)
+    if pair is not None:
+        if pair.lower_delta and math.copysign(1, pair.lower_delta) != math.copysign(1, pair.upper_delta):
+            return (f"on {tier} its delta {pair.lower_delta:+.5f} has the opposite sign of the published "
+                    f"{pair.upper_delta:+.5f} (golf fidelity)")
+        if pair.lower_se and abs(pair.lower_delta) < 2 * pair.lower_se:
+            return f"on {tier} its effect {pair.lower_delta:+.5f} stays within noise (se {pair.lower_se:.5f})"
+        return None
+    if kind != "training":
+        return None  # architecture deltas transfer (PR #2005); a rejection on the proxy stands
+    trust = kind_trust(records, tier).get(kind)
+    if trust is not None and trust.slope_low <= 0:
+        return (f"{kind} changes on {tier} map to full scale with slope {trust.slope:+.2f} "
+                f"(95% {trust.slope_low:+.2f}..{trust.slope_high:+.2f}): the proxy may not see them")
+    return None
+
+
+def fidelity_lines(records: Sequence, tier: str) -> list[str]:
+    """The digest's fidelity section: per kind, how far this tier's verdicts can be trusted."""
+    out = [f"fidelity of {tier} (golf fidelity pairs vs published 8xH100 deltas):"]
+    for t in kind_trust(records, tier).values():
+        rho = "n/a" if t.spearman is None else f"{t.spearman:+.2f}"
+        sign = "n/a" if t.sign_agreement is None else f"{t.sign_agreement:.0%}"
+        out.append(f"  {t.kind}: {t.level} ({t.pairs} pairs, Spearman {rho}, signs {sign}, slope {t.slope:+.3f} "
+                   f"[{t.slope_low:+.3f}..{t.slope_high:+.3f}])")
+    blind = [p.technique for p in tier_pairs(records, tier)
+             if needs_gpu_tier(records, tier, p.technique, p.technique_kind)]
+    if blind:
+        out.append(f"  needs a GPU tier (this tier cannot see them): {', '.join(sorted(blind))}")
+    return out
+
+
+def digest_lines(records: Sequence, tier: str, session: str | None = None) -> list[str]:
+    """Fidelity per kind plus the projected 8xH100 score against the frontier: for agent/prompt.py."""
+    from agent.projection import projection_lines
+
+    return fidelity_lines(records, tier) + projection_lines(records, tier, session)

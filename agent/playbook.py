@@ -47,8 +47,9 @@ class PlaybookPlanner:
         ranked = {o.get("technique"): o for o in state.options
                   if o.get("action") in ("test", "add_seeds") and o.get("technique")}
         order = {q["technique"]: i for i, q in enumerate(group)}
-        if ranked:  # cost-aware order within the group; queue order breaks ties
-            group = sorted(group, key=lambda q: (-(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
+        if ranked:  # cost-aware order within the group; what the tier cannot see (fidelity) goes last
+            group = sorted(group, key=lambda q: (bool(ranked.get(q["technique"], {}).get("needs_gpu_tier")),
+                                                 -(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
                                                  order[q["technique"]]))
         q = group[0]
         why = "queue order" if not ranked else "highest expected gain per dollar"

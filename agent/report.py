@@ -166,8 +166,17 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
 
     spend = _spend_series(records)
     best, best_source = frontier_best(records, leaderboard)
+    projection: list[str] = []
+    if lower:  # fidelity per kind and the incumbent's projected 8xH100 score (agent/fidelity, projection)
+        from agent.fidelity import fidelity_lines
+        from agent.projection import describe_projection, project
+
+        sessions = [d.session for d in decisions]
+        projection = fidelity_lines(records, lower) + describe_projection(
+            project(records, lower, sessions[-1] if sessions else None, frontier_bpb=best,
+                    frontier_source=best_source))
     return {"decisions": points, "finals": finals, "deltas": deltas, "calibration": calib, "spend": spend,
-            "frontier": {"best_bpb": best, "source": best_source},
+            "frontier": {"best_bpb": best, "source": best_source}, "projection": projection,
             "findings": [f.model_dump() for f in records if isinstance(f, FindingRecord)],
             "noise": [{"tier": n.tier, "hardware": n.hardware, "std": n.std, "n": len(n.values), "at": n.at}
                       for n in records if isinstance(n, NoiseRecord)],
@@ -414,6 +423,8 @@ def render_markdown(data: dict[str, Any], ledger: Path, images: dict[str, str]) 
             "pairs (memory/data/published_deltas.toml).", ""]
     for kind in KINDS:
         out.append(f"- {cal['kinds'][kind]['describe']}")
+    if data.get("projection"):
+        out += ["", "## Against the frontier", "", "```", *data["projection"], "```"]
     out += ["", "## Spend over time", "", f"![spend]({images['spend']})", ""]
     if data["finals"]:
         out += ["## Finals", "", "| final | experiment | status | seeds | mean | sd | p | record claim | dollars |",
