@@ -1,4 +1,9 @@
-"""The judge: a measured noise model, a sequential Welch test for screening, and the challenge's record rule.
+"""The judge: noise models, sequential tests for screening, and the challenge's record rule.
+
+When both arms ran the same seeds (the loop's case) the test is paired, on per-seed differences, with a
+noise model for differences pooled by technique kind (paired_prior); otherwise a Welch test against the
+A/A noise model. sequential_experiment is the experiment's seed schedule, shared by the session loop
+and benchmarks/decisions.py.
 
 All values are val_bpb (lower is better); delta = mean(candidate) - mean(incumbent), so a negative
 delta is an improvement. Statistics come from scipy (stats, and in hot paths the t kernels stats.t
