@@ -96,8 +96,8 @@ def cmd_status(args) -> int:
             d = "" if f["delta"] is None else f"{f['delta']:+.5f}"
             p = "" if f["p"] is None else f"{f['p']:.3g}"
             print(f"{f['technique']:<22}{f['outcome']:<14}{d:>10}{p:>9}{f['n']:>4}  {f['tier']}")
-    tier = next((e.detail.get("tier") for e in records if isinstance(e, EventRecord)
-                 and e.session == session and e.event == "session_start"), None)
+    start = incumbent.session_start(records, session)
+    tier = start.detail.get("tier") if start is not None else None
     if tier:  # how far the tier can be trusted, and the incumbent's projected 8xH100 score vs the frontier
         from agent.fidelity import digest_lines
 
