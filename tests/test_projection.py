@@ -94,3 +94,15 @@ def test_the_playbook_ranks_what_the_tier_cannot_see_last_rather_than_dropping_i
     assert first.experiment is not None and first.experiment.technique == "leaky_relu2"
     state.queue = queue[:1]
     assert PlaybookPlanner().propose(state).experiment.technique == "gated_attention"
+
+
+def test_the_playbook_gives_no_second_look_on_this_tier_to_what_needs_a_gpu_tier():
+    queue = [{"technique": "ema", "env": {"EMA_DECAY": "0.99"}, "state": "todo", "decided": "inconclusive",
+              "tries": 1, "notes": ""}]
+    options = [{"action": "test", "technique": "ema", "gain_per_dollar": 1.0,
+                "needs_gpu_tier": "training changes do not transfer"}]
+    state = PlannerState(session="s", tier=TIER, hardware="cpu", budget_left=Budget(), incumbent={"env": {}},
+                         queue=queue, options=options)
+    assert PlaybookPlanner().propose(state).action == "stop"
+    state.options[0]["needs_gpu_tier"] = None
+    assert PlaybookPlanner().propose(state).experiment.technique == "ema"
