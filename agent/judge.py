@@ -344,7 +344,8 @@ def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, k
     its own effect), and never lets an eval-only change's tiny spread vouch for an architecture change.
     Before any experiment of the kind, the prior is sqrt(2) x the A/A std: the sd of a difference of two
     independent runs, an upper bound whenever seed effects are shared non-negatively, so pairing has to
-    earn its tighter spread from data of its own kind. Once the kind has any within-experiment degree
+    earn its tighter spread from data of its own kind (with three or more differences the experiment's
+    own spread alone, see paired_noise). Once the kind has any within-experiment degree
     of freedom, the pooled variance alone is the prior, with exactly those degrees of freedom (so a
     kind measured on two experiments of two seeds gives a t with 2 df: wide, but honest; mixing in the
     fallback, which can be thirty times the real spread, would bias the estimate instead of widening
@@ -369,6 +370,13 @@ def paired_noise(prior: PairedNoise, diffs: Sequence[float]) -> PairedNoise:
     """The experiment's own spread of differences shrunk toward the prior (scaled-inverse-chi-square)."""
     d = np.asarray(diffs, dtype=float)
     own = float(np.var(d, ddof=1)) if d.size >= 2 else None
+    if prior.pool_source == "aa" and d.size >= 3 and own:
+        # no experiment of this kind yet: the A/A fallback is an upper bound, not an estimate, and can be
+        # thirty times the real spread (an eval-only change on cpu-smoke: 0.0007 against 0.021), so mixed
+        # in it would swamp the evidence. Three or more differences give an exact paired t test of
+        # their own, with n - 1 degrees of freedom.
+        return prior.model_copy(update=dict(std=math.sqrt(own), df=float(d.size - 1), pool_df=0.0,
+                                            own_std=math.sqrt(own), own_n=int(d.size)))
     ss = (d.size - 1) * own if own is not None else 0.0
     var = (prior.pool_df * prior.pool_std**2 + ss) / (prior.pool_df + max(d.size - 1, 0))
     return prior.model_copy(update=dict(std=math.sqrt(var), df=prior.pool_df + max(d.size - 1, 0),

@@ -173,3 +173,27 @@ def test_the_pool_reads_paired_decisions_of_the_same_kind_tier_and_hardware():
           dec("d", "architecture", diffs=(0.001,))]
     assert paired_pool(ds, tier="cpu-smoke", hardware="cpu", kind="architecture") == [[0.001, 0.002]]
     assert paired_pool(ds, tier="cpu-smoke", hardware="cpu", kind="architecture", exclude="b") == []
+
+
+def test_the_first_experiment_of_a_kind_is_judged_on_its_own_spread_not_swamped_by_the_aa_bound():
+    """cpu-smoke ledger, sliding_eval (eval only) on 4 matched seeds with an A/A std of 0.0151: the differences
+    agree to 0.0007, so the change is a win; the sqrt(2) x A/A bound (0.021) would have hidden it."""
+    prior = paired_prior([], 0.0151, 5.0, "eval")
+    diffs = [-0.0028, -0.00237, -0.00223, -0.00118]
+    looks = [judge_paired(diffs[:n], prior=prior, alpha=0.05, seeds_max=4, looks=n - 1) for n in (2, 3, 4)]
+    assert looks[0].outcome != "confirmed"  # two differences: only the bound speaks
+    assert looks[-1].outcome == "confirmed" and looks[-1].paired_noise.df == 3
+
+
+def test_2000_first_of_their_kind_null_experiments_keep_false_wins_at_or_below_alpha():
+    rng = np.random.default_rng(17)
+    wins = 0
+    for _ in range(2000):
+        prior = paired_prior([], 0.012, 5.0, "architecture")
+        d = RUN_SD * math.sqrt(2) * rng.standard_normal(4)
+        for look, n in enumerate((2, 3, 4), start=1):
+            v = judge_paired(d[:n], prior=prior, alpha=0.05, seeds_max=4, looks=look)
+            if not v.need_more:
+                break
+        wins += v.outcome == "confirmed"
+    assert wins / 2000 <= 0.05, wins / 2000
