@@ -1176,13 +1176,14 @@ def document_starts(tokens: torch.Tensor, n_targets: int, bos_id: int) -> list[i
     return starts if starts and starts[0] == 0 else [0, *starts]
 
 
-def set_lora(model: GPT, n: int, rank: int, device) -> list[torch.Tensor]:
-    """Fresh per-sequence adapters (A uniform, B zero: a no-op at first) on every block matrix and the head."""
-    params = []
+def set_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[torch.Tensor]:
+    """Fresh per-sequence adapters (A uniform from `seed`, B zero: a no-op at first) on every block matrix
+    and the head."""
+    params, gen = [], torch.Generator().manual_seed(seed)
 
     def pair(fan_in, fan_out):
         bound = 1.0 / math.sqrt(fan_in)
-        a = torch.empty(n, rank, fan_in, device=device).uniform_(-bound, bound).requires_grad_()
+        a = ((torch.rand(n, rank, fan_in, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()
         b = torch.zeros(n, fan_out, rank, device=device, requires_grad=True)
         params.extend([a, b])
         return a, b
@@ -1232,7 +1233,7 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                 for b, (s, e) in enumerate(batch):
                     padded[b, :e - s + 1] = tokens[s:e + 1]
                 lengths = torch.tensor([e - s for s, e in batch])[:, None]
-                lora = set_lora(model, len(batch), args.ttt_lora_rank, device)
+                lora = set_lora(model, len(batch), args.ttt_lora_rank, device, args.seed + batch[0][0])
                 opt = Adam([{"params": lora, "lr": args.ttt_lora_lr}], betas=(0.0, 0.99), eps=1e-8,
                            wd=args.ttt_lora_wd)
                 for c in range(n_chunks):
