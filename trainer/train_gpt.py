@@ -566,11 +566,10 @@ def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], lis
     """(encoder layers, decoder layers) in execution order. Depth recurrence runs LOOP_START..LOOP_END
     NUM_LOOPS extra times; the expanded list is split in half for the U-Net skips."""
     order = list(range(args.num_layers))
-    if looping and args.num_loops > 0:
-        if not 0 <= args.loop_start <= args.loop_end < args.num_layers:
-            raise ValueError(f"LOOP_START..LOOP_END must lie within the {args.num_layers} layers")
-        seg = order[args.loop_start:args.loop_end + 1]
-        order = order[:args.loop_start] + seg * (args.num_loops + 1) + order[args.loop_end + 1:]
+    if looping and args.num_loops > 0:  # a range past the last layer is cut there (a preset on a small tier)
+        end = min(args.loop_end, args.num_layers - 1)
+        start = min(max(args.loop_start, 0), end)
+        order = order[:start] + order[start:end + 1] * (args.num_loops + 1) + order[end + 1:]
     half = len(order) // 2 if looping and args.num_loops > 0 else args.num_layers // 2
     return order[:half], order[half:]
 
@@ -1223,7 +1222,7 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     total, per_chunk, spans, state = [0.0, 0, 0], [], [], {}
     with ContinuousWeights(model):
         for gi, group in enumerate(groups):
-            mine = group[rank::world_size]
+            mine = sorted(group[rank::world_size], key=lambda d: d[1] - d[0])  # similar lengths batch well
             for p in base:
                 p.requires_grad_(False)
             for i in range(0, len(mine), args.ttt_lora_batch):
