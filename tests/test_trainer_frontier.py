@@ -57,7 +57,8 @@ def losses(run_dir) -> list[float]:
 
 
 @pytest.mark.parametrize("flag", list(FLAGS))
-def test_flag_runs_changes_the_computation_and_survives_the_roundtrip(tg, tiny_data, tmp_path, baseline, flag):
+def test_flag_runs_changes_the_computation_and_survives_the_roundtrip(tg, tiny_data, tmp_path, baseline,
+                                                                     flag):
     env, where = FLAGS[flag]
     base, base_metrics = baseline
     result = run_in_process(tg, tiny_data, tmp_path / "run", **env)  # the roundtrip reloads strictly
@@ -92,7 +93,8 @@ def test_newton_schulz_variants_orthogonalise_and_row_norm_equalises(tg):
         s = torch.linalg.svdvals(tg.zeropower_via_newtonschulz5(G, 5, polar=polar))
         assert 0.3 < s.min() and s.max() < 1.3  # every direction pushed towards unit singular value
     # Polar Express gets closer to orthogonal than the fixed quintic in the same 5 steps
-    err = [(torch.linalg.svdvals(tg.zeropower_via_newtonschulz5(G, 5, polar=p)) - 1).abs().max() for p in (0, 1)]
+    err = [(torch.linalg.svdvals(tg.zeropower_via_newtonschulz5(G, 5, polar=p)) - 1).abs().max()
+           for p in (False, True)]
     assert err[1] < err[0]
     p = torch.nn.Parameter(torch.randn(6, 4))
     p.grad = torch.randn(6, 4) * torch.arange(1, 7)[:, None]
@@ -199,14 +201,17 @@ def test_export_bits_and_the_baseline_scale_floor(tg, tiny_data):
     assert tg.Hyperparameters({}).int8_scale_floor == 1 / 127
 
 
-def test_gptq_calibration_reads_only_training_shards(tg, tiny_data, monkeypatch):
+@pytest.mark.parametrize("tied", [1, 0])
+def test_gptq_calibration_reads_only_training_shards(tg, tiny_data, monkeypatch, tied):
     read = []
     real = tg.load_data_shard
     monkeypatch.setattr(tg, "load_data_shard", lambda f: read.append(str(f)) or real(f))
-    args = tg.Hyperparameters(tiny_data.env(GPTQ=1, GPTQ_CALIB_BATCHES=3))
+    args = tg.Hyperparameters(tiny_data.env(GPTQ=1, GPTQ_CALIB_BATCHES=3, TIE_EMBEDDINGS=tied))
     hess = tg.gptq_hessians(tg.build_model(args, CPU), args, CPU, NO_AUTOCAST, 3)
     assert read and all("fineweb_train_" in f for f in read)
-    assert "tok_emb.weight" in hess and all(torch.isfinite(h).all() and h.abs().sum() > 0 for h in hess.values())
+    assert ("tok_emb.weight" if tied else "lm_head.weight") in hess  # the head's inputs, however it is called
+    assert "blocks.1.mlp.proj.weight" in hess
+    assert all(torch.isfinite(h).all() and h.abs().sum() > 0 for h in hess.values())
 
 
 def test_gptq_artifact_does_not_depend_on_the_validation_split(tg, tiny_data, tmp_path):
@@ -252,7 +257,8 @@ def test_ttt_score_of_a_target_never_depends_on_later_tokens(tg, tiny_data, env)
     model = randomised(tg.build_model(args, CPU))
     tokens = torch.from_numpy(tiny_data.val_tokens[:32 * 12 + 1].copy())
     out = ttt_eval(tg, args, model, tokens)
-    plain = tg.evaluate(copy.deepcopy(model), tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST, batch_seqs=2)
+    plain = tg.evaluate(copy.deepcopy(model), tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST,
+                        batch_seqs=2)
     assert (out["tokens"], out["bytes"]) == (plain["tokens"], plain["bytes"])  # the same targets, all once
     assert out["val_bpb"] != plain["val_bpb"]
     t = 200

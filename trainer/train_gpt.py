@@ -163,7 +163,7 @@ class Hyperparameters:
         self.sparse_attn_gate = bool(get("SPARSE_ATTN_GATE", 0, int))  # sigmoid(s*W x[:window]) per head
         self.sparse_attn_gate_scale = get("SPARSE_ATTN_GATE_SCALE", 0.5, float)  # PR #1855's value
         self.attn_out_gate = bool(get("ATTN_OUT_GATE", 0, int))  # 2*sigmoid(W x[:window]) per head
-        self.smear_input_gate = bool(get("SMEAR_INPUT_GATE", 0, int))  # input-dependent SmearGate (BOS-masked)
+        self.smear_input_gate = bool(get("SMEAR_INPUT_GATE", 0, int))  # input-dependent SmearGate, BOS-masked
         self.doc_mask = bool(get("DOC_MASK", 0, int))  # no attention across BOS (document) boundaries
         # export
         self.compressor = get("COMPRESSOR", "zlib")  # zlib (level 9) | zstd (level 22) | lzma
@@ -425,7 +425,8 @@ class CausalSelfAttention(nn.Module):
         self.gate_in = dim if self.gate_kind == "dense" else min(args.gate_window, dim)
         self.gate_scale = args.sparse_attn_gate_scale if self.gate_kind == "sparse" else 1.0
         self.attn_gate_w = nn.Parameter(torch.zeros(self.num_heads, self.gate_in)) if kinds else None
-        self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0)) if self.gate_kind == "dense" else None
+        dense = self.gate_kind == "dense"
+        self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0)) if dense else None
         self.xsa = layer_idx >= args.num_layers - args.xsa_last_n if args.xsa_last_n > 0 else False
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None, mask: torch.Tensor | None = None):
@@ -457,7 +458,8 @@ class CausalSelfAttention(nn.Module):
                 gate = torch.sigmoid(F.linear(x, w, self.attn_gate_b.to(x.dtype)))
             else:
                 z = F.linear(x[..., :self.gate_in], w)
-                gate = torch.sigmoid(self.gate_scale * z) if self.gate_kind == "sparse" else 2 * torch.sigmoid(z)
+                sparse = self.gate_kind == "sparse"
+                gate = torch.sigmoid(self.gate_scale * z) if sparse else 2 * torch.sigmoid(z)
             y = y * gate.transpose(1, 2)[..., None]
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y), v_raw
@@ -645,7 +647,7 @@ class GPT(nn.Module):
         """Logits before the softcap, (B, T, V)."""
         x = self.hidden(ids)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        if self.emb_hessian is not None and self.lm_head is None:
+        if self.emb_hessian is not None:  # the head's inputs (the head is not called as a module)
             xf = x.detach().flatten(0, -2).float()
             self.emb_hessian += xf.T @ xf
         z = F.linear(x, w.to(x.dtype))
@@ -869,7 +871,8 @@ class Muon(Optimizer):
                  wd: float = 0.0, row_norm: bool = False, polar: bool = False, compiled: bool = False,
                  bf16: bool = False):
         super().__init__([{"params": list(params)}], lr=lr, momentum=momentum, backend_steps=backend_steps,
-                         nesterov=nesterov, wd=wd, row_norm=row_norm, polar=polar, compiled=compiled, bf16=bf16)
+                         nesterov=nesterov, wd=wd, row_norm=row_norm, polar=polar, compiled=compiled,
+                         bf16=bf16)
 
     @torch.no_grad()
     def step(self):
@@ -927,10 +930,11 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
     if args.muon_ns not in ("quintic", "polar"):
         raise ValueError(f"MUON_NS={args.muon_ns!r}: expected quintic or polar")
     opts = [Adam([{"params": embed, "lr": embed_lr, "base_lr": embed_lr}], wd=args.embed_wd, **adam),
-            Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps,
-                 wd=args.muon_wd, row_norm=args.muon_row_norm, polar=args.muon_ns == "polar",
-                 compiled=args.compile_ns, bf16=args.muon_bf16_reduce),
-            Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], wd=args.adam_wd, **adam)]
+            Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum,
+                 backend_steps=args.muon_backend_steps, wd=args.muon_wd, row_norm=args.muon_row_norm,
+                 polar=args.muon_ns == "polar", compiled=args.compile_ns, bf16=args.muon_bf16_reduce),
+            Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], wd=args.adam_wd,
+                 **adam)]
     for g in opts[1].param_groups:
         g["base_lr"] = args.matrix_lr
     if model.lm_head is not None:
@@ -1250,7 +1254,8 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                         if int(ntok[b]):
                             per_chunk.append((float(nats[b]), int(ntok[b]), int(nbytes[b])))
                             spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[b])))
-                    total = [total[0] + float(nats.sum()), total[1] + int(ntok.sum()), total[2] + int(nbytes.sum())]
+                    total = [total[0] + float(nats.sum()), total[1] + int(ntok.sum()),
+                             total[2] + int(nbytes.sum())]
                     if c == n_chunks - 1:
                         break
                     # one Adam step per document on the mean loss of the chunk it just scored
@@ -1397,47 +1402,37 @@ def gptq_hessians(model: GPT, args: Hyperparameters, device, autocast, batches: 
             model.project(x)
     model.train(was_training)
     out = {name: m.hessian for name, m in mods.items()}
-    if model.lm_head is None:
-        out["tok_emb.weight"] = model.emb_hessian
+    out["tok_emb.weight" if model.lm_head is None else "lm_head.weight"] = model.emb_hessian
+    out = {name: h for name, h in out.items() if float(torch.diag(h).sum()) > 0}  # modules never called
     for m in mods.values():
         m.hessian = None
     model.emb_hessian = None
     return out
 
 
-def compress_bytes(raw: bytes, compressor: str) -> bytes:
-    if compressor == "zlib":
-        return zlib.compress(raw, 9)
+def codec(compressor: str):
+    """(compress, decompress) for COMPRESSOR: zlib level 9, zstd level 22 or lzma preset 9."""
     if compressor == "zstd":
         import zstandard
-        return zstandard.ZstdCompressor(level=22).compress(raw)
-    if compressor == "lzma":
-        return lzma.compress(raw, preset=9)
-    raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
-
-
-def decompress_bytes(blob: bytes, compressor: str) -> bytes:
-    if compressor == "zlib":
-        return zlib.decompress(blob)
-    if compressor == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().decompress(blob)
-    if compressor == "lzma":
-        return lzma.decompress(blob)
-    raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
+        return zstandard.ZstdCompressor(level=22).compress, zstandard.ZstdDecompressor().decompress
+    codecs = {"zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
+              "lzma": (lambda b: lzma.compress(b, preset=9), lzma.decompress)}
+    if compressor not in codecs:
+        raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
+    return codecs[compressor]
 
 
 def export_model(model: nn.Module, args: Hyperparameters, path: Path, hessians: dict | None = None) -> int:
     """Quantise, serialise, compress, write; returns the model file's size in bytes."""
     buf = io.BytesIO()
     torch.save(quantize_state_dict(model.state_dict(), args, hessians), buf)
-    blob = compress_bytes(buf.getvalue(), args.compressor)
+    blob = codec(args.compressor)[0](buf.getvalue())
     path.write_bytes(blob)
     return len(blob)
 
 
 def load_exported(path: Path, args: Hyperparameters) -> dict:
-    raw = decompress_bytes(path.read_bytes(), args.compressor)
+    raw = codec(args.compressor)[1](path.read_bytes())
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
 
 
@@ -1619,9 +1614,11 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
             break
         now_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
         scale = lr_scale(args, step, now_ms)
-        if args.num_loops > 0 and not model.looping and training_progress(args, step, now_ms) >= args.loop_from_frac:
+        if (args.num_loops > 0 and not model.looping
+                and training_progress(args, step, now_ms) >= args.loop_from_frac):
             model.looping = True  # depth recurrence joins once LOOP_FROM_FRAC of the run is done
-            ctx.log(f"step:{step} depth recurrence on: layers {args.loop_start}-{args.loop_end} x{args.num_loops + 1}")
+            ctx.log(f"step:{step} depth recurrence on: layers {args.loop_start}-{args.loop_end} "
+                    f"x{args.num_loops + 1}")
         loss = step_once(step, scale)
         if ema is not None:
             ema.update()
