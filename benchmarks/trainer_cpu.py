@@ -76,8 +76,11 @@ def run_one(env: dict[str, str], run_dir: Path, timeout: float) -> dict:
     full = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     full.update(env, RUN_DIR=str(run_dir), RUN_ID=run_dir.name)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, str(TRAINER)], env=full, capture_output=True, text=True,
-                          timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, str(TRAINER)], env=full, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"no result within {timeout:.0f} s", "wall_s": time.time() - t0}
     wall = time.time() - t0
     try:
         result = json.loads((run_dir / "results.json").read_text())

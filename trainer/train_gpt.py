@@ -1179,30 +1179,26 @@ def document_starts(tokens: torch.Tensor, n_targets: int, bos_id: int) -> list[i
     return starts if starts and starts[0] == 0 else [0, *starts]
 
 
-def set_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[torch.Tensor]:
-    """Fresh per-sequence adapters (A uniform from `seed`, B zero: a no-op at first) on every block matrix
-    and the head."""
-    params, gen = [], torch.Generator().manual_seed(seed)
-
-    def pair(fan_in, fan_out):
-        bound = 1.0 / math.sqrt(fan_in)
-        a = ((torch.rand(n, rank, fan_in, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()
-        b = torch.zeros(n, fan_out, rank, device=device, requires_grad=True)
-        params.extend([a, b])
-        return a, b
-
-    for m in model.blocks.modules():
-        if isinstance(m, CastedLinear):
-            m.lora = pair(m.in_features, m.out_features)
-    model.head_lora = pair(model.args.model_dim, model.args.vocab_size)
-    return params
+def make_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[tuple]:
+    """Fresh adapters for n sequences (A uniform from `seed`, B zero: a no-op at first) on every block
+    matrix and on the head: [(site, A (n, r, in), B (n, out, r))]."""
+    gen, sites = torch.Generator().manual_seed(seed), []
+    for m in [*(m for m in model.blocks.modules() if isinstance(m, CastedLinear)), model]:
+        fan_in, fan_out = (m.in_features, m.out_features) if m is not model else (model.args.model_dim,
+                                                                                 model.args.vocab_size)
+        a = ((torch.rand(n, rank, fan_in, generator=gen) * 2 - 1) / math.sqrt(fan_in)).to(device)
+        sites.append((m, a.requires_grad_(), torch.zeros(n, fan_out, rank, device=device, requires_grad=True)))
+    return sites
 
 
-def clear_lora(model: GPT):
-    for m in model.modules():
-        if isinstance(m, CastedLinear):
-            m.lora = None
-    model.head_lora = None
+def use_lora(sites: list[tuple], first: int | None):
+    """Attach the adapters of sequences first.. (None: detach all)."""
+    for m, a, b in sites:
+        pair = None if first is None else (a[first:], b[first:])
+        if isinstance(m, GPT):
+            m.head_lora = pair
+        else:
+            m.lora = pair
 
 
 def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
@@ -1236,24 +1232,24 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                 for b, (s, e) in enumerate(batch):
                     padded[b, :e - s + 1] = tokens[s:e + 1]
                 lengths = torch.tensor([e - s for s, e in batch])[:, None]
-                lora = set_lora(model, len(batch), args.ttt_lora_rank, device, args.seed + batch[0][0])
-                opt = Adam([{"params": lora, "lr": args.ttt_lora_lr}], betas=(0.0, 0.99), eps=1e-8,
-                           wd=args.ttt_lora_wd)
+                sites = make_lora(model, len(batch), args.ttt_lora_rank, device, args.seed + batch[0][0])
+                opt = Adam([{"params": [t for _, a, b in sites for t in (a, b)], "lr": args.ttt_lora_lr}],
+                           betas=(0.0, 0.99), eps=1e-8, wd=args.ttt_lora_wd)
                 for c in range(n_chunks):
+                    k0 = int((lengths[:, 0] <= c * C).sum())  # sorted by length: finished documents lead
+                    use_lora(sites, k0)
                     w0, w1 = max(0, (c + 1) * C - seq_len), (c + 1) * C
-                    x = padded[:, w0:w1].to(device)
-                    y = padded[:, w0 + 1:w1 + 1].to(device)
+                    x, y = padded[k0:, w0:w1].to(device), padded[k0:, w0 + 1:w1 + 1].to(device)
                     pos = torch.arange(w0, w1)[None, :]
-                    mask = ((pos >= c * C) & (pos < lengths)).to(device)
+                    mask = ((pos >= c * C) & (pos < lengths[k0:])).to(device)
                     with autocast:
                         losses = model.token_losses(x, y)
                     nats = (losses.detach().double() * mask).sum(1)  # recorded before any update on them
                     ntok = mask.sum(1)
                     nbytes = (count_target_bytes(x, y, luts) * mask).sum(1)
-                    for b, (s, _) in enumerate(batch):
-                        if int(ntok[b]):
-                            per_chunk.append((float(nats[b]), int(ntok[b]), int(nbytes[b])))
-                            spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[b])))
+                    for j, (s, _) in enumerate(batch[k0:]):
+                        per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
+                        spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[j])))
                     total = [total[0] + float(nats.sum()), total[1] + int(ntok.sum()),
                              total[2] + int(nbytes.sum())]
                     if c == n_chunks - 1:
@@ -1262,7 +1258,7 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                     (((losses * mask).sum(1) / ntok.clamp_min(1)).sum()).backward()
                     opt.step()
                     opt.zero_grad()
-                clear_lora(model)
+                use_lora(sites, None)
             for p in base:
                 p.requires_grad_(True)
             if gi < len(groups) - 1 and group:  # phased: the base learns from this whole scored group
