@@ -29,6 +29,7 @@ FLAGS = {
     "MUON_BF16_REDUCE": ({"MUON_BF16_REDUCE": 1}, "train"),
     "NUM_LOOPS": ({"NUM_LOOPS": 1, "LOOP_START": 0, "LOOP_END": 0, "LOOP_FROM_FRAC": 0}, "train"),
     "PARALLEL_START": ({"PARALLEL_START": 1}, "train"),
+    "PARALLEL_START+encoder": ({"PARALLEL_START": 1, "NUM_LAYERS": 4, "SKIP_GATES": 1}, "train"),
     "SKIP_GATES": ({"SKIP_GATES": 1}, "train"),
     "SPARSE_ATTN_GATE": ({"SPARSE_ATTN_GATE": 1}, "train"),
     "ATTN_OUT_GATE": ({"ATTN_OUT_GATE": 1}, "train"),

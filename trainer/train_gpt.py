@@ -628,10 +628,10 @@ class GPT(nn.Module):
         mask = self.doc_mask(ids)
         enc, dec = layer_schedule(self.args, self.looping)
         v0, skips = None, []
-        for i in enc:  # U-Net: encoder blocks store skips...
+        for i in enc:  # U-Net: encoder blocks store skips (a parallel block's attention lane)...
             x, v = self.blocks[i](x, x0, v0, mask)
             v0 = v if v0 is None else v0
-            skips.append(x)
+            skips.append(x[0] if isinstance(x, tuple) else x)
         for j, i in enumerate(dec):  # ...decoder blocks add them back, last in first out
             if skips:
                 w, s = self.skip_weights[j].to(x0.dtype), skips.pop()
