@@ -754,9 +754,14 @@ def count_params(model: nn.Module) -> int:
 
 
 def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
-    """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul) + causal attention."""
-    matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "bigram.embed" not in n)
-    attn = 6 * args.num_layers * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
+    """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul; a looped block once
+    per pass) + causal attention."""
+    passes = sum(layer_schedule(args, looping=True), [])
+    per_block = [sum(p.numel() for p in b.parameters() if p.ndim == 2) for b in model.blocks]
+    matmul = sum(p.numel() for n, p in model.named_parameters()
+                 if p.ndim == 2 and "bigram.embed" not in n and not n.startswith("blocks."))
+    matmul += sum(per_block[i] for i in passes)
+    attn = 6 * len(passes) * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
     return 6.0 * matmul + attn
 
 
