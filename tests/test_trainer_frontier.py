@@ -215,6 +215,16 @@ def test_gptq_calibration_reads_only_training_shards(tg, tiny_data, monkeypatch,
     assert all(torch.isfinite(h).all() and h.abs().sum() > 0 for h in hess.values())
 
 
+def test_gptq_reserves_its_calibration_time_out_of_the_training_wallclock(tg, tiny_data):
+    args = tg.Hyperparameters(tiny_data.env(MAX_WALLCLOCK_SECONDS=600, GPTQ=1, GPTQ_RESERVE_SECONDS=20))
+    assert args.train_seconds == 580
+    no_gptq = tg.Hyperparameters(tiny_data.env(MAX_WALLCLOCK_SECONDS=600, GPTQ_RESERVE_SECONDS=20))
+    assert no_gptq.train_seconds == 600
+    args = tg.Hyperparameters(tiny_data.env(MAX_WALLCLOCK_SECONDS=600, ITERATIONS=20000, GPTQ=1,
+                                            GPTQ_RESERVE_SECONDS=20, WARMDOWN_MODE="time_fraction"))
+    assert tg.lr_scale(args, 10, 580_000.0) == 0.0  # the warmdown ends where training must stop
+
+
 def test_gptq_artifact_does_not_depend_on_the_validation_split(tg, tiny_data, tmp_path):
     """Same training shards, different validation shard: the quantised artifact is byte-identical."""
     from tests.trainer_fixtures import write_shard
