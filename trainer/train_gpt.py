@@ -349,6 +349,13 @@ def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     return w + (q - w).detach()
 
 
+def accumulate_hessian(h: torch.Tensor, x: torch.Tensor):
+    """h += X^T X in float32 (outside autocast, which would round the products to bf16)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = x.detach().flatten(0, -2).float()
+        h += xf.T @ xf
+
+
 class CastedLinear(nn.Linear):
     """fp32 master weight, computed in the activation dtype; optional QAT fake quantisation, an optional
     per-sequence LoRA delta (TTT), and an optional Hessian accumulator (GPTQ calibration)."""
@@ -364,8 +371,7 @@ class CastedLinear(nn.Linear):
         if self.qat_bits and self.training:
             w = fake_quantize_rows(w, self.qat_bits)
         if self.hessian is not None:
-            xf = x.detach().flatten(0, -2).float()
-            self.hessian += xf.T @ xf
+            accumulate_hessian(self.hessian, x)
         y = F.linear(x, w.to(x.dtype))
         if self.lora is not None:  # A: (B, r, in), B: (B, out, r), one adapter per sequence
             a, b = self.lora
@@ -451,11 +457,13 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin, self.rope_dims), apply_rotary(k, cos, sin, self.rope_dims)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        gqa = self.num_kv_heads != self.num_heads
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:  # document mask: causal and within the same document
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               enable_gqa=self.num_kv_heads != self.num_heads)
+        else:  # document mask (causal, within one document): heads expanded so a masked kernel can run
+            g = self.num_heads // self.num_kv_heads
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
+                                               attn_mask=mask)
         if self.xsa:  # XSA: remove each output's component along the token's own value direction
             g = self.num_heads // self.num_kv_heads
             yg = y.view(B, self.num_kv_heads, g, T, self.head_dim)
@@ -657,8 +665,7 @@ class GPT(nn.Module):
         x = self.hidden(ids)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         if self.emb_hessian is not None:  # the head's inputs (the head is not called as a module)
-            xf = x.detach().flatten(0, -2).float()
-            self.emb_hessian += xf.T @ xf
+            accumulate_hessian(self.emb_hessian, x)
         z = F.linear(x, w.to(x.dtype))
         if self.head_lora is not None:
             a, b = self.head_lora
