@@ -154,8 +154,8 @@ class Hyperparameters:
         self.min_lr = get("MIN_LR", 0.0, float)  # LR floor as a fraction of the base LR
         # architecture techniques (off by default)
         self.num_loops = get("NUM_LOOPS", 0, int)  # depth recurrence: extra passes over LOOP_START..END
-        self.loop_start = get("LOOP_START", 3, int)
-        self.loop_end = get("LOOP_END", 5, int)  # inclusive
+        self.loop_start = get("LOOP_START", 3, int)  # first looped layer
+        self.loop_end = get("LOOP_END", 5, int)  # last looped layer (inclusive)
         self.loop_from_frac = get("LOOP_FROM_FRAC", 0.35, float)  # loop only after this share of training
         self.parallel_start = get("PARALLEL_START", 0, int)  # two-lane parallel residuals from layer N; 0=off
         self.skip_gates = bool(get("SKIP_GATES", 0, int))  # learned sigmoid gates on the U-Net skips
@@ -167,7 +167,7 @@ class Hyperparameters:
         self.doc_mask = bool(get("DOC_MASK", 0, int))  # no attention across BOS (document) boundaries
         # export
         self.compressor = get("COMPRESSOR", "zlib")  # zlib (level 9) | zstd (level 22) | lzma
-        self.int8_scale_floor = get("INT8_SCALE_FLOOR", 1.0 / 127.0, float)  # the baseline's clamp
+        self.int8_scale_floor = get("INT8_SCALE_FLOOR", 1.0 / 127.0, float)  # int8 scale clamp (baseline)
         self.matrix_bits = get("MATRIX_BITS", 0, int)  # block matrices at export; 0 = QAT_BITS or 8
         self.embed_bits = get("EMBED_BITS", 8, int)  # the token embedding at export (7 = int7)
         self.clip_sigmas = get("CLIP_SIGMAS", 0.0, float)  # std-based clip k*std per row; 0 = off
