@@ -284,9 +284,11 @@ def test_ttt_score_of_a_target_never_depends_on_later_tokens(tg, tiny_data, env)
     assert any(out["chunks"][k][0] != out2["chunks"][k][0] for k in after)
 
 
-def test_sgd_ttt_trains_on_non_overlapping_scored_sequences_with_a_cosine_lr(tg, tiny_data, monkeypatch):
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_sgd_ttt_trains_on_non_overlapping_scored_sequences_with_a_cosine_lr(tg, tiny_data, monkeypatch,
+                                                                            schedule):
     args = tg.Hyperparameters(tiny_data.env(TTT_ENABLE=1, TTT_CHUNK_TOKENS=64, TTT_LR=0.05, TTT_EPOCHS=1,
-                                            EVAL_STRIDE=16, QAT_BITS=6))
+                                            EVAL_STRIDE=16, QAT_BITS=6, TTT_LR_SCHEDULE=schedule))
     torch.manual_seed(0)
     model = randomised(tg.build_model(args, CPU))
     calls, trained = [], []
@@ -306,8 +308,8 @@ def test_sgd_ttt_trains_on_non_overlapping_scored_sequences_with_a_cosine_lr(tg,
     tokens = torch.from_numpy(tiny_data.val_tokens[:32 * 10 + 1].copy())
     out = tg.evaluate_ttt(model, tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST, batch_seqs=2)
     n = len(out["spans"])
-    assert [c[2] for c in calls] == pytest.approx([0.05 * 0.5 * (1 + math.cos(math.pi * k / (n - 1)))
-                                                   for k in range(n - 1)])
+    cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * k / (n - 1))) for k in range(n - 1)]
+    assert [c[2] for c in calls] == pytest.approx(cosine if schedule == "cosine" else [0.05] * (n - 1))
     assert all(set(bits) == {0} for *_, bits in calls)  # continuous weights while TTT trains (QAT on)
     assert {m.qat_bits for m in model.modules() if isinstance(m, tg.CastedLinear)} >= {6}  # restored
     for lo, hi, *_ in calls:  # each chunk's sequences: targets inside the scored span, no overlap
