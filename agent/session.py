@@ -93,7 +93,8 @@ def ensure_data(ws: Workspace, progress: Progress, vocab_sizes: tuple[int, ...] 
         progress.line(f"preparing the embedded dataset at vocabulary size {vocab} (first run only, about 1-2 "
                       "minutes) ...")
         proc = subprocess.Popen([sys.executable, str(ws.root / "trainer" / "prepare_data.py"),
-                                 "--out", str(ws.data_dir), "--vocab", str(vocab)], cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 "--out", str(ws.data_dir), "--vocab", str(vocab)],
+                                cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail: list[str] = []
         assert proc.stdout is not None
         for line in proc.stdout:  # stream it: a silent minute looks like a hang
@@ -282,11 +283,13 @@ class Session:
             except PresetError as e:
                 raise SessionError(f"battle plan `start: {name}`: {e}") from e
             try:  # refused here, before any run, rather than candidate by candidate
-                check_env_allowed(preset.env_on_tier(self.tier.env), self.ws.script.read_text(encoding="utf-8"))
+                script = self.ws.script.read_text(encoding="utf-8")
+                check_env_allowed(preset.env_on_tier(self.tier.env), script)
             except ValueError as e:
                 raise SessionError(f"battle plan `start: {name}`: preset {name!r}: {e}") from e
             source = f" (PR #{preset.record}, published {preset.published_bpb})" if preset.record else ""
-            self.progress.line(f"starting from preset {name}: {preset.description or 'no description'}{source}")
+            about = preset.description or "no description"
+            self.progress.line(f"starting from preset {name}: {about}{source}")
         return starting_env(preset, self.tier.env, committed_incumbent_env_at(self.ws.root, start_sha))
 
     # -- one decision ---------------------------------------------------------------------------

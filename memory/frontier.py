@@ -86,7 +86,7 @@ class SynonymTable:
     illegal: frozenset[str]
     tokenizer_evidence: list[re.Pattern[str]]
     group_of: dict[str, str] = field(default_factory=dict)
-    flags: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> the trainer env that switches it on
+    flags: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> the trainer env switching it on
 
     @property
     def ids(self) -> list[str]:
@@ -600,7 +600,8 @@ def diff(base: FrontierSnapshot | None, cur: FrontierSnapshot, queue: list[str] 
         new_entries=sorted(new_entries, key=lambda e: e.val_bpb), changes=changes,
         best=best, previous_best=prev_best,
         new_best=bool(base and best and (prev_best is None or not same_entry(best, prev_best))),
-        stack=stack, introduced_by=dict(now_state.stack), entered=sorted(set(now_state.stack) - set(old_stack)),
+        stack=stack, introduced_by=dict(now_state.stack),
+        entered=sorted(set(now_state.stack) - set(old_stack)),
         left=sorted(set(old_stack) - set(now_state.stack)),
         dropped=[TechniqueNote(technique=t, reason="dropped by the frontier", by=pr)
                  for t, pr in sorted(now_state.dropped.items())],
@@ -611,7 +612,8 @@ def diff(base: FrontierSnapshot | None, cur: FrontierSnapshot, queue: list[str] 
 
 
 def ready_queue_lines(d: FrontierDiff, script_text: str, queue: Iterable[str] = (),
-                      covered_env: Mapping[str, str] | None = None, table: SynonymTable | None = None) -> list[str]:
+                      covered_env: Mapping[str, str] | None = None,
+                      table: SynonymTable | None = None) -> list[str]:
     """Battle-plan queue lines, ready to accept, for techniques on the leaderboard that are new to this plan
     and that the trainer can already express: in the best stack, not named by any queue line (a `[-]` line
     declines one for good), not already on in `covered_env` (the session's starting env, e.g. the frontier
@@ -737,8 +739,8 @@ def frontier_block_markdown(d: FrontierDiff, max_items: int = 8) -> str:
     if d.unknown_phrases:
         lines.append(f"- Unknown phrases: {'; '.join(d.unknown_phrases[:max_items])}")
     if d.ready:
-        lines += ["- **Ready to queue** (new on the leaderboard, and the trainer has the flags; copy a line into "
-                  "`## Queue` to accept it):", "", "```", *d.ready, "```"]
+        lines += ["- **Ready to queue** (new on the leaderboard, and the trainer has the flags; copy a line "
+                  "into `## Queue` to accept it):", "", "```", *d.ready, "```"]
     return "\n".join(lines)
 
 

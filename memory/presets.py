@@ -76,7 +76,8 @@ def load_presets(path: str | Path) -> dict[str, Preset]:
         try:
             presets[name] = Preset(name=name, **body)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'preset'}: {err['msg']}" for err in e.errors())
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'preset'}: {err['msg']}"
+                                 for err in e.errors())
             raise PresetError(f"{path}: preset {name!r}: {problems}") from None
         except TypeError as e:
             raise PresetError(f"{path}: preset {name!r}: {e}") from None
