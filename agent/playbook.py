@@ -40,7 +40,7 @@ class PlaybookPlanner:
 
     def propose(self, state: PlannerState, ctx: Any = None) -> Proposal:
         untested, retest = self._eligible(state)
-        untested, deferred = defer_left_behind(untested, retest, state.frontier_obsolete)
+        untested, deferred = defer_left_behind(untested, state.frontier_obsolete)
         # the whole queue is explored before any ambiguous result gets its second look
         group, second_look = (untested, False) if untested else (retest, True)
         if not group:
@@ -64,22 +64,19 @@ class PlaybookPlanner:
         )
 
 
-def defer_left_behind(untested: list[dict[str, Any]], retest: list[dict[str, Any]],
+def defer_left_behind(untested: list[dict[str, Any]],
                       obsolete: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(untested items to take, items deferred): queue items whose technique newer records dropped or
-    superseded (the frontier's word, e.g. value_residual after PR #1218) wait until nothing else is left,
-    second looks included. Not banned: the human queued them, and they may still pay at this tier."""
-    now = [q for q in untested if q["technique"] not in obsolete]
+    """(untested items, those of them deferred), the deferred moved to the end: queue items whose technique
+    newer records dropped or superseded (the frontier's word, e.g. value_residual after PR #1218) run after
+    the rest of the untested queue. Not banned: the human queued them, and they may still pay here."""
     later = [q for q in untested if q["technique"] in obsolete]
-    if not now and not retest:
-        return later, []
-    return now, later
+    return [q for q in untested if q["technique"] not in obsolete] + later, later
 
 
 def deferral_note(chosen: dict[str, Any], deferred: list[dict[str, Any]], obsolete: dict[str, str]) -> str:
     """What the decision says about the frontier's deferrals (empty when there are none)."""
     if chosen["technique"] in obsolete:
-        return f"; taken last because it is {obsolete[chosen['technique']]}"
+        return f"; taken after the rest of the queue because it is {obsolete[chosen['technique']]}"
     if deferred:
         return "; deferred: " + "; ".join(f"{q['technique']} ({obsolete[q['technique']]})" for q in deferred)
     return ""

@@ -170,15 +170,15 @@ def test_the_playbook_takes_what_newer_records_dropped_last_and_says_so():
     done = [(t, env, {"decided": "rejected", "tries": 1} if t == "no_ttt" else {}) for t, env, _ in queue]
     second = PlaybookPlanner().propose(state(done, obsolete))
     assert second.experiment is not None and second.experiment.technique == "value_residual"
-    assert "taken last because it is dropped by #1218" in second.reason
+    assert "taken after the rest of the queue because it is dropped by #1218" in second.reason
 
 
-def test_an_inconclusive_second_look_comes_before_what_the_frontier_dropped():
+def test_the_whole_queue_deferred_items_included_runs_before_any_second_look():
     obsolete = {"value_residual": "dropped by #1218, not re-added since"}
     queue = [("value_residual", {"VALUE_RESIDUAL": "1"}, {}),
              ("ema_off", {"EMA_DECAY": "0"}, {"decided": "inconclusive", "tries": 1})]
     p = PlaybookPlanner().propose(state(queue, obsolete))
-    assert p.experiment is not None and p.experiment.technique == "ema_off" and "second look" in p.reason
+    assert p.experiment is not None and p.experiment.technique == "value_residual" and "second look" not in p.reason
 
 
 def test_without_frontier_news_the_playbook_order_is_unchanged():
