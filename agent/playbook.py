@@ -40,7 +40,6 @@ class PlaybookPlanner:
 
     def propose(self, state: PlannerState, ctx: Any = None) -> Proposal:
         untested, retest = self._eligible(state)
-        untested, deferred = defer_left_behind(untested, state.frontier_obsolete)
         # the whole queue is explored before any ambiguous result gets its second look
         group, second_look = (untested, False) if untested else (retest, True)
         if not group:
@@ -51,6 +50,7 @@ class PlaybookPlanner:
         if ranked:  # cost-aware order within the group; queue order breaks ties
             group = sorted(group, key=lambda q: (-(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
                                                  order[q["technique"]]))
+        group, deferred = defer_left_behind(group, state.frontier_obsolete)
         q = group[0]
         why = "queue order" if not ranked else "highest expected gain per dollar"
         if second_look:
@@ -64,13 +64,14 @@ class PlaybookPlanner:
         )
 
 
-def defer_left_behind(untested: list[dict[str, Any]],
+def defer_left_behind(items: list[dict[str, Any]],
                       obsolete: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(untested items, those of them deferred), the deferred moved to the end: queue items whose technique
-    newer records dropped or superseded (the frontier's word, e.g. value_residual after PR #1218) run after
-    the rest of the untested queue. Not banned: the human queued them, and they may still pay here."""
-    later = [q for q in untested if q["technique"] in obsolete]
-    return [q for q in untested if q["technique"] not in obsolete] + later, later
+    """(the items in order, those of them deferred), the deferred moved to the end, whatever the cost
+    ranking said: queue items whose technique newer records dropped or superseded (the frontier's word, e.g.
+    value_residual after PR #1218) run after the rest of their group. Not banned: the human queued them,
+    and they may still pay here."""
+    later = [q for q in items if q["technique"] in obsolete]
+    return [q for q in items if q["technique"] not in obsolete] + later, later
 
 
 def deferral_note(chosen: dict[str, Any], deferred: list[dict[str, Any]], obsolete: dict[str, str]) -> str:
