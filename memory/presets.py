@@ -64,8 +64,10 @@ def load_presets(path: str | Path) -> dict[str, Preset]:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PresetError(f"{path}: no presets file (presets are `[preset.NAME]` tables with description, "
-                          "record, published_bpb and env)") from None
+        raise PresetError(
+            f"{path}: no presets file (presets are `[preset.NAME]` tables with description, "
+            "record, published_bpb and env)"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PresetError(f"{path}: not valid TOML: {e}") from None
     tables = raw.get("preset", {})
@@ -76,8 +78,9 @@ def load_presets(path: str | Path) -> dict[str, Preset]:
         try:
             presets[name] = Preset(name=name, **body)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'preset'}: {err['msg']}"
-                                 for err in e.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'preset'}: {err['msg']}" for err in e.errors()
+            )
             raise PresetError(f"{path}: preset {name!r}: {problems}") from None
         except TypeError as e:
             raise PresetError(f"{path}: preset {name!r}: {e}") from None
@@ -92,8 +95,9 @@ def get_preset(path: str | Path, name: str) -> Preset:
     return presets[name]
 
 
-def starting_env(preset: Preset | None, tier_env: Mapping[str, str],
-                 incumbent_env: Mapping[str, str] | None = None) -> dict[str, str]:
+def starting_env(
+    preset: Preset | None, tier_env: Mapping[str, str], incumbent_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The env a session's incumbent starts with: the preset on this tier, under the committed incumbent's
     env (a branch that already won on top of the preset keeps its wins)."""
     base = preset.env_on_tier(tier_env) if preset else {}

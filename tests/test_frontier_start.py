@@ -48,8 +48,13 @@ def test_presets_load_with_their_record_and_env_as_the_trainer_reads_it(tmp_path
     presets = load_presets(write(tmp_path, FIXTURE))
     p = presets["frontier"]
     assert (p.record, p.published_bpb) == ("1855", 1.0611)
-    assert p.env == {"NUM_LAYERS": "11", "MLP_MULT": "4", "MLP_ACT_SLOPE": "0.5", "GATED_ATTENTION": "1",
-                     "EMA_DECAY": "0.9965"}
+    assert p.env == {
+        "NUM_LAYERS": "11",
+        "MLP_MULT": "4",
+        "MLP_ACT_SLOPE": "0.5",
+        "GATED_ATTENTION": "1",
+        "EMA_DECAY": "0.9965",
+    }
     assert presets["bare"] == Preset(name="bare")
 
 
@@ -60,19 +65,26 @@ def test_a_tier_keeps_its_shape_and_the_preset_brings_the_rest(tmp_path):
     assert p.env_on_tier({}) == p.env  # a full-scale tier sets no shape: the record's shape applies
     # a branch that already won on top of the preset keeps its wins
     assert starting_env(p, tier_env, {"EMA_DECAY": "0", "QK_GAIN_INIT": "5"}) == {
-        "MLP_ACT_SLOPE": "0.5", "GATED_ATTENTION": "1", "EMA_DECAY": "0", "QK_GAIN_INIT": "5"}
+        "MLP_ACT_SLOPE": "0.5",
+        "GATED_ATTENTION": "1",
+        "EMA_DECAY": "0",
+        "QK_GAIN_INIT": "5",
+    }
     assert starting_env(None, tier_env, {"X_Y": "1"}) == {"X_Y": "1"}
 
 
-@pytest.mark.parametrize("text, problem", [
-    (None, "no presets file"),
-    ("[preset.frontier\n", "not valid TOML"),
-    ('preset = "frontier"', "must be tables"),
-    ('[preset.frontier]\nenv = { "lower-case" = 1 }', "not an environment variable name"),
-    ('[preset.frontier]\nenv = { DATA_PATH = "/elsewhere" }', "set by the harness"),
-    ('[preset.frontier]\npublished_bpb = "one"', "published_bpb"),
-    ('[preset.frontier]\ncolour = "blue"', "colour"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (None, "no presets file"),
+        ("[preset.frontier\n", "not valid TOML"),
+        ('preset = "frontier"', "must be tables"),
+        ('[preset.frontier]\nenv = { "lower-case" = 1 }', "not an environment variable name"),
+        ('[preset.frontier]\nenv = { DATA_PATH = "/elsewhere" }', "set by the harness"),
+        ('[preset.frontier]\npublished_bpb = "one"', "published_bpb"),
+        ('[preset.frontier]\ncolour = "blue"', "colour"),
+    ],
+)
 def test_a_bad_presets_file_is_refused_naming_file_preset_and_problem(tmp_path, text, problem):
     path = tmp_path / "presets.toml" if text is None else write(tmp_path, text)
     with pytest.raises(PresetError) as err:
@@ -118,8 +130,14 @@ def test_a_session_starting_from_a_preset_measures_every_candidate_on_top_of_it(
     (ws / "presets.toml").write_text(FIXTURE)
     git(ws, "add", "-A")
     git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "presets")
-    run_session(ws, planner=PlaybookPlanner(), tier="cpu-tiny", budget=Budget(experiments=1), session="fr",
-                progress=Progress.quiet())
+    run_session(
+        ws,
+        planner=PlaybookPlanner(),
+        tier="cpu-tiny",
+        budget=Budget(experiments=1),
+        session="fr",
+        progress=Progress.quiet(),
+    )
     ledger = Ledger(ws / ".golf" / "ledger.jsonl")
     # cpu-tiny sets NUM_LAYERS and MLP_MULT: the tier's shape stays, the preset's techniques apply
     on_tier = {"MLP_ACT_SLOPE": "0.5", "GATED_ATTENTION": "1", "EMA_DECAY": "0.9965"}
@@ -145,8 +163,14 @@ def test_a_preset_naming_a_flag_the_trainer_lacks_stops_the_session_before_any_r
     git(ws, "add", "-A")
     git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "presets")
     with pytest.raises(SessionError, match="NO_SUCH_FLAG"):
-        run_session(ws, planner=PlaybookPlanner(), tier="cpu-tiny", budget=Budget(experiments=1), session="x",
-                    progress=Progress.quiet())
+        run_session(
+            ws,
+            planner=PlaybookPlanner(),
+            tier="cpu-tiny",
+            budget=Budget(experiments=1),
+            session="x",
+            progress=Progress.quiet(),
+        )
     assert not Ledger(ws / ".golf" / "ledger.jsonl").records(RunRecord)
 
 
@@ -154,19 +178,46 @@ def test_a_preset_naming_a_flag_the_trainer_lacks_stops_the_session_before_any_r
 
 
 def state(queue: list[dict], obsolete: dict[str, str], **kw) -> PlannerState:
-    items = [{"technique": t, "env": env, "state": "todo", "priority": None, "notes": "", "decided": None,
-              "tries": 0} | extra for t, env, extra in queue]
-    return PlannerState(session="s", tier="cpu-smoke", hardware="cpu", budget_left=Budget(), queue=items,
-                        frontier_obsolete=obsolete, **kw)
+    items = [
+        {
+            "technique": t,
+            "env": env,
+            "state": "todo",
+            "priority": None,
+            "notes": "",
+            "decided": None,
+            "tries": 0,
+        }
+        | extra
+        for t, env, extra in queue
+    ]
+    return PlannerState(
+        session="s",
+        tier="cpu-smoke",
+        hardware="cpu",
+        budget_left=Budget(),
+        queue=items,
+        frontier_obsolete=obsolete,
+        **kw,
+    )
 
 
 def test_the_playbook_takes_what_newer_records_dropped_last_and_says_so():
-    obsolete = {"value_residual": "dropped by #1218, not re-added since", "mlp3x": "superseded by mlp4x (#1218)"}
-    queue = [("value_residual", {"VALUE_RESIDUAL": "1"}, {}), ("mlp3x", {"MLP_MULT": "3"}, {}),
-             ("no_ttt", {"TTT_ENABLE": "0"}, {})]
+    obsolete = {
+        "value_residual": "dropped by #1218, not re-added since",
+        "mlp3x": "superseded by mlp4x (#1218)",
+    }
+    queue = [
+        ("value_residual", {"VALUE_RESIDUAL": "1"}, {}),
+        ("mlp3x", {"MLP_MULT": "3"}, {}),
+        ("no_ttt", {"TTT_ENABLE": "0"}, {}),
+    ]
     first = PlaybookPlanner().propose(state(queue, obsolete))
     assert first.experiment is not None and first.experiment.technique == "no_ttt"
-    assert "deferred: value_residual (dropped by #1218" in first.reason and "mlp3x (superseded by mlp4x" in first.reason
+    assert (
+        "deferred: value_residual (dropped by #1218" in first.reason
+        and "mlp3x (superseded by mlp4x" in first.reason
+    )
 
     done = [(t, env, {"decided": "rejected", "tries": 1} if t == "no_ttt" else {}) for t, env, _ in queue]
     second = PlaybookPlanner().propose(state(done, obsolete))
@@ -176,25 +227,39 @@ def test_the_playbook_takes_what_newer_records_dropped_last_and_says_so():
 
 def test_the_whole_queue_deferred_items_included_runs_before_any_second_look():
     obsolete = {"value_residual": "dropped by #1218, not re-added since"}
-    queue = [("value_residual", {"VALUE_RESIDUAL": "1"}, {}),
-             ("ema_off", {"EMA_DECAY": "0"}, {"decided": "inconclusive", "tries": 1})]
+    queue = [
+        ("value_residual", {"VALUE_RESIDUAL": "1"}, {}),
+        ("ema_off", {"EMA_DECAY": "0"}, {"decided": "inconclusive", "tries": 1}),
+    ]
     p = PlaybookPlanner().propose(state(queue, obsolete))
-    assert p.experiment is not None and p.experiment.technique == "value_residual" and "second look" not in p.reason
+    assert (
+        p.experiment is not None
+        and p.experiment.technique == "value_residual"
+        and "second look" not in p.reason
+    )
 
 
 def test_a_cost_ranking_does_not_pull_a_deferred_item_forward():
     obsolete = {"value_residual": "dropped by #1218, not re-added since"}
     queue = [("value_residual", {"VALUE_RESIDUAL": "1"}, {}), ("no_ttt", {"TTT_ENABLE": "0"}, {})]
-    options = [{"action": "test", "technique": "value_residual", "gain_per_dollar": 9.0},
-               {"action": "test", "technique": "no_ttt", "gain_per_dollar": 1.0}]
+    options = [
+        {"action": "test", "technique": "value_residual", "gain_per_dollar": 9.0},
+        {"action": "test", "technique": "no_ttt", "gain_per_dollar": 1.0},
+    ]
     p = PlaybookPlanner().propose(state(queue, obsolete, options=options))
-    assert p.experiment is not None and p.experiment.technique == "no_ttt" and "deferred: value_residual" in p.reason
+    assert (
+        p.experiment is not None
+        and p.experiment.technique == "no_ttt"
+        and "deferred: value_residual" in p.reason
+    )
 
 
 def test_without_frontier_news_the_playbook_order_is_unchanged():
     queue = [("value_residual", {"VALUE_RESIDUAL": "1"}, {}), ("mlp3x", {"MLP_MULT": "3"}, {})]
     p = PlaybookPlanner().propose(state(queue, {}))
-    assert p.experiment is not None and p.experiment.technique == "value_residual" and "deferred" not in p.reason
+    assert (
+        p.experiment is not None and p.experiment.technique == "value_residual" and "deferred" not in p.reason
+    )
 
 
 # -------------------------------------------------------------------------- ready queue lines, frontier
@@ -253,8 +318,23 @@ def test_the_synonym_flags_are_knobs_of_the_shipped_trainer_where_it_has_them():
     """A flag the trainer lacks is silently never offered; list them so a rename is noticed."""
     knobs = {k.name for k in read_knobs(TRAINER_TEXT)}
     table = F.load_synonyms()
-    baseline_flags = ["value_residual", "gated_attention", "partial_rope", "ln_scale", "ema", "bigram_hash",
-                      "smear_gate", "qat_int6", "xsa", "leaky_relu2", "mlp3x", "layers10", "ttt", "sliding_eval",
-                      "warmdown_time", "zstd"]
+    baseline_flags = [
+        "value_residual",
+        "gated_attention",
+        "partial_rope",
+        "ln_scale",
+        "ema",
+        "bigram_hash",
+        "smear_gate",
+        "qat_int6",
+        "xsa",
+        "leaky_relu2",
+        "mlp3x",
+        "layers10",
+        "ttt",
+        "sliding_eval",
+        "warmdown_time",
+        "zstd",
+    ]
     missing = {t: sorted(set(table.flags[t]) - knobs) for t in baseline_flags if set(table.flags[t]) - knobs}
     assert not missing, missing

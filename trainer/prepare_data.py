@@ -7,9 +7,11 @@ beside it, loaded only when the embedded variant is asked for.
 Two variants, each at vocabulary size 1024, 4096 or 8192 (`--vocab`, the trainer's VOCAB_SIZE):
   embedded (default)  a real English corpus gathered at set-up time from registry packages (see
                       local_corpus.py), a SentencePiece BPE tokenizer with the challenge's settings,
-                      train/val shards and a manifest: datasets/embedded_sp<V>, tokenizers/embedded_<V>_bpe.model.
+                      train/val shards and a manifest: datasets/embedded_sp<V>,
+                      tokenizers/embedded_<V>_bpe.model.
   fineweb             the challenge's own FineWeb shards and tokenizer from the Hugging Face dataset
-                      willdepueoai/parameter-golf (datasets/fineweb10B_sp<V>, tokenizers/fineweb_<V>_bpe.model),
+                      willdepueoai/parameter-golf (datasets/fineweb10B_sp<V>,
+                      tokenizers/fineweb_<V>_bpe.model),
                       in the layout of the challenge's data/cached_challenge_fineweb.py. Needs network
                       access to huggingface.co.
 
@@ -21,7 +23,6 @@ then num_tokens little-endian uint16 ids; every document starts with BOS (id 1),
     python trainer/prepare_data.py --max-mb 8           # smaller, faster
     python trainer/prepare_data.py --variant fineweb --vocab 8192 --train-shards 10
 """
-
 
 import argparse
 import hashlib
@@ -128,7 +129,8 @@ def check_shard(path: str | Path) -> int:
     expected = HEADER_BYTES + 2 * num_tokens
     if num_tokens < 0 or size != expected:
         raise ShardError(
-            f"{path}: size mismatch: header says {num_tokens} tokens, so {expected} bytes, file has {size} bytes"
+            f"{path}: size mismatch: header says {num_tokens} tokens, so {expected} bytes, "
+            f"file has {size} bytes"
         )
     return num_tokens
 
@@ -172,8 +174,11 @@ def _fetch_remote(relative: str, dest: Path, *, endpoint: str, repo_id: str, tim
         from huggingface_hub import hf_hub_download
 
         sub, _, name = relative.rpartition("/")
-        cached = Path(hf_hub_download(repo_id=repo_id, filename=name, subfolder=sub or None,
-                                      repo_type="dataset", endpoint=endpoint))
+        cached = Path(
+            hf_hub_download(
+                repo_id=repo_id, filename=name, subfolder=sub or None, repo_type="dataset", endpoint=endpoint
+            )
+        )
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(cached.resolve(strict=True), dest)
         return
@@ -214,11 +219,12 @@ def prepare_fineweb(
         files_train, files_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 1))
         if train_shards > files_train:
             raise RuntimeError(f"{dataset} has {files_train} train shards, {train_shards} requested")
-        tok_entry = next((t for t in remote.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name")),
-                         None)
-        tok_files = [tok_entry[k] for k in ("model_path", "vocab_path") if tok_entry and tok_entry.get(k)] or [
-            f"tokenizers/{tokenizer}.model"
-        ]
+        tok_entry = next(
+            (t for t in remote.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name")), None
+        )
+        tok_files = [
+            tok_entry[k] for k in ("model_path", "vocab_path") if tok_entry and tok_entry.get(k)
+        ] or [f"tokenizers/{tokenizer}.model"]
         data_dir = out_root / "datasets" / dataset
         names = [f"fineweb_val_{i:06d}.bin" for i in range(files_val)]
         names += [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
@@ -237,8 +243,13 @@ def prepare_fineweb(
         if type(e).__module__.startswith("huggingface_hub") or "requests" in type(e).__module__:
             raise RuntimeError(f"cannot download the FineWeb shards from {endpoint} ({repo_id}): {e}") from e
         raise
-    return {"variant": "fineweb", "vocab_size": vocab_size, "data_path": str(data_dir),
-            "tokenizer_path": str(out_root / tok_files[0]), "shards": names}
+    return {
+        "variant": "fineweb",
+        "vocab_size": vocab_size,
+        "data_path": str(data_dir),
+        "tokenizer_path": str(out_root / tok_files[0]),
+        "shards": names,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -246,7 +257,8 @@ def prepare_fineweb(
 
 
 def validate_dataset(data_dir: str | Path, out_root: str | Path) -> dict:
-    """The manifest of a built embedded dataset after checking every shard and the tokenizer; raises if not intact."""
+    """The manifest of a built embedded dataset after checking every shard and the tokenizer; raises if
+    not intact."""
     data_dir, out_root = Path(data_dir), Path(out_root)
     manifest_path = data_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -272,8 +284,10 @@ def local_corpus():
         sys.modules.setdefault("prepare_data", sys.modules[__name__])
         path = Path(__file__).with_name("local_corpus.py")
         if not path.is_file():
-            raise RuntimeError(f"{path} is missing: the embedded corpus needs it beside prepare_data.py "
-                               "(a pod only runs --variant fineweb)")
+            raise RuntimeError(
+                f"{path} is missing: the embedded corpus needs it beside prepare_data.py "
+                "(a pod only runs --variant fineweb)"
+            )
         spec = importlib.util.spec_from_file_location("local_corpus", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -286,8 +300,9 @@ def local_corpus():
     return sys.modules["local_corpus"]
 
 
-def ensure_data(out_root: str | Path, variant: str = "embedded", vocab_size: int = 1024,
-                **kwargs) -> tuple[Path, Path]:
+def ensure_data(
+    out_root: str | Path, variant: str = "embedded", vocab_size: int = 1024, **kwargs
+) -> tuple[Path, Path]:
     """(data_path, tokenizer_path) for the trainer's DATA_PATH / TOKENIZER_PATH, building the data only if
     absent or damaged. kwargs go to local_corpus.prepare_embedded / prepare_fineweb."""
     out_root = Path(out_root)
@@ -323,17 +338,28 @@ def main(argv: list[str] | None = None) -> int:
     repo_root = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", choices=["embedded", "fineweb"], default="embedded")
-    p.add_argument("--vocab", type=int, choices=VOCAB_SIZES, default=1024,
-                   help="tokenizer size, the trainer's VOCAB_SIZE (default 1024)")
+    p.add_argument(
+        "--vocab",
+        type=int,
+        choices=VOCAB_SIZES,
+        default=1024,
+        help="tokenizer size, the trainer's VOCAB_SIZE (default 1024)",
+    )
     p.add_argument("--out", type=Path, default=repo_root / "data", help="data root (default: <repo>/data)")
-    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="cap on the embedded corpus, 10^6 bytes")
+    p.add_argument(
+        "--max-mb", type=float, default=DEFAULT_MAX_MB, help="cap on the embedded corpus, 10^6 bytes"
+    )
     p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     p.add_argument("--cache", type=Path, default=None, help="download cache (default: <out>/cache)")
     p.add_argument("--offline", action="store_true", help="use only what the cache holds")
     p.add_argument("--no-apt", action="store_true", help="skip the Debian sources")
-    p.add_argument("--apt-update", action="store_true", help="run `apt-get update` first (root; fresh images)")
+    p.add_argument(
+        "--apt-update", action="store_true", help="run `apt-get update` first (root; fresh images)"
+    )
     p.add_argument("--if-missing", action="store_true", help="do nothing when valid data is already there")
-    p.add_argument("--train-shards", type=int, default=1, help="fineweb: number of train shards (10^8 tokens each)")
+    p.add_argument(
+        "--train-shards", type=int, default=1, help="fineweb: number of train shards (10^8 tokens each)"
+    )
     p.add_argument("--endpoint", default=None, help=f"fineweb: Hugging Face endpoint (or ${HF_ENDPOINT_ENV})")
     args = p.parse_args(argv)
     out_root = args.out.resolve()
@@ -341,10 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant == "fineweb":
         try:
             if args.if_missing:
-                data, tok = ensure_data(out_root, "fineweb", args.vocab, train_shards=args.train_shards,
-                                        endpoint=args.endpoint)
+                data, tok = ensure_data(
+                    out_root, "fineweb", args.vocab, train_shards=args.train_shards, endpoint=args.endpoint
+                )
             else:
-                res = prepare_fineweb(out_root, args.train_shards, vocab_size=args.vocab, endpoint=args.endpoint)
+                res = prepare_fineweb(
+                    out_root, args.train_shards, vocab_size=args.vocab, endpoint=args.endpoint
+                )
                 data, tok = Path(res["data_path"]), Path(res["tokenizer_path"])
         except RuntimeError as e:
             print(f"[prepare_data] ERROR: {e}", file=sys.stderr)
@@ -353,8 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     corpus = local_corpus()
-    kwargs = dict(max_mb=args.max_mb, cache_dir=args.cache, val_fraction=args.val_fraction, offline=args.offline,
-                  apt_packages=[] if args.no_apt else None, update_apt=args.apt_update)
+    kwargs = dict(
+        max_mb=args.max_mb,
+        cache_dir=args.cache,
+        val_fraction=args.val_fraction,
+        offline=args.offline,
+        apt_packages=[] if args.no_apt else None,
+        update_apt=args.apt_update,
+    )
     data_dir = out_root / "datasets" / embedded_names(args.vocab)[0]
     if args.if_missing:
         ensure_data(out_root, "embedded", args.vocab, **kwargs)
