@@ -29,7 +29,7 @@ from memory.battle_plan import BattlePlanError, human_fingerprint, load_plan, wr
 from memory.frontier import frontier_block_markdown, frontier_diff_for, frontier_digest, mark_seen
 from memory.knobs import check_env_allowed
 from memory.ledger import Ledger
-from memory.presets import PRESETS_FILE, PresetError, get_preset, starting_env
+from memory.presets import PRESETS_FILE, Preset, PresetError, get_preset, starting_env
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult, utcnow
 from memory.tiers import load_tiers
 from memory.workspace import Workspace
@@ -189,6 +189,7 @@ class Session:
         self.plan_sha = ""
         self.frontier_digest = ""
         self.frontier_obsolete: dict[str, str] = {}  # queue technique -> why newer records dropped it
+        self.start_preset: Preset | None = None  # the plan's `start:` preset, read once at the start
         self.stop_tokens = 0  # tokens the planner spent on the decision to stop
 
     # -- budget ---------------------------------------------------------------------------------
@@ -271,6 +272,7 @@ class Session:
                 check_env_allowed(preset.env_on_tier(self.tier.env), script)
             except ValueError as e:
                 raise SessionError(f"battle plan `start: {name}`: preset {name!r}: {e}") from e
+            self.start_preset = preset
             source = f" (PR #{preset.record}, published {preset.published_bpb})" if preset.record else ""
             about = preset.description or "no description"
             self.progress.line(f"starting from preset {name}: {about}{source}")
@@ -299,8 +301,10 @@ class Session:
         queue = [q.technique for q in self.plan.queue]
         self.ctx.extra["queue"] = queue
         try:
+            covered = self.tier.env | (self.start_preset.env if self.start_preset else {}) \
+                | self.ctx.extra.get("base_env", {})
             d = frontier_diff_for(self.ws.root, queue, script_text=self.ws.script.read_text(encoding="utf-8"),
-                                  covered_env=self.ctx.extra.get("base_env"))
+                                  covered_env=covered)
             self.frontier_digest = frontier_digest(d, max_chars=1500)
             self.frontier_obsolete = {n.technique: n.reason for n in d.obsolete}
             write_blocks(self.ws.battle_plan, {"frontier": frontier_block_markdown(d)})

@@ -616,9 +616,9 @@ def ready_queue_lines(d: FrontierDiff, script_text: str, queue: Iterable[str] = 
                       table: SynonymTable | None = None) -> list[str]:
     """Battle-plan queue lines, ready to accept, for techniques on the leaderboard that are new to this plan
     and that the trainer can already express: in the best stack, not named by any queue line (a `[-]` line
-    declines one for good), not already on in `covered_env` (the session's starting env, e.g. the frontier
-    preset), and with every flag of the [flags] table a knob of this script. As the frontier moves, what
-    enters the stack shows up here."""
+    declines one for good), none of its flags already set by `covered_env` (the tier's and the starting
+    preset's env: a preset that sets EMA_DECAY=0.9965 has EMA, tuned its own way), and with every flag of the
+    [flags] table a knob of this script. As the frontier moves, what enters the stack shows up here."""
     table = table or load_synonyms()
     knobs = {k.name for k in read_knobs(script_text)}
     named = {t.strip().lower() for t in queue}
@@ -628,7 +628,7 @@ def ready_queue_lines(d: FrontierDiff, script_text: str, queue: Iterable[str] = 
         env = table.flags.get(tid)
         if tid in named or tid in table.illegal or not env or not set(env) <= knobs:
             continue
-        if all(covered.get(k) == v for k, v in env.items()):
+        if any(k in covered for k in env):
             continue
         flags = " ".join(f"{k}={v}" for k, v in env.items())
         since = d.introduced_by.get(tid, "")

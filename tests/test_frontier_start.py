@@ -279,6 +279,9 @@ def test_new_techniques_the_trainer_expresses_become_ready_queue_lines():
     # ema: already queued; depth_recurrence: LOOP_END is not a knob of this script, so never offered
     assert ids == ["muoneq_r"]
     assert "MUON_ROW_NORM=1" in lines[0] and "PR #1334" in lines[0]
+    # a starting env that sets a technique's flag, to any value, already has the technique (tuned its own way)
+    unqueued = F.ready_queue_lines(d, script, [], covered_env={"EMA_DECAY": "0.9965", "DOC_MASK": "1"})
+    assert not any(line.startswith("- [ ] ema:") for line in unqueued)
     # a ready line is a queue line the plan parser accepts as it is
     plan = parse_plan("## Queue\n" + "\n".join(lines) + "\n")
     assert [(q.technique, q.env) for q in plan.queue] == [("muoneq_r", {"MUON_ROW_NORM": "1"})]
