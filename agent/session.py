@@ -273,6 +273,10 @@ class Session:
             except ValueError as e:
                 raise SessionError(f"battle plan `start: {name}`: preset {name!r}: {e}") from e
             self.start_preset = preset
+            if not self.resume:  # for the projection in `golf status`: which record the incumbent started as
+                self.ledger.append(EventRecord(session=self.session, event="start_preset", detail={
+                    "name": name, "record": preset.record, "published_bpb": preset.published_bpb,
+                    "env": preset.env_on_tier(self.tier.env)}))
             source = f" (PR #{preset.record}, published {preset.published_bpb})" if preset.record else ""
             about = preset.description or "no description"
             self.progress.line(f"starting from preset {name}: {about}{source}")

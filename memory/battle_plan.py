@@ -5,6 +5,9 @@ The human owns every byte outside the agent blocks, which are delimited by lines
 Budget, Queue) and rewrites only block contents. Every agent write re-reads the file just before
 replacing it, so a human edit made while a session runs is never lost.
 
+The Budget section's `start: NAME` names a preset of presets.toml (memory/presets.py) that the session's
+incumbent starts from; `start: baseline` or no key starts from the plain trainer.
+
 Queue lines read `- [ ] technique_id: ENV=VAL ENV2=VAL2 — notes (priority N)`; the checkbox holds the
 state: ' ' todo, 'x' done, '-' banned/skip, '~' retest. Priority 1 runs first; items without a
 priority keep file order after the prioritised ones.

@@ -18,7 +18,7 @@ from memory.battle_plan import BattlePlanError, parse_plan
 from memory.knobs import read_knobs
 from memory.ledger import Ledger
 from memory.presets import Preset, PresetError, get_preset, load_presets, starting_env
-from memory.records import DecisionRecord, NoiseRecord, RunRecord
+from memory.records import DecisionRecord, EventRecord, NoiseRecord, RunRecord
 from tests.session_workspace import PLAN, ROOT, git, make_workspace
 
 TRAINER_TEXT = (ROOT / "trainer" / "train_gpt.py").read_text()
@@ -145,6 +145,10 @@ def test_a_session_starting_from_a_preset_measures_every_candidate_on_top_of_it(
     assert noise, "the incumbent's noise was measured"
     runs = ledger.records(RunRecord)
     assert runs and all(on_tier.items() <= r.env.items() for r in runs), [r.env for r in runs]
+    start = [e for e in ledger.records(EventRecord) if e.event == "start_preset"]
+    assert [(e.detail["name"], e.detail["record"], e.detail["published_bpb"]) for e in start] == [
+        ("frontier", "1855", 1.0611)
+    ]
     decision = ledger.records(DecisionRecord)[0]
     # leaky_relu2 (MLP_ACT_SLOPE=0.5) is already part of the preset; mlp3x and lzma are what newer records
     # superseded (MLP 4x, lrzip), so the shipped frontier defers them: bad_lr is the first to run
