@@ -205,13 +205,12 @@ def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: 
     return RunResult(status="crashed", error=f"exit code {proc.returncode}, no results.json\n{tail}"), wall
 
 
-def data_env(ctx: ToolContext) -> dict[str, str]:
-    """Where the trainer finds its data: the embedded dataset unless the tier names another."""
-    data = ctx.ws.data_dir
-    return {
-        "DATA_PATH": str(data / "datasets" / "embedded_sp1024"),
-        "TOKENIZER_PATH": str(data / "tokenizers" / "embedded_1024_bpe.model"),
-    }
+def data_env(ctx: ToolContext, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Where the trainer finds its data: the embedded dataset tokenized at the run's VOCAB_SIZE."""
+    vocab = str((env or {}).get("VOCAB_SIZE", "1024"))
+    # a malformed VOCAB_SIZE reaches the trainer, which names it; the sp1024 data is as good a path as any
+    data_path, tokenizer_path = ctx.ws.embedded_data(int(vocab) if vocab.isdigit() else 1024)
+    return {"DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tokenizer_path)}
 
 
 def find_reusable(ctx: ToolContext, experiment: str, candidate: str, seed: int, sha: str,
@@ -249,7 +248,7 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
         except ValueError as e:
             raise ToolError(f"candidate {cand.name}: {e}") from None
     hardware = hardware_id(ctx, tier.hardware)
-    base_env = clean_env(dict(os.environ)) | {k: str(v) for k, v in tier.env.items()} | data_env(ctx)
+    base_env = clean_env(dict(os.environ)) | {k: str(v) for k, v in tier.env.items()}
     on_run = ctx.extra.get("on_run")
     summaries, records = [], []
     for cand in args.candidates:
@@ -264,8 +263,8 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
                 continue
             run_id = f"{experiment}-{cand.name}-s{seed}-{int(time.time() * 1000) % 10**8:08d}"
             run_dir = ctx.ws.runs_dir / ctx.session / run_id
-            env = base_env | overrides | {"RUN_ID": run_id, "RUN_DIR": str(run_dir), "SEED": str(seed),
-                                          "PYTHONUNBUFFERED": "1"}
+            env = base_env | data_env(ctx, base_env | overrides) | overrides | {
+                "RUN_ID": run_id, "RUN_DIR": str(run_dir), "SEED": str(seed), "PYTHONUNBUFFERED": "1"}
             if on_run:
                 on_run("start", run_id, None)
 
