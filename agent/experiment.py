@@ -27,6 +27,7 @@ from memory.records import DecisionRecord, EventRecord, NoiseRecord, Outcome, Ru
 from tools import registry
 from tools.context import ToolContext
 from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text, unified_diff
+from tools.metric_guard import check_script
 from tools.sweep import Candidate, SweepArgs, sweep
 
 # Both arms run on the same seeds (SEED_BASE, SEED_BASE + 1, ...) and are compared on matched seed sets:
@@ -183,6 +184,7 @@ class ExperimentRunner:
         try:
             Candidate(name=spec.name, env=spec.env)
             check_env_allowed(spec.env, working)
+            check_script(working, inc_text)
         except ValidationError as e:
             return self.refuse(spec, registry.format_validation_error(e))
         except ValueError as e:

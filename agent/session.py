@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent import lock as session_lock
+from agent.containment import check_base_env, screen_queue
 from agent.costs import options_for_session
 from agent.experiment import ExperimentRunner, committed_incumbent_env_at
 from agent.planner import Budget, Planner, Proposal
@@ -253,7 +254,12 @@ class Session:
         ensure_data(self.ws, self.progress)
         self.ctx.extra["hardware"] = None
         start = self.start_sha()
-        self.ctx.extra["base_env"] = committed_incumbent_env_at(self.ws.root, start)
+        try:  # incumbent.json passes the same allow-list as any override, against the script it came with
+            self.ctx.extra["base_env"] = check_base_env(
+                committed_incumbent_env_at(self.ws.root, start), incumbent_script(self.ws.root) or "",
+                self.ledger, self.session)
+        except ValueError as e:
+            raise SessionError(str(e)) from None
         self.hardware = hardware_id(self.ctx, self.tier.hardware)
         self.runner.hardware = self.hardware
 
@@ -265,6 +271,8 @@ class Session:
         except BattlePlanError as e:
             self.ledger.append(EventRecord(session=self.session, event="plan_malformed", detail={"error": str(e)}))
             raise SessionError(f"battle plan: {e}") from e
+        self.plan = screen_queue(self.plan, incumbent_script(self.ws.root) or self.ws.script.read_text(),
+                                 self.ledger, self.session, say=self.progress.line)
         sha = human_fingerprint(self.ws.battle_plan)
         if sha != self.plan_sha:
             self.ledger.append(EventRecord(session=self.session, event="plan_edited",
