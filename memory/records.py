@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatus = Literal["ok", "diverged", "timeout", "error", "crashed", "aborted"]
+RunStatus = Literal["ok", "diverged", "timeout", "error", "crashed", "aborted", "invalid"]  # invalid: fails trusted checks
 Outcome = Literal["confirmed", "rejected", "inconclusive"]
 
 

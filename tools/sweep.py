@@ -26,9 +26,8 @@ from pydantic import BaseModel, Field, field_validator
 from memory.faults import crash_point, die
 from memory.knobs import SAFE_RUNTIME_ENV, check_env_allowed, check_env_syntax
 from memory.records import Cost, EventRecord, RunRecord, RunResult
-from tools import cleanroom
+from tools import cleanroom, metric_guard, rescore
 from tools.context import ToolContext
-from tools import metric_guard
 from tools.edit_script import incumbent_script, sha256_text
 from tools.registry import ToolError, tool
 
@@ -297,6 +296,7 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
 
             result, wall = run_trainer(text, env, run_dir, nproc=tier.nproc, timeout_s=tier.run_timeout_s,
                                        python=ctx.python, on_start=started)
+            result = rescore.check_totals(result, env, text, incumbent, run_dir)  # its results.json is not trusted
             dollars = tier.price_per_hour * wall / 3600 if tier.price_per_hour else None
             rec = RunRecord(
                 session=ctx.session, run_id=run_id, experiment=experiment, candidate=cand.name,
