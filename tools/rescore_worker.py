@@ -31,6 +31,8 @@ HOST_PREFIX = ("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mou
 
 def load_module(path: str, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
