@@ -40,6 +40,11 @@ SNOOP = textwrap.dedent("""
             found["net"] = "connected"
     except OSError as e:
         found["net"] = f"refused: {e}"
+    try:
+        open(os.environ["VICTIM"], "w").write("tampered")
+        found["wrote_outside"] = True
+    except OSError as e:
+        found["wrote_outside"] = f"refused: {e}"
     open(os.path.join(os.environ["RUN_DIR"], "found.json"), "w").write(json.dumps(found))
 """)
 
@@ -49,8 +54,8 @@ GOLF = textwrap.dedent("""
     from pathlib import Path
     from tools.sweep import run_trainer
     run_dir = Path(sys.argv[1])
-    run_trainer(Path(sys.argv[2]).read_text(), {"RUN_DIR": str(run_dir), "LISTEN_PORT": sys.argv[3]}, run_dir,
-                nproc=1, timeout_s=60)
+    run_trainer(Path(sys.argv[2]).read_text(), {"RUN_DIR": str(run_dir), "LISTEN_PORT": sys.argv[3],
+                                                "VICTIM": sys.argv[4]}, run_dir, nproc=1, timeout_s=60)
 """)
 
 
@@ -71,7 +76,8 @@ def test_a_hostile_script_finds_no_key_and_no_connection(tmp_path, listener):
     (tmp_path / "snoop.py").write_text(SNOOP)
     env = dict(os.environ, OPENAI_API_KEY=KEY, GITHUB_TOKEN=KEY + "-gh", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", GOLF, str(tmp_path / "run"), str(tmp_path / "snoop.py"),
-                        str(listener.getsockname()[1])], env=env, capture_output=True, text=True, timeout=120)
+                        str(listener.getsockname()[1]), str(tmp_path / "victim.txt")], env=env, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     found_text = (tmp_path / "run" / "found.json").read_text()
     found = json.loads(found_text)
@@ -80,6 +86,8 @@ def test_a_hostile_script_finds_no_key_and_no_connection(tmp_path, listener):
     assert found["net"].startswith("refused")
     with pytest.raises(socket.timeout):
         listener.accept()  # nothing ever arrived
+    if iso.read_only_fs:  # the data, the project and the ledger are out of the trainer's reach too
+        assert found["wrote_outside"].startswith("refused") and not (tmp_path / "victim.txt").exists()
 
 
 def test_the_snoop_would_find_the_key_without_the_clean_room(tmp_path, listener):
@@ -87,10 +95,11 @@ def test_the_snoop_would_find_the_key_without_the_clean_room(tmp_path, listener)
     (tmp_path / "snoop.py").write_text(SNOOP)
     (tmp_path / "run").mkdir()
     env = dict(os.environ, OPENAI_API_KEY=KEY, RUN_DIR=str(tmp_path / "run"),
-               LISTEN_PORT=str(listener.getsockname()[1]))
+               LISTEN_PORT=str(listener.getsockname()[1]), VICTIM=str(tmp_path / "victim.txt"))
     subprocess.run([sys.executable, str(tmp_path / "snoop.py")], env=env, check=True, timeout=60)
     found = json.loads((tmp_path / "run" / "found.json").read_text())
     assert found["own_env"]["OPENAI_API_KEY"] == KEY and found["net"] == "connected"
+    assert found["wrote_outside"] is True
 
 
 def test_the_trainer_environment_is_the_allow_list(tmp_path):

@@ -15,8 +15,11 @@
 Scrubbing keys from golf's own os.environ would not help: /proc/<pid>/environ shows the environment the
 process started with, whatever it unsets later.
 
-Not covered: files. The trainer runs as the same user (mapped) and can read and write what that user can
-(e.g. a key in ~/.bashrc). Keep keys in the environment, not in files the trainer's user can read.
+Files: where the machine allows it (`read_only_fs`), every mount but the run's own directory (and the
+kernel's /proc, /sys, /dev) is read-only for the trainer and locked by a nested user namespace
+(tools/cleanroom_launch.py), so it cannot alter the validation data, the tokenizer, the project, the ledger
+or the packages. Reading is not restricted: the trainer runs as the same user (mapped) and can read what
+that user can (e.g. a key in ~/.bashrc). Keep keys in the environment, not in files.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import site
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +40,7 @@ HOST_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 # names the clean room itself sets
 ROOM_ENV = ("HOME", "TMPDIR", "PYTHONUSERBASE", "PYTHONUNBUFFERED")
 
-# Runs inside the namespaces before the trainer: bring the namespace's own loopback up (torch.distributed's
-# rendezvous needs it; nothing outside is reachable through it), then become the trainer (argv[1:]).
-LAUNCH = (
-    "import fcntl,os,socket,struct,sys\n"
-    "try:\n"
-    " s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-    " f=struct.unpack('16sH22x',fcntl.ioctl(s,0x8913,struct.pack('16sH22x',b'lo',0)))[1]\n"
-    " fcntl.ioctl(s,0x8914,struct.pack('16sH22x',b'lo',f|1))\n"
-    "except OSError as e:\n"
-    " print('cleanroom: loopback not up:',e,file=sys.stderr)\n"
-    "os.execv(sys.argv[1],sys.argv[1:])\n"
-)
+LAUNCHER = Path(__file__).with_name("cleanroom_launch.py")  # loopback up, read-only mounts, then exec
 UNSHARE_USERNS = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc",
                   "--kill-child")
 UNSHARE_ROOTNS = ("unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child")
@@ -60,19 +53,22 @@ class Isolation:
     network_isolated: bool
     golf_hidden: bool  # golf's process (and its environ) is out of the trainer's reach
     note: str
+    read_only_fs: bool = False  # everything but the run's own directory is read-only (and locked)
 
     @property
     def degraded(self) -> bool:
-        return not (self.network_isolated and self.golf_hidden)
+        return not (self.network_isolated and self.golf_hidden and self.read_only_fs)
 
 
-def _works(prefix: tuple[str, ...], python: str) -> bool:
-    try:
-        r = subprocess.run([*prefix, python, "-I", "-c", LAUNCH, python, "-I", "-c", "pass"],
-                           capture_output=True, timeout=30, env={"PATH": os.environ.get("PATH", os.defpath)})
-        return r.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+def _works(prefix: tuple[str, ...], python: str, read_only: bool) -> bool:
+    with tempfile.TemporaryDirectory(prefix="cleanroom-probe-") as tmp:
+        launch = [python, "-I", str(LAUNCHER), *(["--read-only", tmp] if read_only else []), "--"]
+        try:
+            r = subprocess.run([*prefix, *launch, python, "-I", "-c", "pass"], capture_output=True, timeout=30,
+                               env={"PATH": os.environ.get("PATH", os.defpath)})
+            return r.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
 
 
 def make_non_dumpable() -> bool:
@@ -87,12 +83,19 @@ def make_non_dumpable() -> bool:
 def probe(python: str = sys.executable) -> Isolation:
     """The strongest isolation this machine grants (asked once per interpreter and python)."""
     if os.environ.get("PGOLF_CLEANROOM") != "off":  # an escape hatch for debugging, never set by golf
-        if _works(UNSHARE_USERNS, python):
-            return Isolation("userns", (*UNSHARE_USERNS, "--"), True, True,
-                             "user, network and PID namespaces: no network, golf's process not visible")
-        if os.geteuid() == 0 and _works(UNSHARE_ROOTNS, python):
-            return Isolation("rootns", (*UNSHARE_ROOTNS, "--"), True, True,
-                             "no user namespaces here: network and PID namespaces as root")
+        for mode, prefix in (("userns", UNSHARE_USERNS), ("rootns", UNSHARE_ROOTNS)):
+            if mode == "rootns" and os.geteuid() != 0:
+                continue
+            if not _works(prefix, python, read_only=False):
+                continue
+            ro = _works(prefix, python, read_only=True)
+            what = ("user, network and PID namespaces" if mode == "userns" else
+                    "no user namespaces here: network and PID namespaces as root")
+            return Isolation(mode, (*prefix, "--"), True, True,
+                             f"{what}: no network, golf's process not visible, "
+                             + ("the filesystem read-only outside the run directory" if ro else
+                                "but the filesystem stays WRITABLE (the trainer could alter data or the project)"),
+                             read_only_fs=ro)
     dumpable_off = make_non_dumpable()
     root = os.geteuid() == 0
     return Isolation("none", (), False, dumpable_off and not root,
@@ -103,11 +106,13 @@ def probe(python: str = sys.executable) -> Isolation:
                         "; as root the trainer could still read golf's /proc/<pid>/environ"))
 
 
-def command(iso: Isolation, python: str, argv: list[str]) -> list[str]:
-    """The full argv: the trainer's own command (argv[0] is its python) behind the namespace launcher."""
+def command(iso: Isolation, python: str, argv: list[str], writable: Path) -> list[str]:
+    """The full argv: the trainer's own command (argv[0] is its python) behind the namespace launcher, which
+    leaves only `writable` (the run's directory) writable where the machine allows it."""
     if not iso.prefix:
         return argv
-    return [*iso.prefix, python, "-I", "-c", LAUNCH, *argv]
+    ro = ["--read-only", str(writable)] if iso.read_only_fs else []
+    return [*iso.prefix, python, "-I", str(LAUNCHER), *ro, "--", *argv]
 
 
 def trainer_env(host: Mapping[str, str], trainer: Mapping[str, str], run_dir: Path,

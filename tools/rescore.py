@@ -175,7 +175,7 @@ def rescore_run(run: RunRecord, candidate_script: str, incumbent_script: str, py
             argv += ["--candidate", str(room / "candidate.py")] + (["--nested"] if iso.mode == "userns" else [])
         full_env = cleanroom.trainer_env(os.environ, names, room)
         try:  # the result comes back on the worker's stdout, which no process of the candidate holds
-            r = subprocess.run(cleanroom.command(iso, python, argv), cwd=room, env=full_env,
+            r = subprocess.run(cleanroom.command(iso, python, argv, writable=room), cwd=room, env=full_env,
                                capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"error": f"the trusted re-score took over {timeout_s:.0f} s"}

@@ -168,7 +168,7 @@ def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: 
     cmd = [python, str(script)]
     if nproc > 1:
         cmd = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
-    cmd = cleanroom.command(cleanroom.probe(python), python, cmd)
+    cmd = cleanroom.command(cleanroom.probe(python), python, cmd, writable=run_dir)
     t0 = time.time()
     with open(run_dir / "stdout.log", "wb") as out:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -213,6 +213,7 @@ def note_isolation(ctx: ToolContext) -> None:
     event = "cleanroom_degraded" if iso.degraded else "cleanroom"
     ctx.ledger.append(EventRecord(session=ctx.session, event=event, detail={
         "mode": iso.mode, "network_isolated": iso.network_isolated, "golf_hidden": iso.golf_hidden,
+        "read_only_fs": iso.read_only_fs,
         "note": iso.note}))
     if iso.degraded:
         print(f"WARNING: trainer isolation degraded ({iso.mode}): {iso.note}", file=sys.stderr, flush=True)
