@@ -11,6 +11,9 @@ on), loaded from the incumbent's text as a module and never run as __main__.
   receives input ids and returns logits; this side computes the cross-entropy, the bytes and the bpb, and
   first probes that a position's logits do not depend on later tokens (a model that peeks at its targets).
 
+Cost: with a host, every position's logits cross a pipe (4 bytes x vocab per scored token): seconds on the
+CPU tiers' capped validation slice, minutes on the full FineWeb validation set.
+
 Prints one line `RESULT {"val_bpb", "tokens", "bytes", "mode"}` or `RESULT {"error"}` on stdout.
 """
 
@@ -59,7 +62,11 @@ def host(script: str, artifact: str, env: dict) -> None:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-    model = mod.build_model(args, torch.device("cpu"), bos_id=sp.bos_id())
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda and args.dtype == "bf16"
+                else nullcontext())  # the precision the trainer evaluated in
+    model = mod.build_model(args, device, bos_id=sp.bos_id())
     model.load_state_dict(mod.load_exported(Path(artifact), args), strict=True)
     model.eval()
     stdin = sys.stdin.buffer
@@ -69,8 +76,8 @@ def host(script: str, artifact: str, env: dict) -> None:
         except EOFError:
             return
         ids = torch.frombuffer(bytearray(read_exact(stdin, b * t * 8)), dtype=torch.int64).view(b, t)
-        with torch.no_grad():
-            z = model.logits(ids).float().contiguous()
+        with torch.no_grad(), autocast:
+            z = model.logits(ids.to(device)).float().cpu().contiguous()
         proto.write(struct.pack("<iii", *z.shape) + z.numpy().tobytes())
         proto.flush()
 
@@ -140,7 +147,7 @@ def rescore(a) -> dict:
 
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda and a.candidate is None else "cpu")
+    device = torch.device("cuda" if cuda and a.candidate is None else "cpu")  # with a host: logits arrive on cpu
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
                 if args.dtype == "bf16" and device.type == "cuda" else nullcontext())
     luts = inc.build_sentencepiece_luts(sp, args.vocab_size, device)

@@ -267,7 +267,7 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
             check_env_allowed(cand.env, text)
         except ValueError as e:
             raise ToolError(f"candidate {cand.name}: {e}") from None
-        problems = metric_guard.violations(text)
+        problems = metric_guard.violations(text, reference=incumbent)
         if problems:
             raise ToolError(f"candidate {cand.name}: the script may not touch the metric: " + "; ".join(problems))
     hardware = hardware_id(ctx, tier.hardware)
