@@ -106,3 +106,17 @@ def test_the_sweep_refuses_a_guarded_script_before_any_run(ctx):
     out = registry.call("launch_local_sweep", {"candidates": [{"name": "c"}], "seeds": [1]}, ctx)
     assert not out.ok and "may not touch the metric" in out.error and "bits_per_byte" in out.error
     assert not ctx.ws.runs_dir.exists() or not any(ctx.ws.runs_dir.rglob("results.json"))
+
+
+def test_an_experiment_on_a_guarded_script_is_refused_and_recorded_before_any_run(ctx):
+    from agent.experiment import ExperimentRunner
+    from agent.planner import ExperimentSpec, Proposal
+    from agent.progress import Progress
+    from memory.records import EventRecord, RunRecord
+
+    ctx.ws.script.write_text(edited(BYPASSES["setattr_split_name"]))
+    spec = ExperimentSpec(name="fast_bpb", hypothesis="a better score")
+    out = ExperimentRunner(ctx, Progress.quiet()).run_experiment(Proposal(action="experiment", experiment=spec))
+    assert out["outcome"] == "refused" and "protected metric" in out["reason"]
+    assert not ctx.ledger.records(RunRecord)
+    assert ctx.ledger.records(EventRecord)[-1].event == "proposal_refused"
