@@ -101,6 +101,23 @@ def test_the_trusted_rescore_reproduces_an_honest_score_from_the_artifact(honest
     assert got["val_bpb"] == pytest.approx(run.result.val_bpb, abs=1e-4)
 
 
+def test_the_candidates_model_host_cannot_read_the_validation_data(honest):
+    ctx, run, script = honest
+    if not cleanroom.probe(sys.executable).read_only_fs:
+        pytest.skip("this machine cannot give the model host a filesystem view of its own")
+    env = json.loads((ctx.ws.runs_dir / "s1" / run.run_id / "env.json").read_text())
+    val = os.path.join(env["DATA_PATH"], "fineweb_val_000000.bin")
+    assert os.path.exists(val)
+    looking = script.replace(  # a model that would look its targets up in the data it is scored on
+        "def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:\n",
+        "def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:\n"
+        f"    assert not os.path.exists({val!r}), 'the validation data is readable'\n", 1)
+    assert looking != script
+    got = rescore_run(run, looking, script, sys.executable)
+    assert got.get("mode") == "candidate-logits", got
+    assert got["val_bpb"] == pytest.approx(run.result.val_bpb, abs=1e-4)
+
+
 def test_a_model_that_peeks_at_its_targets_is_caught_by_the_causality_probe(honest):
     ctx, run, script = honest
     peeking = script.replace(

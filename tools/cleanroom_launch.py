@@ -1,6 +1,6 @@
 """Runs first inside the clean room's namespaces, then becomes the trainer. Standalone (standard library only).
 
-usage: python -I cleanroom_launch.py [--read-only WRITABLE_DIR]... -- COMMAND...
+usage: python -I cleanroom_launch.py [--hide DIR]... [--read-only WRITABLE_DIR]... -- COMMAND...
 
 1. Brings up the namespace's own loopback (torch.distributed's rendezvous needs one; nothing outside is
    reachable through it).
@@ -8,6 +8,8 @@ usage: python -I cleanroom_launch.py [--read-only WRITABLE_DIR]... -- COMMAND...
    kernel's /proc, /sys, /dev, so the trainer cannot rewrite the validation data, the tokenizer, the
    project, the ledger or the Python packages; then enters a nested user namespace, which locks those
    mounts: even as (namespace) root the trainer cannot remount them writable or unmount them.
+   With --hide: an empty read-only tmpfs covers each DIR first (the re-scorer's model host must not read
+   the validation data it is scored on).
 3. execs COMMAND.
 Any failure of step 2 exits with status 97 (the caller probes this once and says what it falls back to).
 """
@@ -39,8 +41,9 @@ def loopback_up() -> None:
         print(f"cleanroom: loopback not up: {e}", file=sys.stderr)
 
 
-def mount(src: str | None, dst: str, flags: int) -> None:
-    if libc.mount(src.encode() if src else None, dst.encode(), None, flags, None) != 0:
+def mount(src: str | None, dst: str, flags: int, fstype: str | None = None) -> None:
+    if libc.mount(src.encode() if src else None, dst.encode(), fstype.encode() if fstype else None, flags,
+                  None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {dst}: {os.strerror(err)}")
 
@@ -59,7 +62,9 @@ def under(path: str, roots) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def read_only_except(writable: list[str]) -> None:
+def read_only_except(writable: list[str], hide: list[str]) -> None:
+    for h in hide:
+        mount("tmpfs", os.path.realpath(h), MS_NOSUID | MS_NODEV | MS_NOEXEC, "tmpfs")
     writable = [os.path.realpath(w) for w in writable]
     for w in writable:
         mount(w, w, MS_BIND | MS_REC)
@@ -83,15 +88,16 @@ def read_only_except(writable: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     writable: list[str] = []
-    while argv and argv[0] == "--read-only":
-        writable.append(argv[1])
+    hide: list[str] = []
+    while argv and argv[0] in ("--read-only", "--hide"):
+        (writable if argv[0] == "--read-only" else hide).append(argv[1])
         argv = argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     loopback_up()
-    if writable:
+    if writable or hide:
         try:
-            read_only_except(writable)
+            read_only_except(writable, hide)
         except OSError as e:
             print(f"cleanroom: cannot make the filesystem read-only: {e}", file=sys.stderr)
             sys.exit(97)

@@ -30,6 +30,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 HOST_PREFIX = ("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child", "--")
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cleanroom_launch.py")
 
 
 def load_module(path: str, name: str):
@@ -165,7 +166,9 @@ def rescore(a) -> dict:
     if args.ttt_enable:
         return {"error": "test-time training with a changed script cannot be re-scored without running the "
                          "candidate's training code in the trusted evaluation"}
-    prefix = list(HOST_PREFIX) if a.nested else []
+    # nested: the host sees neither this process nor the validation data, and can write nothing
+    prefix = [*HOST_PREFIX, sys.executable, "-I", LAUNCHER, "--hide", args.data_path, "--read-only",
+              os.path.dirname(os.path.abspath(a.env)), "--"] if a.nested else []
     model = RemoteModel([*prefix, sys.executable, os.path.abspath(__file__), "--host", "--candidate", a.candidate,
                          "--artifact", a.artifact, "--env", a.env])
     try:
