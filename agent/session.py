@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent import lock as session_lock
+from agent.containment import check_base_env, screen_queue
 from agent.costs import options_for_session
 from agent.experiment import ExperimentRunner
 from agent.planner import Budget, Planner, Proposal
@@ -248,6 +249,11 @@ class Session:
         missing = {n: "" for n in AGENT_BLOCKS if n not in self.plan.blocks}
         if missing:  # create our blocks once, up front, so later writes never change the human part
             write_blocks(self.ws.battle_plan, missing)
+        try:  # incumbent.json passes the same allow-list as any override, against the script it came with
+            check_base_env(incumbent.base_env(self.ws.root, self.ledger.records(), self.session),
+                           incumbent.committed_script(self.ws.root) or "", self.ledger, self.session)
+        except ValueError as e:
+            raise SessionError(str(e)) from None
         self.ctx.extra["base_env"] = self.starting_env()
         self.refresh_frontier()
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
@@ -291,6 +297,8 @@ class Session:
         except BattlePlanError as e:
             self.ledger.append(EventRecord(session=self.session, event="plan_malformed", detail={"error": str(e)}))
             raise SessionError(f"battle plan: {e}") from e
+        self.plan = screen_queue(self.plan, incumbent.committed_script(self.ws.root) or self.ws.script.read_text(),
+                                 self.ledger, self.session, say=self.progress.line)
         sha = human_fingerprint(self.ws.battle_plan)
         if sha != self.plan_sha:
             self.ledger.append(EventRecord(session=self.session, event="plan_edited",
