@@ -81,3 +81,47 @@ def record_finding(args: FindingArgs, ctx: ToolContext) -> FindingResult:
     written = rewrite_plan_blocks(ctx)
     return FindingResult(technique=f.technique, status=f.status, delta=f.delta, ci_low=f.ci_low,
                          ci_high=f.ci_high, p_value=f.p_value, blocks_written=written)
+
+
+# -- query_findings: the whole history, so nothing falls off a bounded prompt ---------------------------
+
+MAX_QUERY_ROWS = 25
+
+
+def sig(x: float | None, digits: int = 3) -> str:
+    """A number to meaningful digits (bpb deltas of 1e-3 matter; 17 digits do not)."""
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+class QueryArgs(BaseModel):
+    technique: str | None = Field(default=None, max_length=64, description="technique id (substring match)")
+    outcome: Literal["confirmed", "rejected", "inconclusive"] | None = None
+    tier: str | None = Field(default=None, max_length=64)
+    newest: int = Field(default=10, ge=1, le=MAX_QUERY_ROWS, description="how many of the newest matches")
+
+
+class QueryResult(BaseModel):
+    matches: int
+    rows: list[str]  # experiment technique outcome kept delta [ci] p n tier planner
+
+
+def decision_row(d: DecisionRecord) -> str:
+    ci = f"[{sig(d.ci_low)},{sig(d.ci_high)}]" if d.ci_low is not None or d.ci_high is not None else "-"
+    env = " ".join(f"{k}={v}" for k, v in sorted(d.env.items()))[:80]
+    return (f"{d.experiment} {d.technique or d.candidate} {d.outcome}{' kept' if d.kept else ''} "
+            f"d={sig(d.delta)} ci={ci} p={sig(d.p_value, 2)} n={d.n_candidate} {d.tier}"
+            f"{' env ' + env if env else ''}")
+
+
+@tool(
+    "query_findings",
+    "Search every judged experiment in the ledger (all sessions) by technique, outcome and tier; newest first.",
+    QueryArgs,
+)
+def query_findings(args: QueryArgs, ctx: ToolContext) -> QueryResult:
+    want = (args.technique or "").lower()
+    hits = [d for d in ctx.ledger.records(DecisionRecord)
+            if (not want or want in (d.technique or d.candidate).lower())
+            and (args.outcome is None or d.outcome == args.outcome)
+            and (args.tier is None or d.tier == args.tier)]
+    return QueryResult(matches=len(hits), rows=[decision_row(d) for d in reversed(hits[-args.newest:])])
