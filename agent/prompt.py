@@ -320,6 +320,9 @@ MAX_KNOB_MEANING = 56
 
 def knob_lines(knobs: list[Any]) -> str:
     """The trainer's knobs, one short line each (name, default, meaning): what env overrides can set."""
+    from memory.knobs import HARNESS_ENV
+
+    knobs = [k for k in knobs if k.name not in HARNESS_ENV]  # the harness sets those; overrides cannot
     if not knobs:
         return "(the script declares no knobs)"
     return "\n".join(f"{k.name}={_clip(k.default, 24)}" + (f": {_clip(k.meaning, MAX_KNOB_MEANING)}" if k.meaning else "")
