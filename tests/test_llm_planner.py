@@ -18,7 +18,7 @@ from memory.ledger import Ledger
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult
 from memory.tiers import Tier
 from memory.workspace import Workspace
-from tests.fakes.fake_openai import FakeOpenAI, call, http_error, slow_reply, text_reply, tool_reply
+from tests.fakes.fake_openai import FakeOpenAI, call, http_error, text_reply, tool_reply
 from tools.context import ToolContext
 
 SCRIPT = '''import os
@@ -52,13 +52,17 @@ SWEEP = {"name": "smear_gate", "technique": "smear_gate", "env": [{"name": "SMEA
 FINISH = {"reason": "queue exhausted"}
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> ToolContext:
+def make_ctx(tmp_path: Path) -> ToolContext:
     ws = Workspace.at(tmp_path)
     ws.script.parent.mkdir(parents=True)
     ws.script.write_text(SCRIPT)
     tier = Tier(name="cpu-tiny", hardware="cpu")
     return ToolContext(ws=ws, ledger=Ledger(ws.ledger), session="s1", tier=tier, tiers={"cpu-tiny": tier})
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> ToolContext:
+    return make_ctx(tmp_path)
 
 
 def state(**kw) -> PlannerState:

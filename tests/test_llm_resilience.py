@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from agent.llm_planner import LLMPlanner
 from memory.records import EventRecord
-from tests.fakes.fake_openai import (FakeOpenAI, call, context_length_error, http_error, slow_reply, text_reply,
-                                     tool_reply)
-from tests.test_llm_planner import SWEEP, ctx, state, user_prompt  # noqa: F401  (ctx is a fixture)
+from tests.fakes.fake_openai import (
+    FakeOpenAI,
+    call,
+    context_length_error,
+    http_error,
+    slow_reply,
+    text_reply,
+    tool_reply,
+)
+from tests.test_llm_planner import SWEEP, make_ctx, state, user_prompt
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return make_ctx(tmp_path)
 
 
 def planner(fake: FakeOpenAI, **kw) -> LLMPlanner:
