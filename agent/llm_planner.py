@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from agent import prompt as P
 from agent.planner import ExperimentSpec, PlannerState, Proposal
-from memory.knobs import Knob, allowed_override_names, read_knobs
+from memory.knobs import SAFE_RUNTIME_ENV, Knob, allowed_override_names, read_knobs
 from tools import registry
 from tools.registry import format_validation_error
 from tools.sweep import ENV_PAIRS_SCHEMA, env_from_pairs
@@ -49,8 +49,8 @@ OFFERED_TOOLS = ["view_script", "grep_script", "edit_train_script", SWEEP_TOOL, 
 MAX_KEPT_ARGUMENT_CHARS = 4000  # what an assistant tool call keeps of its arguments within a decision
 MAX_KEPT_CONTENT_CHARS = 1000
 MAX_TOOL_RESULT_CHARS = 5000
-JOURNAL_SHOWN = 10  # entries of the journal in the prompt; older ones are one query_findings away
-DEFAULT_DIGEST_CHARS = 3000
+JOURNAL_SHOWN = 6  # entries of the journal in the prompt; older ones are one query_findings away
+DEFAULT_DIGEST_CHARS = 2500
 DEFAULT_SESSION_TOKENS = 8_000_000  # 500 decisions at ~16K tokens each, with room for code work
 DEFAULT_DECISION_TOKENS = 40_000  # input tokens of all requests of one decision
 
@@ -74,20 +74,20 @@ if FINISH_TOOL not in registry.names():
 class ExperimentArgs(BaseModel):
     """What the model gives to launch one experiment (the session supplies seeds, tier and script)."""
 
-    name: str = Field(description="short lowercase slug for this candidate, e.g. relu2_mlp")
-    technique: str | None = Field(default=None, description="technique id from the queue, or null for your own idea")
-    hypothesis: str = Field(default="", max_length=2000, description="what should change in val_bpb, and why")
-    env: dict[str, str] = Field(default_factory=dict, description="trainer env overrides on the incumbent's")
+    name: str = Field(description="lowercase slug, e.g. relu2_mlp")
+    technique: str | None = Field(default=None, description="queue technique id; null for your own idea")
+    hypothesis: str = Field(default="", max_length=2000, description="expected effect on val_bpb, and why")
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 def experiment_schema(env_names: list[str]) -> dict[str, Any]:
     schema = ExperimentArgs.model_json_schema()
-    schema["properties"]["env"] = ENV_PAIRS_SCHEMA | {"description": "env overrides on the incumbent ([] for none)"}
+    schema["properties"]["env"] = ENV_PAIRS_SCHEMA | {"description": "knob overrides on the incumbent's; [] for none"}
     return registry.with_env_names(registry.strict_schema(schema), env_names)
 
 
-SWEEP_DESCRIPTION = ("Run ONE experiment on the working script (your pending edit, if any) with these env "
-                     "overrides; the session picks seeds and the judge decides. Ends the decision.")
+SWEEP_DESCRIPTION = ("Run ONE experiment: the working script (with your edit, if any) and these knob overrides. "
+                     "Ends the decision.")
 
 
 def load_tools() -> None:
@@ -220,14 +220,16 @@ def _canonical(arguments: str) -> str:
 
 
 # what the model needs first from a verdict; the hypothesis it wrote itself is left out
-_VERDICT_KEYS = ("experiment", "technique", "outcome", "kept", "delta", "ci_low", "ci_high", "p_value",
-                 "n_candidate", "n_incumbent", "noise_std", "reason", "candidate_runs")
+_VERDICT_KEYS = ("experiment", "outcome", "kept", "delta", "ci_low", "ci_high", "p_value", "n_candidate",
+                 "reason", "candidate_runs")
 
 
 def verdict_text(outcome: dict[str, Any], limit: int = 700) -> str:
     first = {k: outcome[k] for k in _VERDICT_KEYS if outcome.get(k) not in (None, "", [])}
     if isinstance(first.get("candidate_runs"), list):
-        first["candidate_runs"] = first["candidate_runs"][-3:]
+        first["candidate_runs"] = first["candidate_runs"][-2:]  # for read_logs
+    if isinstance(first.get("reason"), str):
+        first["reason"] = first["reason"][:160]
     return P.compact(P.tidy(first, 3), limit)
 
 
@@ -308,6 +310,7 @@ class LLMPlanner:
         self.fallbacks: list[str] = []
         self._system: tuple[str, str] | None = None  # (script sha, system prompt)
         self._knob_names: list[str] = []
+        self._knobs_by_sha: dict[str, tuple[list[Knob], list[str]]] = {}
         self._edit_note = ""
         self._decision_no = 0
         self.repeat_count = 0
@@ -354,11 +357,15 @@ class LLMPlanner:
         """The system prompt is static for a script version (a cached prefix at the provider); the knob
         enum follows the working script so that a knob the model just added can be set."""
         script = _read_script(ctx)
-        knobs: list[Knob] = read_knobs(script) if script else []
         key = registry_sha(script)
+        if key not in self._knobs_by_sha:  # parsing a 1,400-line script costs ~0.1 s: once per version
+            knobs: list[Knob] = read_knobs(script) if script else []
+            # the model sets the trainer's own knobs; the runtime names (threads, devices) are the harness's
+            names = sorted(allowed_override_names(script) - SAFE_RUNTIME_ENV) if script else []
+            self._knobs_by_sha = {key: (knobs, names)}
+        knobs, self._knob_names = self._knobs_by_sha[key]
         if self._system is None:  # the knob list of the system prompt is the incumbent's: stays put
             self._system = (key, P.system_prompt(knobs))
-        self._knob_names = sorted(allowed_override_names(script)) if script else []
 
     def _tools(self) -> list[dict[str, Any]]:
         out = []
@@ -732,16 +739,20 @@ def _edit_note(arguments: dict[str, Any], result: dict[str, Any]) -> str:
     plus = sum(1 for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
     minus = sum(1 for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---"))
     why = str(arguments.get("rationale", "")) if isinstance(arguments, dict) else ""
-    return P._clip(f"+{plus}/-{minus} lines: {why}", 90)
+    return P._clip(f"+{plus}/-{minus} lines: {why}", 70)
 
 
 def calibration_lines(ctx: Any) -> list[str]:
     """The proxy-to-final calibration per technique kind, for this tier (agent.calibration)."""
-    from agent.calibration import calibrations_from_ledger, describe
+    from agent.calibration import calibrations_from_ledger, slope_interval
 
     tier = getattr(ctx, "tier", None)
     ledger = getattr(ctx, "ledger", None)
     if tier is None or ledger is None:
         return []
-    calibs = calibrations_from_ledger(ledger.records(), tier.name)
-    return [describe(c) for c in calibs.values()]
+    out = []
+    for kind, c in calibrations_from_ledger(ledger.records(), tier.name).items():
+        lo, hi = slope_interval(c)
+        out.append(f"{kind}: final delta ~ {c.slope:+.2f} x this tier's (95% {lo:+.2f}..{hi:+.2f}; "
+                   f"{c.n} own pairs, {c.source})")
+    return out

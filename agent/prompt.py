@@ -21,6 +21,7 @@ from agent.planner import PlannerState
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_MAX_CHARS = 6000
 MAX_LINE = 240  # no single item may take more than this
+QUEUE_LINE = 150  # a queue item's notes are the plan's own: the first words say enough
 _SEP = "\n\n"
 
 # Which section gets how much of the budget when everything cannot fit; what is left unused by a
@@ -252,7 +253,7 @@ def _queue(s: PlannerState) -> tuple[str, list[str]]:
         gone = ", OBSOLETE per frontier" if q.get("technique") in obsolete else ""
         lines.append(_clip(f"- {q.get('technique', '?')} [priority {q.get('priority', '-')}, "
                            f"{q.get('state', 'open')}{tried}{gone}] env {_env(q.get('env'), 80)}"
-                           f"{'; ' + str(notes) if notes else ''}"))
+                           f"{'; ' + str(notes) if notes else ''}", QUEUE_LINE))
     closed = len(s.queue) - len(open_items)
     head = "## Queue (open items, in order)" + (f"; {closed} closed items hidden" if closed else "")
     return head, lines or ["- (queue exhausted)"]
@@ -315,7 +316,7 @@ def compact(obj: Any, limit: int = 1500) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "…[truncated]"
 
 
-MAX_KNOB_MEANING = 56
+MAX_KNOB_MEANING = 34
 
 
 def knob_lines(knobs: list[Any]) -> str:
@@ -325,7 +326,7 @@ def knob_lines(knobs: list[Any]) -> str:
     knobs = [k for k in knobs if k.name not in HARNESS_ENV]  # the harness sets those; overrides cannot
     if not knobs:
         return "(the script declares no knobs)"
-    return "\n".join(f"{k.name}={_clip(k.default, 24)}" + (f": {_clip(k.meaning, MAX_KNOB_MEANING)}" if k.meaning else "")
+    return "\n".join(f"{k.name}={_clip(k.default, 16)}" + (f": {_clip(k.meaning, MAX_KNOB_MEANING)}" if k.meaning else "")
                      for k in knobs)
 
 

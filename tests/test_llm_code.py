@@ -82,7 +82,8 @@ def test_the_knob_list_is_in_the_static_system_prompt(ctx):
     from memory.knobs import HARNESS_ENV
 
     for k in read_knobs(TRAINER.read_text()):
-        assert (f"\n{k.name}={k.default[:20]}" in first) == (k.name not in HARNESS_ENV)  # the harness's are not ours
+        assert (f"\n{k.name}={k.default[:12]}" in first) == (k.name not in HARNESS_ENV)  # the harness's are not ours
+        assert k.name in HARNESS_ENV or k.meaning[:20] in first
     assert "MLP_ACT_SLOPE=0.0: LeakyReLU slope before squaring" in first
 
 

@@ -29,8 +29,8 @@ def numbered(lines: list[str], first: int) -> str:
 
 
 class ViewArgs(BaseModel):
-    start_line: int = Field(ge=1, description="first line to show (1-based)")
-    end_line: int = Field(ge=1, description=f"last line to show; at most {MAX_VIEW_LINES} lines per view")
+    start_line: int = Field(ge=1)
+    end_line: int = Field(ge=1)
 
 
 class ViewResult(BaseModel):
@@ -53,7 +53,7 @@ def view_script(args: ViewArgs, ctx: ToolContext) -> ViewResult:
 
 
 class GrepArgs(BaseModel):
-    pattern: str = Field(min_length=1, max_length=200, description="a Python regular expression")
+    pattern: str = Field(min_length=1, max_length=200, description="Python regex")
     ignore_case: bool = Field(default=False)
 
 
@@ -63,8 +63,8 @@ class GrepResult(BaseModel):
     text: str
 
 
-@tool("grep_script", f"Search trainer/train_gpt.py with a regular expression; up to {MAX_MATCHES} numbered "
-      "matches with one line of context.", GrepArgs)
+@tool("grep_script", f"Regex search of trainer/train_gpt.py: up to {MAX_MATCHES} numbered matches in context.",
+      GrepArgs)
 def grep_script(args: GrepArgs, ctx: ToolContext) -> GrepResult:
     try:
         rx = re.compile(args.pattern, re.IGNORECASE if args.ignore_case else 0)
@@ -72,7 +72,8 @@ def grep_script(args: GrepArgs, ctx: ToolContext) -> GrepResult:
         raise ToolError(f"not a valid regular expression: {e}") from None
     lines = ctx.ws.script.read_text(encoding="utf-8").splitlines()
     hits = [i for i, line in enumerate(lines) if rx.search(line)]
-    blocks, last = [], -2
+    blocks: list[str] = []
+    last = -2
     for i in hits[:MAX_MATCHES]:
         lo, hi = max(0, i - 1), min(len(lines), i + 2)
         lo = max(lo, last + 1)

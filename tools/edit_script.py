@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import hashlib
 import subprocess
 
@@ -31,14 +32,14 @@ NEAREST_CONTEXT = 2  # lines shown either side of the nearest region
 
 
 class Edit(BaseModel):
-    search: str = Field(min_length=1, max_length=20_000, description="exact text to find; must occur once")
-    replace: str = Field(max_length=20_000, description="text to put in its place")
+    search: str = Field(min_length=1, max_length=20_000, description="exact text, found once")
+    replace: str = Field(max_length=20_000)
 
 
 class EditArgs(BaseModel):
-    rationale: str = Field(min_length=1, max_length=2_000, description="why this change should lower val_bpb")
+    rationale: str = Field(min_length=1, max_length=2_000, description="why it should lower val_bpb")
     edits: list[Edit] = Field(min_length=1, max_length=20)
-    path: str = Field(default=SCRIPT_RELPATH, description=f"must be {SCRIPT_RELPATH}")
+    path: str = Field(default=SCRIPT_RELPATH)  # anything else is refused
 
 
 class EditResult(BaseModel):
@@ -97,6 +98,11 @@ def nearest_region(text: str, search: str) -> str:
     return f"nearest region (lines {best_i + 1}-{best_i + k}, similarity {best:.2f}):\n{body}"
 
 
+@functools.lru_cache(maxsize=8)
+def _project_imports_of(text: str) -> tuple[str, ...]:
+    return tuple(_project_imports(ast.parse(text)))
+
+
 def _project_imports(tree: ast.AST) -> list[str]:
     bad = []
     for node in ast.walk(tree):
@@ -120,7 +126,7 @@ def check_edited_script(old: str, new: str) -> None:
         compile(tree, SCRIPT_RELPATH, "exec")
     except SyntaxError as err:
         raise ToolError(f"the edited script does not compile: line {err.lineno}: {err.msg}") from None
-    bad = sorted(set(_project_imports(tree)) - set(_project_imports(ast.parse(old))))
+    bad = sorted(set(_project_imports(tree)) - set(_project_imports_of(old)))
     if bad:
         raise ToolError(f"the trainer must stay one standalone file; it may not import {', '.join(bad)}")
     n_lines, n_bytes = new.count("\n") + 1, len(new.encode("utf-8"))
@@ -153,8 +159,8 @@ def apply_edits(text: str, edits: list[Edit]) -> str:
 
 @tool(
     "edit_train_script",
-    "Exact search/replace edits to trainer/train_gpt.py (outside the protected metric region); copy search "
-    "text from view_script/grep_script. The edited script is the candidate of your next sweep. Returns the diff.",
+    "Exact search/replace edits to trainer/train_gpt.py; the edited script is your next sweep's candidate. "
+    "Returns the diff.",
     EditArgs,
 )
 def edit_train_script(args: EditArgs, ctx: ToolContext) -> EditResult:

@@ -55,8 +55,7 @@ def rewrite_plan_blocks(ctx: ToolContext) -> list[str]:
 
 @tool(
     "record_finding",
-    "Write a technique's outcome into battle_plan.md. 'confirmed' and 'rejected' are accepted only when "
-    "the judge recorded that outcome for the technique; the statistics come from that decision.",
+    "Note a technique's outcome in battle_plan.md; confirmed/rejected only as the judge decided it.",
     FindingArgs,
 )
 def record_finding(args: FindingArgs, ctx: ToolContext) -> FindingResult:
@@ -94,10 +93,10 @@ def sig(x: float | None, digits: int = 3) -> str:
 
 
 class QueryArgs(BaseModel):
-    technique: str | None = Field(default=None, max_length=64, description="technique id (substring match)")
+    technique: str | None = Field(default=None, max_length=64, description="substring of the technique id")
     outcome: Literal["confirmed", "rejected", "inconclusive"] | None = None
     tier: str | None = Field(default=None, max_length=64)
-    newest: int = Field(default=10, ge=1, le=MAX_QUERY_ROWS, description="how many of the newest matches")
+    newest: int = Field(default=10, ge=1, le=MAX_QUERY_ROWS, description=f"rows, newest first (<= {MAX_QUERY_ROWS})")
 
 
 class QueryResult(BaseModel):
@@ -115,7 +114,7 @@ def decision_row(d: DecisionRecord) -> str:
 
 @tool(
     "query_findings",
-    "Search every judged experiment in the ledger (all sessions) by technique, outcome and tier; newest first.",
+    "Every past verdict (all sessions), filtered by technique, outcome, tier.",
     QueryArgs,
 )
 def query_findings(args: QueryArgs, ctx: ToolContext) -> QueryResult:

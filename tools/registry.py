@@ -113,17 +113,17 @@ def _subset(node: Any) -> Any:
         simple = [a for a in alts if a.get("type") != "null"]
         if len(simple) == 1 and len(alts) == 2 and isinstance(simple[0].get("type"), str) and "enum" not in simple[0] \
                 and simple[0]["type"] not in ("object", "array"):
-            out = {"type": [simple[0]["type"], "null"]}
+            alt: dict[str, Any] = {"type": [simple[0]["type"], "null"]}
         else:
-            out = {"anyOf": alts}
+            alt = {"anyOf": alts}
         if "description" in node:
-            out["description"] = node["description"]
-        return out
-    out = {k: v for k, v in node.items() if k in STRICT_KEYWORDS}
+            alt["description"] = node["description"]
+        return alt
+    out: dict[str, Any] = {k: v for k, v in node.items() if k in STRICT_KEYWORDS}
     if "items" in out:
         out["items"] = _subset(out["items"])
     if out.get("type") == "object" or "properties" in out:
-        props = out.get("properties", {})
+        props: dict[str, Any] = out.get("properties", {})
         required = set(node.get("required", []))
         out["type"] = "object"
         out["properties"] = {name: (_subset(sub) if name in required else _nullable(_subset(sub)))

@@ -38,7 +38,7 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # and a list lets the schema give `name` an enum of the script's knobs (registry.with_env_names).
 ENV_PAIRS_SCHEMA = {
     "type": "array", "description": "trainer environment overrides: knobs of trainer/train_gpt.py",
-    "items": {"type": "object", "properties": {"name": {"type": "string", "description": "knob name"},
+    "items": {"type": "object", "properties": {"name": {"type": "string"},
                                                 "value": {"type": "string"}},
               "required": ["name", "value"], "additionalProperties": False},
 }

@@ -141,3 +141,20 @@ class Researcher:
 
 def researcher(**kw: Any) -> Callable[[dict[str, Any], int], Reply]:
     return Researcher(**kw)
+
+
+def trainer_ideas(n: int) -> list[CodeIdea]:
+    """n distinct code ideas for trainer/train_gpt.py: the hand-written ones, then constants varied."""
+    act = "(F.leaky_relu(x, slope) if slope else F.relu(x)).square()"
+    cap = "torch.tanh(z / self.logit_softcap)"
+    out = list(TRAINER_IDEAS)
+    i = 0
+    while len(out) < n:
+        i += 1
+        power = 1.5 + 0.05 * i
+        out.append(CodeIdea(f"act_relu_pow_{i}", r"def mlp_activation", act, f"F.relu(x).pow({power:.2f})",
+                            f"relu to the power {power:.2f}"))
+        scale = 1.0 + 0.02 * i
+        out.append(CodeIdea(f"softcap_scale_{i}", r"return self.logit_softcap \* torch.tanh", cap,
+                            f"torch.tanh(z / ({scale:.2f} * self.logit_softcap))", f"softcap scaled by {scale:.2f}"))
+    return out[:n]
