@@ -311,6 +311,7 @@ class LLMPlanner:
         self._system: tuple[str, str] | None = None  # (script sha, system prompt)
         self._knob_names: list[str] = []
         self._knobs_by_sha: dict[str, tuple[list[Knob], list[str]]] = {}
+        self.seen_frontier: set[str] = set()  # the frontier lines shown at earlier decisions
         self._edit_note = ""
         self._decision_no = 0
         self.repeat_count = 0
@@ -349,6 +350,7 @@ class LLMPlanner:
         except DecisionFailed as e:
             return self._fall_back(state, ctx, str(e), getattr(e, "tokens", 0))
         self.consecutive_failures = 0
+        self._saw(state)
         return proposal
 
     # -- one decision -----------------------------------------------------------------------------
@@ -386,8 +388,12 @@ class LLMPlanner:
         older = len(self.journal) - shown
         journal = "\n".join(([f"({older} earlier decisions: use query_findings)"] if older > 0 else [])
                             + [j.line() for j in self.journal[-shown:]])
-        return P.redact(P.decision_prompt(state, digest_chars, context=self._context(ctx), journal=journal,
-                                          last=self.last_result))
+        text = P.redact(P.decision_prompt(state, digest_chars, context=self._context(ctx), journal=journal,
+                                          last=self.last_result, seen_frontier=self.seen_frontier))
+        return text
+
+    def _saw(self, state: PlannerState) -> None:
+        self.seen_frontier = {ln for ln in state.frontier.splitlines() if ln.strip()}
 
     def _context(self, ctx: Any) -> str:
         tier = getattr(ctx, "tier", None)

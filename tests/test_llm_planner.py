@@ -595,3 +595,17 @@ def test_the_planner_benchmark_runs_the_researcher_on_the_real_trainer():
     first = report["first_10"]
     assert first["fallbacks"] == 0 and first["requests_per_decision"] > 1  # code decisions take several steps
     assert 0 < first["code_edit_share"] < 1 and first["input_tokens_per_edit_decision"] > first["first_request_tokens"]
+
+
+def test_frontier_lines_new_since_the_last_decision_are_marked_first(ctx):
+    old = "Best legal record: 1.0611 (PR #1855, alice, 2026-04-27)"
+    new = "New: 1.0570 (PR #1901, bob, 2026-05-02) [open-claim]: xsa, ttt"
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]) as fake:
+        pl = planner(fake)
+        pl.propose(state(frontier=old), ctx)
+        pl.observe({"outcome": "rejected"})
+        pl.propose(state(frontier=old + "\n" + new, decisions_so_far=1), ctx)
+    first, second = (user_prompt(b) for b in fake.chat_requests())
+    assert "NEW" not in first
+    assert "1 line(s) NEW since your last decision" in second
+    assert second.index("NEW «New: 1.0570") < second.index("«Best legal record")
