@@ -298,6 +298,7 @@ def render_state(state: PlannerState, max_chars: int = DEFAULT_MAX_CHARS, skip: 
     avail = max(0, max_chars - fixed - len(_SEP) * len(_SECTIONS))
     built = {}
     for key, fn in _SECTIONS.items():
+        lines: list[str]
         if key in skip:
             head, lines = "", []
         elif key == "frontier":

@@ -88,8 +88,8 @@ def test_the_knob_list_is_in_the_static_system_prompt(ctx):
 
 
 def test_a_scripted_model_views_the_script_edits_a_new_activation_and_launches_it(ctx):
-    idea = CodeIdea("act_silu2", r"def mlp_activation", "(F.leaky_relu(x, slope) if slope else F.relu(x)).square()",
-                    "F.silu(x).square()", "a smooth squared activation")
+    idea = CodeIdea("act_silu2", r"def mlp_activation", r"^    return ", "    return F.silu(x).square()",
+                    "a smooth squared activation")
     model = Researcher(ideas=[idea], code_every=1, drift_every=1, max_env_ideas=0)
     with FakeOpenAI(model) as fake:
         pl = LLMPlanner("m", base_url=fake.base_url, max_retries=0)

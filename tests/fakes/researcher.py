@@ -24,31 +24,31 @@ INJECTION = re.compile(r"IGNORE (ALL )?PREVIOUS INSTRUCTIONS[^\n«»]*", re.IGNO
 @dataclass(frozen=True)
 class CodeIdea:
     name: str
-    grep: str  # finds the line to change
-    old: str  # a fragment of that line
-    new: str  # what the fragment becomes
+    grep: str  # finds where to look
+    line: str  # a regex for the line to rewrite, among the viewed ones (whatever it holds now)
+    new: str  # the line it becomes
     why: str
 
 
+ACT, CAP, NORM = r"def mlp_activation", r"def logits|return self.logit_softcap \* torch.tanh", r"def rms_norm"
+
 # real changes to trainer/train_gpt.py: activations, the softcap, normalisation
 TRAINER_IDEAS = [
-    CodeIdea("act_silu2", r"def mlp_activation", "(F.leaky_relu(x, slope) if slope else F.relu(x)).square()",
-             "F.silu(x).square()", "a smooth squared activation trains faster in short runs"),
-    CodeIdea("act_gelu2", r"def mlp_activation", "(F.leaky_relu(x, slope) if slope else F.relu(x)).square()",
-             "F.gelu(x, approximate='tanh').square()", "GELU squared keeps gradients for negative inputs"),
-    CodeIdea("act_relu_pow", r"def mlp_activation", "(F.leaky_relu(x, slope) if slope else F.relu(x)).square()",
-             "F.relu(x).pow(2.5)", "a sharper power of relu raises sparsity"),
-    CodeIdea("softcap_soft", r"return self.logit_softcap \* torch.tanh", "torch.tanh(z / self.logit_softcap)",
-             "torch.tanh(z / (1.25 * self.logit_softcap))", "a softer cap on the logits"),
-    CodeIdea("rmsnorm_eps", r"return F.rms_norm\(x, \(x.size\(-1\),\)\)", "F.rms_norm(x, (x.size(-1),))",
-             "F.rms_norm(x, (x.size(-1),), eps=1e-5)", "a larger norm epsilon stabilises low precision"),
+    CodeIdea("act_silu2", ACT, r"^    return ", "    return F.silu(x).square()",
+             "a smooth squared activation trains faster in short runs"),
+    CodeIdea("act_gelu2", ACT, r"^    return ", "    return F.gelu(x, approximate='tanh').square()",
+             "GELU squared keeps gradients for negative inputs"),
+    CodeIdea("softcap_soft", CAP, r"return self.logit_softcap \* torch.tanh",
+             "        return self.logit_softcap * torch.tanh(z / (1.25 * self.logit_softcap))", "a softer logit cap"),
+    CodeIdea("rmsnorm_eps", NORM, r"^    return ", "    return F.rms_norm(x, (x.size(-1),), eps=1e-5)",
+             "a larger norm epsilon stabilises low precision"),
 ]
 
 
-def _numbered_line(view: str, fragment: str) -> str | None:
-    """The script line (number prefix removed) that holds `fragment`, from a view_script answer."""
+def _numbered_line(view: str, pattern: str) -> str | None:
+    """The first script line (number prefix removed) matching `pattern`, from a numbered view."""
     for row in view.splitlines():
-        if "| " in row and fragment in row:
+        if "| " in row and re.search(pattern, row.split("| ", 1)[1]):
             return row.split("| ", 1)[1]
     return None
 
@@ -102,11 +102,11 @@ class Researcher:
         if done[-1] == "grep_script":
             m = re.search(r"^\s*(\d+)\|", json.loads(last).get("text", ""), re.M)
             line = int(m.group(1)) if m else 1
-            return "view_script", {"start_line": max(1, line - 1), "end_line": line + 3}
+            return "view_script", {"start_line": max(1, line - 1), "end_line": line + 4}
         if done[-1] in ("view_script", "edit_train_script") and not last.startswith("{\"diff\""):
             source = last if done[-1] == "edit_train_script" else json.loads(last).get("text", "")
-            line = _numbered_line(source.replace("\\n", "\n"), idea.old)
-            if line is None:  # the idea does not apply to this script: drop it, run a queue idea instead
+            line = _numbered_line(source.replace("\\n", "\n"), idea.line)
+            if line is None or line == idea.new:  # it does not apply (or is there already): a queue idea instead
                 self.ideas.pop(0)
                 return self._env_step(self.prompt)
             search = line
@@ -114,7 +114,7 @@ class Researcher:
                 # indentation lost and a space slipped in, as models' copies drift; the tool shows the region
                 search = line.strip().replace("(", "( ", 1)
             return "edit_train_script", {"rationale": idea.why, "path": None,
-                                         "edits": [{"search": search, "replace": line.replace(idea.old, idea.new)}]}
+                                         "edits": [{"search": search, "replace": idea.new}]}
         self.ideas.pop(0)
         self.code_tried += 1
         return "launch_local_sweep", {"name": idea.name, "technique": idea.name, "hypothesis": idea.why, "env": []}
@@ -145,16 +145,18 @@ def researcher(**kw: Any) -> Callable[[dict[str, Any], int], Reply]:
 
 def trainer_ideas(n: int) -> list[CodeIdea]:
     """n distinct code ideas for trainer/train_gpt.py: the hand-written ones, then constants varied."""
-    act = "(F.leaky_relu(x, slope) if slope else F.relu(x)).square()"
-    cap = "torch.tanh(z / self.logit_softcap)"
     out = list(TRAINER_IDEAS)
     i = 0
     while len(out) < n:
         i += 1
         power = 1.5 + 0.05 * i
-        out.append(CodeIdea(f"act_relu_pow_{i}", r"def mlp_activation", act, f"F.relu(x).pow({power:.2f})",
+        out.append(CodeIdea(f"act_relu_pow_{i}", ACT, r"^    return ", f"    return F.relu(x).pow({power:.2f})",
                             f"relu to the power {power:.2f}"))
         scale = 1.0 + 0.02 * i
-        out.append(CodeIdea(f"softcap_scale_{i}", r"return self.logit_softcap \* torch.tanh", cap,
-                            f"torch.tanh(z / ({scale:.2f} * self.logit_softcap))", f"softcap scaled by {scale:.2f}"))
+        out.append(CodeIdea(f"softcap_scale_{i}", CAP, r"return self.logit_softcap \* torch.tanh",
+                            f"        return self.logit_softcap * torch.tanh(z / ({scale:.2f} * self.logit_softcap))",
+                            f"softcap scaled by {scale:.2f}"))
+        eps = 10.0 ** (-6 + 0.1 * i)
+        out.append(CodeIdea(f"rmsnorm_eps_{i}", NORM, r"^    return ",
+                            f"    return F.rms_norm(x, (x.size(-1),), eps={eps:.2g})", f"norm epsilon {eps:.2g}"))
     return out[:n]
