@@ -17,6 +17,7 @@ goes to the HTTP client only; text bound for the model is redacted; outside text
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any, Literal
 
 import openai
 import tenacity
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import prompt as P
 from agent.planner import ExperimentSpec, PlannerState, Proposal
@@ -72,7 +73,10 @@ if FINISH_TOOL not in registry.names():
 
 
 class ExperimentArgs(BaseModel):
-    """What the model gives to launch one experiment (the session supplies seeds, tier and script)."""
+    """What the model gives to launch one experiment (the session supplies seeds, tier and script); an
+    argument it would expect to matter (seeds, a second candidate) is refused, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="lowercase slug, e.g. relu2_mlp")
     technique: str | None = Field(default=None, description="queue technique id; null for your own idea")
@@ -359,7 +363,7 @@ class LLMPlanner:
         """The system prompt is static for a script version (a cached prefix at the provider); the knob
         enum follows the working script so that a knob the model just added can be set."""
         script = _read_script(ctx)
-        key = registry_sha(script)
+        key = _text_sha(script)
         if key not in self._knobs_by_sha:  # parsing a 1,400-line script costs ~0.1 s: once per version
             knobs: list[Knob] = read_knobs(script) if script else []
             # the model sets the trainer's own knobs; the runtime names (threads, devices) are the harness's
@@ -652,10 +656,9 @@ class LLMPlanner:
         result = P.tidy(outcome.result)
         if name == "edit_train_script" and isinstance(result, dict):
             self._edit_note = _edit_note(json.loads(arguments) if arguments else {}, result)
-        if name == "read_logs" and isinstance(result, dict):  # log lines are outside text: quoted as data
-            result = {k: (P.untrusted(v, MAX_TOOL_RESULT_CHARS // 2) if isinstance(v, str) and len(v) > 80 else v)
-                      for k, v in result.items()}
-        body = json.dumps(result, default=str, separators=(",", ":"))
+        if name == "read_logs" and isinstance(result, dict):  # log lines are the candidate's output: data
+            result = quote_log_text(result)
+        body = json.dumps(result, default=str, separators=(",", ":"), ensure_ascii=False)
         return P.redact(body if len(body) <= MAX_TOOL_RESULT_CHARS else body[:MAX_TOOL_RESULT_CHARS - 14]
                         + "…[truncated]"), None
 
@@ -691,12 +694,25 @@ class LLMPlanner:
             self.journal.append(JournalEntry(decision=self._decision_no, source="llm", name=spec.name,
                                              technique=spec.technique, env=spec.env, edit=self._edit_note))
             return "launched", Proposal(action="experiment", experiment=spec, tokens_used=tokens,
-                                        reason="the session chooses the seeds")
+                                        reason=P._clip(f"chosen by {self.model}"
+                                                       + (f"; edit {self._edit_note}" if self._edit_note else ""), 200))
         self._record_refusal(ctx, name, error)
         return "ERROR: " + error, None
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+def quote_log_text(digest: dict[str, Any]) -> dict[str, Any]:
+    """A log digest with every line the run printed quoted as data (one field a line, capped)."""
+    out = dict(digest)
+    if isinstance(out.get("error_tail"), str):
+        out["error_tail"] = [P.untrusted(ln, 300) for ln in out["error_tail"].splitlines()[-20:] if ln.strip()]
+    if isinstance(out.get("milestones"), list):
+        out["milestones"] = [P.untrusted(m, 200) for m in out["milestones"]]
+    if isinstance(out.get("status"), str):
+        out["status"] = P.untrusted(out["status"], 80)
+    return out
+
 
 def _failed(why: str, tokens: int) -> DecisionFailed:
     e = DecisionFailed(why)
@@ -712,9 +728,7 @@ def _read_script(ctx: Any) -> str:
         return ""
 
 
-def registry_sha(text: str) -> str:
-    import hashlib
-
+def _text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 

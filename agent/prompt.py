@@ -54,12 +54,13 @@ def redact(text: str, env: Mapping[str, str] | None = None) -> str:
 # through `untrusted`: one line, no control or format characters, capped, inside «» that it cannot close.
 # The system prompt says such text is data, never instructions.
 DATA_OPEN, DATA_CLOSE = "«", "»"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def untrusted(text: Any, cap: int = 160) -> str:
     """Outside text as a quoted data field: control characters gone, one line, capped, delimiters escaped."""
-    clean = _CONTROL.sub(" ", str(text)).replace(DATA_OPEN, "<").replace(DATA_CLOSE, ">")
+    clean = _CONTROL.sub(" ", _ANSI.sub("", str(text))).replace(DATA_OPEN, "<").replace(DATA_CLOSE, ">")
     clean = " ".join(clean.split())
     if len(clean) > cap:
         clean = clean[: cap - 1] + "…"
