@@ -609,3 +609,12 @@ def test_frontier_lines_new_since_the_last_decision_are_marked_first(ctx):
     assert "NEW" not in first
     assert "1 line(s) NEW since your last decision" in second
     assert second.index("NEW «New: 1.0570") < second.index("«Best legal record")
+
+
+def test_arguments_the_session_would_ignore_are_refused_not_dropped(ctx):
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP | {"seeds": [1, 2]})),
+                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+        p = planner(fake).propose(state(), ctx)
+    assert p.action == "experiment"
+    error = tool_messages(fake.chat_requests()[1])[0]
+    assert "seeds" in error and "Extra inputs are not permitted" in error
