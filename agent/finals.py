@@ -39,7 +39,6 @@ import secrets
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agent.lock import pid_alive, read_lock
+from memory import git_records, incumbent
 from memory.ledger import Ledger
 from memory.records import EventRecord, FinalRecord, RunRecord, RunResult, SpendRecord, utcnow
 from memory.workspace import Workspace
@@ -308,8 +308,7 @@ def resolve_budget(ws: Workspace, ledger: Ledger, session: str, approve: bool, b
 
 
 def _git_show(root: Path, rev: str, relpath: str) -> str | None:
-    r = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=root, capture_output=True, text=True)
-    return r.stdout if r.returncode == 0 else None
+    return git_records.file_at(root, rev, relpath)
 
 
 def resolve_script(ws: Workspace, session: str, script_rev: str | None) -> tuple[str, str, str | None, str]:
@@ -321,28 +320,12 @@ def resolve_script(ws: Workspace, session: str, script_rev: str | None) -> tuple
             prep = _git_show(ws.root, rev, PREPARE_RELPATH)
             if prep is None and (ws.root / PREPARE_RELPATH).exists():
                 prep = (ws.root / PREPARE_RELPATH).read_text()
-            sha = subprocess.run(["git", "rev-parse", rev], cwd=ws.root, capture_output=True, text=True).stdout.strip()
+            sha = git_records.rev_parse(ws.root, rev) or ""
             return text, prep or "", sha or rev, f"git {rev} ({sha[:12]})"
     if script_rev:
         raise FinalRefused(f"no {SCRIPT_RELPATH} at git revision {script_rev!r}")
     prep = (ws.root / PREPARE_RELPATH).read_text() if (ws.root / PREPARE_RELPATH).exists() else ""
     return ws.script.read_text(), prep, None, "working tree"
-
-
-def _last_session(ledger: Ledger) -> str | None:
-    starts = [e.session for e in ledger.records(EventRecord) if e.event == "session_start"]
-    return starts[-1] if starts else None
-
-
-def _incumbent(ledger: Ledger, session: str) -> tuple[dict[str, str], str | None, str | None]:
-    from memory.records import DecisionRecord
-
-    env: dict[str, str] = {}
-    experiment = candidate = None
-    for d in ledger.records(DecisionRecord):
-        if d.session == session and d.kept:
-            env, experiment, candidate = dict(d.env), d.experiment, d.candidate
-    return env, experiment, candidate
 
 
 def _tier_env(ws: Workspace, tier: str) -> dict[str, str]:
@@ -883,7 +866,7 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
     ledger = Ledger(ws.ledger)
     cfg = config or FinalConfig()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    session = session or _last_session(ledger) or f"final-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    session = session or incumbent.last_session(ledger.records()) or f"final-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     final_id = f"final-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     seed_list = _seed_list(seeds)
     base: dict[str, Any] = dict(session=session, final_id=final_id, seeds=seed_list)
@@ -899,7 +882,8 @@ def run_final(ws_root: str | Path, session: str | None = None, *, seeds: int | l
         script, prepare, rev, where = resolve_script(ws, session, script_rev)
     except FinalRefused as e:
         return refused(str(e))
-    inc_env, experiment, candidate = _incumbent(ledger, session)
+    inc = incumbent.of_session(ws.root, ledger.records(), session, rev)
+    inc_env, experiment, candidate = inc.env, inc.experiment, inc.candidate
     run_env = {**_tier_env(ws, cfg.tier), **inc_env, **(env or {})}
     script_sha = sha256(script)
     if frontier is None:

@@ -13,14 +13,14 @@ import ast
 import difflib
 import functools
 import hashlib
-import subprocess
 
 from pydantic import BaseModel, Field
 
+from memory.incumbent import committed_script
+from memory.workspace import SCRIPT_RELPATH
 from tools.context import ToolContext
 from tools.registry import ToolError, tool
 
-SCRIPT_RELPATH = "trainer/train_gpt.py"
 PROTECTED_BEGIN = "# === PROTECTED: METRIC BEGIN ==="
 PROTECTED_END = "# === PROTECTED: METRIC END ==="
 # the challenge's style: one file under ~1,500 lines; its bytes count against the 16 MB artifact
@@ -72,8 +72,7 @@ def unified_diff(old: str, new: str, name: str = SCRIPT_RELPATH) -> str:
 
 def incumbent_script(ws_root) -> str | None:
     """The script as committed at HEAD (the incumbent on a session branch), or None outside git."""
-    r = subprocess.run(["git", "show", f"HEAD:{SCRIPT_RELPATH}"], cwd=ws_root, capture_output=True, text=True)
-    return r.stdout if r.returncode == 0 else None
+    return committed_script(ws_root)
 
 
 def nearest_region(text: str, search: str) -> str:
