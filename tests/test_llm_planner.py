@@ -524,9 +524,10 @@ def scientist(body: dict, n: int):
             return tool_reply(call("grep_script", {"pattern": "def mlp_activation", "ignore_case": None}))
         if done[-1] == "grep_script":
             line = int(json.loads(last_tool)["text"].split("|")[0])
-            return tool_reply(call("view_script", {"start_line": line, "end_line": line + 1}))
+            return tool_reply(call("view_script", {"start_line": line, "end_line": line + 3}))
         if done[-1] == "view_script":
-            seen = json.loads(last_tool)["text"].splitlines()[1].split("| ", 1)[1]
+            rows = [r.split("| ", 1)[1] for r in json.loads(last_tool)["text"].splitlines()]
+            seen = next(r for r in rows if r.startswith("    return "))
             return tool_reply(call("edit_train_script", {"rationale": "SiLU squared: a smooth relu^2", "path": None,
                                                          "edits": [{"search": seen, "replace": ACT_NEW}]}))
         return tool_reply(call("launch_local_sweep", {"name": "silu2", "technique": "silu2", "env": [],
