@@ -583,7 +583,7 @@ def test_a_whole_session_driven_by_a_scripted_model(tmp_path, tiny_dataset, monk
     prompts = {user_prompt(b) for b in bodies}
     assert all(p.index("test the cheap flags first") < p.index("## Incumbent") for p in prompts)
     last = user_prompt(bodies[-1])
-    assert first.experiment in last and "d1 silu2 edit +1/-1 lines" in last
+    assert decisions[1].experiment in last and "d1 silu2 edit +1/-1 lines" in last
     assert key not in ledger.path.read_text() and key not in git(ws, "log", "-p", "--all")
     assert all(key not in json.dumps(b["messages"]) for b in bodies)
 
