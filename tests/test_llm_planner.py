@@ -610,6 +610,17 @@ def test_frontier_lines_new_since_the_last_decision_are_marked_first(ctx):
     assert "NEW" not in first
     assert "1 line(s) NEW since your last decision" in second
     assert second.index("NEW «New: 1.0570") < second.index("«Best legal record")
+    assert "» (claims -0.0041 bpb vs the best record)" in second  # the claimed delta, in our words
+
+
+def test_the_tiers_fidelity_and_projection_have_their_place_in_the_research_context(ctx):
+    lines = ["fidelity cpu-tiny: rank correlation 0.71 with 8xH100 over 9 pairs",
+             "projection: incumbent -> 1.0592 at 8xH100 (95% 1.0571..1.0613)"]
+    with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
+        planner(fake, fidelity=lambda c: lines).propose(state(), ctx)
+    prompt = user_prompt(fake.chat_requests()[0])
+    context = prompt[prompt.index("## Research context"):prompt.index("## Your journal")]
+    assert all(ln in context for ln in lines)
 
 
 def test_arguments_the_session_would_ignore_are_refused_not_dropped(ctx):
