@@ -547,7 +547,8 @@ class LLMPlanner:
         if "parallel_tool_calls" in text:
             self.send_parallel_flag = False
             return "parallel_tool_calls"
-        if self.strict and any(m in text for m in ("strict", "schema", "additionalproperties", "required")):
+        if self.strict and any(m in text for m in ("strict", "invalid schema", "json schema", "additionalproperties",
+                                                   "function parameters")):
             self.strict = False
             return "strict"
         if "tool_choice" in text and self.tool_choice != "auto":
