@@ -27,13 +27,14 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import stats
 
-from memory.records import DecisionRecord, FinalRecord, RunRecord
+from memory.records import CalibrationPairRecord, DecisionRecord, FinalRecord, RunRecord
 
 Kind = Literal["architecture", "training"]
 KINDS: tuple[Kind, ...] = ("architecture", "training")
 PUBLISHED = Path(__file__).resolve().parent.parent / "memory" / "data" / "published_deltas.toml"
 FINAL_TIER = "h100x8-final"
 FINAL_SEED_STD = 0.00054  # median 3-seed std of 8xH100 records (challenge.md)
+BASELINE_BPB = 1.2244  # the challenge's baseline train_gpt.py on 8xH100 (challenge.md)
 PRIOR_A0 = 2.0  # inverse-gamma shape of the residual variance: worth about four pairs, and its mean exists
 
 # Environment variables whose change is a training-hyperparameter change (split on "_", any token).
@@ -235,7 +236,10 @@ def _mean_sd(values: Sequence[float], fallback_sd: float) -> tuple[float, float]
     return statistics.fmean(values), sd
 
 
-def _decision_se(d: DecisionRecord) -> float | None:
+def decision_se(d: DecisionRecord) -> float | None:
+    """The standard error of a decision's delta: paired (sd of differences / sqrt n) or unpaired."""
+    if d.test == "paired" and d.paired_noise is not None and d.seed_diffs:
+        return d.paired_noise.std / math.sqrt(len(d.seed_diffs))
     if d.noise_std and d.n_candidate and d.n_incumbent:
         return d.noise_std * math.sqrt(1.0 / d.n_candidate + 1.0 / d.n_incumbent)
     if d.ci_low is not None and d.ci_high is not None:
@@ -265,9 +269,23 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
     upper_tier is the final tier): a final F that promoted lower-tier experiment e is compared with the
     latest earlier successful final B; its delta mean(F) - mean(B) belongs to the stack of kept
     lower-tier decisions after B's experiment up to e, whose lower deltas add up. A stack that mixes
-    architecture and training changes is left out, because it belongs to neither fit.
+    architecture and training changes is left out, because it belongs to neither fit. First of all come
+    the tier's own calibration pairs (CalibrationPairRecord, written by `golf fidelity`); a technique
+    measured there is not paired again from decisions.
     """
     runs = {r.run_id: r for r in records if isinstance(r, RunRecord)}
+    measured = {c.technique: c for c in records if isinstance(c, CalibrationPairRecord)
+                and c.tier == lower_tier and c.upper_tier == upper_tier}  # golf fidelity: latest per technique
+    fidelity = [Pair(technique=c.technique, kind=c.technique_kind if c.technique_kind in KINDS else "architecture",
+                     lower_tier=lower_tier, upper_tier=upper_tier, lower_delta=c.lower_delta,
+                     upper_delta=c.upper_delta, lower_se=c.lower_se, source=f"fidelity: {c.source}")
+                for c in measured.values()]
+    return fidelity + _pairs_from_decisions(records, runs, lower_tier, upper_tier, final_tier,
+                                            skip=set(measured))
+
+
+def _pairs_from_decisions(records: Sequence, runs: dict[str, RunRecord], lower_tier: str, upper_tier: str,
+                          final_tier: str, skip: set[str]) -> list[Pair]:
     decisions = [d for d in records if isinstance(d, DecisionRecord) and d.delta is not None
                  and d.candidate != "incumbent"]
     lower = [d for d in decisions if d.tier == lower_tier]
@@ -276,21 +294,24 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
     pairs = []
     for name, u in latest_upper.items():
         lo = latest_lower.get(name)
-        if lo is None:
+        if lo is None or name in skip:
             continue
         pairs.append(Pair(technique=name, kind=decision_kind(lo, runs), lower_tier=lower_tier, upper_tier=upper_tier,
                           lower_delta=float(lo.delta or 0.0), upper_delta=float(u.delta or 0.0),
-                          lower_se=_decision_se(lo),
-                          upper_se=_decision_se(u), source=f"ledger: {lo.experiment} -> {u.experiment}"))
+                          lower_se=decision_se(lo),
+                          upper_se=decision_se(u), source=f"ledger: {lo.experiment} -> {u.experiment}"))
     if upper_tier != final_tier:
         return pairs
 
     finals = [f for f in records if isinstance(f, FinalRecord) and f.status in ("ok", "partial") and f.val_bpbs]
     index = {d.experiment: i for i, d in enumerate(lower)}
     for k, f in enumerate(finals):
-        if f.experiment not in index or k == 0:
+        if f.experiment not in index:
             continue
-        b = finals[k - 1]
+        # the first final of a promoted experiment: against the published baseline score (the loop starts
+        # from the challenge's baseline script), so the first real score already moves the fit
+        b = finals[k - 1] if k else FinalRecord(session="-", final_id="published-baseline", script_sha="-",
+                                                seeds=[1, 2, 3], val_bpbs=[BASELINE_BPB], status="ok")
         # a baseline final of a script no lower-tier decision produced: everything kept before e
         start = index.get(b.experiment, -1) if b.experiment is not None else -1
         stack = [d for d in lower[start + 1: index[f.experiment] + 1] if d.kept or d.experiment == f.experiment]
@@ -301,7 +322,7 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
             continue
         fm, fs = _mean_sd(f.val_bpbs, FINAL_SEED_STD)
         bm, bs = _mean_sd(b.val_bpbs, FINAL_SEED_STD)
-        ses = [_decision_se(d) for d in stack]
+        ses = [decision_se(d) for d in stack]
         known = [s for s in ses if s is not None]
         pairs.append(Pair(
             technique="+".join(_name(d) for d in stack), kind=kinds.pop(), lower_tier=lower_tier,

@@ -96,6 +96,12 @@ def cmd_status(args) -> int:
             d = "" if f["delta"] is None else f"{f['delta']:+.5f}"
             p = "" if f["p"] is None else f"{f['p']:.3g}"
             print(f"{f['technique']:<22}{f['outcome']:<14}{d:>10}{p:>9}{f['n']:>4}  {f['tier']}")
+    start = incumbent.session_start(records, session)
+    tier = start.detail.get("tier") if start is not None else None
+    if tier:  # how far the tier can be trusted, and the incumbent's projected 8xH100 score vs the frontier
+        from agent.fidelity import digest_lines
+
+        print("\n".join(digest_lines(records, tier, session)))
     torn = ledger.torn_lines()
     if torn:
         print(f"note: {len(torn)} torn ledger line(s) from a crash were set aside in {ledger.torn_path}")
@@ -154,6 +160,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_fidelity(args) -> int:
+    from agent.fidelity import describe, run_fidelity
+    from agent.lock import LockedError
+    from agent.progress import Progress
+    from memory.tiers import TiersError
+
+    only = [t.strip() for t in args.panel.split(",") if t.strip()] if args.panel else None
+    try:
+        f = run_fidelity(_ws(args), tier=args.tier, seeds=args.seeds, only=only, progress=Progress.auto())
+    except (ValueError, RuntimeError, LockedError, TiersError) as e:
+        print(f"golf fidelity: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(describe(f)))
+    return 0
+
+
 def cmd_prepare(args) -> int:
     script = _ws(args) / "trainer" / "prepare_data.py"
     return subprocess.call([sys.executable, str(script), "--out", str(_ws(args) / "data"), *args.rest])
@@ -192,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     po.add_argument("--reap", action="store_true", help="terminate every pod of ours no live session owns")
     rp = sub.add_parser("report", help="write a markdown report with plots from the ledger")
     rp.add_argument("--out", help="output folder (default: reports/)")
+    fd = sub.add_parser("fidelity", help="measure a tier's fidelity on techniques with published full-scale deltas")
+    fd.add_argument("--tier", default="cpu-smoke", help="tier from tiers.toml (default: cpu-smoke)")
+    fd.add_argument("--seeds", type=int, default=2, help="matched seeds per technique (default 2)")
+    fd.add_argument("--panel", help="comma-separated techniques (default: every [[full]] entry of "
+                                    "memory/data/published_deltas.toml)")
     pd = sub.add_parser("prepare-data", help="build the embedded dataset (or --variant fineweb)")
     pd.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -200,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args([*(sys.argv[1:] if argv is None else argv), "run"])
     handlers = {"run": cmd_run, "resume": lambda a: cmd_run(a, resume=True), "status": cmd_status,
                 "frontier": cmd_frontier, "final": cmd_final, "pods": cmd_pods, "report": cmd_report,
-                "prepare-data": cmd_prepare}
+                "prepare-data": cmd_prepare, "fidelity": cmd_fidelity}
     return handlers[args.cmd](args)
 
 

@@ -36,6 +36,7 @@ from agent.calibration import (
     Kind,
     calibrations_from_ledger,
     decision_kind,
+    decision_se,
     predict,
     technique_kind,
 )
@@ -113,7 +114,10 @@ def adopted_gain(mean: float, sd: float, measure_sd: float = 0.0) -> float:
 
 
 def _wallclock(tier: Tier) -> float:
-    return float(tier.env.get("MAX_WALLCLOCK_SECONDS", tier.run_timeout_s / 2))
+    if tier.seconds_per_run:  # measured (tiers.toml): the run's own wall time, overhead included
+        return max(0.0, (tier.seconds_per_run - RUN_OVERHEAD_S) / 1.3)
+    cap = float(tier.env.get("MAX_WALLCLOCK_SECONDS", 0) or 0)
+    return cap if cap > 0 else tier.run_timeout_s / 2  # 0: no cap (step-matched), bounded by the timeout
 
 
 def local_run_seconds(tier: Tier) -> float:
@@ -244,7 +248,10 @@ def rank_options(inputs: CostInputs, include_unaffordable: bool = False) -> list
 
 
 def _evidence(d: DecisionRecord, kind: Kind, noise: float) -> Evidence:
-    if d.noise_std and d.n_candidate and d.n_incumbent:
+    paired = decision_se(d) if d.test == "paired" else None
+    if paired is not None:
+        se = paired
+    elif d.noise_std and d.n_candidate and d.n_incumbent:
         se = _se(d.noise_std, d.n_candidate, d.n_incumbent)
     elif d.ci_low is not None and d.ci_high is not None:
         se = (d.ci_high - d.ci_low) / (2 * 1.96)
@@ -330,12 +337,14 @@ def queued_from_plan(items: Sequence[Any], decided: Set[str] = frozenset()) -> l
     return out
 
 
-def options_for_session(records: Sequence, plan: Any, tier: Tier, tiers: dict[str, Tier]) -> list[dict[str, Any]]:
+def options_for_session(records: Sequence, plan: Any, tier: Tier, tiers: dict[str, Tier],
+                        frontier: tuple[float | None, str] | None = None) -> list[dict[str, Any]]:
     """The session's digest entry: ranked options as dicts (PlannerState.options), over-budget ones last.
 
     Finals are affordable only within the plan's final_dollars (minus what finals already cost) and
-    only when the plan approves finals; otherwise promote is listed with fits_budget false. Paid local
-    tiers are bounded by the plan's dollars (minus what this tier's runs cost so far).
+    only when the plan approves finals, and proposed only when the projected score beats the frontier
+    (default: the best legal leaderboard entry) by the record margin with PROMOTE_PROB; otherwise
+    promote is listed with fits_budget false and the reason. Paid local tiers are bounded by the plan's dollars (minus what this tier's runs cost so far).
     """
     budget = getattr(plan, "budget", None)
     final_dollars = float(getattr(budget, "final_dollars", 0.0) or 0.0)
@@ -350,4 +359,30 @@ def options_for_session(records: Sequence, plan: Any, tier: Tier, tiers: dict[st
     queue = queued_from_plan(getattr(plan, "queue", []), decided)
     inputs = inputs_from_ledger(records, tiers, tier.name, queue=queue, budget_dollars=local_left,
                                 final_budget_dollars=final_left)
-    return [o.model_dump() for o in rank_options(inputs, include_unaffordable=True)]
+    ranked = rank_options(inputs, include_unaffordable=True)
+    if any(o.action == "promote" for o in ranked):
+        # a final is proposed only when the projected score beats the frontier by the record margin with
+        # high probability (agent/projection.py); otherwise it is listed as not proposed, with the reason
+        from agent.projection import PROMOTE_PROB, project
+        from agent.report import frontier_best
+
+        best, source = frontier if frontier is not None else frontier_best(list(records))
+        proj = project(records, tier.name, frontier_bpb=best, frontier_source=source)
+        for o in ranked:
+            if o.action == "promote" and not proj.promote:
+                o.fits_budget = False
+                o.why += (f"; not proposed: projected {proj.mean:.4f} +- {proj.sd:.4f} vs frontier "
+                          f"{best if best is not None else float('nan'):.4f} ({source}), P(record) "
+                          f"{proj.p_record if proj.p_record is not None else 0.0:.2f} < {PROMOTE_PROB:g}")
+        ranked = sorted(ranked, key=lambda o: not o.fits_budget)
+    from agent.fidelity import needs_gpu_tier
+
+    kinds = {q.technique: q.kind for q in queue}
+    out = []
+    for o in ranked:
+        row = o.model_dump()
+        if o.action == "test" and o.technique:  # the playbook ranks what this tier cannot see last
+            row["needs_gpu_tier"] = needs_gpu_tier(records, tier.name, o.technique, kinds.get(o.technique,
+                                                                                             "architecture"))
+        out.append(row)
+    return out

@@ -15,7 +15,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.judge import Verdict, judge, noise_model
+from agent.calibration import technique_kind
+from agent.judge import (
+    PRIOR_DF,
+    noise_kind,
+    noise_model,
+    paired_pool,
+    paired_prior,
+    sequential_experiment,
+)
 from agent.planner import ExperimentSpec, Proposal
 from agent.progress import Progress
 from agent.state import AA_PREFIX, latest_noise, matching_runs
@@ -71,9 +79,22 @@ class ExperimentRunner:
         return inc.script, inc.script_sha, inc.env
 
     def incumbent_runs(self) -> list[RunRecord]:
+        """The incumbent's runs, one per seed: its A/A runs and the runs that made it win.
+
+        A kept change's own runs are runs of exactly the new incumbent on their seeds, so they serve as
+        its matched baseline instead of being run again: on a step-matched (deterministic) tier a rerun
+        on the same seed returns the same number, so re-measuring would only spend runs. They were
+        selected for being low (the winner's curse), which makes later candidates' differences
+        conservative, never a false win's help.
+        """
         _, sha, env = self.incumbent()
-        return matching_runs(self.ctx.ledger.records(), tier=self.tier.name, hardware=self.hardware,
-                             script_sha=sha, env=env, aa_only=True)
+        records = self.ctx.ledger.records()
+        kept = {d.experiment for d in records if isinstance(d, DecisionRecord) and d.kept}
+        by_seed: dict[int, RunRecord] = {}
+        for r in matching_runs(records, tier=self.tier.name, hardware=self.hardware, script_sha=sha, env=env):
+            if r.experiment.startswith(AA_PREFIX) or r.experiment in kept:
+                by_seed.setdefault(r.seed, r)
+        return list(by_seed.values())
 
     def incumbent_mean(self) -> float | None:
         vals = scores(self.incumbent_runs())
@@ -176,24 +197,30 @@ class ExperimentRunner:
         exp_id = self.experiment_id(spec)
         self.progress.line(f"{exp_id}: {spec.hypothesis[:120] or spec.name}")
         seeds_all = list(range(SEED_BASE, SEED_BASE + self.tier.seeds_max))
-        todo, runs, look = seeds_all[: self.tier.seeds_initial], [], 1
-        verdict: Verdict | None = None
-        while todo:
-            _, recs = sweep(SweepArgs(candidates=[Candidate(name=spec.name, env=spec.env)], seeds=todo,
+        runs: list[RunRecord] = []
+        kind = noise_kind(spec.technique, [k for k in cand_env if cand_env.get(k) != inc_env.get(k)],
+                          script_changed=working != inc_text)
+        pool = paired_pool(self.ctx.ledger.records(DecisionRecord), tier=self.tier.name, hardware=self.hardware,
+                           kind=kind, exclude=exp_id)
+        diff_prior = paired_prior(pool, noise.std, noise.df or PRIOR_DF, kind)
+
+        def measure(seeds: list[int]) -> tuple[dict[int, float], dict[int, float]] | None:
+            nonlocal inc_runs
+            _, recs = sweep(SweepArgs(candidates=[Candidate(name=spec.name, env=spec.env)], seeds=seeds,
                                       experiment=exp_id, hypothesis=spec.hypothesis, technique=spec.technique),
                             self.ctx)
-            runs += recs
+            runs.extend(recs)
             ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
             if len(ok) < len(runs):
-                break  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
+                return None  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
             inc_runs = self.matched_incumbent({r.seed for r in ok})
-            verdict = judge(scores(inc_runs), scores(ok), alpha=self.tier.alpha,
-                            min_effect=self.tier.min_effect, noise_std=noise.std, noise_df=noise.df,
-                            seeds_max=self.tier.seeds_max,
-                            looks=look)
-            if not verdict.need_more or len(runs) >= self.tier.seeds_max:
-                break
-            todo, look = [seeds_all[len(runs)]], look + 1
+            return ({r.seed: float(r.result.val_bpb or 0.0) for r in inc_runs},
+                    {r.seed: float(r.result.val_bpb or 0.0) for r in ok})
+
+        verdict = sequential_experiment(measure, seeds=seeds_all, seeds_initial=self.tier.seeds_initial,
+                                        seeds_max=self.tier.seeds_max, alpha=self.tier.alpha,
+                                        min_effect=self.tier.min_effect, noise_std=noise.std, noise_df=noise.df,
+                                        diff_prior=diff_prior, futility_p=self.tier.futility_p)
         return self.decide(spec, proposal, planner, exp_id, runs, verdict, scores(inc_runs),
                            [r.run_id for r in inc_runs], noise, working, inc_text, cand_env)
 
@@ -213,6 +240,15 @@ class ExperimentRunner:
         elif inc_vals and self.same_scores(ok, inc_ids):
             outcome, reason = "rejected", "no effect: identical val_bpb on every matched seed; " + \
                 self.bytes_note(ok, inc_ids)
+        elif outcome == "rejected" and verdict is not None and self.tier.hardware == "cpu":
+            # a technique this tier cannot see (golf fidelity, or a kind that does not transfer from it) is
+            # not rejected on its evidence: it waits for a GPU tier
+            from agent.fidelity import needs_gpu_tier  # fidelity runs experiments' seeds: import here
+
+            kind = technique_kind(spec.technique, list(spec.env), working != inc_text)
+            blind = needs_gpu_tier(self.ctx.ledger.records(), self.tier.name, spec.technique, kind)
+            if blind:
+                outcome, reason = "inconclusive", f"needs a GPU tier: {blind}; the judge said: {reason}"
         elif outcome == "confirmed":
             hold_c = [r.result.holdout_bpb for r in ok if r.result.holdout_bpb is not None]
             hold_i = [r.result.holdout_bpb for r in self.incumbent_runs() if r.result.holdout_bpb is not None]
@@ -227,7 +263,9 @@ class ExperimentRunner:
         diff = unified_diff(inc_text, working) if working != inc_text else ""
         v = verdict
         stats = (f"delta {v.delta:+.5f} bpb (CI [{v.ci_low:+.5f}, {v.ci_high:+.5f}]), p={v.p_value:.3g}, "
-                 f"n={v.n_candidate} vs {v.n_incumbent}, noise std {v.noise_std:.5f}") if v and v.delta is not None \
+                 f"n={v.n_candidate} vs {v.n_incumbent}, {v.test or 'welch'} test, "
+                 f"{'sd of differences' if v.test == 'paired' else 'noise std'} {v.noise_std:.5f}") \
+            if v and v.delta is not None \
             else "no valid measurement"
         message = "\n".join([
             f"{exp_id}: {spec.name} -> {outcome} ({'kept' if kept else 'discarded'})", "",
@@ -253,6 +291,8 @@ class ExperimentRunner:
             noise_std=noise.std, candidate_runs=[r.run_id for r in runs], incumbent_runs=inc_ids, env=cand_env,
             script_sha=sha256_text(working), git_commit=commit.candidate_sha, git_ref=commit.ref, reason=reason,
             planner=planner, tokens_used=proposal.tokens_used or None,
+            test=v.test if v else None, seeds=list(v.seeds) if v else [], seed_diffs=list(v.seed_diffs) if v else [],
+            paired_noise=v.paired_noise if v else None,
         )
         self.ctx.ledger.append(dec)
         if spec.technique:

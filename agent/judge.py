@@ -1,4 +1,9 @@
-"""The judge: a measured noise model, a sequential Welch test for screening, and the challenge's record rule.
+"""The judge: noise models, sequential tests for screening, and the challenge's record rule.
+
+When both arms ran the same seeds (the loop's case) the test is paired, on per-seed differences, with a
+noise model for differences pooled by technique kind (paired_prior); otherwise a Welch test against the
+A/A noise model. sequential_experiment is the experiment's seed schedule, shared by the session loop
+and benchmarks/decisions.py.
 
 All values are val_bpb (lower is better); delta = mean(candidate) - mean(incumbent), so a negative
 delta is an improvement. Statistics come from scipy (stats, and in hot paths the t kernels stats.t
@@ -9,12 +14,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from scipy import optimize, special, stats
+
+from memory.records import DecisionRecord, PairedNoise
 
 Outcome = Literal["confirmed", "rejected", "inconclusive"]
 
@@ -121,6 +128,10 @@ class Verdict(BaseModel):
     look: int | None = None
     looks_planned: int | None = None
     margin: float | None = None  # bpb the candidate had to beat by (min_effect, or the record margin)
+    test: Literal["paired", "welch"] | None = None  # which test decided (judge_matched sets it)
+    seeds: list[int] = Field(default_factory=list)  # matched seeds, in order (paired)
+    seed_diffs: list[float] = Field(default_factory=list)  # candidate - incumbent per seed (paired)
+    paired_noise: PairedNoise | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -132,10 +143,21 @@ def look_alpha(alpha: float, candidate_sizes: tuple[int, ...], n_incumbent: int)
     look k has information I_k = 1 / (1/n_k + 1/n_incumbent) and corr(Z_j, Z_k) = sqrt(I_j / I_k), j<=k.
     Bonferroni (alpha / K) would ignore that correlation and waste power; Pocock spends it exactly.
     """
-    k = len(candidate_sizes)
+    return pocock_alpha(alpha, tuple(1.0 / (1.0 / n + 1.0 / n_incumbent) for n in candidate_sizes))
+
+
+def paired_look_alpha(alpha: float, pair_sizes: tuple[int, ...]) -> float:
+    """look_alpha for the paired test: a mean of n per-seed differences has information I_k = n_k."""
+    return pocock_alpha(alpha, tuple(float(n) for n in pair_sizes))
+
+
+@functools.lru_cache(maxsize=4096)
+def pocock_alpha(alpha: float, infos: tuple[float, ...]) -> float:
+    """The Pocock level for looks with these informations (see look_alpha); alpha for a single look."""
+    k = len(infos)
     if k <= 1:
         return alpha
-    info = np.array([1.0 / (1.0 / n + 1.0 / n_incumbent) for n in candidate_sizes])
+    info = np.array(infos)
     corr = np.sqrt(np.minimum.outer(info, info) / np.maximum.outer(info, info))
 
     def excess(c: float) -> float:
@@ -247,6 +269,13 @@ def judge(
         return Verdict(outcome="inconclusive", need_more=more, ci_low=delta, ci_high=delta, p_value=None,
                        df=None, reason="all runs identical and no noise model: nothing to test", **base)
 
+    return _decide(delta, se, df, a_look, min_effect, more, futility_p, base)
+
+
+def _decide(delta: float, se: float, df: float, a_look: float, min_effect: float, more: bool,
+            futility_p: float | None, base: dict[str, Any]) -> Verdict:
+    """The outcome of one look from the estimate, its standard error and df (shared by both tests)."""
+    look, planned, n_c, n_i = base["look"], base["looks_planned"], base["n_candidate"], base["n_incumbent"]
     t_stat = (delta + min_effect) / se  # H0: delta >= -min_effect (no improvement of that size)
     # Student t cdf and inverse: the kernels scipy.stats.t itself calls; its argument checking costs
     # twenty times the computation, and simulations call this tens of thousands of times
@@ -255,7 +284,7 @@ def judge(
     ci_low, ci_high = delta - half, delta + half
     base.update(ci_low=ci_low, ci_high=ci_high, p_value=p, df=df)
     where = f"delta {delta:+.5f} bpb, CI [{ci_low:+.5f}, {ci_high:+.5f}], p={p:.4g} vs {a_look:.4g}"
-    where += f" (look {look}/{len(sizes)}, {n_c} vs {n_i} seeds)"
+    where += f" (look {look}/{planned}, {n_c} vs {n_i} seeds)"
 
     if p < a_look:
         beyond = f" by more than {min_effect:g}" if min_effect else ""
@@ -273,6 +302,183 @@ def judge(
                        reason=f"futility at seeds_max, no improvement shown: {where}", **base)
     return Verdict(outcome="inconclusive", need_more=False,
                    reason=f"points to an improvement but not significant at seeds_max: {where}", **base)
+
+
+# ---------------------------------------------------------------------------------------------- paired
+
+NoiseKind = Literal["architecture", "training", "eval"]
+
+# The most degrees of freedom the kind's pooled spread may count for inside one experiment. A pool of
+# forty earlier differences must not pin this experiment's spread: techniques of one kind still differ
+# (a wider MLP scatters more than a norm scale), so the experiment's own differences keep a say once it
+# has three or four seeds. Six is about what a noise_runs=3 A/A measurement plus the tier prior give
+# the unpaired test, so neither test trusts its prior more than the other.
+PAIRED_POOL_DF_CAP = 6.0
+
+# Changes that leave training untouched and only change how the trained model is scored. Their paired
+# differences are tiny (same weights, different evaluation), so they pool among themselves only.
+EVAL_ENV = {"EVAL_STRIDE", "TTT_ENABLE", "TTT_CHUNK_TOKENS", "TTT_LR", "TTT_EPOCHS", "VAL_BATCH_SIZE"}
+EVAL_TECHNIQUES = {"sliding_eval", "ttt", "ttt_lora", "eval_stride"}
+
+
+def noise_kind(technique: str | None, changed_env: Sequence[str] = (), script_changed: bool = True) -> NoiseKind:
+    """Which experiments' paired spread may inform this one's: eval-only, training or architecture."""
+    from agent.calibration import technique_kind  # one classification of training vs architecture
+
+    keys = [k.upper() for k in changed_env]
+    if (technique or "").lower() in EVAL_TECHNIQUES or (not script_changed and keys
+                                                        and all(k in EVAL_ENV for k in keys)):
+        return "eval"
+    return technique_kind(technique, keys, script_changed)
+
+
+def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, kind: str) -> PairedNoise:
+    """The prior sd of per-seed differences for a new experiment of `kind`.
+
+    Why this pooling. Both arms of an experiment run the same seeds, so a seed's luck (initial weights,
+    data order) cancels in the difference and what is left is the change's interaction with the seed.
+    How large that is depends on what the change touches: an eval-only change scores the same weights
+    (differences of 0.001 bpb), an architecture change trains a different network (differences near
+    the full A/A spread). So the prior pools only earlier experiments of the same kind (their
+    within-experiment sums of squares around each experiment's own mean delta, because each change has
+    its own effect), and never lets an eval-only change's tiny spread vouch for an architecture change.
+    Before any experiment of the kind, the prior is sqrt(2) x the A/A std: the sd of a difference of two
+    independent runs, an upper bound whenever seed effects are shared non-negatively, so pairing has to
+    earn its tighter spread from data of its own kind (with three or more differences the experiment's
+    own spread alone, see paired_noise). Once the kind has any within-experiment degree
+    of freedom, the pooled variance alone is the prior, with exactly those degrees of freedom (so a
+    kind measured on two experiments of two seeds gives a t with 2 df: wide, but honest; mixing in the
+    fallback, which can be thirty times the real spread, would bias the estimate instead of widening
+    it). It counts for at most PAIRED_POOL_DF_CAP degrees of freedom in the experiment.
+    """
+    if not (aa_std > 0 and math.isfinite(aa_std)):
+        raise ValueError(f"paired_prior: the A/A std must be positive, got {aa_std}")
+    fallback = 2.0 * aa_std**2
+    ss = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in pool if len(g) >= 2)
+    df = sum(len(g) - 1 for g in pool if len(g) >= 2)
+    used = sum(1 for g in pool if len(g) >= 2)
+    if df == 0:
+        return PairedNoise(std=math.sqrt(fallback), df=min(aa_df, PAIRED_POOL_DF_CAP), pool_kind=kind,
+                           pool_std=math.sqrt(fallback), pool_df=min(aa_df, PAIRED_POOL_DF_CAP), pool_source="aa")
+    var = ss / df
+    given = min(float(df), PAIRED_POOL_DF_CAP)
+    return PairedNoise(std=math.sqrt(var), df=given, pool_kind=kind, pool_std=math.sqrt(var), pool_df=given,
+                       pool_source="kind", pool_experiments=used)
+
+
+def paired_noise(prior: PairedNoise, diffs: Sequence[float]) -> PairedNoise:
+    """The experiment's own spread of differences shrunk toward the prior (scaled-inverse-chi-square)."""
+    d = np.asarray(diffs, dtype=float)
+    own = float(np.var(d, ddof=1)) if d.size >= 2 else None
+    if prior.pool_source == "aa" and d.size >= 3 and own:
+        # no experiment of this kind yet: the A/A fallback is an upper bound, not an estimate, and can be
+        # thirty times the real spread (an eval-only change on cpu-smoke: 0.0007 against 0.021), so mixed
+        # in it would swamp the evidence. Three or more differences give an exact paired t test of
+        # their own, with n - 1 degrees of freedom.
+        return prior.model_copy(update=dict(std=math.sqrt(own), df=float(d.size - 1), pool_df=0.0,
+                                            own_std=math.sqrt(own), own_n=int(d.size)))
+    ss = (d.size - 1) * own if own is not None else 0.0
+    var = (prior.pool_df * prior.pool_std**2 + ss) / (prior.pool_df + max(d.size - 1, 0))
+    return prior.model_copy(update=dict(std=math.sqrt(var), df=prior.pool_df + max(d.size - 1, 0),
+                                        own_std=math.sqrt(own) if own is not None else None, own_n=int(d.size)))
+
+
+def paired_pool(decisions: Sequence[DecisionRecord], *, tier: str, hardware: str, kind: str,
+                exclude: str | None = None) -> list[list[float]]:
+    """Per-seed differences of earlier paired decisions of this kind on this tier and hardware."""
+    return [list(d.seed_diffs) for d in decisions
+            if d.test == "paired" and d.tier == tier and d.hardware == hardware and d.paired_noise is not None
+            and d.paired_noise.pool_kind == kind and len(d.seed_diffs) >= 2 and d.experiment != exclude]
+
+
+def judge_paired(
+    diffs: Sequence[float],
+    *,
+    prior: PairedNoise,
+    alpha: float,
+    min_effect: float = 0.0,
+    seeds_max: int,
+    looks: int | None = None,
+    futility_p: float | None = 0.8,
+    seeds: Sequence[int] = (),
+) -> Verdict:
+    """One look of a sequential one-sided paired t test on per-seed differences (candidate - incumbent).
+
+    Same design as `judge` (Pocock looks, futility stop, outcomes), with the mean difference as the
+    estimate, se = s_d / sqrt(n), and s_d the experiment's spread shrunk toward `prior` (paired_prior),
+    with prior.pool_df + n - 1 degrees of freedom. One seed is enough for a look: the prior carries it.
+    """
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"judge: alpha must be in (0, 0.5), got {alpha}")
+    if min_effect < 0:
+        raise ValueError("judge: min_effect is a size of improvement in bpb and must be >= 0")
+    d, delta, _ = _moments(diffs, "paired difference")
+    n = d.size
+    seeds_max = max(seeds_max, n)
+    look = looks or 1
+    first = max(1, n - look + 1)
+    sizes = tuple(range(first, seeds_max + 1))
+    a_look = paired_look_alpha(alpha, sizes)
+    nm = paired_noise(prior, [float(x) for x in d])
+    base: dict[str, Any] = dict(delta=delta, n_candidate=n, n_incumbent=n, noise_std=nm.std, alpha_look=a_look,
+                                look=look, looks_planned=len(sizes), margin=min_effect, test="paired",
+                                seeds=list(seeds), seed_diffs=[float(x) for x in d], paired_noise=nm)
+    se = nm.std / math.sqrt(n)
+    return _decide(delta, se, nm.df, a_look, min_effect, n < seeds_max, futility_p, base)
+
+
+def judge_matched(
+    incumbent: Mapping[int, float],
+    candidate: Mapping[int, float],
+    *,
+    alpha: float,
+    seeds_max: int,
+    diff_prior: PairedNoise | None,
+    noise_std: float | None = None,
+    noise_df: float | None = None,
+    min_effect: float = 0.0,
+    looks: int | None = None,
+    futility_p: float | None = 0.8,
+) -> Verdict:
+    """Paired when every candidate seed has an incumbent run on the same seed; unpaired Welch otherwise.
+
+    Values are keyed by seed. Welch gets all incumbent runs given (the A/A runs, in the loop's case).
+    """
+    common = [s for s in candidate if s in incumbent]
+    if diff_prior is not None and candidate and len(common) == len(candidate):
+        return judge_paired([candidate[s] - incumbent[s] for s in common], prior=diff_prior, alpha=alpha,
+                            min_effect=min_effect, seeds_max=seeds_max, looks=looks, futility_p=futility_p,
+                            seeds=common)
+    v = judge(list(incumbent.values()), list(candidate.values()), alpha=alpha, min_effect=min_effect,
+              noise_std=noise_std, noise_df=noise_df, seeds_max=seeds_max, looks=looks, futility_p=futility_p)
+    return v.model_copy(update={"test": "welch"})
+
+
+Measure = Callable[[list[int]], "tuple[dict[int, float], dict[int, float]] | None"]
+
+
+def sequential_experiment(measure: Measure, *, seeds: Sequence[int], seeds_initial: int, seeds_max: int,
+                          **judge_kw: Any) -> Verdict | None:
+    """The experiment's seed schedule: seeds_initial seeds, then one more per look while the judge asks.
+
+    `measure(new_seeds)` runs the candidate (and the incumbent where it lacks a run) on new_seeds and
+    returns (incumbent, candidate) values by seed for everything measured so far, or None to stop
+    early (a failed run, an exhausted budget): the last look's verdict comes back, need_more still set. The session loop and benchmarks/decisions.py
+    both run experiments through this function, so the benchmark measures the loop's own rule.
+    """
+    seeds = list(seeds)[:seeds_max]
+    todo, look, done, verdict = seeds[:seeds_initial], 1, 0, None
+    while todo:
+        got = measure(todo)
+        if got is None:
+            return verdict  # the last look's (need_more still set: no decision was reached)
+        done += len(todo)
+        inc, cand = got
+        verdict = judge_matched(inc, cand, seeds_max=seeds_max, looks=look, **judge_kw)
+        if not verdict.need_more or done >= len(seeds):
+            break
+        todo, look = [seeds[done]], look + 1
+    return verdict
 
 
 def judge_record(

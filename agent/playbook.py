@@ -42,13 +42,16 @@ class PlaybookPlanner:
         untested, retest = self._eligible(state)
         # the whole queue is explored before any ambiguous result gets its second look
         group, second_look = (untested, False) if untested else (retest, True)
-        if not group:
-            return Proposal(action="stop", reason="the queue holds nothing untested")
         ranked = {o.get("technique"): o for o in state.options
                   if o.get("action") in ("test", "add_seeds") and o.get("technique")}
+        if second_look:  # another look on this tier cannot help what it cannot see (agent/fidelity.py)
+            group = [q for q in group if not ranked.get(q["technique"], {}).get("needs_gpu_tier")]
+        if not group:
+            return Proposal(action="stop", reason="the queue holds nothing untested")
         order = {q["technique"]: i for i, q in enumerate(group)}
-        if ranked:  # cost-aware order within the group; queue order breaks ties
-            group = sorted(group, key=lambda q: (-(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
+        if ranked:  # cost-aware order within the group; what the tier cannot see (fidelity) goes last
+            group = sorted(group, key=lambda q: (bool(ranked.get(q["technique"], {}).get("needs_gpu_tier")),
+                                                 -(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
                                                  order[q["technique"]]))
         group, deferred = defer_left_behind(group, state.frontier_obsolete)
         q = group[0]

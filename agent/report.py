@@ -34,6 +34,7 @@ from agent.calibration import (
     published_pairs,
 )
 from memory.records import (
+    CalibrationPairRecord,
     DecisionRecord,
     EventRecord,
     FinalRecord,
@@ -150,6 +151,8 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
                "n": d.n_candidate} for (t, tier), d in confirmed.items()]
 
     tiers = Counter(d.tier for d in decisions if d.tier != FINAL_TIER)
+    # no decisions yet: the tier `golf fidelity` measured, whose own calibration pairs are plotted
+    tiers = tiers or Counter(c.tier for c in records if isinstance(c, CalibrationPairRecord))
     lower = tiers.most_common(1)[0][0] if tiers else None
     calib: dict[str, Any] = {"lower_tier": lower, "upper_tier": FINAL_TIER, "kinds": {}}
     own = pairs_from_ledger(records, lower, FINAL_TIER) if lower else []
@@ -163,8 +166,17 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
 
     spend = _spend_series(records)
     best, best_source = frontier_best(records, leaderboard)
+    projection: list[str] = []
+    if lower:  # fidelity per kind and the incumbent's projected 8xH100 score (agent/fidelity, projection)
+        from agent.fidelity import fidelity_lines
+        from agent.projection import describe_projection, project
+
+        sessions = [d.session for d in decisions]
+        projection = fidelity_lines(records, lower) + describe_projection(
+            project(records, lower, sessions[-1] if sessions else None, frontier_bpb=best,
+                    frontier_source=best_source))
     return {"decisions": points, "finals": finals, "deltas": deltas, "calibration": calib, "spend": spend,
-            "frontier": {"best_bpb": best, "source": best_source},
+            "frontier": {"best_bpb": best, "source": best_source}, "projection": projection,
             "findings": [f.model_dump() for f in records if isinstance(f, FindingRecord)],
             "noise": [{"tier": n.tier, "hardware": n.hardware, "std": n.std, "n": len(n.values), "at": n.at}
                       for n in records if isinstance(n, NoiseRecord)],
@@ -307,7 +319,8 @@ def plot_calibration(data: dict[str, Any], path: Path) -> Figure:
         if own:
             ax.errorbar([p["lower_delta"] for p in own], [p["upper_delta"] for p in own],
                         xerr=[p["lower_se"] or 0.0 for p in own], yerr=[p["upper_se"] or 0.0 for p in own],
-                        fmt="o", color="tab:blue", capsize=2, label=f"ledger ({cal['lower_tier']})")
+                        fmt="o", color="tab:blue", capsize=2,
+                        label=f"own pairs ({cal['lower_tier']}: golf fidelity, finals)")
         xs_data = [p["lower_delta"] for p in pub + own] + [0.0]
         lo, hi = min(xs_data), max(xs_data)
         span = max(hi - lo, 0.01)
@@ -410,6 +423,8 @@ def render_markdown(data: dict[str, Any], ledger: Path, images: dict[str, str]) 
             "pairs (memory/data/published_deltas.toml).", ""]
     for kind in KINDS:
         out.append(f"- {cal['kinds'][kind]['describe']}")
+    if data.get("projection"):
+        out += ["", "## Against the frontier", "", "```", *data["projection"], "```"]
     out += ["", "## Spend over time", "", f"![spend]({images['spend']})", ""]
     if data["finals"]:
         out += ["## Finals", "", "| final | experiment | status | seeds | mean | sd | p | record claim | dollars |",

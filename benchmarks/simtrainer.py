@@ -5,6 +5,13 @@ truth they could not see. Values are val_bpb; a technique's effect is its bpb de
 
 Noise figures from shared/challenge.md: the 3-seed std of val_bpb was 0.0034 on 1xH100 (about 1,250
 steps) and a median 0.00054 on 8xH100 records.
+
+A run is  true bpb + seed effect + run noise. The seed effect (initial weights, data order) is shared by
+every configuration run on that seed; the run noise is the configuration's own interaction with the
+seed (and a GPU's nondeterminism). How a total seed std splits between them comes from the cpu-smoke
+ledger (issue 10): its A/A std was about 0.012 while the per-seed differences of matched arms had sds
+of 0.0012-0.0100 (median about 0.003), so the run noise is about 0.003 / sqrt(2) = 0.0021, a share
+RUN_SHARE = 0.18 of the total std; split_noise applies that share to a tier's total.
 """
 
 from __future__ import annotations
@@ -18,10 +25,20 @@ NOISE_1XH100 = 0.0034
 NOISE_8XH100 = 0.00054
 BASELINE_BPB = 1.2244  # the challenge's baseline train_gpt.py
 RUN_SECONDS = 600.0  # one run: 600 s of training
+RUN_SHARE = 0.18  # run noise / total seed std, from the cpu-smoke ledger (see above)
+
+
+def split_noise(total: float, run_share: float = RUN_SHARE) -> tuple[float, float]:
+    """(seed_sd, run_sd) whose squares add up to total^2, with run_sd = run_share * total."""
+    run = run_share * total
+    return (total**2 - run**2) ** 0.5, run
 
 
 class SimTrainer:
     """`run(stack, seed)` is a noisy draw around `true_bpb(stack)`; the same stack and seed give the same value.
+
+    noise_std is the run noise (independent per stack and seed); seed_sd the seed effect every stack
+    shares on one seed (0 by default: independent runs).
 
     Seeded runs are reproducible, like a real trainer with a fixed seed, so strategies that run the
     same stack with the same seed see the same number (common random numbers make comparisons fairer).
@@ -37,6 +54,7 @@ class SimTrainer:
         *,
         baseline: float = BASELINE_BPB,
         run_seconds: float = RUN_SECONDS,
+        seed_sd: float = 0.0,
     ):
         self.techniques = dict(techniques)
         self.interactions = {frozenset(k): v for k, v in (interactions or {}).items()}
@@ -44,6 +62,7 @@ class SimTrainer:
             if len(pair) != 2 or not pair <= self.techniques.keys():
                 raise ValueError(f"interaction {set(pair)} must name two known techniques")
         self.noise_std = noise_std
+        self.seed_sd = seed_sd
         self.seed = seed
         self.baseline = baseline
         self.run_seconds = run_seconds
@@ -70,7 +89,14 @@ class SimTrainer:
         self.runs += 1
         key = f"{self.seed}|{','.join(sorted(stack))}|{seed}".encode()
         rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
-        return self.true_bpb(stack) + self.noise_std * float(rng.standard_normal())
+        return self.true_bpb(stack) + self.seed_effect(seed) + self.noise_std * float(rng.standard_normal())
+
+    def seed_effect(self, seed: int) -> float:
+        if not self.seed_sd:
+            return 0.0
+        key = f"{self.seed}|seed|{seed}".encode()
+        rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
+        return self.seed_sd * float(rng.standard_normal())
 
 
 def make_scenario(

@@ -77,6 +77,25 @@ class RunRecord(BaseModel):
     run_dir: str | None = None
 
 
+class PairedNoise(BaseModel):
+    """The noise model behind a paired test: the sd of per-seed differences (candidate - incumbent).
+
+    `std`/`df` are what the test used: this experiment's own spread shrunk toward `pool_std`, the
+    spread pooled over earlier paired experiments of the same `pool_kind` on the tier (see
+    agent/judge.py, paired_prior, for why the pool is split by kind and its weight capped).
+    """
+
+    std: float
+    df: float
+    pool_kind: str  # architecture | training | eval: experiments whose spread may inform this one
+    pool_std: float  # the prior: pooled per-seed-difference sd of that kind (or sqrt(2) x A/A std)
+    pool_df: float  # degrees of freedom the prior was given here (capped)
+    pool_source: Literal["kind", "aa"]  # pooled from experiments of the kind, or the A/A fallback
+    pool_experiments: int = 0
+    own_std: float | None = None  # this experiment's own sd of differences (n >= 2)
+    own_n: int = 0
+
+
 class DecisionRecord(BaseModel):
     """The judge's verdict on one experiment against the incumbent, with its statistics."""
 
@@ -107,6 +126,12 @@ class DecisionRecord(BaseModel):
     reason: str = ""
     planner: str | None = None
     tokens_used: int | None = None
+    # which test decided: "paired" on per-seed differences when both arms ran the same seeds, "welch"
+    # (unpaired) otherwise; older records carry None
+    test: Literal["paired", "welch"] | None = None
+    seeds: list[int] = Field(default_factory=list)  # the matched seeds, in order
+    seed_diffs: list[float] = Field(default_factory=list)  # candidate - incumbent per seed (paired)
+    paired_noise: PairedNoise | None = None
 
 
 class NoiseRecord(BaseModel):
@@ -191,6 +216,32 @@ class EventRecord(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+class CalibrationPairRecord(BaseModel):
+    """One change measured on a tier against its published full-scale delta (`golf fidelity`).
+
+    These are the tier's own calibration pairs: agent/calibration.py fits the tier's proxy-to-full
+    mapping on them (the latest per technique), and the report plots them.
+    """
+
+    kind: Literal["calibration_pair"] = "calibration_pair"
+    at: str = Field(default_factory=utcnow)
+    session: str
+    tier: str
+    hardware: str
+    technique: str
+    technique_kind: str  # architecture | training (agent/calibration.py's kinds)
+    lower_delta: float  # mean per-seed difference on the tier (candidate - baseline), bpb
+    lower_se: float | None = None
+    upper_tier: str = "h100x8-final"
+    upper_delta: float  # the published full-scale delta
+    source: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=list)
+    seed_diffs: list[float] = Field(default_factory=list)
+    runs: list[str] = Field(default_factory=list)
+    script_sha: str | None = None
+
+
 class FrontierEntry(BaseModel):
     """One leaderboard row with its provenance and legality flags."""
 
@@ -211,6 +262,7 @@ class FrontierEntry(BaseModel):
 
 
 Record = Annotated[
-    RunRecord | DecisionRecord | NoiseRecord | FindingRecord | SpendRecord | FinalRecord | EventRecord,
+    RunRecord | DecisionRecord | NoiseRecord | FindingRecord | SpendRecord | FinalRecord | EventRecord
+    | CalibrationPairRecord,
     Field(discriminator="kind"),
 ]

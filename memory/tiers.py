@@ -8,7 +8,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 
 class Tier(BaseModel):
@@ -24,12 +24,41 @@ class Tier(BaseModel):
     typical_noise: float = 0.003  # prior std of val_bpb across seeds, replaced by the measured one
     alpha: float = 0.05  # one-sided significance for a screening win on this tier
     min_effect: float = 0.0  # a win must also beat this many bpb
+    # drop a candidate at an interim look when its one-sided p exceeds this (None: never); lower screens
+    # faster (benchmarks/decisions.py, "screen")
+    futility_p: float | None = 0.8
     price_per_hour: float | None = None  # dollars, for cost accounting
     # Dollars per hour used only to rank options (agent/costs.py) where no money changes hands (own CPU,
     # own GPU): what renting the same machine would cost. Never booked as spend.
     notional_price_per_hour: float | None = None
     startup_s: float = 0.0  # once per batch of runs: pod start, image pull, data download
     step_matched: bool = False  # fixed ITERATIONS instead of wallclock, so devices compare
+    # measured fidelity of this tier's verdicts against the published full-scale deltas (golf fidelity)
+    fidelity_spearman: float | None = None
+    fidelity_pairs: int | None = None
+    seconds_per_run: float | None = None  # measured mean wall seconds of one run on the tier's machine
+
+    @model_validator(mode="after")
+    def _step_matched_runs_without_a_wallclock_cap(self) -> Tier:
+        """A step-matched tier runs exactly ITERATIONS steps, bounded by run_timeout_s, never by a clock.
+
+        With any MAX_WALLCLOCK_SECONDS the trainer's iteration warmdown follows the estimated wallclock
+        of the last WARMDOWN_ITERS steps instead of the step count, and a 40-step CPU run under a 120 s
+        cap never warms down at all (its LR scale stayed 1.0). So the cap is 0 (none) on every
+        step-matched tier, and a tiers.toml that sets another is refused rather than silently changed.
+        """
+        if not self.step_matched:
+            return self
+        cap = self.env.get("MAX_WALLCLOCK_SECONDS", "0")
+        try:
+            capped = float(cap) != 0.0
+        except ValueError:
+            capped = True
+        if capped:
+            raise ValueError(f"a step_matched tier runs without a wallclock cap (run_timeout_s bounds it): "
+                             f"set MAX_WALLCLOCK_SECONDS = 0 or remove it, not {cap!r}")
+        self.env["MAX_WALLCLOCK_SECONDS"] = "0"
+        return self
 
 
 class TiersError(ValueError):

@@ -141,9 +141,15 @@ def test_session_options_follow_the_plan_budget():
     assert promote["fits_budget"] is False  # finals not approved
     plan.budget.approve_finals = True
     assert dollars_spent_on_finals(records) == pytest.approx(22.0 + 23.5)  # spend increments, summed per final
+    # against the real frontier (1.0611) the projected score is no record: no final is proposed
     opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS)
+    promote = next(o for o in opts if o["action"] == "promote")
+    assert promote["fits_budget"] is False and "not proposed: projected" in promote["why"]
+    # a frontier the projection beats by far more than the record margin: proposed, within the budget
+    weak = (1.30, "a weak frontier")
+    opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS, frontier=weak)
     promote = next(o for o in opts if o["action"] == "promote")
     assert promote["fits_budget"] is True  # 54.50 left
     plan.budget.final_dollars = 45.5 + promote["real_dollars"] - 1.0
-    opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS)
+    opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS, frontier=weak)
     assert next(o for o in opts if o["action"] == "promote")["fits_budget"] is False  # a dollar short

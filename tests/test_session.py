@@ -69,6 +69,15 @@ def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judge
     assert by_tech["lzma"].outcome == "rejected" and "bytes-only" in by_tech["lzma"].reason
     noise = ledger.records(NoiseRecord)
     assert noise and noise[0].std > 0 and len(noise[0].values) >= 2
+    # both arms ran the same seeds, so the judge tested per-seed differences and recorded them
+    runs = {r.run_id: r for r in ledger.records(RunRecord)}
+    for d in decisions:
+        if d.delta is None:
+            continue
+        assert d.test == "paired" and d.paired_noise is not None and d.paired_noise.std > 0
+        cand = {runs[i].seed: runs[i].result.val_bpb for i in d.candidate_runs}
+        inc = {runs[i].seed: runs[i].result.val_bpb for i in d.incumbent_runs}
+        assert d.seed_diffs == pytest.approx([cand[s] - inc[s] for s in d.seeds])
     assert not any(r.candidate == "ttt_prescore" for r in ledger.records(RunRecord)), "a banned item ran"
     # git: one ref per experiment; kept ones are on the branch, discarded ones only under refs/golf
     branch_log = git(ws, "log", "--format=%H", "golf/e2e")
