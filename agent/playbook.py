@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.planner import ExperimentSpec, PlannerState, Proposal
+from agent.planner import ExperimentSpec, PlannerState, Proposal, QueueRow
 
 RETRIES_FOR_INCONCLUSIVE = 1
 
@@ -24,12 +24,15 @@ class PlaybookPlanner:
     def observe(self, outcome: dict[str, Any]) -> None:
         self.last_outcome = outcome
 
-    def _eligible(self, state: PlannerState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        untested, retest = [], []
+    def _eligible(self, state: PlannerState) -> tuple[list[QueueRow], list[QueueRow]]:
+        untested: list[QueueRow] = []
+        retest: list[QueueRow] = []
         already = state.incumbent.get("env", {})
         for q in state.queue:
             if q["state"] in ("done", "banned") or not q["env"]:
                 continue  # the playbook only tests flag changes; script edits are the LLM's
+            if q["refused"]:
+                continue  # refused as the line stands (recorded in the ledger); an edit of the line lifts it
             if not any(already.get(k) != v for k, v in q["env"].items()):
                 continue  # already part of the incumbent
             if q["decided"] is None:

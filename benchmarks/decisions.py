@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.judge import judge, noise_model  # noqa: E402
-from benchmarks.simtrainer import NOISE_1XH100, NOISE_8XH100, SimTrainer, make_scenario  # noqa: E402
+from testing.simtrainer import NOISE_1XH100, NOISE_8XH100, SimTrainer, make_scenario  # noqa: E402
 
 
 @dataclass

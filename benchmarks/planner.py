@@ -1,7 +1,7 @@
 """The LLM planner's tool loop on a simulated trainer: what the loop costs around the training runs.
 
-Two scripted models drive the real LLMPlanner (openai SDK, real HTTP to tests/fakes/fake_openai.py on
-127.0.0.1) through a stand-in session loop that runs each proposal on benchmarks/simtrainer.py, judges
+Two scripted models drive the real LLMPlanner (openai SDK, real HTTP to testing/fakes/fake_openai.py on
+127.0.0.1) through a stand-in session loop that runs each proposal on testing/simtrainer.py, judges
 it with agent.judge.judge (A/A noise model, 2 seeds then one more while ambiguous), and keeps the
 ledger, the state digest (agent.state.build_state) and the battle plan as the real loop does:
 
@@ -42,13 +42,13 @@ from agent.judge import judge, noise_model  # noqa: E402
 from agent.llm_planner import LLMPlanner  # noqa: E402
 from agent.planner import Budget, ExperimentSpec, Proposal  # noqa: E402
 from agent.state import build_state  # noqa: E402
-from benchmarks.simtrainer import NOISE_1XH100, SimTrainer, make_scenario  # noqa: E402
 from memory.battle_plan import parse_plan  # noqa: E402
 from memory.ledger import Ledger  # noqa: E402
 from memory.records import DecisionRecord, NoiseRecord, RunRecord, RunResult  # noqa: E402
 from memory.tiers import Tier  # noqa: E402
 from memory.workspace import Workspace  # noqa: E402
-from tests.fakes.fake_openai import FakeOpenAI, call, tool_reply  # noqa: E402
+from testing.fakes.fake_openai import FakeOpenAI, call, tool_reply  # noqa: E402
+from testing.simtrainer import NOISE_1XH100, SimTrainer, make_scenario  # noqa: E402
 from tools.context import ToolContext  # noqa: E402
 
 SCRIPT = '''import os

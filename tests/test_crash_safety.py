@@ -1,0 +1,142 @@
+"""Crash-safe records: killed anywhere, a resumed session leaves nothing lost, doubled or contradictory.
+
+Each test kills the real `golf` command (real trainer at the cpu-tiny tier, a real git repository) at
+a named fault point (memory/faults.py) or at a random moment, resumes it, and checks the records
+as a whole: every decision has its finding, plan blocks and git commit, and they all agree.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memory.ledger import Ledger
+from memory.records import DecisionRecord, EventRecord
+from testing.invariants import check_records
+from testing.workspace import golf, golf_env, make_workspace
+
+SESSION = "crash"
+ARGS = ["--tier", "cpu-tiny", "--session", SESSION, "--planner", "playbook"]
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_dataset) -> Path:
+    return make_workspace(tmp_path, tiny_dataset)
+
+
+def crash_then_resume(ws: Path, point: str, experiments: int) -> tuple[list, Ledger]:
+    died = golf(ws, "run", *ARGS, "--experiments", str(experiments), env={"PGOLF_CRASH_AT": point})
+    assert died.returncode == -signal.SIGKILL, died.stdout[-2000:] + died.stderr[-2000:]
+    before = Ledger(ws / ".golf" / "ledger.jsonl").records()
+    resumed = golf(ws, "resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    ledger = check_records(ws, SESSION)
+    assert ledger.records()[: len(before)] == before, "resume rewrote what was recorded"
+    return before, ledger
+
+
+def test_a_finding_lost_after_its_decision_is_rebuilt_on_resume_and_reaches_the_plan(ws):
+    before, ledger = crash_then_resume(ws, "ledger_write:finding#2", experiments=2)
+    assert len([d for d in ledger.records(DecisionRecord) if d.session == SESSION]) == 2
+    assert len(ledger.torn_lines()) == 1  # the half-written finding was set aside, then rebuilt
+
+
+def test_a_verdict_committed_before_a_crash_is_the_verdict_the_ledger_records(ws):
+    """The experiment's own extra incumbent runs must not re-decide it on resume: the commit already
+    carries a verdict, and the ledger takes that one."""
+    before, ledger = crash_then_resume(ws, "after_commit#1", experiments=1)
+    assert not [d for d in before if isinstance(d, DecisionRecord)]
+    decisions = [d for d in ledger.records(DecisionRecord) if d.session == SESSION]
+    assert len(decisions) == 1
+
+
+@pytest.mark.parametrize("lock", [".git/index.lock", ".git/refs/heads/golf/crash.lock", ".git/HEAD.lock"])
+def test_a_git_lock_left_by_a_killed_git_is_cleared_on_resume(ws, lock):
+    died = golf(ws, "run", *ARGS, "--experiments", "1", env={"PGOLF_CRASH_AT": "ledger_write:decision"})
+    assert died.returncode == -signal.SIGKILL
+    (ws / lock).write_text("")  # what git leaves when it is killed holding the lock
+    resumed = golf(ws, "resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    check_records(ws, SESSION)
+    events = [e for e in Ledger(ws / ".golf" / "ledger.jsonl").records(EventRecord) if e.event == "git_locks_cleared"]
+    assert [e.detail["locks"] for e in events] == [[lock.removeprefix(".git/")]]
+
+
+def test_a_lock_held_by_a_live_git_of_ours_is_never_removed(ws):
+    died = golf(ws, "run", *ARGS, "--experiments", "1", env={"PGOLF_CRASH_AT": "ledger_write:decision"})
+    assert died.returncode == -signal.SIGKILL
+    (ws / ".git/index.lock").write_text("")
+    # a git still working in this repository (it waits on stdin for as long as we like)
+    live = subprocess.Popen(["git", "cat-file", "--batch"], cwd=ws, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        resumed = golf(ws, "resume")
+    finally:
+        live.stdin.close()
+        live.wait(timeout=30)
+    assert resumed.returncode == 2
+    assert "index.lock" in resumed.stderr and f"pid {live.pid}" in resumed.stderr
+    assert (ws / ".git/index.lock").exists()
+    assert len(Ledger(ws / ".golf" / "ledger.jsonl").records(DecisionRecord)) == 0
+    resumed = golf(ws, "resume")  # once that git is gone, the lock is stale and resume goes on
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    check_records(ws, SESSION)
+
+
+# ------------------------------------------------------------------------------------------ chaos
+
+FAULTS = ["during_run", "after_commit", "ledger_write:run", "ledger_write:decision", "ledger_write:finding",
+          "ledger_write:noise", "ledger_write:event", "git:update-ref", "git:update-index", "git:read-tree",
+          "git:commit-tree", "git:commit", "git:symbolic-ref"]
+
+
+def chaos(ws: Path, *, kills: int, experiments: int, seed: int, max_delay: float) -> list[str]:
+    """Kill a session `kills` times (at a random fault point, or after a random delay, the whole process
+    group at once: trainer and git children included), resuming after each; then let it finish."""
+    rng = random.Random(seed)
+    ledger_path = ws / ".golf" / "ledger.jsonl"
+    history = []
+    for i in range(kills + 1):
+        started = any(e.session == SESSION and e.event == "session_start"
+                      for e in Ledger(ledger_path).records(EventRecord))
+        cmd = ["resume"] if started else ["run", *ARGS, "--experiments", str(experiments)]
+        before = Ledger(ledger_path).records()
+        env, delay = {}, None
+        if i < kills:
+            if rng.random() < 0.5:
+                env = {"PGOLF_CRASH_AT": f"{rng.choice(FAULTS)}#{rng.randint(1, 3)}"}
+            else:
+                delay = rng.uniform(0.5, max_delay)
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *cmd],
+                                env=golf_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=delay if delay is not None else 600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        what = env.get("PGOLF_CRASH_AT") or (f"kill after {delay:.1f}s" if delay is not None else "to the end")
+        history.append(f"{i}: {cmd[0]} {what} -> {proc.returncode}")
+        assert proc.returncode in (0, -signal.SIGKILL), "\n".join(history) + "\n" + out[-3000:]
+        after = Ledger(ledger_path).records()
+        assert after[: len(before)] == before, "recorded history was rewritten:\n" + "\n".join(history)
+    assert proc.returncode == 0, "\n".join(history) + "\n" + out[-3000:]
+    ledger = check_records(ws, SESSION)
+    decided = [d for d in ledger.records(DecisionRecord) if d.session == SESSION]
+    assert len(decided) == experiments, "\n".join(history)
+    return history
+
+
+def test_a_session_killed_at_random_points_loses_nothing_and_records_nothing_twice(ws):
+    chaos(ws, kills=4, experiments=1, seed=15, max_delay=12.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [int(os.environ.get("PGOLF_CHAOS_SEED", "2026"))])
+def test_twenty_kills_at_random_points_lose_nothing_and_record_nothing_twice(ws, seed):
+    chaos(ws, kills=20, experiments=3, seed=seed, max_delay=25.0)
