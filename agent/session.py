@@ -235,7 +235,7 @@ class Session:
             git_records.start_session(self.ws.root, self.session, allow_dirty=True)
             recovered = recovery.recover(self.ctx)  # decisions a crash left half-recorded
             # a crash can leave the candidate's script in the worktree: go back to the incumbent
-            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH])
+            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH, incumbent.INCUMBENT_FILE])
             self.prior_elapsed = elapsed_before(self.ledger.records(), self.session)
             self.ledger.append(EventRecord(session=self.session, event="session_resume",
                                            detail={"killed_orphans": killed, "aborted_runs": marked, **recovered}))
@@ -350,7 +350,7 @@ class Session:
 
     def finish(self, stopped: str) -> None:
         try:
-            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH])
+            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH, incumbent.INCUMBENT_FILE])
             self.write_status_blocks()
             incumbent.commit_paths(self.ws.root, ["battle_plan.md"],
                          f"session {self.session}: battle plan after the session ({stopped})")
