@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from memory import git_records, incumbent
 from memory.records import DecisionRecord, FindingRecord
 from memory.workspace import SCRIPT_RELPATH
@@ -28,9 +30,13 @@ def note_with_decision(message: str, dec: DecisionRecord) -> str:
 
 
 def decision_in_note(note: str) -> DecisionRecord | None:
+    """The decision a research note carries; None when it has none or one this version cannot read."""
     for line in reversed(note.splitlines()):
         if line.startswith(DECISION_TRAILER):
-            return DecisionRecord.model_validate_json(line.removeprefix(DECISION_TRAILER))
+            try:
+                return DecisionRecord.model_validate_json(line.removeprefix(DECISION_TRAILER))
+            except ValidationError:
+                return None
     return None
 
 

@@ -66,3 +66,16 @@ def test_the_state_is_typed_and_still_reads_like_the_dicts_it_replaced():
     assert not IncumbentView() and IncumbentView(n=0)  # empty like {} until something is set
     assert PlannerState.model_validate_json(s.model_dump_json()) == s
     assert isinstance(s.queue[0], QueueRow)
+
+
+def test_a_research_note_carries_its_decision_and_an_unreadable_one_is_no_decision():
+    from agent.recovery import decision_in_note, note_with_decision
+
+    dec = DecisionRecord(session="s1", experiment="e001-mlp3x", candidate="mlp3x", technique="mlp3x", tier="t",
+                         hardware="h", outcome="inconclusive", kept=False, delta=-0.001, p_value=0.2,
+                         reason="ambiguous\nat 2 of 3 seeds", git_commit="abc", git_ref="refs/golf/s1/e001-mlp3x")
+    note = note_with_decision("e001-mlp3x: mlp3x -> inconclusive (discarded)\n\nResult: ...", dec)
+    assert note.startswith("e001-mlp3x: mlp3x -> inconclusive (discarded)\n")
+    assert decision_in_note(note) == dec.model_copy(update={"git_commit": None, "git_ref": None})
+    assert decision_in_note("a note\n\nGolf-Decision: {\"kind\": \"decision\"}\n") is None
+    assert decision_in_note("e001-x: a hand-made commit") is None
