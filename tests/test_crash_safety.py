@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,37 +97,57 @@ FAULTS = ["during_run", "after_commit", "ledger_write:run", "ledger_write:decisi
           "git:commit-tree", "git:commit", "git:symbolic-ref"]
 
 
-def chaos(ws: Path, *, kills: int, experiments: int, seed: int, max_delay: float) -> list[str]:
-    """Kill a session `kills` times (at a random fault point, or after a random delay, the whole process
-    group at once: trainer and git children included), resuming after each; then let it finish."""
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def chaos(ws: Path, *, kills: int, experiments: int, seed: int) -> list[str]:
+    """Kill a session until `kills` kills have landed, resuming after each, then let it finish.
+
+    Each attempt dies at a random fault point (memory/faults.py) when it gets there, or else is killed,
+    the whole process group at once (trainer and git children included), at a random moment after it
+    has written 1-4 more ledger lines: so every kill falls inside work still to do, at any speed."""
     rng = random.Random(seed)
     ledger_path = ws / ".golf" / "ledger.jsonl"
-    history = []
-    for i in range(kills + 1):
+    history: list[str] = []
+    landed = 0
+    while True:
         started = any(e.session == SESSION and e.event == "session_start"
                       for e in Ledger(ledger_path).records(EventRecord))
         cmd = ["resume"] if started else ["run", *ARGS, "--experiments", str(experiments)]
         before = Ledger(ledger_path).records()
-        env, delay = {}, None
-        if i < kills:
+        env, grow, extra = {}, None, 0.0
+        if landed < kills:
+            grow, extra = rng.randint(1, 4), rng.uniform(0.0, 1.5)
             if rng.random() < 0.5:
                 env = {"PGOLF_CRASH_AT": f"{rng.choice(FAULTS)}#{rng.randint(1, 3)}"}
-            else:
-                delay = rng.uniform(0.5, max_delay)
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *cmd],
-                                env=golf_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=delay if delay is not None else 600)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-        what = env.get("PGOLF_CRASH_AT") or (f"kill after {delay:.1f}s" if delay is not None else "to the end")
-        history.append(f"{i}: {cmd[0]} {what} -> {proc.returncode}")
-        assert proc.returncode in (0, -signal.SIGKILL), "\n".join(history) + "\n" + out[-3000:]
+        out_path = ws.parent / f"golf-{len(history)}.out"
+        with open(out_path, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *cmd],
+                                    env=golf_env(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        lines0, deadline = _lines(ledger_path), time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if grow is not None and _lines(ledger_path) >= lines0 + grow:
+                time.sleep(extra)
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        rc = proc.wait(timeout=600)
+        what = " ".join(filter(None, [env.get("PGOLF_CRASH_AT"),
+                                      grow and f"else kill {extra:.1f}s after {grow} new ledger line(s)"]))
+        history.append(f"{len(history)}: {cmd[0]} {what or 'to the end'} -> {rc}")
+        tail = out_path.read_text()[-3000:]
+        assert rc in (0, -signal.SIGKILL), "\n".join(history) + "\n" + tail
         after = Ledger(ledger_path).records()
         assert after[: len(before)] == before, "recorded history was rewritten:\n" + "\n".join(history)
-    assert proc.returncode == 0, "\n".join(history) + "\n" + out[-3000:]
+        if rc == 0:
+            break
+        landed += 1
+    assert landed == kills, "the session finished before every kill landed:\n" + "\n".join(history)
     ledger = check_records(ws, SESSION)
     decided = [d for d in ledger.records(DecisionRecord) if d.session == SESSION]
     assert len(decided) == experiments, "\n".join(history)
@@ -135,10 +156,10 @@ def chaos(ws: Path, *, kills: int, experiments: int, seed: int, max_delay: float
 
 
 def test_a_session_killed_at_random_points_loses_nothing_and_records_nothing_twice(ws):
-    chaos(ws, kills=4, experiments=1, seed=15, max_delay=12.0)
+    chaos(ws, kills=4, experiments=1, seed=15)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [int(os.environ.get("PGOLF_CHAOS_SEED", "2026"))])
 def test_twenty_kills_at_random_points_lose_nothing_and_record_nothing_twice(ws, seed):
-    chaos(ws, kills=20, experiments=3, seed=seed, max_delay=25.0)
+    chaos(ws, kills=20, experiments=4, seed=seed)
