@@ -129,6 +129,8 @@ class PlannerState(BaseModel):
     findings: list[FindingRow] = Field(default_factory=list)
     recent: list[RecentDecision] = Field(default_factory=list)  # last decisions, compact
     frontier: str = ""  # frontier digest text (diff since last session, flags)
+    # queue technique -> why newer records dropped or superseded it (the playbook tries those last)
+    frontier_obsolete: dict[str, str] = Field(default_factory=dict)
     options: list[dict[str, Any]] = Field(default_factory=list)  # cost-aware choices (calibration)
     plan_changed: bool = False
     decisions_so_far: int = 0
