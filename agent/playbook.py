@@ -67,8 +67,7 @@ class PlaybookPlanner:
         )
 
 
-def defer_left_behind(items: list[dict[str, Any]],
-                      obsolete: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def defer_left_behind(items: list[QueueRow], obsolete: dict[str, str]) -> tuple[list[QueueRow], list[QueueRow]]:
     """(the items in order, those of them deferred), the deferred moved to the end, whatever the cost
     ranking said: queue items whose technique newer records dropped or superseded (the frontier's word, e.g.
     value_residual after PR #1218) run after the rest of their group. Not banned: the human queued them,
@@ -77,7 +76,7 @@ def defer_left_behind(items: list[dict[str, Any]],
     return [q for q in items if q["technique"] not in obsolete] + later, later
 
 
-def deferral_note(chosen: dict[str, Any], deferred: list[dict[str, Any]], obsolete: dict[str, str]) -> str:
+def deferral_note(chosen: QueueRow, deferred: list[QueueRow], obsolete: dict[str, str]) -> str:
     """What the decision says about the frontier's deferrals (empty when there are none)."""
     if chosen["technique"] in obsolete:
         return f"; taken after the rest of the queue because it is {obsolete[chosen['technique']]}"
