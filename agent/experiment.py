@@ -1,9 +1,9 @@
 """One experiment, start to verdict: seeds, the judge, the git record and the ledger's decision.
 
-Order matters for crash safety: runs are in the ledger as they finish; the git record is made
-(idempotently) before the decision is appended; findings and plan blocks are derived afterwards.
-Killed at any point, a resumed session re-proposes the same experiment id, reuses its finished
-runs, gets the same verdict and finds the same commit.
+Order matters for crash safety: runs are in the ledger as they finish; the git record, which carries
+the whole decision, is made (idempotently) before the decision is appended; findings and plan blocks
+are derived afterwards. Killed before the commit, a resumed session re-proposes the same experiment
+id and reuses its finished runs; killed after it, agent/recovery.py takes the committed verdict.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent import recovery
 from agent.calibration import technique_kind
 from agent.judge import (
     PRIOR_DF,
@@ -27,7 +28,7 @@ from agent.judge import (
 from agent.planner import ExperimentSpec, Proposal
 from agent.progress import Progress
 from agent.state import AA_PREFIX, latest_noise, matching_runs
-from memory import git_records, incumbent
+from memory import incumbent
 from memory.faults import crash_point, die
 from memory.knobs import check_env_allowed
 from memory.records import DecisionRecord, EventRecord, NoiseRecord, Outcome, RunRecord
@@ -63,7 +64,7 @@ class ExperimentRunner:
         self.tier = ctx.tier
         self.progress = progress
         self.hardware = ""
-        ctx.extra["on_run"] = self._on_run
+        ctx.on_run = self._on_run
 
     def _on_run(self, phase: str, run_id: str, rec: RunRecord | None) -> None:
         if phase == "start":
@@ -74,8 +75,8 @@ class ExperimentRunner:
     # -- the incumbent ----------------------------------------------------------------------------
     def incumbent(self) -> tuple[str, str, dict[str, str]]:
         inc = incumbent.in_session(self.ctx.ws.root, self.ctx.ledger.records(), self.ctx.session,
-                                   self.ctx.extra.get("base_env"))
-        self.ctx.incumbent_env = inc.env
+                                   self.ctx.base_env)
+        self.ctx.incumbent_env, self.ctx.head_sha = inc.env, inc.rev
         return inc.script, inc.script_sha, inc.env
 
     def incumbent_runs(self) -> list[RunRecord]:
@@ -139,12 +140,13 @@ class ExperimentRunner:
                                       + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs"))
         vals = scores(runs)
         prev = latest_noise(self.ctx.ledger.records(), self.tier.name, self.hardware)
-        if prev is not None and prev.script_sha == sha and prev.env == env and sorted(prev.values) == sorted(vals):
+        if (prev is not None and prev.script_sha == sha and prev.env == env and sorted(prev.values) == sorted(vals)
+                and prev.prior_std == self.tier.typical_noise):
             return prev
         nm = noise_model(vals, prior_std=self.tier.typical_noise, tier=self.tier.name, hardware=self.hardware)
         rec = NoiseRecord(session=self.ctx.session, tier=self.tier.name, hardware=self.hardware, script_sha=sha,
                           env=env, values=vals, std=nm.std, mean=statistics.fmean(vals), df=nm.df, source=nm.source,
-                          runs=[r.run_id for r in runs])
+                          prior_std=self.tier.typical_noise, runs=[r.run_id for r in runs])
         self.ctx.ledger.append(rec)
         self.progress.line(f"noise: std {nm.std:.5f} bpb ({nm.source}, n={len(vals)}), incumbent mean "
                            f"{rec.mean:.5f}")
@@ -189,7 +191,7 @@ class ExperimentRunner:
             return self.refuse(spec, registry.format_validation_error(e))
         except ValueError as e:
             return self.refuse(spec, str(e))
-        cand_env = inc_env | spec.env
+        cand_env = incumbent.candidate_env(inc_env, spec.env)
         if working == inc_text and cand_env == inc_env:
             return self.refuse(spec, "no change: the script equals the incumbent and the overrides are already set")
         noise = self.ensure_noise()
@@ -277,27 +279,25 @@ class ExperimentRunner:
             f"; {reason}",
             f"Tier: {self.tier.name} on {self.hardware}; planner {planner}; proposal: {proposal.reason[:200]}",
         ])
-        commit = git_records.record_experiment(self.ctx.ws.root, self.ctx.session, exp_id, message, kept,
-                                               candidate_files={SCRIPT_RELPATH: working,
-                                                                incumbent.INCUMBENT_FILE: incumbent.file_text(cand_env, exp_id)},
-                                               also_files=["battle_plan.md"])
-        if crash_point("after_commit"):
-            die()
         dec = DecisionRecord(
             session=self.ctx.session, experiment=exp_id, candidate=spec.name, technique=spec.technique,
             hypothesis=spec.hypothesis, tier=self.tier.name, hardware=self.hardware, outcome=outcome, kept=kept,
             delta=v.delta if v else None, ci_low=v.ci_low if v else None, ci_high=v.ci_high if v else None,
             p_value=v.p_value if v else None, n_candidate=len(ok), n_incumbent=len(inc_vals),
             noise_std=noise.std, candidate_runs=[r.run_id for r in runs], incumbent_runs=inc_ids, env=cand_env,
-            script_sha=sha256_text(working), git_commit=commit.candidate_sha, git_ref=commit.ref, reason=reason,
-            planner=planner, tokens_used=proposal.tokens_used or None,
+            script_sha=sha256_text(working), reason=reason, planner=planner, tokens_used=proposal.tokens_used or None,
             test=v.test if v else None, seeds=list(v.seeds) if v else [], seed_diffs=list(v.seed_diffs) if v else [],
             paired_noise=v.paired_noise if v else None,
         )
+        # the commit carries the decision, so a crash before the ledger has it loses nothing (agent/recovery.py)
+        commit = recovery.record_commit(self.ctx, exp_id, recovery.note_with_decision(message, dec), kept,
+                                        {SCRIPT_RELPATH: working,
+                                         incumbent.INCUMBENT_FILE: incumbent.file_text(cand_env, exp_id)})
+        if crash_point("after_commit"):
+            die()
+        dec = dec.model_copy(update={"git_commit": commit.candidate_sha, "git_ref": commit.ref})
         self.ctx.ledger.append(dec)
-        if spec.technique:
-            registry.call("record_finding", {"technique": spec.technique, "status": outcome,
-                                             "experiment": exp_id, "note": reason[:300]}, self.ctx)
+        recovery.derive(self.ctx, dec)
         self.progress.line(f"{exp_id}: {outcome} ({'kept' if kept else 'discarded'}) {stats}")
         if kept:
             self.ensure_noise()  # the incumbent changed: fresh A/A runs on new seeds re-measure it

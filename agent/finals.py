@@ -726,7 +726,8 @@ def incumbent_finals(ledger: Ledger, exclude: str | None = None) -> FinalRecord 
     finals = [f for f in ledger.records(FinalRecord) if f.final_id != exclude and f.status == "ok"
               and len(f.val_bpbs) >= 2]
     claims = [f for f in finals if f.record_claim]
-    return (claims or finals or [None])[-1]
+    picked = claims or finals
+    return picked[-1] if picked else None
 
 
 def judge_final(vals: list[float], frontier: list[float] | float | None, *, frontier_std: float | None,

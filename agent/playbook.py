@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.planner import ExperimentSpec, PlannerState, Proposal
+from agent.planner import ExperimentSpec, PlannerState, Proposal, QueueRow
 
 RETRIES_FOR_INCONCLUSIVE = 1
 
@@ -24,12 +24,15 @@ class PlaybookPlanner:
     def observe(self, outcome: dict[str, Any]) -> None:
         self.last_outcome = outcome
 
-    def _eligible(self, state: PlannerState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        untested, retest = [], []
+    def _eligible(self, state: PlannerState) -> tuple[list[QueueRow], list[QueueRow]]:
+        untested: list[QueueRow] = []
+        retest: list[QueueRow] = []
         already = state.incumbent.get("env", {})
         for q in state.queue:
             if q["state"] in ("done", "banned") or not q["env"]:
                 continue  # the playbook only tests flag changes; script edits are the LLM's
+            if q["refused"]:
+                continue  # refused as the line stands (recorded in the ledger); an edit of the line lifts it
             if not any(already.get(k) != v for k, v in q["env"].items()):
                 continue  # already part of the incumbent
             if q["decided"] is None:
@@ -67,8 +70,7 @@ class PlaybookPlanner:
         )
 
 
-def defer_left_behind(items: list[dict[str, Any]],
-                      obsolete: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def defer_left_behind(items: list[QueueRow], obsolete: dict[str, str]) -> tuple[list[QueueRow], list[QueueRow]]:
     """(the items in order, those of them deferred), the deferred moved to the end, whatever the cost
     ranking said: queue items whose technique newer records dropped or superseded (the frontier's word, e.g.
     value_residual after PR #1218) run after the rest of their group. Not banned: the human queued them,
@@ -77,7 +79,7 @@ def defer_left_behind(items: list[dict[str, Any]],
     return [q for q in items if q["technique"] not in obsolete] + later, later
 
 
-def deferral_note(chosen: dict[str, Any], deferred: list[dict[str, Any]], obsolete: dict[str, str]) -> str:
+def deferral_note(chosen: QueueRow, deferred: list[QueueRow], obsolete: dict[str, str]) -> str:
     """What the decision says about the frontier's deferrals (empty when there are none)."""
     if chosen["technique"] in obsolete:
         return f"; taken after the rest of the queue because it is {obsolete[chosen['technique']]}"

@@ -112,7 +112,7 @@ def _signed(x: Any) -> str:
     return _num(x, "+.3g")
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
+def _first(d: Any, *keys: str) -> Any:  # a dict or a planner-state view
     for k in keys:
         if d.get(k) is not None:
             return d[k]
@@ -127,7 +127,7 @@ def _env(env: Any, n: int = 120) -> str:
     return _clip(str(env), n)
 
 
-def _ci(d: dict[str, Any]) -> str:
+def _ci(d: Any) -> str:
     ci = d.get("ci")
     lo, hi = (ci[0], ci[1]) if isinstance(ci, list | tuple) and len(ci) == 2 else (d.get("ci_low"), d.get("ci_high"))
     return "-" if lo is None and hi is None else f"[{_signed(lo)}, {_signed(hi)}]"

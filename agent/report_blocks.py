@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from agent.state import findings_table, queue_view
+from agent.state import findings_table, queue_view, refusals
 
 
-def queue_status_block(records: list, plan) -> str:
+def queue_status_block(records: list, plan, session: str | None = None) -> str:
     findings = findings_table(records)
-    rows = queue_view(plan, findings)
-    by_tech = {f["technique"]: f for f in findings}
+    rows = queue_view(plan, findings, refusals(records, session)) if session else queue_view(plan, findings)
+    by_tech = {f.technique: f for f in findings}
     lines = ["| technique | plan | status | delta bpb | p | tries |", "|---|---|---|---|---|---|"]
     for q in rows:
-        f = by_tech.get(q["technique"], {})
-        delta = f.get("delta")
-        p = f.get("p")
-        lines.append(f"| {q['technique']} | {q['state']} | {q['decided'] or 'untested'} | "
+        f = by_tech.get(q.technique)
+        delta, p = (f.delta, f.p) if f else (None, None)
+        status = q.decided or ("refused" if q.refused else "untested")
+        lines.append(f"| {q['technique']} | {q['state']} | {status} | "
                      f"{'' if delta is None else f'{delta:+.5f}'} | {'' if p is None else f'{p:.3g}'} | "
                      f"{q['tries']} |")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent import lock as session_lock
+from agent import recovery
 from agent.containment import check_base_env, screen_queue
 from agent.costs import options_for_session
 from agent.experiment import ExperimentRunner
@@ -32,7 +33,7 @@ from memory.knobs import check_env_allowed
 from memory.ledger import Ledger
 from memory.presets import PRESETS_FILE, Preset, PresetError, get_preset, starting_env
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult, utcnow
-from memory.tiers import load_tiers
+from memory.tiers import Tier, load_tiers
 from memory.workspace import Workspace
 from tools.context import ToolContext
 from tools.edit_script import SCRIPT_RELPATH
@@ -58,6 +59,13 @@ class SessionSummary(BaseModel):
 
 class SessionError(RuntimeError):
     pass
+
+
+def with_plan_seeds(tier: Tier, seeds_max: int | None) -> Tier:
+    """The tier with the plan's `seeds_max` (per candidate) in place of its own, when the plan sets one."""
+    if seeds_max is None:
+        return tier
+    return tier.model_copy(update={"seeds_max": seeds_max, "seeds_initial": min(tier.seeds_initial, seeds_max)})
 
 
 def new_session_id() -> str:
@@ -140,8 +148,8 @@ def mark_interrupted_runs(ledger: Ledger, session: str) -> list[str]:
     finished = {r.run_id for r in ledger.records(RunRecord)}
     marked = []
     for e in ledger.records(EventRecord):
-        rid = e.detail.get("run_id")
-        if e.session == session and e.event == "run_started" and rid not in finished:
+        rid = str(e.detail.get("run_id") or "")
+        if e.session == session and e.event == "run_started" and rid and rid not in finished:
             ledger.append(RunRecord(session=session, run_id=rid, experiment="interrupted", candidate="interrupted",
                                     tier="-", hardware="-", seed=-1, script_sha="-",
                                     result=RunResult(status="aborted", error="the session was killed mid-run")))
@@ -178,7 +186,7 @@ class Session:
         self.tier_name = tier or getattr(pb, "tier", None) or DEFAULT_TIER
         if self.tier_name not in self.tiers:
             raise SessionError(f"unknown tier {self.tier_name!r}; tiers.toml has {', '.join(self.tiers)}")
-        self.tier = self.tiers[self.tier_name]
+        self.tier = with_plan_seeds(self.tiers[self.tier_name], self.plan.budget.seeds_max)
         self.budget = budget or Budget(minutes=getattr(pb, "minutes", None),
                                        experiments=getattr(pb, "experiments", None),
                                        dollars=getattr(pb, "dollars", None))
@@ -229,15 +237,25 @@ class Session:
     # -- set-up ---------------------------------------------------------------------------------
     def start(self) -> None:
         session_lock.acquire(self.ws.lock, self.session)
+        try:
+            self.set_up()
+        except BaseException:
+            session_lock.release(self.ws.lock)
+            raise
+
+    def set_up(self) -> None:
+        # a git killed mid-command leaves its lock, which would refuse every later git command
+        cleared = git_records.clear_stale_locks(self.ws.root)
         if self.resume:
             killed = reap_orphans(self.ledger, self.session)
             marked = mark_interrupted_runs(self.ledger, self.session)
             git_records.start_session(self.ws.root, self.session, allow_dirty=True)
+            recovered = recovery.recover(self.ctx)  # decisions a crash left half-recorded
             # a crash can leave the candidate's script in the worktree: go back to the incumbent
-            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH])
+            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH, incumbent.INCUMBENT_FILE])
             self.prior_elapsed = elapsed_before(self.ledger.records(), self.session)
             self.ledger.append(EventRecord(session=self.session, event="session_resume",
-                                           detail={"killed_orphans": killed, "aborted_runs": marked}))
+                                           detail={"killed_orphans": killed, "aborted_runs": marked, **recovered}))
             self.progress.line(f"resumed session {self.session}: {len(marked)} interrupted run(s) re-queued")
         else:
             # the human's own uncommitted plan edit is how they steer; anything else dirty is refused
@@ -246,6 +264,8 @@ class Session:
             self.ledger.append(EventRecord(session=self.session, event="session_start", detail={
                 "tier": self.tier_name, "planner": self.planner.name, "budget": self.budget.model_dump(),
                 "branch": f"golf/{self.session}", "start_sha": git_records.head_sha(self.ws.root)}))
+        if cleared:
+            self.ledger.append(EventRecord(session=self.session, event="git_locks_cleared", detail={"locks": cleared}))
         missing = {n: "" for n in AGENT_BLOCKS if n not in self.plan.blocks}
         if missing:  # create our blocks once, up front, so later writes never change the human part
             write_blocks(self.ws.battle_plan, missing)
@@ -254,12 +274,12 @@ class Session:
                            incumbent.committed_script(self.ws.root) or "", self.ledger, self.session)
         except ValueError as e:
             raise SessionError(str(e)) from None
-        self.ctx.extra["base_env"] = self.starting_env()
+        self.ctx.base_env = self.starting_env()
         self.refresh_frontier()
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
-        ensure_data(self.ws, self.progress, vocab_sizes_in_use(self.ctx.extra["base_env"], self.tier.env,
+        ensure_data(self.ws, self.progress, vocab_sizes_in_use(self.ctx.base_env, self.tier.env,
                                                                [q.env for q in self.plan.queue]))
-        self.ctx.extra["hardware"] = None
+        self.ctx.hardware = None
         self.hardware = hardware_id(self.ctx, self.tier.hardware)
         self.runner.hardware = self.hardware
 
@@ -305,16 +325,20 @@ class Session:
                                            detail={"human_sha": sha, "previous": self.plan_sha,
                                                    "directives": self.plan.directives[:20]}))
             self.plan_sha = sha
+            self.use_tier(with_plan_seeds(self.tiers[self.tier_name], self.plan.budget.seeds_max))
             return True
         return False
+
+    def use_tier(self, tier: Tier) -> None:
+        self.tier = self.ctx.tier = self.runner.tier = tier
 
     def refresh_frontier(self) -> None:
         """The frontier diff since the last session: into the plan's frontier block and the digest."""
         queue = [q.technique for q in self.plan.queue]
-        self.ctx.extra["queue"] = queue
+        self.ctx.queue = queue
         try:
             covered = self.tier.env | (self.start_preset.env if self.start_preset else {}) \
-                | self.ctx.extra.get("base_env", {})
+                | (self.ctx.base_env or {})
             d = frontier_diff_for(self.ws.root, queue, script_text=self.ws.script.read_text(encoding="utf-8"),
                                   covered_env=covered)
             self.frontier_digest = frontier_digest(d, max_chars=1500)
@@ -335,11 +359,11 @@ class Session:
         changed = self.reload_plan()
         records = self.ledger.records()
         script = self.ws.script.read_text()
-        inc = incumbent.in_session(self.ws.root, records, self.session, self.ctx.extra.get("base_env"),
+        inc = incumbent.in_session(self.ws.root, records, self.session, self.ctx.base_env,
                                    working_script=script)
         state = build_state(records=records, plan=self.plan, session=self.session, tier=self.tier_name,
                             hardware=self.hardware, script_sha=inc.script_sha,
-                            base_env=self.ctx.extra.get("base_env"),
+                            base_env=self.ctx.base_env,
                             budget_left=self.budget_left(), frontier=self.frontier_digest,
                             options=self.options(records), plan_changed=changed,
                             script_dirty=script != inc.script, frontier_obsolete=self.frontier_obsolete)
@@ -349,7 +373,8 @@ class Session:
         from agent.report_blocks import queue_status_block
 
         before = human_fingerprint(self.ws.battle_plan)
-        write_blocks(self.ws.battle_plan, {"queue_status": queue_status_block(self.ledger.records(), self.plan)})
+        write_blocks(self.ws.battle_plan, {"queue_status": queue_status_block(self.ledger.records(), self.plan,
+                                                                                   self.session)})
         # our own block write (which may append a missing block) is not a human edit
         if before == self.plan_sha:
             self.plan_sha = human_fingerprint(self.ws.battle_plan)
@@ -380,7 +405,7 @@ class Session:
 
     def finish(self, stopped: str) -> None:
         try:
-            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH])
+            git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH, incumbent.INCUMBENT_FILE])
             self.write_status_blocks()
             incumbent.commit_paths(self.ws.root, ["battle_plan.md"],
                          f"session {self.session}: battle plan after the session ({stopped})")

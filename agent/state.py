@@ -6,12 +6,13 @@ where the killed one stopped.
 
 from __future__ import annotations
 
+import json
 import statistics
 from typing import Any
 
-from agent.planner import Budget, PlannerState
+from agent.planner import Budget, FindingRow, IncumbentView, NoiseView, PlannerState, QueueRow, RecentDecision
 from memory import incumbent
-from memory.records import DecisionRecord, FindingRecord, NoiseRecord, RunRecord
+from memory.records import DecisionRecord, EventRecord, FindingRecord, NoiseRecord, RunRecord
 
 RECENT_DECISIONS = 5
 
@@ -40,44 +41,55 @@ def latest_noise(records: list, tier: str, hardware: str) -> NoiseRecord | None:
     return found[-1] if found else None
 
 
-def findings_table(records: list) -> list[dict[str, Any]]:
+def findings_table(records: list) -> list[FindingRow]:
     latest: dict[str, FindingRecord] = {}
     for f in _of(records, FindingRecord):
         latest[f.technique] = f
     decided: dict[str, DecisionRecord] = {}
+    tries: dict[str, int] = {}
     for d in _of(records, DecisionRecord):
         decided[d.technique or d.candidate] = d
-    tries: dict[str, int] = {}
-    for x in _of(records, DecisionRecord):
-        tries[x.technique or x.candidate] = tries.get(x.technique or x.candidate, 0) + 1
+        tries[d.technique or d.candidate] = tries.get(d.technique or d.candidate, 0) + 1
     table = []
     for tech, d in decided.items():
         f = latest.get(tech)
-        table.append({"technique": tech, "outcome": d.outcome, "delta": d.delta, "ci": [d.ci_low, d.ci_high],
-                      "p": d.p_value, "n": d.n_candidate, "tier": d.tier,
-                      "tries": tries[tech],
-                      "note": f.note if f else ""})
+        table.append(FindingRow(technique=tech, outcome=d.outcome, delta=d.delta, ci=[d.ci_low, d.ci_high],
+                                p=d.p_value, n=d.n_candidate, tier=d.tier, tries=tries[tech],
+                                note=f.note if f else ""))
     return table
 
 
-def recent_decisions(records: list, session: str, k: int = RECENT_DECISIONS) -> list[dict[str, Any]]:
-    out = []
-    for d in [d for d in _of(records, DecisionRecord) if d.session == session][-k:]:
-        out.append({"experiment": d.experiment, "technique": d.technique, "outcome": d.outcome, "kept": d.kept,
-                    "delta": None if d.delta is None else round(d.delta, 5),
-                    "p": None if d.p_value is None else round(d.p_value, 4), "n": d.n_candidate,
-                    "runs": d.candidate_runs[-3:], "reason": d.reason[:200]})
+def recent_decisions(records: list, session: str, k: int = RECENT_DECISIONS) -> list[RecentDecision]:
+    return [RecentDecision(experiment=d.experiment, technique=d.technique, outcome=d.outcome, kept=d.kept,
+                           delta=None if d.delta is None else round(d.delta, 5),
+                           p=None if d.p_value is None else round(d.p_value, 4), n=d.n_candidate,
+                           runs=d.candidate_runs[-3:], reason=d.reason[:200])
+            for d in [d for d in _of(records, DecisionRecord) if d.session == session][-k:]]
+
+
+def refusal_key(technique: str | None, env: dict[str, str]) -> str:
+    """A queue line as a proposal makes it: a refusal holds until the line's technique or env change."""
+    return json.dumps([technique, dict(sorted(env.items()))])
+
+
+def refusals(records: list, session: str) -> dict[str, str]:
+    """The proposals this session refused (refusal_key -> why): not proposed again as they stand."""
+    out: dict[str, str] = {}
+    for e in _of(records, EventRecord):
+        spec = e.detail.get("experiment") if e.session == session and e.event == "proposal_refused" else None
+        if isinstance(spec, dict):
+            out[refusal_key(spec.get("technique"), spec.get("env") or {})] = str(e.detail.get("why", ""))
     return out
 
 
-def queue_view(plan, findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_tech = {f["technique"]: f for f in findings}
+def queue_view(plan, findings: list[FindingRow], refused: dict[str, str] | None = None) -> list[QueueRow]:
+    by_tech = {f.technique: f for f in findings}
     out = []
     for q in plan.queue:
         f = by_tech.get(q.technique)
-        out.append({"technique": q.technique, "env": q.env, "state": q.state, "priority": q.priority,
-                    "notes": q.notes[:160], "decided": f["outcome"] if f else None,
-                    "tries": f["tries"] if f else 0})
+        out.append(QueueRow(technique=q.technique, env=q.env, state=q.state, priority=q.priority,
+                            notes=q.notes[:160], decided=f.outcome if f else None, tries=f.tries if f else 0,
+                            refused=(refused or {}).get(refusal_key(q.technique, q.env))))
     return out
 
 
@@ -92,11 +104,11 @@ def build_state(*, records: list, plan, session: str, tier: str, hardware: str, 
     findings = findings_table(records)
     return PlannerState(
         session=session, tier=tier, hardware=hardware, budget_left=budget_left,
-        directives=list(plan.directives), queue=queue_view(plan, findings),
-        incumbent={"script_sha": script_sha[:12], "env": env, "stack": incumbent.stack(records, session),
-                   "mean_bpb": round(statistics.fmean(vals), 5) if vals else None, "n": len(vals)},
-        noise={"std": noise.std if noise else None, "n": len(noise.values) if noise else 0,
-               "source": "measured" if noise else "none"},
+        directives=list(plan.directives), queue=queue_view(plan, findings, refusals(records, session)),
+        incumbent=IncumbentView(script_sha=script_sha[:12], env=env, stack=incumbent.stack(records, session),
+                                mean_bpb=round(statistics.fmean(vals), 5) if vals else None, n=len(vals)),
+        noise=NoiseView(std=noise.std, n=len(noise.values), source=noise.source or "measured") if noise
+        else NoiseView(),
         findings=findings, recent=recent_decisions(records, session), frontier=frontier,
         frontier_obsolete=dict(frontier_obsolete or {}),
         options=options or [], plan_changed=plan_changed,

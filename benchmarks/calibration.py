@@ -7,7 +7,7 @@ transfer, training hyperparameters do not):
   training      x ~ N(-0.002, 0.008), unrelated to y (short proxies favour e.g. fast EMA decays)
 True full-scale deltas: 30% wins -U(0.0003, 0.003), 40% neutral (0), 30% harmful +U(0.0003, 0.003).
 
-Measurements come from two benchmarks/simtrainer.py SimTrainers: the proxy (cpu-smoke, seed std 0.006,
+Measurements come from two testing/simtrainer.py SimTrainers: the proxy (cpu-smoke, seed std 0.006,
 3 seeds per side, the incumbent measured once) and the full scale (8xH100, seed std 0.00054, 3 seeds per
 final against one baseline final). A technique is a local win when its one-sided z test passes at
 alpha 0.05; every policy then decides, one technique at a time, whether to pay for a final:
@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent.calibration import Pair, fit_calibration, load_prior, predict  # noqa: E402
 from agent.costs import adopted_gain, final_seed_seconds  # noqa: E402
-from benchmarks.simtrainer import NOISE_8XH100, SimTrainer  # noqa: E402
 from memory.tiers import load_tiers  # noqa: E402
+from testing.simtrainer import NOISE_8XH100, SimTrainer  # noqa: E402
 
 PROXY_NOISE = 0.006  # cpu-smoke typical_noise
 PROXY_SEEDS = 3

@@ -1,7 +1,7 @@
 """Decision rules at equal compute on a simulated trainer whose truth is known.
 
 Every run is  true bpb + a seed effect shared by all configurations on that seed + run noise
-(benchmarks/simtrainer.py, split_noise: the split measured on the cpu-smoke ledger). Rules compared,
+(testing/simtrainer.py, split_noise: the split measured on the cpu-smoke ledger). Rules compared,
 each given the same ideas and the same cap on runs:
   unpaired     the loop before issue 10: A/A runs, 2..5 seeds per candidate, sequential Welch
   paired       the same schedule, judged on per-seed differences (agent.judge.judge_paired)
@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.judge import noise_model, paired_prior, sequential_experiment  # noqa: E402
-from benchmarks.simtrainer import (  # noqa: E402
+from testing.simtrainer import (  # noqa: E402
     NOISE_1XH100,
     NOISE_8XH100,
     RUN_SHARE,

@@ -1,8 +1,8 @@
 """What one LLM decision costs: input tokens (a real o200k tokenizer), requests, and how many decisions are
 real code edits, at 10 and at 500 experiments.
 
-A scripted researcher (tests/fakes/researcher.py) drives the real LLMPlanner (openai SDK, real HTTP to
-tests/fakes/fake_openai.py) on a copy of the real trainer/train_gpt.py, the repository's battle plan,
+A scripted researcher (testing/fakes/researcher.py) drives the real LLMPlanner (openai SDK, real HTTP to
+testing/fakes/fake_openai.py) on a copy of the real trainer/train_gpt.py, the repository's battle plan,
 tiers.toml and the shipped frontier snapshot. Every other decision it greps, views and edits the script
 (some first tries drift and are corrected from the nearest region the tool shows) before launching; in
 between it runs the queue's flags. The session's part is stood in for: each proposal gets a verdict
@@ -42,8 +42,8 @@ from memory.ledger import Ledger  # noqa: E402
 from memory.records import DecisionRecord, NoiseRecord, RunRecord, RunResult  # noqa: E402
 from memory.tiers import load_tiers  # noqa: E402
 from memory.workspace import Workspace  # noqa: E402
-from tests.fakes.fake_openai import FakeOpenAI  # noqa: E402
-from tests.fakes.researcher import Researcher, trainer_ideas  # noqa: E402
+from testing.fakes.fake_openai import FakeOpenAI  # noqa: E402
+from testing.fakes.researcher import Researcher, trainer_ideas  # noqa: E402
 from tools.context import ToolContext  # noqa: E402
 
 

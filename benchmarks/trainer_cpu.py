@@ -61,10 +61,10 @@ def find_data(explicit: str | None) -> tuple[Path, Path, str]:
         if list(d.glob("fineweb_val_*.bin")) and t.exists():
             return d, t, f"data/datasets/{name}"
     sys.path.insert(0, str(ROOT))
-    from tests.trainer_fixtures import build_tiny_dataset
+    from testing.trainer_fixtures import build_tiny_dataset
 
     tiny = build_tiny_dataset()
-    return tiny.data_path, tiny.tokenizer_path, "stdlib docstrings (tests/trainer_fixtures.py)"
+    return tiny.data_path, tiny.tokenizer_path, "stdlib docstrings (testing/trainer_fixtures.py)"
 
 
 def tier_env(tier: str) -> dict[str, str]:

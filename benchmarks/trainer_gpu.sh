@@ -6,7 +6,7 @@
 #
 # Optional: carry data/datasets/embedded_sp1024 and data/tokenizers (trainer/prepare_data.py output, ~40 MB)
 # for real English text; without them the data is built there (prepare_data.py offline fallback, or the
-# stdlib-docstring set of tests/trainer_fixtures.py).
+# stdlib-docstring set of testing/trainer_fixtures.py).
 #
 # What it measures, in one run of the machine:
 #   1. the fused Triton softcap cross-entropy on CUDA against the PyTorch path (loss and gradients, fp32/bf16,
@@ -108,8 +108,8 @@ else
   DATA=$(dirname "$(ls "$WORK"/data/datasets/*/fineweb_val_*.bin 2>/dev/null | head -1)" 2>/dev/null || true)
   TOK=$(ls "$WORK"/data/tokenizers/*.model 2>/dev/null | head -1 || true)
   if [ -z "$TOK" ] || [ ! -d "$DATA" ]; then
-    echo "prepare_data.py gave nothing; building the stdlib-docstring set of tests/trainer_fixtures.py"
-    read -r DATA TOK < <($PY -c "import sys; sys.path.insert(0, '.'); from tests.trainer_fixtures import build_tiny_dataset as b; import shutil, pathlib; d = b(); dst = pathlib.Path('$WORK/tiny'); shutil.copytree(d.root, dst, dirs_exist_ok=True); print(dst / d.data_path.relative_to(d.root), dst / d.tokenizer_path.relative_to(d.root))")
+    echo "prepare_data.py gave nothing; building the stdlib-docstring set of testing/trainer_fixtures.py"
+    read -r DATA TOK < <($PY -c "import sys; sys.path.insert(0, '.'); from testing.trainer_fixtures import build_tiny_dataset as b; import shutil, pathlib; d = b(); dst = pathlib.Path('$WORK/tiny'); shutil.copytree(d.root, dst, dirs_exist_ok=True); print(dst / d.data_path.relative_to(d.root), dst / d.tokenizer_path.relative_to(d.root))")
   fi
 fi
 echo "DATA_PATH=$DATA TOKENIZER_PATH=$TOK"

@@ -24,6 +24,8 @@ from git import Repo
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 from pydantic import BaseModel
 
+from memory.faults import crash_point, die
+
 BRANCH_PREFIX = "golf/"
 REF_PREFIX = "refs/golf/"
 FALLBACK_NAME = "pgolf"
@@ -65,12 +67,29 @@ def _repo(root: str | Path) -> Repo:
 
 
 def _git(repo: Repo, *args: str, env: Mapping[str, str] | None = None, binary: bool = False):
+    if crash_point(f"git:{args[0]}"):
+        _die_holding_lock(repo, args, env)
     try:
         return repo.git.execute(["git", *args], env=dict(env or {}), strip_newline_in_stdout=not binary,
                                 stdout_as_string=not binary)
     except GitCommandError as e:
         err = (e.stderr or "").strip() or str(e)
         raise GitRecordsError(f"git {' '.join(args[:3])}: {err}") from None
+
+
+def _die_holding_lock(repo: Repo, args: Sequence[str], env: Mapping[str, str] | None) -> None:
+    """Fault injection (PGOLF_CRASH_AT=git:<command>): die as if git were killed holding its lock."""
+    if args[0] == "update-ref":
+        lock = _common_dir(repo) / f"{args[-3] if len(args) >= 3 else args[-1]}.lock"
+    elif args[0] == "symbolic-ref":
+        lock = _git_dir(repo) / "HEAD.lock"
+    elif env and "GIT_INDEX_FILE" in env:
+        lock = Path(env["GIT_INDEX_FILE"] + ".lock")
+    else:
+        lock = _git_dir(repo) / "index.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    die()
 
 
 def _try(repo: Repo, *args: str) -> str | None:
@@ -434,3 +453,71 @@ def commit_paths(root: str | Path, paths: Sequence[str], message: str) -> str | 
     _git(repo, "add", "--", *rel)
     _git(repo, "commit", "-q", "-m", message, "--", *rel, env=_identity_env(repo))
     return _head_commit(repo)
+
+
+def commit_message(root: str | Path, rev: str) -> str:
+    return _git(_repo(root), "log", "-1", "--format=%B", rev)
+
+
+# ------------------------------------------------------------------------------------------ stale locks
+
+
+def _git_dir(repo: Repo) -> Path:
+    return Path(repo.git_dir)
+
+
+def _common_dir(repo: Repo) -> Path:
+    return Path(repo.common_dir)
+
+
+def _lock_files(repo: Repo) -> list[Path]:
+    """The locks a killed git can leave: the index, HEAD, packed-refs, config and any ref."""
+    gd, cd = _git_dir(repo), _common_dir(repo)
+    found = {gd / "index.lock", gd / "HEAD.lock", cd / "packed-refs.lock", cd / "config.lock"}
+    found |= set((cd / "refs").rglob("*.lock")) | set((gd / "refs").rglob("*.lock"))
+    return sorted(p for p in found if p.is_file())
+
+
+def _live_gits(root: Path, dirs: Sequence[Path]) -> list[tuple[int, str]]:
+    """Running git processes working in this repository (by their working directory), except us."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        raise GitRecordsError("cannot tell whether a git process is still running here (no /proc); "
+                              "remove the stale lock by hand once no git runs")
+    places = [root.resolve(), *(d.resolve() for d in dirs)]
+    out = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0].decode(errors="replace")) not in ("git", "git-remote-http"):
+            continue
+        if any(cwd == p or p in cwd.parents for p in places):
+            out.append((int(entry.name), b" ".join(argv).decode(errors="replace").strip()[:200]))
+    return out
+
+
+def clear_stale_locks(root: str | Path) -> list[str]:
+    """Remove lock files a killed git left behind (index.lock, ref locks), which block every later
+    git command; only when no git process is running in this repository, since a live one owns its
+    lock. Returns the removed locks relative to the git directory; raises naming the live git."""
+    repo = _repo(root)
+    locks = _lock_files(repo)
+    if not locks:
+        return []
+    gd, cd = _git_dir(repo), _common_dir(repo)
+    live = _live_gits(_worktree(repo), [gd, cd])
+    if live:
+        pid, cmd = live[0]
+        raise GitRecordsError(f"{', '.join(str(p) for p in locks)}: held by a running git (pid {pid}: {cmd}); "
+                              "let it finish, then run this again")
+    removed = []
+    for lock in locks:
+        rel = lock.relative_to(gd) if gd in lock.parents else lock.relative_to(cd)
+        lock.unlink(missing_ok=True)
+        removed.append(rel.as_posix())
+    return removed

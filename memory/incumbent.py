@@ -99,6 +99,12 @@ def current_env(records: Sequence, session: str, base: dict[str, str] | None = N
     return dict(kept.env) if kept is not None else dict(base or {})
 
 
+def candidate_env(incumbent_env: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
+    """The env a candidate runs with (and, if kept, the next incumbent's): its overrides on the incumbent's,
+    so wins stack. The one place the two are merged."""
+    return {**incumbent_env, **overrides}
+
+
 def stack(records: Sequence, session: str) -> list[str]:
     """The kept techniques of the session, in order."""
     return [r.technique or r.candidate for r in records

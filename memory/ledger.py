@@ -10,12 +10,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from memory.faults import crash_point, die
-from memory.records import Record, utcnow
+from memory.records import AnyRecord, Record, utcnow
 
 _adapter: TypeAdapter = TypeAdapter(Record)
 T = TypeVar("T", bound=BaseModel)
@@ -69,7 +69,7 @@ class Ledger:
             os.fsync(f.fileno())
         return record
 
-    def __iter__(self) -> Iterator[BaseModel]:
+    def __iter__(self) -> Iterator[AnyRecord]:
         if not self.path.exists():
             return
         with open(self.path, encoding="utf-8") as f:
@@ -81,9 +81,18 @@ class Ledger:
                 except ValidationError as e:
                     raise LedgerError(f"{self.path}:{lineno}: not a valid record: {e.errors()[0]['msg']}") from e
 
-    def records(self, cls: type[T] | None = None) -> list:
+    @overload
+    def records(self) -> list[AnyRecord]: ...
+
+    @overload
+    def records(self, cls: type[T]) -> list[T]: ...
+
+    def records(self, cls: type[T] | None = None) -> list[AnyRecord] | list[T]:
+        """Every record in order, or only those of one class (typed as that class)."""
         items = list(self)
-        return items if cls is None else [r for r in items if isinstance(r, cls)]
+        if cls is None:
+            return items
+        return [cast(T, r) for r in items if isinstance(r, cls)]
 
     def torn_lines(self) -> list[str]:
         if not self.torn_path.exists():

@@ -149,6 +149,7 @@ class NoiseRecord(BaseModel):
     mean: float
     df: float | None = None  # effective degrees of freedom behind std (measured + prior)
     source: str | None = None  # measured | pooled | prior
+    prior_std: float | None = None  # the tier's typical_noise it was pooled with (an edit means re-pooling)
     runs: list[str] = Field(default_factory=list)
 
 
@@ -261,8 +262,6 @@ class FrontierEntry(BaseModel):
     eval_time_s: float | None = None
 
 
-Record = Annotated[
-    RunRecord | DecisionRecord | NoiseRecord | FindingRecord | SpendRecord | FinalRecord | EventRecord
-    | CalibrationPairRecord,
-    Field(discriminator="kind"),
-]
+AnyRecord = (RunRecord | DecisionRecord | NoiseRecord | FindingRecord | SpendRecord | FinalRecord | EventRecord
+             | CalibrationPairRecord)
+Record = Annotated[AnyRecord, Field(discriminator="kind")]  # one ledger line, told apart by `kind`

@@ -53,8 +53,8 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    """The trainer tests' own dataset (tests/trainer_fixtures.py), built once per test session."""
-    from tests.trainer_fixtures import build_tiny_dataset
+    """The trainer tests' own dataset (testing/trainer_fixtures.py), built once per test session."""
+    from testing.trainer_fixtures import build_tiny_dataset
 
     return build_tiny_dataset()
 
@@ -62,6 +62,6 @@ def tiny_data():
 @pytest.fixture(scope="session")
 def tg():
     """train_gpt.py imported as a module, so tests can call its functions directly."""
-    from tests.trainer_fixtures import trainer_for_tests
+    from testing.trainer_fixtures import trainer_for_tests
 
     return trainer_for_tests()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from memory.battle_plan import (
     write_blocks,
 )
 from memory.records import FindingRecord
+from testing.shipped import shipped_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,17 +310,19 @@ def test_empty_tables_are_just_headers():
 
 
 def test_shipped_battle_plan_is_a_real_starting_plan():
-    plan = load_plan(REPO / "battle_plan.md")
+    """The plan as the project ships it (from git: a session branch fills in its blocks, a human edits it)
+    parses, starts with empty agent blocks and a free local budget, and queues flag changes, each with its
+    source. Its prose is the human's, not tested here."""
+    plan = parse_plan(shipped_text("battle_plan.md"))
     b = plan.budget
-    assert (b.tier, b.minutes, b.dollars, b.approve_finals) == ("cpu-smoke", 15.0, 0.0, False)
+    assert (b.tier, b.dollars, b.approve_finals) == ("cpu-smoke", 0.0, False)
     assert set(plan.blocks) == set(BLOCK_NAMES)
     assert plan.blocks["confirmed"] == render_confirmed([])
     assert plan.blocks["dead_ends"] == render_dead_ends([])
-    assert len(plan.directives) >= 4
+    assert plan.directives
 
     by = {q.technique: q for q in plan.queue}
-    assert by["ttt_pre_score"].state == "banned" and "#338" in by["ttt_pre_score"].notes
-    assert "#398" in by["ttt_pre_score"].notes
+    assert by["ttt_pre_score"].state == "banned"  # scoring after training on the val tokens is illegal
     pending = plan.pending()
     assert len(pending) >= 8
     assert [q.priority for q in pending] == sorted(q.priority for q in pending)  # file order = priority order
@@ -332,12 +336,12 @@ def test_shipped_battle_plan_starts_from_the_frontier_and_queues_only_what_chang
     from memory.knobs import read_knobs
     from memory.presets import load_presets
 
-    plan = load_plan(REPO / "battle_plan.md")
+    plan = parse_plan(shipped_text("battle_plan.md"))
     assert plan.budget.start == "frontier"
     if not (REPO / "presets.toml").is_file():
         pytest.skip("presets.toml (and the trainer flags it sets) come from the trainer branch")
     frontier = load_presets(REPO / "presets.toml")["frontier"]
-    knobs = {k.name for k in read_knobs((REPO / "trainer" / "train_gpt.py").read_text())}
+    knobs = {k.name for k in read_knobs(shipped_text("trainer/train_gpt.py"))}
     pending = plan.pending()
     for q in pending:
         assert set(q.env) <= knobs, (q.technique, sorted(set(q.env) - knobs))
@@ -345,3 +349,29 @@ def test_shipped_battle_plan_starts_from_the_frontier_and_queues_only_what_chang
     # ablations of the frontier come first: each turns off something the preset switches on
     first = pending[0]
     assert all(k in frontier.env and v in ("0", "0.0") for k, v in first.env.items()), first
+
+
+def test_the_shipped_plan_is_read_from_git_whatever_the_checkout_holds(tmp_path):
+    """After `golf run` the checkout sits on the session branch with filled-in blocks, maybe a human's edit."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    plan = repo / "battle_plan.md"
+    git("init", "-q", "-b", "main")
+    plan.write_text("as shipped\n")
+    git("add", "-A")
+    git("commit", "-qm", "pgolf: the project")
+    git("checkout", "-qb", "golf/20260101-120000")
+    for subject in ("e001-smear_gate: smear_gate -> confirmed (kept)", "discard e002-ema: ema -> rejected",
+                    "session 20260101-120000: battle plan after the session (planner stopped)"):
+        plan.write_text(subject + "\n")
+        git("commit", "-qam", subject)
+    plan.write_text("a human's edit\n")
+    assert shipped_text("battle_plan.md", repo) == "as shipped\n"
+    not_git = tmp_path / "unpacked"
+    not_git.mkdir()
+    (not_git / "battle_plan.md").write_text("from an sdist\n")
+    assert shipped_text("battle_plan.md", not_git) == "from an sdist\n"

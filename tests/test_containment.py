@@ -20,7 +20,7 @@ from memory.ledger import Ledger
 from memory.records import EventRecord, NoiseRecord
 from memory.tiers import load_tiers
 from memory.workspace import Workspace
-from tests.session_workspace import make_workspace
+from testing.workspace import make_workspace
 from tools import cleanroom, registry
 from tools.context import ToolContext
 from tools.rescore import check_totals, expected_totals, rescore_run, verify_before_keep

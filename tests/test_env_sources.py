@@ -19,7 +19,7 @@ from memory.ledger import Ledger
 from memory.records import EventRecord, RunRecord
 from memory.tiers import load_tiers
 from memory.workspace import Workspace
-from tests.session_workspace import PLAN, ROOT, git, make_workspace
+from testing.workspace import PLAN, ROOT, git, make_workspace
 from tools.context import ToolContext
 
 SCRIPT = (ROOT / "trainer" / "train_gpt.py").read_text()

@@ -15,7 +15,7 @@ from agent.calibration import calibrations_from_ledger
 from agent.fidelity import fidelity_of, load_panel
 from memory.ledger import Ledger
 from memory.records import CalibrationPairRecord, RunRecord
-from tests.session_workspace import ROOT, make_workspace
+from testing.workspace import ROOT, make_workspace
 
 
 def golf(ws: Path, *args: str) -> subprocess.CompletedProcess:

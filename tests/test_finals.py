@@ -35,7 +35,7 @@ from agent.finals import (
 from memory.ledger import Ledger
 from memory.records import EventRecord, FinalRecord, RunRecord, SpendRecord
 from memory.workspace import Workspace
-from tests.fakes.fake_runpod import FakeRunPod
+from testing.fakes.fake_runpod import FakeRunPod
 from tools.pods import (
     AgentRef,
     PodSpec,

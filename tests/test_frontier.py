@@ -1,5 +1,5 @@
 """The frontier watcher: the leaderboard as data, technique ids, legality flags, diffs, and a sync
-against a fake GitHub API (a real HTTP server on 127.0.0.1 serving tests/fixtures/github)."""
+against a fake GitHub API (a real HTTP server on 127.0.0.1 serving testing/fixtures/github)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from memory import frontier as F
 from memory.records import FrontierEntry
 from memory.workspace import Workspace
-from tests.fakes.fake_github import FakeGitHub
+from testing.fakes.fake_github import FIXTURES, FakeGitHub
 from tools import frontier_sync as S
 from tools import registry
 
@@ -342,7 +342,7 @@ def test_api_url_and_repository_are_configurable(tmp_path, monkeypatch):
 
 
 def test_readme_tables_with_and_without_rank_are_read():
-    text = (Path(__file__).parent / "fixtures" / "github" / "README.md").read_text()
+    text = (FIXTURES / "README.md").read_text()
     rows = S.parse_readme_leaderboard(text)
     assert [(r.score, r.non_record) for r in rows] == [(1.059, False), (1.0611, False), (1.2244, False), (1.0412, True)]
     assert rows[0].folder == "records/track_10min_16mb/2026-04-29_LQER_ValueResidualRevival"
@@ -363,8 +363,7 @@ def test_claim_titles_are_parsed_and_cleaned():
 
 
 def test_frontier_diff_tool_through_the_registry(tmp_path):
-    ctx = SimpleNamespace(ws=Workspace.at(tmp_path), extra={"queue": [{"technique": "value_residual"},
-                                                                     {"technique": "mlp3x"}]})
+    ctx = SimpleNamespace(ws=Workspace.at(tmp_path), queue=["value_residual", "mlp3x"])
     out = registry.call("frontier_diff", {"max_chars": 400}, ctx)
     assert out.ok, out.error
     res = out.result

@@ -19,7 +19,7 @@ from memory.knobs import read_knobs
 from memory.ledger import Ledger
 from memory.presets import Preset, PresetError, get_preset, load_presets, starting_env
 from memory.records import DecisionRecord, EventRecord, NoiseRecord, RunRecord
-from tests.session_workspace import PLAN, ROOT, git, make_workspace
+from testing.workspace import PLAN, ROOT, git, make_workspace
 
 TRAINER_TEXT = (ROOT / "trainer" / "train_gpt.py").read_text()
 

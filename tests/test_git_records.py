@@ -321,3 +321,36 @@ def test_commits_use_the_configured_identity_or_the_pgolf_fallback(repo):
     git(repo, "config", "user.email", "ada@example.com")
     rec = record_experiment(repo, "s1", "e2", "m", True, {SCRIPT: "LR = 0.06\n"}, [])
     assert git(repo, "log", "-1", "--format=%an <%ae>", rec.candidate_sha) == "Ada <ada@example.com>"
+
+
+# ------------------------------------------------------------------------------------------ stale locks
+
+
+def test_locks_left_by_a_killed_git_are_removed_and_named(repo):
+    from memory.git_records import clear_stale_locks
+
+    started(repo)
+    assert clear_stale_locks(repo) == []
+    (repo / ".git/index.lock").write_text("")
+    (repo / ".git/refs/heads/golf/s1.lock").write_text("")
+    with pytest.raises(GitRecordsError, match="s1.lock.: File exists"):  # a stale lock stops every write
+        record_experiment(repo, "s1", "e001-a", "a", True, {SCRIPT: "LR = 0.05\n"})
+    assert clear_stale_locks(repo) == ["index.lock", "refs/heads/golf/s1.lock"]
+    record_experiment(repo, "s1", "e001-a", "a", True, {SCRIPT: "LR = 0.05\n"})
+    assert git(repo, "show", "golf/s1:" + SCRIPT) == "LR = 0.05"
+
+
+def test_a_lock_is_left_alone_while_a_git_process_works_in_the_repository(repo):
+    from memory.git_records import clear_stale_locks
+
+    (repo / ".git/index.lock").write_text("")
+    live = subprocess.Popen(["git", "cat-file", "--batch"], cwd=repo / "trainer", stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    try:
+        with pytest.raises(GitRecordsError, match=rf"held by a running git \(pid {live.pid}: git cat-file"):
+            clear_stale_locks(repo)
+        assert (repo / ".git/index.lock").exists()
+    finally:
+        live.stdin.close()
+        live.wait(timeout=30)
+    assert clear_stale_locks(repo) == ["index.lock"]

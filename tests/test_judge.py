@@ -22,7 +22,7 @@ from agent.judge import (
     noise_model,
 )
 from benchmarks.decisions import LOOP, rule_loop, rule_oracle, rule_single_run
-from benchmarks.simtrainer import NOISE_1XH100, SimTrainer, make_scenario
+from testing.simtrainer import NOISE_1XH100, SimTrainer, make_scenario
 
 SIGMA = NOISE_1XH100
 BASE = 1.2244

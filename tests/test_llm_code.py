@@ -14,8 +14,8 @@ from memory.knobs import read_knobs
 from memory.ledger import Ledger
 from memory.tiers import Tier
 from memory.workspace import Workspace
-from tests.fakes.fake_openai import FakeOpenAI, call, tool_reply
-from tests.fakes.researcher import CodeIdea, Researcher
+from testing.fakes.fake_openai import FakeOpenAI, call, tool_reply
+from testing.fakes.researcher import CodeIdea, Researcher
 from tests.test_llm_planner import state, user_prompt
 from tools import registry
 from tools.context import ToolContext

@@ -18,7 +18,7 @@ from memory.ledger import Ledger
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult
 from memory.tiers import Tier
 from memory.workspace import Workspace
-from tests.fakes.fake_openai import FakeOpenAI, call, http_error, text_reply, tool_reply
+from testing.fakes.fake_openai import FakeOpenAI, call, http_error, text_reply, tool_reply
 from tools.context import ToolContext
 
 SCRIPT = '''import os
@@ -476,9 +476,10 @@ def ledger_records(n: int) -> list:
 
 def digest_for(n: int) -> str:
     from agent.state import build_state
-    from memory.battle_plan import load_plan
+    from memory.battle_plan import parse_plan
+    from testing.shipped import shipped_text
 
-    plan = load_plan(Path(__file__).resolve().parent.parent / "battle_plan.md")
+    plan = parse_plan(shipped_text("battle_plan.md"))  # not the checkout's: a session fills in its blocks
     s = build_state(records=ledger_records(n), plan=plan, session="s1", tier="cpu-tiny", hardware="cpu",
                     script_sha="abc", budget_left=Budget(experiments=10, minutes=30.0),
                     frontier="2026-04-29 1.0611 PR #1855 merged: phased LoRA TTT, GPTQ, MLP 4x")
@@ -552,8 +553,8 @@ def test_a_whole_session_driven_by_a_scripted_model(tmp_path, tiny_dataset, monk
     from agent.progress import Progress
     from agent.session import run_session
     from memory.records import FindingRecord
-    from tests.session_workspace import git, make_workspace
-    from tests.test_session import check_consistent
+    from testing.invariants import check_consistent
+    from testing.workspace import git, make_workspace
 
     key = "sk-test-WholeSessionSecret0123456789abcd"
     monkeypatch.setenv("OPENAI_API_KEY", key)

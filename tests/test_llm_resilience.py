@@ -1,7 +1,7 @@
 """A provider that fails: the LLM planner retries what is transient, adjusts what a 400 names, shrinks what
 does not fit, and otherwise hands the decision to the playbook so that the session goes on.
 
-The real openai client talks over HTTP to the scripted server in tests/fakes/fake_openai.py.
+The real openai client talks over HTTP to the scripted server in testing/fakes/fake_openai.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from agent.llm_planner import LLMPlanner
 from memory.records import EventRecord
-from tests.fakes.fake_openai import (
+from testing.fakes.fake_openai import (
     FakeOpenAI,
     call,
     context_length_error,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from memory.tiers import TiersError, load_tiers
-from tests.trainer_fixtures import read_metrics, run_in_process
+from testing.trainer_fixtures import read_metrics, run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -144,5 +144,7 @@ def test_a_finding_cannot_be_confirmed_without_the_judges_decision(ctx):
     assert out.ok and out.result["delta"] == 0.01  # statistics copied from the decision, not the caller
     assert [f.status for f in ctx.ledger.records(FindingRecord)] == ["rejected"]
     plan = ctx.ws.battle_plan.read_text()
-    assert "smear_gate" in plan.split("## Queue")[1]
+    dead_ends = plan.split("<!-- golf:begin dead_ends -->")[1].split("<!-- golf:end dead_ends -->")[0]
+    assert "| smear_gate |" in dead_ends and "+0.0100" in dead_ends
+    assert "smear_gate" not in plan.split("<!-- golf:begin confirmed -->")[1].split("<!-- golf:end confirmed -->")[0]
     assert "- be careful" in plan  # the human's part survives

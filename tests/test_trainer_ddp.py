@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.trainer_fixtures import TRAINER, build_tiny_dataset, read_metrics
+from testing.trainer_fixtures import TRAINER, build_tiny_dataset, read_metrics
 
 
 def launch(cmd: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:

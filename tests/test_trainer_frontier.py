@@ -12,7 +12,7 @@ import tomllib
 import pytest
 import torch
 
-from tests.trainer_fixtures import BOS, ROOT, build_tiny_dataset, read_metrics, run_in_process
+from testing.trainer_fixtures import BOS, ROOT, build_tiny_dataset, read_metrics, run_in_process
 
 CPU = torch.device("cpu")
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
@@ -227,7 +227,7 @@ def test_gptq_reserves_its_calibration_time_out_of_the_training_wallclock(tg, ti
 
 def test_gptq_artifact_does_not_depend_on_the_validation_split(tg, tiny_data, tmp_path):
     """Same training shards, different validation shard: the quantised artifact is byte-identical."""
-    from tests.trainer_fixtures import write_shard
+    from testing.trainer_fixtures import write_shard
 
     other = tmp_path / "other_val"
     shutil.copytree(tiny_data.data_path, other)

@@ -13,7 +13,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from tests.trainer_fixtures import (
+from testing.trainer_fixtures import (
     BOS,
     MULTILINGUAL,
     run_in_process,

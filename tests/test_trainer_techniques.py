@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from memory.records import RunResult
-from tests.trainer_fixtures import (
+from testing.trainer_fixtures import (
     BOS,
     TRAINER,
     read_metrics,
@@ -70,7 +70,9 @@ def test_flag_runs_finite_and_changes_the_computation(tg, tiny_data, tmp_path, b
         assert losses == base_losses
         key = {"prequant": "val_bpb_prequant", "roundtrip": "val_bpb", "bytes": "bytes_model"}[where]
         assert result[key] != base[key]
-    assert result["hyperparameters"] != base["hyperparameters"]
+    for name, value in env.items():  # each knob reached the trainer's Hyperparameters under its own name
+        key = name.lower()
+        assert result["hyperparameters"][key] == value != base["hyperparameters"][key], name
 
 
 def losses(run_dir: Path) -> list[float]:

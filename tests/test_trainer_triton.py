@@ -12,14 +12,14 @@ import sys
 
 import pytest
 
-from tests.trainer_fixtures import ROOT
+from testing.trainer_fixtures import ROOT
 
 pytest.importorskip("triton")
 
 CHECK = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
-from tests.trainer_fixtures import TINY_ENV, load_trainer
+from testing.trainer_fixtures import TINY_ENV, load_trainer
 tg = load_trainer()
 assert type(tg._softcap_ce_kernel).__name__ == "InterpretedFunction"
 torch.manual_seed(0)
@@ -74,7 +74,7 @@ def test_fused_softcap_cross_entropy_matches_torch_in_interpreter_mode():
 
 def test_fused_path_is_off_where_kernels_cannot_launch():
     # without the interpreter a CPU tensor takes the torch path even when FUSED_KERNELS=1 (the default)
-    from tests.trainer_fixtures import trainer_for_tests
+    from testing.trainer_fixtures import trainer_for_tests
 
     tg = trainer_for_tests()
     import torch

@@ -526,9 +526,8 @@ class FrontierDiffResult(BaseModel):
 
 
 def _queue_from(ctx: Any) -> list[str]:
-    extra = getattr(ctx, "extra", None) or {}
     out = []
-    for item in extra.get("queue", []) or []:
+    for item in getattr(ctx, "queue", None) or []:
         tid = item.get("technique") if isinstance(item, dict) else item
         if isinstance(tid, str) and tid:
             out.append(tid)

@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
 from memory.faults import crash_point, die
+from memory.incumbent import candidate_env
 from memory.knobs import SAFE_RUNTIME_ENV, check_env_allowed, check_env_syntax
 from memory.records import Cost, EventRecord, RunRecord, RunResult
 from tools import cleanroom, metric_guard, rescore
@@ -143,9 +144,9 @@ def host_fingerprint() -> str:
 
 
 def hardware_id(ctx: ToolContext, tier_hw: str) -> str:
-    hw = ctx.extra.get("hardware")
+    hw = ctx.hardware
     if hw is None:
-        hw = ctx.extra["hardware"] = host_fingerprint()
+        hw = ctx.hardware = host_fingerprint()
     return f"{tier_hw}@{hw}"
 
 
@@ -303,13 +304,13 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
     hardware = hardware_id(ctx, tier.hardware)
     note_isolation(ctx)
     base_env = {k: str(v) for k, v in tier.env.items()}
-    on_run = ctx.extra.get("on_run")
+    on_run = ctx.on_run
     summaries, records = [], []
     for cand in args.candidates:
         text = working if cand.script_revision == "working" else incumbent
         sha = sha256_text(text)
         for seed in args.seeds:
-            overrides = ctx.incumbent_env | cand.env
+            overrides = candidate_env(ctx.incumbent_env, cand.env)
             prior = find_reusable(ctx, experiment, cand.name, seed, sha, overrides, tier.name)
             if prior is not None:
                 summaries.append(summarize(prior, reused=True))
@@ -336,7 +337,7 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
                 seed=seed, env=overrides, script_sha=sha, result=result,
                 cost=Cost(device_seconds=wall * tier.nproc, dollars=dollars),
                 log_path=str(run_dir / "train.log"), run_dir=str(run_dir),
-                git_commit=ctx.extra.get("head_sha"),
+                git_commit=ctx.head_sha,
             )
             ctx.ledger.append(rec)
             if on_run:

@@ -4,8 +4,10 @@ with the tiny dataset linked where the sweep looks for data."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +56,15 @@ def make_workspace(tmp: Path, dataset, plan: str = PLAN) -> Path:
     git(ws, "add", "-A")
     git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")
     return ws
+
+
+def golf_env(extra: dict | None = None) -> dict:
+    e = dict(os.environ) | {"PYTHONPATH": str(ROOT)} | (extra or {})
+    e.pop("OPENAI_API_KEY", None)
+    e.pop("OPENAI_BASE_URL", None)
+    return e
+
+
+def golf(ws: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *args], env=golf_env(env),
+                          capture_output=True, text=True, timeout=timeout)

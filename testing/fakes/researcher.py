@@ -1,4 +1,4 @@
-"""A scripted researcher: a model for tests/fakes/fake_openai.py that does code research the way the
+"""A scripted researcher: a model for testing/fakes/fake_openai.py that does code research the way the
 LLM planner's tools intend, reading only what it is sent.
 
 For a code idea it greps the script, views the lines around the match, copies the line to change from the
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes.fake_openai import Reply, call, tool_reply
+from testing.fakes.fake_openai import Reply, call, tool_reply
 
 INJECTION = re.compile(r"IGNORE (ALL )?PREVIOUS INSTRUCTIONS[^\n«»]*", re.IGNORECASE)
 

@@ -1,4 +1,4 @@
-"""A fake GitHub REST API: a real HTTP server on 127.0.0.1 serving the fixtures in tests/fixtures/github.
+"""A fake GitHub REST API: a real HTTP server on 127.0.0.1 serving the fixtures in testing/fixtures/github.
 
 It answers the requests the frontier watcher makes (repository, README, recursive tree, blobs, pull
 requests), honours If-None-Match with a 304, and can be told to rate-limit, to fail with 503 a few
