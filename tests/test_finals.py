@@ -563,3 +563,114 @@ def test_the_agent_wants_its_token_keeps_to_its_root_and_starts_a_job_once(fake)
     assert (fake.pods[pod.id].workdir / "w" / "count.txt").read_text() == "ran\n"
     be.terminate(pod.id)
     assert fake.running() == []
+
+
+# ------------------------------------------------------------------------------------------ after a SIGKILL
+
+
+def test_after_a_sigkill_and_a_deadline_switch_exit_the_next_command_books_the_pods_real_lifetime(
+        fake, tmp_path, monkeypatch, capsys):
+    """golf dies mid-final; nobody reaps; the pod ends itself at its deadline. The next `golf` command
+    (here `golf status`) books the time the pod ran that nobody booked, so the money left is true."""
+    from agent.cli import main
+
+    short = cfg(runtime_wait_s=3, setup_s=2, train_s=1, eval_s=1, per_seed_margin_s=1, teardown_s=1,
+                deadman_grace_s=1, deadman_slack_s=3, agent_idle_s=600)
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=60))
+    proc = session_in_training(ws, fake, "killed", config=short, seeds=1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    [pod] = fake.pods.values()
+    deadline = time.time() + 30
+    while pod.status != "TERMINATED" and time.time() < deadline:  # the pod's own switch, via runpodctl
+        time.sleep(0.2)
+    assert pod.status == "TERMINATED"
+    ledger = Ledger(Workspace.at(ws).ledger)
+    booked_before = sum(r.dollars for r in ledger.records(SpendRecord))
+    assert booked_before < pod.dollars(), "the killed session booked everything already: nothing to test"
+    [stale] = open_pods(ledger.records())
+    time.sleep(max(0.0, stale.end_bound_unix() - time.time()) + 0.1)  # until its switch must have ended it
+
+    monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
+    assert main(["--workspace", str(ws), "status"]) == 0
+    records = assert_money_and_pods(ws, fake, 2.0)
+    booked = sum(r.dollars for r in records if isinstance(r, SpendRecord) and r.pod_name == pod.name)
+    # the real lifetime, to within the switch's slack: never less than RunPod billed
+    assert pod.dollars() - 1e-6 <= booked <= (pod.lifetime_s() + short.deadman_slack_s + 1) * pod.cost_per_hr / 3600
+    assert open_pods(records) == [] and "pod_closed" in events(records)
+    assert main(["--workspace", str(ws), "status"]) == 0  # settled once: nothing booked twice
+    assert sum(r.dollars for r in Ledger(Workspace.at(ws).ledger).records(SpendRecord)) == pytest.approx(
+        sum(r.dollars for r in records if isinstance(r, SpendRecord)))
+
+
+def test_pod_uptime_is_read_from_runtime_not_the_top_level_field(fake):
+    be = backend_for(fake)
+    pod = be.create(PodSpec(name="pgolf-up-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd="sleep 60"))
+    time.sleep(1.3)
+    [listed] = be.list()
+    assert listed.runtime_up and listed.uptime_s is not None and listed.uptime_s >= 1
+    assert be.get(pod.id).uptime_s >= 1  # while the top-level uptimeSeconds answers 0, as the real API may
+    assert any("uptimeInSeconds" in q for q in fake.requests)
+    be.terminate(pod.id)
+
+
+# ------------------------------------------------------------------------------------------ the incumbent
+
+
+def test_the_final_runs_the_branchs_incumbent_json_flags_from_an_earlier_session(fake, tmp_path):
+    """Session s0 kept HELLO=branch and committed it to incumbent.json; session s1 kept nothing. The
+    final for s1 runs s1's branch with s0's flags, and records where they came from."""
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (ws / "incumbent.json").write_text(json.dumps({"env": {"HELLO": "branch"}, "experiment": "s0-e001"}))
+    subprocess.run([*git, "commit", "-qam", "x"], cwd=ws, check=False)
+    subprocess.run(["git", "add", "incumbent.json"], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-qm", "s0 keeps HELLO=branch"], cwd=ws, check=True)
+    subprocess.run(["git", "branch", "golf/s1"], cwd=ws, check=True)
+    subprocess.run(["git", "checkout", "-q", "-b", "elsewhere"], cwd=ws, check=True)
+    (ws / "incumbent.json").write_text(json.dumps({"env": {"HELLO": "not-the-branch"}}))
+    subprocess.run([*git, "commit", "-qam", "another line of work"], cwd=ws, check=True)
+    Ledger(Workspace.at(ws).ledger).append(EventRecord(session="s1", event="session_start"))
+
+    rec = final(ws, fake, seeds=2, session=None)  # the last session: s1
+    records = assert_money_and_pods(ws, fake, 2.0)
+    assert rec.status == "ok", rec.note
+    runs = [r for r in records if isinstance(r, RunRecord)]
+    assert [r.result.hyperparameters["HELLO"] for r in runs] == ["branch", "branch"]  # over the tier's "tier"
+    branch_sha = subprocess.run(["git", "rev-parse", "golf/s1"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    assert rec.env["HELLO"] == "branch" and rec.script_rev == branch_sha and rec.experiment == "s0-e001"
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(fake, tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+
+    ws = make_ws(tmp_path / "ws", stand_in())
+    plan = plan_final(request(ws, budget=2.0), backend_for(fake))
+    assert plan.problems == [] and plan.seeds == [1337, 42, 2025] and plan.image == "runpod/pytorch:test"
+    assert [r.price_per_hour for r in plan.rungs] == [pytest.approx(23.92)] * 3
+    lifetime_h = cfg().pod_lifetime_s(3) / 3600
+    assert plan.worst_case_dollars == pytest.approx(23.92 * lifetime_h, abs=0.01)
+    for part in ("image: runpod/pytorch:test", "NVIDIA H100 80GB HBM3 / SECURE: $23.92/h", "worst case: $",
+                 "would run"):
+        assert part in plan.text()
+
+    monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
+    assert main(["--workspace", str(ws), "final", "--dry-run", "--approve", "--dollars", "30"]) == 1
+    out = capsys.readouterr().out
+    # the CLI plans with the real bounds: 3 seeds at $23.92/h x 1.83 h need $43.85, more than --dollars 30
+    assert "3 seed(s)" in out and "would be refused: budget" in out and "need up to $43.85" in out, out
+    assert fake.pods == {} and not any(q.lstrip().startswith("mutation") for q in fake.requests)
+
+
+def test_a_script_importing_what_the_pod_lacks_is_refused_before_any_pod(fake, tmp_path):
+    script = "import flash_attn_interface\n" + stand_in()
+    ws = make_ws(tmp_path / "ws", script)
+    rec = final(ws, fake)
+    assert rec.status == "refused" and "flash_attn_interface" in rec.note
+    assert fake.pods == {}
+    guarded = "try:\n    import flash_attn_interface\nexcept ImportError:\n    flash_attn_interface = None\n"
+    assert missing_imports(guarded + "import torch, numpy as np\nfrom torch import nn\n", cfg().pod_modules) == []
+    assert missing_imports("import sentencepiece.x\nimport mamba_ssm\n", cfg().pod_modules) == ["mamba_ssm"]
