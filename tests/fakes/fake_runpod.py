@@ -210,7 +210,6 @@ class FakePod:
     booted_at: float | None = None
 
     def api(self) -> dict:
-        up = (self.ended or time.time()) - self.created
         runtime = None
         if self.booted and self.status == "RUNNING":
             runtime = {"uptimeInSeconds": int(time.time() - (self.booted_at or self.created)), "ports": [
