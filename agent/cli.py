@@ -217,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd != "prepare-data":  # a final killed earlier: book what its pod ran before anything else
         from agent.finals import settle_stale_pods
 
-        settle_stale_pods(_ws(args))
+        try:
+            settle_stale_pods(_ws(args))
+        except Exception as e:  # noqa: BLE001 - never the reason a command fails; the pods stay on the books
+            print(f"golf: could not settle pods a killed final left: {e}", file=sys.stderr)
     handlers = {"run": cmd_run, "resume": lambda a: cmd_run(a, resume=True), "status": cmd_status,
                 "frontier": cmd_frontier, "final": cmd_final, "pods": cmd_pods, "report": cmd_report,
                 "prepare-data": cmd_prepare}

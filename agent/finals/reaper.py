@@ -160,7 +160,8 @@ def reap_pods(ws_root: str | Path, backend: PodBackend | None = None) -> list[st
 def stale_pods(ws_root: str | Path) -> list[OpenPod]:
     """The ledger's open pods whose session is not running: what the next command must settle."""
     ws = Workspace.at(ws_root)
-    if not ws.ledger.exists():
+    # most ledgers never opened a pod: do not even parse them (or touch a ledger a live session writes)
+    if not ws.ledger.exists() or b'"pod_opened"' not in ws.ledger.read_bytes():
         return []
     live = live_sessions(ws)
     return [p for p in open_pods(Ledger(ws.ledger).records()) if p.session not in live]
