@@ -64,17 +64,17 @@ def cmd_run(args, resume: bool = False) -> int:
 
 def cmd_status(args) -> int:
     from agent.lock import lock_is_live, read_lock
-    from agent.state import findings_table, incumbent_env
+    from agent.state import findings_table
+    from memory import incumbent
     from memory.ledger import Ledger
-    from memory.records import DecisionRecord, EventRecord, NoiseRecord
+    from memory.records import DecisionRecord, NoiseRecord
     from memory.workspace import Workspace
 
     ws = Workspace.at(_ws(args))
     ledger = Ledger(ws.ledger)
     records = ledger.records()
     held = read_lock(ws.lock)
-    sessions = [e.session for e in records if isinstance(e, EventRecord) and e.event == "session_start"]
-    session = sessions[-1] if sessions else None
+    session = incumbent.last_session(records)
     print(f"workspace: {ws.root}")
     running = f"session {held['session']} (pid {held['pid']})" if held and lock_is_live(held) else "nothing"
     print(f"running: {running}")
@@ -84,11 +84,8 @@ def cmd_status(args) -> int:
     decisions = [d for d in records if isinstance(d, DecisionRecord) and d.session == session]
     noise = [n for n in records if isinstance(n, NoiseRecord) and n.session == session]
     print(f"last session: {session} (branch golf/{session}), {len(decisions)} decision(s)")
-    from agent.experiment import committed_incumbent_env_at
-
-    start = next((e.detail.get("start_sha") for e in records if isinstance(e, EventRecord)
-                  and e.session == session and e.event == "session_start"), None) or "HEAD"
-    print(f"incumbent env: {json.dumps(incumbent_env(records, session, committed_incumbent_env_at(ws.root, start)))}")
+    env = incumbent.current_env(records, session, incumbent.base_env(ws.root, records, session))
+    print(f"incumbent env: {json.dumps(env)}")
     if noise:
         print(f"noise: std {noise[-1].std:.5f} bpb over {len(noise[-1].values)} A/A runs on {noise[-1].tier}, "
               f"incumbent mean {noise[-1].mean:.5f}")

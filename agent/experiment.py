@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import subprocess
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,14 +18,14 @@ from pydantic import ValidationError
 from agent.judge import Verdict, judge, noise_model
 from agent.planner import ExperimentSpec, Proposal
 from agent.progress import Progress
-from agent.state import AA_PREFIX, incumbent_env, latest_noise, matching_runs
-from memory import git_records
+from agent.state import AA_PREFIX, latest_noise, matching_runs
+from memory import git_records, incumbent
 from memory.faults import crash_point, die
 from memory.knobs import check_env_allowed
 from memory.records import DecisionRecord, EventRecord, NoiseRecord, Outcome, RunRecord
 from tools import registry
 from tools.context import ToolContext
-from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text, unified_diff
+from tools.edit_script import SCRIPT_RELPATH, sha256_text, unified_diff
 from tools.sweep import Candidate, SweepArgs, sweep
 
 # Both arms run on the same seeds (SEED_BASE, SEED_BASE + 1, ...) and are compared on matched seed sets:
@@ -37,27 +36,6 @@ SEED_BASE = 1337
 
 class ExperimentError(RuntimeError):
     """The loop cannot go on (the incumbent itself does not train): said plainly, nothing lost."""
-
-
-INCUMBENT_FILE = "incumbent.json"  # the env overrides the branch's script runs with, for reviewers and sessions
-
-
-def incumbent_file_text(env: dict[str, str], experiment: str) -> str:
-    return json.dumps({"env": dict(sorted(env.items())), "experiment": experiment,
-                       "note": "trainer environment overrides (on top of tiers.toml) that the branch's "
-                               "trainer/train_gpt.py is the incumbent with; written by pgolf"}, indent=1) + "\n"
-
-
-def committed_incumbent_env_at(ws_root, rev: str = "HEAD") -> dict[str, str]:
-    """The env of incumbent.json at `rev`: where a new session starts from (empty when absent)."""
-    r = subprocess.run(["git", "show", f"{rev}:{INCUMBENT_FILE}"], cwd=ws_root, capture_output=True, text=True)
-    if r.returncode != 0:
-        return {}
-    try:
-        env = json.loads(r.stdout).get("env", {})
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
 
 
 def scores(runs: list[RunRecord]) -> list[float]:
@@ -85,10 +63,10 @@ class ExperimentRunner:
 
     # -- the incumbent ----------------------------------------------------------------------------
     def incumbent(self) -> tuple[str, str, dict[str, str]]:
-        text = incumbent_script(self.ctx.ws.root) or self.ctx.ws.script.read_text()
-        env = incumbent_env(self.ctx.ledger.records(), self.ctx.session, self.ctx.extra.get("base_env"))
-        self.ctx.incumbent_env = env
-        return text, sha256_text(text), env
+        inc = incumbent.in_session(self.ctx.ws.root, self.ctx.ledger.records(), self.ctx.session,
+                                   self.ctx.extra.get("base_env"))
+        self.ctx.incumbent_env = inc.env
+        return inc.script, inc.script_sha, inc.env
 
     def incumbent_runs(self) -> list[RunRecord]:
         _, sha, env = self.incumbent()
@@ -257,7 +235,7 @@ class ExperimentRunner:
         ])
         commit = git_records.record_experiment(self.ctx.ws.root, self.ctx.session, exp_id, message, kept,
                                                candidate_files={SCRIPT_RELPATH: working,
-                                                                INCUMBENT_FILE: incumbent_file_text(cand_env, exp_id)},
+                                                                incumbent.INCUMBENT_FILE: incumbent.file_text(cand_env, exp_id)},
                                                also_files=["battle_plan.md"])
         if crash_point("after_commit"):
             die()

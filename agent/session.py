@@ -20,11 +20,11 @@ from pydantic import BaseModel
 
 from agent import lock as session_lock
 from agent.costs import options_for_session
-from agent.experiment import ExperimentRunner, committed_incumbent_env_at
+from agent.experiment import ExperimentRunner
 from agent.planner import Budget, Planner, Proposal
 from agent.progress import Progress
 from agent.state import build_state
-from memory import git_records
+from memory import git_records, incumbent
 from memory.battle_plan import BattlePlanError, human_fingerprint, load_plan, write_blocks
 from memory.frontier import frontier_block_markdown, frontier_diff_for, frontier_digest, mark_seen
 from memory.ledger import Ledger
@@ -32,7 +32,7 @@ from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult, ut
 from memory.tiers import load_tiers
 from memory.workspace import Workspace
 from tools.context import ToolContext
-from tools.edit_script import SCRIPT_RELPATH, incumbent_script, sha256_text
+from tools.edit_script import SCRIPT_RELPATH
 from tools.sweep import hardware_id
 from tools.toolbox import load_tools
 
@@ -135,23 +135,6 @@ def mark_interrupted_runs(ledger: Ledger, session: str) -> list[str]:
     return marked
 
 
-def commit_paths(root: Path, paths: list[str], message: str) -> str | None:
-    """Commit the worktree content of `paths` on the current branch if they changed; nothing else."""
-    changed = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=root, capture_output=True,
-                             text=True).stdout.strip()
-    if not changed:
-        return None
-    subprocess.run(["git", "add", "--", *paths], cwd=root, check=True, capture_output=True)
-    subprocess.run(["git", "-c", "user.name=pgolf", "-c", "user.email=pgolf@localhost", "commit", "-q",
-                    "-m", message, "--", *paths], cwd=root, check=True, capture_output=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-
-
-def last_session(ledger: Ledger) -> str | None:
-    starts = [e for e in ledger.records(EventRecord) if e.event == "session_start"]
-    return starts[-1].session if starts else None
-
-
 class Session:
     def __init__(self, ws: Workspace, *, planner: Planner, tier: str | None, budget: Budget | None,
                  session: str | None, resume: bool, allow_dirty: bool, progress: Progress | None = None):
@@ -167,11 +150,12 @@ class Session:
         except BattlePlanError as e:
             raise SessionError(f"battle plan: {e}") from e
         if resume:
-            session = session or last_session(self.ledger)
+            session = session or incumbent.last_session(self.ledger.records())
             if session is None:
                 raise SessionError("nothing to resume: the ledger holds no session")
-            start = next(e for e in self.ledger.records(EventRecord)
-                         if e.session == session and e.event == "session_start")
+            start = incumbent.session_start(self.ledger.records(), session)
+            if start is None:
+                raise SessionError(f"nothing to resume: the ledger holds no start of session {session!r}")
             tier = tier or start.detail.get("tier")
             budget = budget or Budget.model_validate(start.detail.get("budget", {}))
         self.session = session or new_session_id()
@@ -252,8 +236,7 @@ class Session:
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
         ensure_data(self.ws, self.progress)
         self.ctx.extra["hardware"] = None
-        start = self.start_sha()
-        self.ctx.extra["base_env"] = committed_incumbent_env_at(self.ws.root, start)
+        self.ctx.extra["base_env"] = incumbent.base_env(self.ws.root, self.ledger.records(), self.session)
         self.hardware = hardware_id(self.ctx, self.tier.hardware)
         self.runner.hardware = self.hardware
 
@@ -297,21 +280,15 @@ class Session:
         changed = self.reload_plan()
         records = self.ledger.records()
         script = self.ws.script.read_text()
-        incumbent = incumbent_script(self.ws.root) or script
+        inc = incumbent.in_session(self.ws.root, records, self.session, self.ctx.extra.get("base_env"),
+                                   working_script=script)
         state = build_state(records=records, plan=self.plan, session=self.session, tier=self.tier_name,
-                            hardware=self.hardware, script_sha=sha256_text(incumbent),
+                            hardware=self.hardware, script_sha=inc.script_sha,
                             base_env=self.ctx.extra.get("base_env"),
                             budget_left=self.budget_left(), frontier=self.frontier_digest,
                             options=self.options(records), plan_changed=changed,
-                            script_dirty=script != incumbent)
+                            script_dirty=script != inc.script)
         return self.planner.propose(state, self.ctx)
-
-    def start_sha(self) -> str:
-        """The commit this session branched from (recorded at its start, so resume sees the same)."""
-        for e in self.ledger.records(EventRecord):
-            if e.session == self.session and e.event == "session_start" and e.detail.get("start_sha"):
-                return str(e.detail["start_sha"])
-        return "HEAD"
 
     def write_status_blocks(self) -> None:
         from agent.report_blocks import queue_status_block
@@ -350,7 +327,7 @@ class Session:
         try:
             git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH])
             self.write_status_blocks()
-            commit_paths(self.ws.root, ["battle_plan.md"],
+            incumbent.commit_paths(self.ws.root, ["battle_plan.md"],
                          f"session {self.session}: battle plan after the session ({stopped})")
         except Exception as e:  # the ledger is the record; a failed final commit is reported, not fatal
             self.progress.line(f"warning: final bookkeeping failed: {e}")

@@ -10,6 +10,7 @@ import statistics
 from typing import Any
 
 from agent.planner import Budget, PlannerState
+from memory import incumbent
 from memory.records import DecisionRecord, FindingRecord, NoiseRecord, RunRecord
 
 RECENT_DECISIONS = 5
@@ -17,20 +18,6 @@ RECENT_DECISIONS = 5
 
 def _of(records: list, cls: type) -> list:
     return [r for r in records if isinstance(r, cls)]
-
-
-def incumbent_env(records: list, session: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the last kept candidate of this session (wins stack through it); before the
-    first keep, `base`: the incumbent.json committed on the branch the session started from."""
-    env: dict[str, str] = dict(base or {})
-    for d in _of(records, DecisionRecord):
-        if d.session == session and d.kept:
-            env = dict(d.env)
-    return env
-
-
-def incumbent_stack(records: list, session: str) -> list[str]:
-    return [d.technique or d.candidate for d in _of(records, DecisionRecord) if d.session == session and d.kept]
 
 
 AA_PREFIX = "aa-"  # experiment ids of A/A measurements of an incumbent
@@ -98,7 +85,7 @@ def build_state(*, records: list, plan, session: str, tier: str, hardware: str, 
                 base_env: dict[str, str] | None = None,
                 frontier: str = "", options: list[dict[str, Any]] | None = None, plan_changed: bool = False,
                 script_dirty: bool = False) -> PlannerState:
-    env = incumbent_env(records, session, base_env)
+    env = incumbent.current_env(records, session, base_env)
     runs = matching_runs(records, tier=tier, hardware=hardware, script_sha=script_sha, env=env, aa_only=True)
     vals = [r.result.val_bpb for r in runs if r.result.val_bpb is not None]
     noise = latest_noise(records, tier, hardware)
@@ -106,7 +93,7 @@ def build_state(*, records: list, plan, session: str, tier: str, hardware: str, 
     return PlannerState(
         session=session, tier=tier, hardware=hardware, budget_left=budget_left,
         directives=list(plan.directives), queue=queue_view(plan, findings),
-        incumbent={"script_sha": script_sha[:12], "env": env, "stack": incumbent_stack(records, session),
+        incumbent={"script_sha": script_sha[:12], "env": env, "stack": incumbent.stack(records, session),
                    "mean_bpb": round(statistics.fmean(vals), 5) if vals else None, "n": len(vals)},
         noise={"std": noise.std if noise else None, "n": len(noise.values) if noise else 0,
                "source": "measured" if noise else "none"},

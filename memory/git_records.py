@@ -399,3 +399,38 @@ def script_at(root: str | Path, rev: str, path: str) -> str:
     if _tree_entry(repo, sha, rel) is None:
         raise GitRecordsError(f"{rel}: not in {rev} ({sha[:12]})")
     return _git(repo, "cat-file", "blob", f"{sha}:{rel}", binary=True).decode("utf-8")
+
+
+def file_at(root: str | Path, rev: str, path: str) -> str | None:
+    """The text of `path` at `rev`, or None when the revision or the file does not exist (or root is
+    not a repository): the lenient reading for "what was committed there, if anything"."""
+    try:
+        repo, rel = _repo(root), _relpath(path)
+    except GitRecordsError:
+        return None
+    try:  # one git call: this is read at every decision
+        data = repo.git.execute(["git", "cat-file", "blob", f"{rev}:{rel}"], strip_newline_in_stdout=False,
+                                stdout_as_string=False)
+    except GitCommandError:
+        return None
+    return data.decode("utf-8")
+
+
+def rev_parse(root: str | Path, rev: str) -> str | None:
+    """The commit sha `rev` names, or None (no such revision, or not a repository)."""
+    try:
+        return _rev(_repo(root), rev)
+    except GitRecordsError:
+        return None
+
+
+def commit_paths(root: str | Path, paths: Sequence[str], message: str) -> str | None:
+    """Commit the worktree content of `paths` on the current branch when they changed; nothing else
+    is staged or committed. Returns the new HEAD sha, or None when there was nothing to commit."""
+    repo = _repo(root)
+    rel = [_relpath(p) for p in paths]
+    if not _git(repo, "status", "--porcelain", "--", *rel):
+        return None
+    _git(repo, "add", "--", *rel)
+    _git(repo, "commit", "-q", "-m", message, "--", *rel, env=_identity_env(repo))
+    return _head_commit(repo)

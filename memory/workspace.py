@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+SCRIPT_RELPATH = "trainer/train_gpt.py"  # the one file the agent mutates
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -16,7 +18,7 @@ class Workspace:
 
     @property
     def script(self) -> Path:
-        return self.root / "trainer" / "train_gpt.py"
+        return self.root / SCRIPT_RELPATH
 
     @property
     def battle_plan(self) -> Path:

@@ -119,20 +119,3 @@ def test_sigkill_at_any_point_then_resume_loses_nothing_and_records_nothing_twic
         assert len(aborted) == 1
 
 
-def test_a_new_session_starts_from_the_incumbent_env_committed_on_its_branch(tmp_path):
-    from agent.experiment import INCUMBENT_FILE, committed_incumbent_env_at, incumbent_file_text
-    from agent.state import incumbent_env
-
-    ws = tmp_path / "repo"
-    ws.mkdir()
-    git(ws, "init", "-q", "-b", "main")
-    assert committed_incumbent_env_at(ws) == {}  # no commit, no file: the tier's env alone
-    (ws / INCUMBENT_FILE).write_text(incumbent_file_text({"GATED_ATTENTION": "1"}, "e005-gated_attention"))
-    git(ws, "add", "-A")
-    git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "kept")
-    base = committed_incumbent_env_at(ws)
-    assert base == {"GATED_ATTENTION": "1"}
-    assert incumbent_env([], "new-session", base) == {"GATED_ATTENTION": "1"}
-    kept = DecisionRecord(session="new-session", experiment="e001-x", candidate="x", tier="t", hardware="h",
-                          outcome="confirmed", kept=True, env={"GATED_ATTENTION": "1", "MLP_MULT": "3"})
-    assert incumbent_env([kept], "new-session", base) == {"GATED_ATTENTION": "1", "MLP_MULT": "3"}

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import subprocess
 
 from pydantic import BaseModel, Field
 
+from memory.incumbent import committed_script
+from memory.workspace import SCRIPT_RELPATH
 from tools.context import ToolContext
 from tools.registry import ToolError, tool
 
-SCRIPT_RELPATH = "trainer/train_gpt.py"
 PROTECTED_BEGIN = "# === PROTECTED: METRIC BEGIN ==="
 PROTECTED_END = "# === PROTECTED: METRIC END ==="
 
@@ -62,8 +62,7 @@ def unified_diff(old: str, new: str, name: str = SCRIPT_RELPATH) -> str:
 
 def incumbent_script(ws_root) -> str | None:
     """The script as committed at HEAD (the incumbent on a session branch), or None outside git."""
-    r = subprocess.run(["git", "show", f"HEAD:{SCRIPT_RELPATH}"], cwd=ws_root, capture_output=True, text=True)
-    return r.stdout if r.returncode == 0 else None
+    return committed_script(ws_root)
 
 
 def apply_edits(text: str, edits: list[Edit]) -> str:

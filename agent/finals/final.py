@@ -21,7 +21,6 @@ import os
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -44,14 +43,13 @@ from agent.finals.verdict import (
     missing_imports,
     sha256,
 )
+from memory import git_records, incumbent
 from memory.ledger import Ledger
 from memory.records import EventRecord, FinalRecord, RunRecord
-from memory.workspace import Workspace
+from memory.workspace import SCRIPT_RELPATH, Workspace
 from pods.backend import AgentError, PodBackend, PodError
 
-SCRIPT_RELPATH = "trainer/train_gpt.py"
 PREPARE_RELPATH = "trainer/prepare_data.py"
-INCUMBENT_FILE = "incumbent.json"
 
 
 class ResolvedFinal(FinalPlan):
@@ -73,45 +71,23 @@ class _Stop(BaseException):
 # --------------------------------------------------------------------------------------- inputs
 
 
-def _git(root, *args: str) -> str | None:
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    return r.stdout if r.returncode == 0 else None
-
-
-def branch_incumbent(ws: Workspace, session: str, script_rev: str | None) -> dict[str, Any]:
-    """The incumbent a final runs: train_gpt.py and incumbent.json's env at the session's branch
-    (golf/<session>, else HEAD, or script_rev when given), with prepare_data.py from the same revision."""
-    revs = [script_rev] if script_rev else [f"golf/{session}", "HEAD"]
-    for rev in revs:
-        text = _git(ws.root, "show", f"{rev}:{SCRIPT_RELPATH}")
-        if text is None:
-            continue
-        sha = (_git(ws.root, "rev-parse", rev) or rev).strip()
-        prep = _git(ws.root, "show", f"{rev}:{PREPARE_RELPATH}")
-        if prep is None and (ws.root / PREPARE_RELPATH).exists():
-            prep = (ws.root / PREPARE_RELPATH).read_text()
-        env: dict[str, str] = {}
-        experiment = None
-        raw = _git(ws.root, "show", f"{rev}:{INCUMBENT_FILE}")
-        if raw:
-            try:
-                data = json.loads(raw)
-                env = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
-                experiment = data.get("experiment")
-            except (ValueError, AttributeError):
-                env = {}
-        return {"script": text, "prepare": prep or "", "rev": sha, "where": f"git {rev} ({sha[:12]})",
-                "env": env, "experiment": experiment}
-    if script_rev:
+def branch_incumbent(ws: Workspace, ledger: Ledger, session: str, script_rev: str | None) -> dict[str, Any]:
+    """The incumbent a final runs (memory.incumbent.of_session: train_gpt.py and incumbent.json's env on
+    the session's branch golf/<session>, else HEAD, or at script_rev), with prepare_data.py from the
+    same revision."""
+    if script_rev and git_records.file_at(ws.root, script_rev, SCRIPT_RELPATH) is None:
         raise FinalRefused(f"no {SCRIPT_RELPATH} at git revision {script_rev!r}")
-    prep = (ws.root / PREPARE_RELPATH).read_text() if (ws.root / PREPARE_RELPATH).exists() else ""
-    return {"script": ws.script.read_text(), "prepare": prep, "rev": None, "where": "working tree", "env": {},
-            "experiment": None}
+    inc = incumbent.of_session(ws.root, ledger.records(), session, script_rev)
+    prep = git_records.file_at(ws.root, inc.rev, PREPARE_RELPATH) if inc.rev else None
+    if prep is None and (ws.root / PREPARE_RELPATH).exists():
+        prep = (ws.root / PREPARE_RELPATH).read_text()
+    where = f"git {script_rev or 'golf/' + session + ' or HEAD'} ({inc.rev[:12]})" if inc.rev else "working tree"
+    return {"script": inc.script, "prepare": prep or "", "rev": inc.rev, "where": where, "env": inc.env,
+            "experiment": inc.experiment}
 
 
 def last_session(ledger: Ledger) -> str | None:
-    starts = [e.session for e in ledger.records(EventRecord) if e.event == "session_start"]
-    return starts[-1] if starts else None
+    return incumbent.last_session(ledger.records())
 
 
 def _tier_env(ws: Workspace, tier: str) -> dict[str, str]:
@@ -164,7 +140,7 @@ def plan_final(req: FinalRequest, backend: PodBackend | None = None, *, session:
     session = session or req.session or last_session(ledger) or f"final-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     final_id = final_id or f"final-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     seeds = seed_list(req.seeds)
-    inc = branch_incumbent(ws, session, req.script_rev)
+    inc = branch_incumbent(ws, ledger, session, req.script_rev)
     env = {**_tier_env(ws, cfg.tier), **inc["env"], **req.env}
     rungs = _price_rungs(req, backend, len(seeds))
     hours = cfg.pod_lifetime_s(len(seeds)) / 3600
