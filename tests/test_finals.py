@@ -674,3 +674,17 @@ def test_a_script_importing_what_the_pod_lacks_is_refused_before_any_pod(fake, t
     guarded = "try:\n    import flash_attn_interface\nexcept ImportError:\n    flash_attn_interface = None\n"
     assert missing_imports(guarded + "import torch, numpy as np\nfrom torch import nn\n", cfg().pod_modules) == []
     assert missing_imports("import sentencepiece.x\nimport mamba_ssm\n", cfg().pod_modules) == ["mamba_ssm"]
+
+
+def test_the_pods_room_imports_nothing_of_the_project_and_the_pod_agent_only_the_standard_library():
+    import ast
+
+    def imported(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        return {n.split(".")[0] for n in names}
+
+    for path in (REPO / "pods").glob("*.py"):
+        assert not imported(path) & {"agent", "tools", "memory", "trainer", "tests"}, path
+    assert imported(REPO / "pods" / "pod_agent.py") <= set(sys.stdlib_module_names) | {"__future__"}

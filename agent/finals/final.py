@@ -81,7 +81,9 @@ def branch_incumbent(ws: Workspace, ledger: Ledger, session: str, script_rev: st
     prep = git_records.file_at(ws.root, inc.rev, PREPARE_RELPATH) if inc.rev else None
     if prep is None and (ws.root / PREPARE_RELPATH).exists():
         prep = (ws.root / PREPARE_RELPATH).read_text()
-    where = f"git {script_rev or 'golf/' + session + ' or HEAD'} ({inc.rev[:12]})" if inc.rev else "working tree"
+    branch = f"{git_records.BRANCH_PREFIX}{session}"
+    label = script_rev or (branch if git_records.rev_parse(ws.root, branch) == inc.rev else "HEAD")
+    where = f"git {label} ({inc.rev[:12]})" if inc.rev else "working tree"
     return {"script": inc.script, "prepare": prep or "", "rev": inc.rev, "where": where, "env": inc.env,
             "experiment": inc.experiment}
 
