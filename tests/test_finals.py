@@ -575,7 +575,7 @@ def test_after_a_sigkill_and_a_deadline_switch_exit_the_next_command_books_the_p
     from agent.cli import main
 
     short = cfg(runtime_wait_s=3, setup_s=2, train_s=1, eval_s=1, per_seed_margin_s=1, teardown_s=1,
-                deadman_grace_s=1, deadman_slack_s=3, agent_idle_s=600)
+                deadman_grace_s=1, deadman_slack_s=5, agent_idle_s=600)
     ws = make_ws(tmp_path / "ws", stand_in(sleep=60))
     proc = session_in_training(ws, fake, "killed", config=short, seeds=1)
     proc.send_signal(signal.SIGKILL)

@@ -47,15 +47,17 @@ class OpenPod(BaseModel):
     deadline_unix: float  # its dead man's switch ends it then
     idle_s: float  # ... or this long after our last contact
     slack_s: float  # how long the switch may take
+    contact_gap_s: float = 600.0  # our last contact with its agent is at most this long after our last booking
     booked_dollars: float = 0.0
     booked_seconds: float = 0.0
     last_booked_unix: float | None = None
 
     def end_bound_unix(self) -> float:
         """The latest it can have stopped billing, if it is gone: its deadline, or idle after our last
-        contact (the meter books while we talk to the pod), plus the time the switch takes."""
+        contact (the meter books while we talk to the pod, at most contact_gap_s apart), plus the time the
+        switch takes."""
         last = self.last_booked_unix if self.last_booked_unix is not None else self.created_unix
-        return min(self.deadline_unix, last + self.idle_s) + self.slack_s
+        return min(self.deadline_unix, last + self.contact_gap_s + self.idle_s) + self.slack_s
 
     def worst_unbooked(self) -> float:
         end = self.deadline_unix + self.slack_s
@@ -85,7 +87,8 @@ def open_pods(records: Iterable[Any]) -> list[OpenPod]:
                                           gpu_type=d.get("gpu_type"), price_per_hour=float(d["price_per_hour"]),
                                           created_unix=float(d["created_unix"]),
                                           deadline_unix=float(d["deadline_unix"]), idle_s=float(d["idle_s"]),
-                                          slack_s=float(d.get("slack_s", 150.0)))
+                                          slack_s=float(d.get("slack_s", 150.0)),
+                                          contact_gap_s=float(d.get("contact_gap_s", 600.0)))
             elif r.event == "final_pod_created" and d.get("name") in pods:
                 pods[d["name"]].pod_id = d.get("pod_id")
                 by_id[str(d.get("pod_id"))] = d["name"]
@@ -104,7 +107,7 @@ def open_pods(records: Iterable[Any]) -> list[OpenPod]:
 def open_pod(ledger: Ledger, pod: OpenPod) -> None:
     ledger.append(EventRecord(session=pod.session, event="pod_opened", detail=pod.model_dump(
         include={"final_id", "name", "gpu_type", "price_per_hour", "created_unix", "deadline_unix", "idle_s",
-                 "slack_s"})))
+                 "slack_s", "contact_gap_s"})))
 
 
 def close_pod(ledger: Ledger, session: str, name: str, pod_id: str | None, how: str, **detail: Any) -> None:

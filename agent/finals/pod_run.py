@@ -8,6 +8,7 @@ bill; a pod whose container does not come up in runtime_wait_s is terminated bef
 from __future__ import annotations
 
 import collections
+import math
 import re
 import time
 from collections.abc import Callable
@@ -116,6 +117,11 @@ class PodRun:
     def lifetime_s(self) -> float:
         return self.cfg.pod_lifetime_s(len(self.seeds))
 
+    def contact_gap_s(self) -> float:
+        """How long after the meter's last booking we may still have talked to the pod's agent (which
+        restarts its idle switch): a poll interval, a fetch of the seed's files, an unreachable spell."""
+        return self.cfg.spend_interval_s + self.cfg.teardown_s + self.cfg.agent_lost_s
+
     def check_money(self, what: str, extra_s: float) -> None:
         """Refuse to go on if finishing `what` (extra_s more of pod time) could cross the cap."""
         projected = self.meter.projected(extra_s)
@@ -163,7 +169,8 @@ class PodRun:
         token = new_agent_token()
         created = time.time()
         # the pod's own deadline, from the moment we create it: the budget check above priced exactly this
-        deadline = created + self.lifetime_s()
+        # (whole seconds, rounded down: the pod and the ledger hold the same moment)
+        deadline = float(math.floor(created + self.lifetime_s()))
         spec = PodSpec(name=name, gpu_type=rung.gpu_type, gpu_count=self.cfg.gpu_count, cloud_type=rung.cloud_type,
                        image=self.cfg.image, start_cmd=agent_start_cmd(), ports=f"{self.cfg.agent_port}/http",
                        container_disk_gb=self.cfg.container_disk_gb,
@@ -178,7 +185,8 @@ class PodRun:
         open_pod(self.ledger, OpenPod(session=self.session, final_id=self.final_id, name=name,
                                       gpu_type=rung.gpu_type, price_per_hour=price, created_unix=created,
                                       deadline_unix=deadline, idle_s=self.cfg.agent_idle_s,
-                                      slack_s=self.cfg.deadman_slack_s))
+                                      slack_s=self.cfg.deadman_slack_s,
+                                      contact_gap_s=self.contact_gap_s()))
         self.meter.start(price, rung.gpu_type, name)
         try:
             pod = self.backend.create(spec)
