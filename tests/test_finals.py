@@ -688,3 +688,19 @@ def test_the_pods_room_imports_nothing_of_the_project_and_the_pod_agent_only_the
     for path in (REPO / "pods").glob("*.py"):
         assert not imported(path) & {"agent", "tools", "memory", "trainer", "tests"}, path
     assert imported(REPO / "pods" / "pod_agent.py") <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_the_readmes_final_command_passes_with_the_shipped_battle_plan(fake, tmp_path, monkeypatch, capsys):
+    """`golf final --approve --dollars 50 --seeds 3` with the shipped plan's Budget, at RunPod's quoted
+    $23.92/h: the plan it prints would run (the real bounds: $43.85 worst case, under $50)."""
+    from agent.cli import main
+
+    ws = make_ws(tmp_path / "ws", stand_in())
+    (ws / "battle_plan.md").write_text((REPO / "battle_plan.md").read_text())
+    readme = (REPO / "README.md").read_text()
+    assert "golf final --approve --dollars 50 --seeds 3" in readme
+    monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
+    assert main(["--workspace", str(ws), "final", "--dry-run", "--approve", "--dollars", "50", "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "would run" in out and "worst case: $43.85; cap: $50.00" in out, out
+    assert fake.pods == {}

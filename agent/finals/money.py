@@ -199,7 +199,8 @@ def resolve_budget(ws: Workspace, ledger: Ledger, session: str, approve: bool, b
     """The cap this final may spend: the least of --dollars and the session's finals money left (the
     plan's final_dollars less what the session spent and what its open pods may still cost). `need`:
     the final's worst case, named in a refusal so the user learns what to ask for."""
-    need_text = f" (this final needs up to ${need:.2f}: see `golf final --dry-run`)" if need is not None else ""
+    need_text = (f" (this final needs up to ${need:.2f}: see `golf final --dry-run`)" if need is not None
+                 else " (`golf final --dry-run` prints what it would cost)")
     plan = _plan_budget(ws)
     granted = "--approve" if approve else ("battle_plan approve_finals" if plan and plan.approve_finals else "")
     if not granted:
