@@ -267,6 +267,21 @@ def run_final(req: FinalRequest, backend: PodBackend | None = None,
     run = PodRun(ws=ws, ledger=ledger, backend=backend, cfg=cfg, session=session, final_id=final_id, seeds=seeds,
                  budget=plan.budget, env=plan.env, log=log)
     outcomes, failure, stopped, unexpected, status = _run_seeds(run, plan, log)
+    rec = _judge_and_record(req, plan, run, outcomes, failure, status, frontier)
+    log(f"final {final_id}: {rec.status}, ${rec.dollars:.2f}, val_bpb {rec.val_bpbs}; {rec.note[:300]}")
+    if stopped is not None:
+        if stopped.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + stopped.signum)
+    if unexpected is not None:
+        raise unexpected
+    return rec
+
+
+def _judge_and_record(req: FinalRequest, plan: ResolvedFinal, run: PodRun, outcomes: list[SeedOutcome],
+                      failure: str | None, status: Status, frontier: list[float] | float | None) -> FinalRecord:
+    """The runs, the verdict, the submission folder when the rule is cleared, and the FinalRecord."""
+    ws, ledger, cfg, seeds, final_id, session = run.ws, run.ledger, run.cfg, plan.seeds, plan.final_id, plan.session
     ok_vals = [o.result.val_bpb for o in outcomes if o.result.status == "ok" and o.result.val_bpb is not None]
     for o in outcomes:
         ledger.append(RunRecord(session=session, run_id=f"{final_id}-seed{o.seed}",
@@ -293,7 +308,8 @@ def run_final(req: FinalRequest, backend: PodBackend | None = None,
         note_parts.append(f"vs incumbent final {vi['final_id']}: {vi['outcome']} delta {vi['delta']:+.5f} "
                           f"p={vi['p_value']:.3g}")
     frontier_bpb = frontier if isinstance(frontier, float) else (statistics.fmean(frontier) if frontier else None)
-    rec = FinalRecord(**base, **recorded, script_sha=plan.script_sha, val_bpbs=ok_vals, status=status,
+    rec = FinalRecord(session=session, final_id=final_id, seeds=seeds, script_rev=plan.script_rev, env=plan.env,
+                      experiment=plan.experiment, script_sha=plan.script_sha, val_bpbs=ok_vals, status=status,
                       frontier_bpb=frontier_bpb, p_value=record.get("p_value"), record_claim=claim, compliance=comp,
                       dollars=round(run.meter.total, 6), note=" | ".join(note_parts)[:2000])
     if claim:
@@ -309,13 +325,6 @@ def run_final(req: FinalRequest, backend: PodBackend | None = None,
     ledger.append(EventRecord(session=session, event="final_judged", detail={
         "final_id": final_id, **verdict, "compliance_passed": comp.get("passed")}))
     ledger.append(rec)
-    log(f"final {final_id}: {status}, ${rec.dollars:.2f}, val_bpb {ok_vals}; {rec.note[:300]}")
-    if stopped is not None:
-        if stopped.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + stopped.signum)
-    if unexpected is not None:
-        raise unexpected
     return rec
 
 

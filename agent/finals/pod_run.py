@@ -8,6 +8,7 @@ bill; a pod whose container does not come up in runtime_wait_s is terminated bef
 from __future__ import annotations
 
 import collections
+import hashlib
 import math
 import re
 import time
@@ -323,12 +324,12 @@ class PodRun:
     # -- running jobs
 
     def upload(self, script: str, prepare: str) -> None:
-        from agent.finals.verdict import sha256
-
+        """The exact script revision (the agent checks its sha256) and the data preparer."""
         self.backend.upload(self.agent, script.encode(), "job/train_gpt.py")
         if prepare:
             self.backend.upload(self.agent, prepare.encode(), "job/prepare_data.py")
-        self.event("final_uploaded", pod_id=self.pod_id, script_sha=sha256(script), bytes_code=len(script.encode()))
+        self.event("final_uploaded", pod_id=self.pod_id, script_sha=hashlib.sha256(script.encode()).hexdigest(),
+                   bytes_code=len(script.encode()))
 
     def run_job(self, job_id: str, cmd: str, env: dict[str, str], bound_s: float) -> tuple[int | None, float, list[str]]:
         """Start (idempotently) and follow one job within bound_s. Returns (returncode, wall_s, digest)."""
