@@ -541,6 +541,9 @@ def test_env_values_are_escaped_for_the_sdk_query_and_arrive_intact(fake):
             be.create(PodSpec(name="pgolf-esc-0000-aaaaaa-2", gpu_type=H100, image="x/y:1", start_cmd="x", env=bad))
     with pytest.raises(ValueError):
         be.get('abc"}) { myself { pods { id } } } #')
+    for bad_spec in ({"allowed_cuda_versions": ['12.8"] }) { x']}, {"template_id": 'y5"}) {'}):
+        with pytest.raises(ValueError):
+            be.create(PodSpec(name="pgolf-esc-0000-aaaaaa-3", gpu_type=H100, image="x/y:1", start_cmd="x", **bad_spec))
     assert len(fake.requests) == n, "an invalid value reached the API"
     assert gql_string_body('a"b\\c\n') == 'a\\"b\\\\c\\n'
 
