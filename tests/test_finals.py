@@ -712,3 +712,19 @@ def test_the_readmes_final_command_passes_with_the_shipped_battle_plan(fake, tmp
     out = capsys.readouterr().out
     assert "would run" in out and "worst case: $43.85; cap: $50.00" in out, out
     assert fake.pods == {}
+
+
+def test_a_gone_pod_is_booked_to_the_first_moment_its_own_switch_must_have_ended_it():
+    """Its deadline, or its idle switch after our last possible contact (the last booking plus the gap
+    in which we may still have talked to it), plus the time the switch takes: never earlier."""
+    from agent.finals.money import OpenPod
+
+    p = OpenPod(session="s", final_id="f", name="n", price_per_hour=36.0, created_unix=1000.0, deadline_unix=8000.0,
+                idle_s=900.0, slack_s=150.0, contact_gap_s=540.0)
+    assert p.end_bound_unix() == 1000.0 + 540 + 900 + 150  # never booked: idle from the create
+    p.last_booked_unix = 3000.0
+    assert p.end_bound_unix() == 3000.0 + 540 + 900 + 150  # the idle switch comes first
+    p.last_booked_unix = 7500.0
+    assert p.end_bound_unix() == 8000.0 + 150  # the deadline comes first
+    p.booked_dollars = 10.0
+    assert p.worst_unbooked() == pytest.approx((8150.0 - 1000.0) * 36.0 / 3600 - 10.0)
