@@ -254,6 +254,7 @@ def run_final(req: FinalRequest, backend: PodBackend | None = None,
     except FinalRefused as e:
         return refused(str(e))
     recorded: dict[str, Any] = dict(script_rev=plan.script_rev, env=plan.env, experiment=plan.experiment)
+    log(plan.text())
     if plan.problems:
         return refused(" | ".join(plan.problems), plan.script_sha, **recorded)
     assert plan.budget is not None
