@@ -728,3 +728,24 @@ def test_a_gone_pod_is_booked_to_the_first_moment_its_own_switch_must_have_ended
     assert p.end_bound_unix() == 8000.0 + 150  # the deadline comes first
     p.booked_dollars = 10.0
     assert p.worst_unbooked() == pytest.approx((8150.0 - 1000.0) * 36.0 / 3600 - 10.0)
+
+
+def test_the_reaper_ages_out_another_machines_pods_by_their_runtime_uptime(fake, tmp_path):
+    """Pods named by another machine are left alone (its locks are not ours to read) until they are older
+    than any bounded final, judged by `runtime.uptimeInSeconds` (the top-level field answers 0)."""
+    from agent.finals import reap
+
+    be = backend_for(fake)
+    other = "ffff" if host_tag() != "ffff" else "eeee"
+    old = be.create(PodSpec(name=f"{pod_prefix('away')}{other}-abc123-1", gpu_type=H100, image="x/y:1",
+                            start_cmd="sleep 60"))
+    time.sleep(0.5)  # booted
+    fake.advance(7 * 3600)  # the provider's clock: this pod has run for seven hours
+    young = be.create(PodSpec(name=f"{pod_prefix('away')}{other}-def456-1", gpu_type=H100, image="x/y:1",
+                              start_cmd="sleep 60"))
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    assert reap(be, live=set(), ledger=ledger, log=lambda s: None) == [old.id]
+    assert {p.id for p in fake.running()} == {young.id}
+    [spend] = ledger.records(SpendRecord)
+    assert spend.pod_id == old.id and spend.seconds >= 7 * 3600  # booked from the API's uptime
+    be.terminate(young.id)

@@ -16,7 +16,8 @@ up. Answers hold only the fields the query selected. A host whose CUDA driver is
 image's never starts the container (RunPod's troubleshooting page: "unsatisfied condition: cuda>=X").
 
 The GraphQL is parsed for real (strings with escapes, objects, lists), so a query the SDK could not
-send to RunPod fails here too. Fault knobs are plain attributes (see `FakeRunPod.__init__`).
+send to RunPod fails here too. Fault knobs are plain attributes (see `FakeRunPod.__init__`); the
+provider's clock (pod ages, billing, listing lags) can be moved on with `advance(seconds)`.
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ class FakePod:
     ports: str
     workdir: Path
     host_port: int
+    clock: Any = time.time  # the provider's clock (FakeRunPod.clock)
     created: float = field(default_factory=time.time)
     ended: float | None = None
     status: str = "RUNNING"
@@ -212,7 +214,7 @@ class FakePod:
     def api(self) -> dict:
         runtime = None
         if self.booted and self.status == "RUNNING":
-            runtime = {"uptimeInSeconds": int(time.time() - (self.booted_at or self.created)), "ports": [
+            runtime = {"uptimeInSeconds": int(self.clock() - (self.booted_at or self.created)), "ports": [
                 {"ip": "100.65.0.2", "isIpPublic": False, "privatePort": int(p.split("/")[0]),
                  "publicPort": int(p.split("/")[0]), "type": p.split("/")[1]}
                 for p in self.ports.split(",") if p]}
@@ -225,10 +227,10 @@ class FakePod:
                 "runtime": runtime, "machine": {"gpuDisplayName": self.gpu_type, "podHostId": f"{self.id}-host"}}
 
     def dollars(self) -> float:
-        return ((self.ended or time.time()) - self.created) * self.cost_per_hr / 3600.0
+        return ((self.ended or self.clock()) - self.created) * self.cost_per_hr / 3600.0
 
     def lifetime_s(self) -> float:
-        return (self.ended or time.time()) - self.created
+        return (self.ended or self.clock()) - self.created
 
     def visible(self, now: float) -> bool:
         return now >= self.visible_after
@@ -320,6 +322,9 @@ class FakeRunPod:
         self.invisible_for_s = 0.0  # a new pod answers null (get, list, terminate) for this long
         self.host_cuda: dict[str, str] = {}  # GPU type -> the CUDA its hosts' drivers support (default 12.9)
         self.created_names: list[str] = []  # every name a create was asked for, in order
+        # the provider's clock: pod times, billing, lags. A test may move it on (`fake.advance(s)`) to
+        # make pods old without waiting; the pods' own processes keep real time
+        self.offset_s = 0.0
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -331,6 +336,12 @@ class FakeRunPod:
         self._thread.start()
 
     # ---- test helpers
+
+    def clock(self) -> float:
+        return time.time() + self.offset_s
+
+    def advance(self, seconds: float) -> None:
+        self.offset_s += seconds
 
     def running(self) -> list[FakePod]:
         with self.lock:
@@ -391,12 +402,12 @@ class FakeRunPod:
         self.created_names.append(inp["name"])
         pod_id = secrets.token_hex(7)
         pod = FakePod(allowed_cuda=allowed, template_id=inp.get("templateId"),
-                      visible_after=time.time() + self.invisible_for_s,
+                      clock=self.clock, created=self.clock(), visible_after=self.clock() + self.invisible_for_s,
                       id=pod_id, name=inp["name"], gpu_type=gpu, gpu_count=int(inp.get("gpuCount", 1)),
                       cloud_type=str(cloud), cost_per_hr=round(self._price(gpu) * int(inp.get("gpuCount", 1)), 4),
                       image=inp["imageName"], docker_args=inp.get("dockerArgs") or "", env=env,
                       ports=inp.get("ports") or "", workdir=self.root / "pods" / pod_id, host_port=_free_port(),
-                      listed_after=time.time() + self.list_lag_s)
+                      listed_after=self.clock() + self.list_lag_s)
         pod.workdir.mkdir(parents=True)
         with self.lock:
             self.pods[pod_id] = pod
@@ -421,14 +432,14 @@ class FakeRunPod:
                                         stdin=subprocess.DEVNULL, start_new_session=True)
             log.close()
             pod.booted = True
-            pod.booted_at = time.time()
+            pod.booted_at = self.clock()
 
     def _terminate(self, pod: FakePod) -> None:
         with self.lock:
             if pod.status == "TERMINATED":
                 return
             pod.status = "TERMINATED"
-            pod.ended = time.time()
+            pod.ended = self.clock()
             proc = pod.proc
         if proc is not None and proc.poll() is None:
             try:
@@ -477,7 +488,7 @@ class FakeRunPod:
                     return 500, {"__raw__": self.create_5xx_body}
                 return 200, {"data": {name: {"id": pod.id, "imageName": pod.image, "env": pod.api()["env"],
                                              "machineId": "m1", "machine": {"podHostId": f"{pod.id}-host"}}}}
-            now = time.time()
+            now = self.clock()
             if name == "pod":
                 pod = self.pods.get(inp.get("podId", ""))
                 alive = pod is not None and pod.status != "TERMINATED" and pod.visible(now)
