@@ -26,6 +26,8 @@ from memory.records import DecisionRecord, EventRecord, NoiseRecord, Outcome, Ru
 from tools import registry
 from tools.context import ToolContext
 from tools.edit_script import SCRIPT_RELPATH, sha256_text, unified_diff
+from tools.metric_guard import check_script
+from tools.rescore import verify_before_keep
 from tools.sweep import Candidate, SweepArgs, sweep
 
 # Both arms run on the same seeds (SEED_BASE, SEED_BASE + 1, ...) and are compared on matched seed sets:
@@ -161,6 +163,7 @@ class ExperimentRunner:
         try:
             Candidate(name=spec.name, env=spec.env)
             check_env_allowed(spec.env, working)
+            check_script(working, inc_text)
         except ValidationError as e:
             return self.refuse(spec, registry.format_validation_error(e))
         except ValueError as e:
@@ -217,6 +220,9 @@ class ExperimentRunner:
                 outcome = "inconclusive"
                 reason = (f"wins on val but not on the held-out slice (holdout delta "
                           f"{statistics.fmean(hold_c) - statistics.fmean(hold_i):+.5f}): may fit the selection set")
+        if outcome == "confirmed":  # trusted code re-scores the artifact; an implausible score is quarantined
+            keep_ok, reason = verify_before_keep(self.ctx, ok, inc_vals, working, inc_text, reason)
+            outcome = outcome if keep_ok else "rejected"
         kept = outcome == "confirmed"
         diff = unified_diff(inc_text, working) if working != inc_text else ""
         v = verdict

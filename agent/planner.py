@@ -56,6 +56,8 @@ class PlannerState(BaseModel):
     findings: list[dict[str, Any]] = Field(default_factory=list)  # per technique: outcome, delta, ci, p, n
     recent: list[dict[str, Any]] = Field(default_factory=list)  # last decisions, compact
     frontier: str = ""  # frontier digest text (diff since last session, flags)
+    # queue technique -> why newer records dropped or superseded it (the playbook tries those last)
+    frontier_obsolete: dict[str, str] = Field(default_factory=dict)
     options: list[dict[str, Any]] = Field(default_factory=list)  # cost-aware choices (calibration)
     plan_changed: bool = False
     decisions_so_far: int = 0

@@ -50,13 +50,34 @@ class PlaybookPlanner:
         if ranked:  # cost-aware order within the group; queue order breaks ties
             group = sorted(group, key=lambda q: (-(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
                                                  order[q["technique"]]))
+        group, deferred = defer_left_behind(group, state.frontier_obsolete)
         q = group[0]
         why = "queue order" if not ranked else "highest expected gain per dollar"
         if second_look:
             why += ", second look at an inconclusive result"
+        why += deferral_note(q, deferred, state.frontier_obsolete)
         return Proposal(
             action="experiment",
             experiment=ExperimentSpec(name=q["technique"], technique=q["technique"], env=dict(q["env"]),
                                       hypothesis=f"{q['technique']} lowers val_bpb on {state.tier}. {q['notes']}"),
             reason=f"next in the battle plan ({why}); tries so far {q['tries']}",
         )
+
+
+def defer_left_behind(items: list[dict[str, Any]],
+                      obsolete: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the items in order, those of them deferred), the deferred moved to the end, whatever the cost
+    ranking said: queue items whose technique newer records dropped or superseded (the frontier's word, e.g.
+    value_residual after PR #1218) run after the rest of their group. Not banned: the human queued them,
+    and they may still pay here."""
+    later = [q for q in items if q["technique"] in obsolete]
+    return [q for q in items if q["technique"] not in obsolete] + later, later
+
+
+def deferral_note(chosen: dict[str, Any], deferred: list[dict[str, Any]], obsolete: dict[str, str]) -> str:
+    """What the decision says about the frontier's deferrals (empty when there are none)."""
+    if chosen["technique"] in obsolete:
+        return f"; taken after the rest of the queue because it is {obsolete[chosen['technique']]}"
+    if deferred:
+        return "; deferred: " + "; ".join(f"{q['technique']} ({obsolete[q['technique']]})" for q in deferred)
+    return ""

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent import lock as session_lock
+from agent.containment import check_base_env, screen_queue
 from agent.costs import options_for_session
 from agent.experiment import ExperimentRunner
 from agent.planner import Budget, Planner, Proposal
@@ -27,7 +28,9 @@ from agent.state import build_state
 from memory import git_records, incumbent
 from memory.battle_plan import BattlePlanError, human_fingerprint, load_plan, write_blocks
 from memory.frontier import frontier_block_markdown, frontier_diff_for, frontier_digest, mark_seen
+from memory.knobs import check_env_allowed
 from memory.ledger import Ledger
+from memory.presets import PRESETS_FILE, Preset, PresetError, get_preset, starting_env
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult, utcnow
 from memory.tiers import load_tiers
 from memory.workspace import Workspace
@@ -81,23 +84,35 @@ def elapsed_before(records: list, session: str) -> float:
     return total
 
 
-def ensure_data(ws: Workspace, progress: Progress) -> None:
-    """The embedded dataset is built on first use (about a minute), never committed."""
-    manifest = ws.data_dir / "datasets" / "embedded_sp1024" / "manifest.json"
-    if manifest.exists():
-        return
-    progress.line("preparing the embedded dataset (first run only, about 1-2 minutes) ...")
-    proc = subprocess.Popen([sys.executable, str(ws.root / "trainer" / "prepare_data.py"), "--out", str(ws.data_dir)],
-                            cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:  # stream it: a silent minute looks like a hang
-        line = line.rstrip()
-        if line:
-            progress.line(f"  data: {line[:200]}")
-            tail = (tail + [line])[-30:]
-    if proc.wait() != 0 or not manifest.exists():
-        raise SessionError("data preparation failed:\n" + "\n".join(tail))
+def ensure_data(ws: Workspace, progress: Progress, vocab_sizes: tuple[int, ...] = (1024,)) -> None:
+    """The embedded dataset, at each vocabulary size the session will run, is built on first use (about a
+    minute each), never committed."""
+    for vocab in sorted(set(vocab_sizes)):
+        manifest = ws.embedded_data(vocab)[0] / "manifest.json"
+        if manifest.exists():
+            continue
+        progress.line(f"preparing the embedded dataset at vocabulary size {vocab} (first run only, about 1-2 "
+                      "minutes) ...")
+        proc = subprocess.Popen([sys.executable, str(ws.root / "trainer" / "prepare_data.py"),
+                                 "--out", str(ws.data_dir), "--vocab", str(vocab)],
+                                cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:  # stream it: a silent minute looks like a hang
+            line = line.rstrip()
+            if line:
+                progress.line(f"  data: {line[:200]}")
+                tail = (tail + [line])[-30:]
+        if proc.wait() != 0 or not manifest.exists():
+            raise SessionError("data preparation failed:\n" + "\n".join(tail))
+
+
+def vocab_sizes_in_use(base_env: dict[str, str], tier_env: dict[str, str],
+                       queue_envs: list[dict[str, str]]) -> tuple[int, ...]:
+    """Every VOCAB_SIZE a run of this session may use: the starting incumbent's and any queue item's."""
+    values = [(tier_env | base_env).get("VOCAB_SIZE", "1024")]
+    values += [e["VOCAB_SIZE"] for e in queue_envs if "VOCAB_SIZE" in e]
+    return tuple(sorted({int(v) for v in values if str(v).isdigit()}))
 
 
 def reap_orphans(ledger: Ledger, session: str) -> list[int]:
@@ -174,6 +189,8 @@ class Session:
         self.prior_elapsed = 0.0
         self.plan_sha = ""
         self.frontier_digest = ""
+        self.frontier_obsolete: dict[str, str] = {}  # queue technique -> why newer records dropped it
+        self.start_preset: Preset | None = None  # the plan's `start:` preset, read once at the start
         self.stop_tokens = 0  # tokens the planner spent on the decision to stop
 
     # -- budget ---------------------------------------------------------------------------------
@@ -232,13 +249,45 @@ class Session:
         missing = {n: "" for n in AGENT_BLOCKS if n not in self.plan.blocks}
         if missing:  # create our blocks once, up front, so later writes never change the human part
             write_blocks(self.ws.battle_plan, missing)
+        try:  # incumbent.json passes the same allow-list as any override, against the script it came with
+            check_base_env(incumbent.base_env(self.ws.root, self.ledger.records(), self.session),
+                           incumbent.committed_script(self.ws.root) or "", self.ledger, self.session)
+        except ValueError as e:
+            raise SessionError(str(e)) from None
+        self.ctx.extra["base_env"] = self.starting_env()
         self.refresh_frontier()
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
-        ensure_data(self.ws, self.progress)
+        ensure_data(self.ws, self.progress, vocab_sizes_in_use(self.ctx.extra["base_env"], self.tier.env,
+                                                               [q.env for q in self.plan.queue]))
         self.ctx.extra["hardware"] = None
-        self.ctx.extra["base_env"] = incumbent.base_env(self.ws.root, self.ledger.records(), self.session)
         self.hardware = hardware_id(self.ctx, self.tier.hardware)
         self.runner.hardware = self.hardware
+
+    def starting_env(self) -> dict[str, str]:
+        """The incumbent's env before the first keep: the plan's `start:` preset on this tier, under the
+        incumbent.json committed where the session started (read once, at the start)."""
+        name = self.plan.budget.start
+        preset = None
+        if name:
+            try:
+                preset = get_preset(self.ws.root / PRESETS_FILE, name)
+            except PresetError as e:
+                raise SessionError(f"battle plan `start: {name}`: {e}") from e
+            try:  # refused here, before any run, rather than candidate by candidate
+                script = self.ws.script.read_text(encoding="utf-8")
+                check_env_allowed(preset.env_on_tier(self.tier.env), script)
+            except ValueError as e:
+                raise SessionError(f"battle plan `start: {name}`: preset {name!r}: {e}") from e
+            self.start_preset = preset
+            if not self.resume:  # for the projection in `golf status`: which record the incumbent started as
+                self.ledger.append(EventRecord(session=self.session, event="start_preset", detail={
+                    "name": name, "record": preset.record, "published_bpb": preset.published_bpb,
+                    "env": preset.env_on_tier(self.tier.env)}))
+            source = f" (PR #{preset.record}, published {preset.published_bpb})" if preset.record else ""
+            about = preset.description or "no description"
+            self.progress.line(f"starting from preset {name}: {about}{source}")
+        return starting_env(preset, self.tier.env,
+                            incumbent.base_env(self.ws.root, self.ledger.records(), self.session))
 
     # -- one decision ---------------------------------------------------------------------------
     def reload_plan(self) -> bool:
@@ -248,6 +297,8 @@ class Session:
         except BattlePlanError as e:
             self.ledger.append(EventRecord(session=self.session, event="plan_malformed", detail={"error": str(e)}))
             raise SessionError(f"battle plan: {e}") from e
+        self.plan = screen_queue(self.plan, incumbent.committed_script(self.ws.root) or self.ws.script.read_text(),
+                                 self.ledger, self.session, say=self.progress.line)
         sha = human_fingerprint(self.ws.battle_plan)
         if sha != self.plan_sha:
             self.ledger.append(EventRecord(session=self.session, event="plan_edited",
@@ -262,8 +313,12 @@ class Session:
         queue = [q.technique for q in self.plan.queue]
         self.ctx.extra["queue"] = queue
         try:
-            d = frontier_diff_for(self.ws.root, queue)
+            covered = self.tier.env | (self.start_preset.env if self.start_preset else {}) \
+                | self.ctx.extra.get("base_env", {})
+            d = frontier_diff_for(self.ws.root, queue, script_text=self.ws.script.read_text(encoding="utf-8"),
+                                  covered_env=covered)
             self.frontier_digest = frontier_digest(d, max_chars=1500)
+            self.frontier_obsolete = {n.technique: n.reason for n in d.obsolete}
             write_blocks(self.ws.battle_plan, {"frontier": frontier_block_markdown(d)})
         except Exception as e:  # the frontier is advice; a broken snapshot must not stop the session
             self.frontier_digest = f"(frontier unavailable: {e})"
@@ -287,7 +342,7 @@ class Session:
                             base_env=self.ctx.extra.get("base_env"),
                             budget_left=self.budget_left(), frontier=self.frontier_digest,
                             options=self.options(records), plan_changed=changed,
-                            script_dirty=script != inc.script)
+                            script_dirty=script != inc.script, frontier_obsolete=self.frontier_obsolete)
         return self.planner.propose(state, self.ctx)
 
     def write_status_blocks(self) -> None:

@@ -84,7 +84,7 @@ def queue_view(plan, findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def build_state(*, records: list, plan, session: str, tier: str, hardware: str, script_sha: str, budget_left: Budget,
                 base_env: dict[str, str] | None = None,
                 frontier: str = "", options: list[dict[str, Any]] | None = None, plan_changed: bool = False,
-                script_dirty: bool = False) -> PlannerState:
+                script_dirty: bool = False, frontier_obsolete: dict[str, str] | None = None) -> PlannerState:
     env = incumbent.current_env(records, session, base_env)
     runs = matching_runs(records, tier=tier, hardware=hardware, script_sha=script_sha, env=env, aa_only=True)
     vals = [r.result.val_bpb for r in runs if r.result.val_bpb is not None]
@@ -98,6 +98,7 @@ def build_state(*, records: list, plan, session: str, tier: str, hardware: str, 
         noise={"std": noise.std if noise else None, "n": len(noise.values) if noise else 0,
                "source": "measured" if noise else "none"},
         findings=findings, recent=recent_decisions(records, session), frontier=frontier,
+        frontier_obsolete=dict(frontier_obsolete or {}),
         options=options or [], plan_changed=plan_changed,
         decisions_so_far=sum(1 for d in _of(records, DecisionRecord) if d.session == session),
         script_dirty=script_dirty,

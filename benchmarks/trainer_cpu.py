@@ -1,5 +1,6 @@
 """CPU benchmark of trainer/train_gpt.py: tokens/s and val_bpb after a fixed training time, for the
-baseline at the cpu-smoke shape and for a stack of techniques, side by side in one run.
+baseline at the cpu-smoke shape, a stack of techniques and the `frontier` preset (presets.toml, at the
+tier's shape), side by side in one run.
 
 Each configuration runs as its own `python trainer/train_gpt.py` process, exactly as a sweep runs it, with
 the cpu-smoke tier's environment (tiers.toml) and MAX_WALLCLOCK_SECONDS set to --seconds.
@@ -34,7 +35,18 @@ CONFIGS = {
     "baseline": {},
     "stack": STACK,
     "stack+slide64": dict(STACK, EVAL_STRIDE=64),
+    "frontier": {},  # presets.toml's frontier at the tier's shape: see frontier_env
 }
+# The record's depth plan in proportion on the tier's layers (11 layers: loop 3-5, parallel from 8).
+FRONTIER_AT_TIER = dict(LOOP_START=1, LOOP_END=2, PARALLEL_START=3)
+
+
+def frontier_env(tier: dict[str, str]) -> dict[str, str]:
+    """The frontier preset less what the tier sets (its shape and budget) and less VOCAB_SIZE (the data
+    decides: the benchmark's data is sp1024), with the record's depth plan scaled to the tier's layers."""
+    env = tomllib.loads((ROOT / "presets.toml").read_text())["preset"]["frontier"]["env"]
+    env = {k: str(v) for k, v in env.items() if k not in tier and k != "VOCAB_SIZE"}
+    return env | ({k: str(v) for k, v in FRONTIER_AT_TIER.items()} if tier.get("NUM_LAYERS") == "4" else {})
 
 
 def find_data(explicit: str | None) -> tuple[Path, Path, str]:
@@ -64,8 +76,11 @@ def run_one(env: dict[str, str], run_dir: Path, timeout: float) -> dict:
     full = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     full.update(env, RUN_DIR=str(run_dir), RUN_ID=run_dir.name)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, str(TRAINER)], env=full, capture_output=True, text=True,
-                          timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, str(TRAINER)], env=full, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"no result within {timeout:.0f} s", "wall_s": time.time() - t0}
     wall = time.time() - t0
     try:
         result = json.loads((run_dir / "results.json").read_text())
@@ -106,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pgolf_cpu_bench_") as tmp:
         for name in a.configs.split(","):
             for seed in range(1, a.seeds + 1):
-                env = base | {k: str(v) for k, v in CONFIGS[name].items()} | {"SEED": str(seed)}
+                extra = frontier_env(tier_env(a.tier)) if name == "frontier" else CONFIGS[name]
+                env = base | {k: str(v) for k, v in extra.items()} | {"SEED": str(seed)}
                 r = run_one(env, Path(tmp) / f"{name}-s{seed}", timeout=a.seconds * 4 + 300)
                 r["config"], r["seed"] = name, seed
                 rows.append(r)

@@ -5,6 +5,9 @@ The human owns every byte outside the agent blocks, which are delimited by lines
 Budget, Queue) and rewrites only block contents. Every agent write re-reads the file just before
 replacing it, so a human edit made while a session runs is never lost.
 
+The Budget section's `start: NAME` names a preset of presets.toml (memory/presets.py) that the session's
+incumbent starts from; `start: baseline` or no key starts from the plain trainer.
+
 Queue lines read `- [ ] technique_id: ENV=VAL ENV2=VAL2 — notes (priority N)`; the checkbox holds the
 state: ' ' todo, 'x' done, '-' banned/skip, '~' retest. Priority 1 runs first; items without a
 priority keep file order after the prioritised ones.
@@ -22,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from memory.frontier import load_synonyms
 from memory.knobs import ENV_NAME
 from memory.records import FindingRecord
 
@@ -34,25 +38,9 @@ BLOCK_HEADINGS = {  # used when a block is missing and write_blocks appends it
     "log": "Session log",
 }
 
-# The trainer flags that switch each technique on (the queue line's env wins when it names any).
-TECHNIQUE_FLAGS: dict[str, dict[str, str]] = {
-    "value_residual": {"VALUE_RESIDUAL": "1"},
-    "gated_attention": {"GATED_ATTENTION": "1"},
-    "partial_rope": {"ROPE_DIMS": "16"},
-    "ln_scale": {"LN_SCALE": "1"},
-    "ema": {"EMA_DECAY": "0.997"},
-    "bigram_hash": {"BIGRAM_HASH_BUCKETS": "4096"},
-    "smear_gate": {"SMEAR_GATE": "1"},
-    "qat_int6": {"QAT_BITS": "6"},
-    "xsa": {"XSA_LAST_N": "4"},
-    "leaky_relu2": {"MLP_ACT_SLOPE": "0.5"},
-    "mlp3x": {"MLP_MULT": "3"},
-    "layers10": {"NUM_LAYERS": "10"},
-    "ttt": {"TTT_ENABLE": "1"},
-    "sliding_eval": {"EVAL_STRIDE": "64"},
-    "warmdown_time": {"WARMDOWN_MODE": "time_fraction"},
-    "zstd": {"COMPRESSOR": "zstd"},
-}
+# The trainer flags that switch each technique on (the queue line's env wins when it names any); one home
+# for them: the [flags] table of memory/data/technique_synonyms.toml.
+TECHNIQUE_FLAGS: dict[str, dict[str, str]] = load_synonyms().flags
 
 QueueState = Literal["todo", "done", "banned", "retest"]
 _STATE_OF_MARK = {" ": "todo", "x": "done", "X": "done", "-": "banned", "~": "retest"}
@@ -100,6 +88,7 @@ class PlanBudget(BaseModel):
     final_dollars: float = 0.0  # 8xH100 finals
     approve_finals: bool = False  # with `golf final --approve`, the only grant to spend on finals
     seeds_max: int | None = None
+    start: str | None = None  # a preset of presets.toml: the incumbent's env before the queue runs
 
 
 class BattlePlan(BaseModel):
@@ -226,6 +215,12 @@ def _budget_value(key: str, value: str, where: str):
         if key == "tier":
             if not re.match(r"^[A-Za-z0-9_.-]+$", v):
                 raise ValueError("a tier name from tiers.toml")
+            return v
+        if key == "start":
+            if low in _NONE_WORDS or low == "baseline":
+                return None
+            if not re.match(r"^[A-Za-z0-9_.-]+$", v):
+                raise ValueError("a preset name from presets.toml, or baseline")
             return v
         if key == "approve_finals":
             if low in ("yes", "true", "1", "y"):

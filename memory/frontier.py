@@ -19,12 +19,14 @@ import json
 import logging
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from memory.knobs import read_knobs
 from memory.records import FrontierEntry, utcnow
 from memory.workspace import Workspace
 
@@ -84,6 +86,7 @@ class SynonymTable:
     illegal: frozenset[str]
     tokenizer_evidence: list[re.Pattern[str]]
     group_of: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> the trainer env switching it on
 
     @property
     def ids(self) -> list[str]:
@@ -114,6 +117,7 @@ def _load_table(path: Path) -> SynonymTable:
     referenced = [t for ids in exclusive.values() for t in ids]
     referenced += [t for k, ids in raw.get("supersedes", {}).items() for t in [k, *ids]]
     referenced += raw.get("illegal", {}).get("ids", [])
+    referenced += list(raw.get("flags", {}))
     if missing := sorted(set(referenced) - known):
         raise ValueError(f"{path}: ids referenced but not defined under [techniques]: {missing}")
     return SynonymTable(
@@ -125,6 +129,7 @@ def _load_table(path: Path) -> SynonymTable:
         illegal=frozenset(raw.get("illegal", {}).get("ids", [])),
         tokenizer_evidence=_compile(raw.get("evidence", {}).get("tokenizer_change", [])),
         group_of={t: g for g, ids in exclusive.items() for t in ids},
+        flags={tid: {k: str(v) for k, v in env.items()} for tid, env in raw.get("flags", {}).items()},
     )
 
 
@@ -533,6 +538,7 @@ class FrontierDiff(BaseModel):
     previous_best: FrontierEntry | None = None
     new_best: bool = False
     stack: list[str] = Field(default_factory=list)
+    introduced_by: dict[str, str] = Field(default_factory=dict)  # stack id -> the pr that (re)introduced it
     entered: list[str] = Field(default_factory=list)
     left: list[str] = Field(default_factory=list)
     dropped: list[TechniqueNote] = Field(default_factory=list)  # frontier-wide, not re-added since
@@ -541,6 +547,7 @@ class FrontierDiff(BaseModel):
     rule_flagged: list[FrontierEntry] = Field(default_factory=list)  # entries failing a rule check
     open_claims: list[FrontierEntry] = Field(default_factory=list)  # unmerged claims below the best
     unknown_phrases: list[str] = Field(default_factory=list)
+    ready: list[str] = Field(default_factory=list)  # queue lines for new techniques the trainer expresses
 
 
 def diff(base: FrontierSnapshot | None, cur: FrontierSnapshot, queue: list[str] | None = None, *,
@@ -593,7 +600,8 @@ def diff(base: FrontierSnapshot | None, cur: FrontierSnapshot, queue: list[str] 
         new_entries=sorted(new_entries, key=lambda e: e.val_bpb), changes=changes,
         best=best, previous_best=prev_best,
         new_best=bool(base and best and (prev_best is None or not same_entry(best, prev_best))),
-        stack=stack, entered=sorted(set(now_state.stack) - set(old_stack)),
+        stack=stack, introduced_by=dict(now_state.stack),
+        entered=sorted(set(now_state.stack) - set(old_stack)),
         left=sorted(set(old_stack) - set(now_state.stack)),
         dropped=[TechniqueNote(technique=t, reason="dropped by the frontier", by=pr)
                  for t, pr in sorted(now_state.dropped.items())],
@@ -601,6 +609,32 @@ def diff(base: FrontierSnapshot | None, cur: FrontierSnapshot, queue: list[str] 
         rule_flagged=sorted((e for e in cur.entries if set(RULE_FLAGS).intersection(e.flags)), key=lambda e: e.val_bpb),
         open_claims=open_claims, unknown_phrases=unknown,
     )
+
+
+def ready_queue_lines(d: FrontierDiff, script_text: str, queue: Iterable[str] = (),
+                      covered_env: Mapping[str, str] | None = None,
+                      table: SynonymTable | None = None) -> list[str]:
+    """Battle-plan queue lines, ready to accept, for techniques on the leaderboard that are new to this plan
+    and that the trainer can already express: in the best stack, not named by any queue line (a `[-]` line
+    declines one for good), none of its flags already set by `covered_env` (the tier's and the starting
+    preset's env: a preset that sets EMA_DECAY=0.9965 has EMA, tuned its own way), and with every flag of the
+    [flags] table a knob of this script. As the frontier moves, what enters the stack shows up here."""
+    table = table or load_synonyms()
+    knobs = {k.name for k in read_knobs(script_text)}
+    named = {t.strip().lower() for t in queue}
+    covered = dict(covered_env or {})
+    lines = []
+    for tid in d.stack:
+        env = table.flags.get(tid)
+        if tid in named or tid in table.illegal or not env or not set(env) <= knobs:
+            continue
+        if any(k in covered for k in env):
+            continue
+        flags = " ".join(f"{k}={v}" for k, v in env.items())
+        since = d.introduced_by.get(tid, "")
+        lines.append(f"- [ ] {tid}: {flags} — new on the leaderboard: in the best record's stack since "
+                     f"{'PR ' + _pr(since) if since else 'an unnumbered entry'}; the trainer has the flags")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -704,6 +738,9 @@ def frontier_block_markdown(d: FrontierDiff, max_items: int = 8) -> str:
                          + "; ".join(FLAG_TEXT[f] for f in e.flags if f in RULE_FLAGS))
     if d.unknown_phrases:
         lines.append(f"- Unknown phrases: {'; '.join(d.unknown_phrases[:max_items])}")
+    if d.ready:
+        lines += ["- **Ready to queue** (new on the leaderboard, and the trainer has the flags; copy a line "
+                  "into `## Queue` to accept it):", "", "```", *d.ready, "```"]
     return "\n".join(lines)
 
 
@@ -723,6 +760,9 @@ def frontier_digest(d: FrontierDiff, max_chars: int = 2000) -> str:
         lines.append("Dropped by the frontier: " + ", ".join(n.technique for n in d.dropped) + ".")
     if d.open_claims:
         lines.append("Open claims (unverified): " + "; ".join(_short(e) for e in d.open_claims) + ".")
+    if d.ready:
+        lines.append("New techniques the trainer can express (not in the queue): "
+                     + "; ".join(line.removeprefix("- [ ] ").split(" — ")[0] for line in d.ready) + ".")
     out: list[str] = []
     used = 0
     for line in lines:
@@ -747,11 +787,16 @@ def frontier_dir(ws_root: str | Path) -> Path:
 
 
 def frontier_diff_for(ws_root: str | Path, queue: list[str] | None = None,
-                      now: dt.datetime | None = None) -> FrontierDiff:
+                      now: dt.datetime | None = None, *, script_text: str | None = None,
+                      covered_env: Mapping[str, str] | None = None) -> FrontierDiff:
+    """The diff since the last session's snapshot; with the trainer's text, also the ready queue lines."""
     d = frontier_dir(ws_root)
     cur = current(d)
     base, base_name = _base_for_diff(d, cur)
-    return diff(base, cur.snapshot, queue, base_name=base_name, current_name=cur.name, now=now)
+    out = diff(base, cur.snapshot, queue, base_name=base_name, current_name=cur.name, now=now)
+    if script_text is not None:
+        out.ready = ready_queue_lines(out, script_text, queue or [], covered_env)
+    return out
 
 
 def frontier_show(ws_root: str | Path, now: dt.datetime | None = None, show_all: bool = False,

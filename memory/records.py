@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatus = Literal["ok", "diverged", "timeout", "error", "crashed", "aborted"]
+# invalid: the run's own report disagrees with trusted counts or the trusted re-score (tools/rescore.py)
+RunStatus = Literal["ok", "diverged", "timeout", "error", "crashed", "aborted", "invalid"]
 Outcome = Literal["confirmed", "rejected", "inconclusive"]
 
 

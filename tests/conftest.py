@@ -2,7 +2,7 @@
 
 tiny_dataset: a real (small) dataset in the challenge's shard format, built without network in a few
 seconds: a SentencePiece BPE tokenizer with the challenge's sp1024 settings trained on English docstrings
-of the Python standard library, shards written by trainer/prepare_data.py. Tests that run the real
+of the Python standard library, shards written by trainer/local_corpus.py. Tests that run the real
 trainer on the cpu-tiny tier point DATA_PATH / TOKENIZER_PATH at it.
 """
 
@@ -39,10 +39,10 @@ class TinyDataset:
 def tiny_dataset(tmp_path_factory) -> TinyDataset:
     # About 180k train and 20k val tokens: enough for the cpu-tiny tier (VAL_MAX_TOKENS=4096 plus a
     # 2048-token holdout), built in a few seconds on two cores.
-    pd = load_prepare_data()
+    corpus = load_prepare_data().local_corpus()
     root = tmp_path_factory.mktemp("tiny_data")
-    docs = pd.stdlib_docstring_docs(max_bytes=600_000)
-    manifest = pd.build_dataset(
+    docs = corpus.stdlib_docstring_docs(max_bytes=600_000)
+    manifest = corpus.build_dataset(
         docs, root, dataset="tiny_sp1024", tokenizer_name="tiny_1024_bpe", val_fraction=0.1,
         extra={"variant": "tiny", "sources": [{"name": "stdlib-docstrings", "docs": len(docs)}]},
     )

@@ -110,10 +110,11 @@ class TinyData:
 
 
 @functools.cache
-def build_tiny_dataset() -> TinyData:
+def build_tiny_dataset(vocab_size: int = 1024) -> TinyData:
+    """The dataset with an sp1024 tokenizer, or (vocab_size=4096/8192) the larger vocabularies the records use."""
     import sentencepiece as spm
 
-    root = Path(tempfile.mkdtemp(prefix="pgolf_tiny_data_"))
+    root = Path(tempfile.mkdtemp(prefix=f"pgolf_tiny_data{vocab_size}_"))
     atexit.register(shutil.rmtree, root, True)
     docs = stdlib_documents()
     random.Random(0).shuffle(docs)
@@ -122,15 +123,15 @@ def build_tiny_dataset() -> TinyData:
     lines = [ln for d in docs for ln in d.splitlines() if ln.strip()]
     tok_dir = root / "tokenizers"
     tok_dir.mkdir()
-    prefix = str(tok_dir / "fineweb_1024_bpe")
+    prefix = str(tok_dir / f"fineweb_{vocab_size}_bpe")
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, num_threads=2,
-                                   minloglevel=2, **SP_SETTINGS)
-    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "fineweb_1024_bpe.model"))
+                                   minloglevel=2, **dict(SP_SETTINGS, vocab_size=vocab_size))
+    sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     streams = [[BOS, *sp.encode(d)] for d in docs]
     n_val = max(len(streams) // 10, 20)
     val = [t for s in streams[:n_val] for t in s]
     train = [t for s in streams[n_val:] for t in s]
-    data = root / "datasets" / "fineweb10B_sp1024"
+    data = root / "datasets" / f"fineweb10B_sp{vocab_size}"
     data.mkdir(parents=True)
     half = len(train) // 2
     write_shard(data / "fineweb_train_000000.bin", train[:half])
@@ -138,7 +139,7 @@ def build_tiny_dataset() -> TinyData:
     write_shard(data / "fineweb_val_000000.bin", val)
     (data / "manifest.json").write_text(json.dumps(dict(source="python stdlib docstrings", docs=len(docs),
                                                         train_tokens=len(train), val_tokens=len(val))))
-    return TinyData(root, data, tok_dir / "fineweb_1024_bpe.model", np.asarray(val, dtype=np.int64))
+    return TinyData(root, data, Path(prefix + ".model"), np.asarray(val, dtype=np.int64))
 
 
 def load_trainer(name: str = "train_gpt_under_test"):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from memory.incumbent import committed_script
 from memory.workspace import SCRIPT_RELPATH
+from tools import metric_guard
 from tools.context import ToolContext
 from tools.registry import ToolError, tool
 
@@ -88,6 +89,9 @@ def apply_edits(text: str, edits: list[Edit]) -> str:
         compile(text, SCRIPT_RELPATH, "exec")
     except SyntaxError as err:
         raise ToolError(f"the edited script does not compile: line {err.lineno}: {err.msg}") from None
+    guard_problems = metric_guard.violations(text)  # the fence on the syntax tree, not only as text
+    if guard_problems:
+        raise ToolError("the edit reaches around the protected metric code: " + "; ".join(guard_problems[:6]))
     return text
 
 

@@ -24,13 +24,13 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from memory.faults import crash_point, die
-from memory.knobs import check_env_allowed, check_env_syntax
+from memory.knobs import SAFE_RUNTIME_ENV, check_env_allowed, check_env_syntax
 from memory.records import Cost, EventRecord, RunRecord, RunResult
+from tools import cleanroom, metric_guard, rescore
 from tools.context import ToolContext
 from tools.edit_script import incumbent_script, sha256_text
 from tools.registry import ToolError, tool
 
-SECRET_ENV = ("OPENAI_API_KEY", "RUNPOD_API_KEY", "GITHUB_TOKEN", "HF_TOKEN", "ANTHROPIC_API_KEY")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -118,10 +118,6 @@ def hardware_id(ctx: ToolContext, tier_hw: str) -> str:
     return f"{tier_hw}@{hw}"
 
 
-def clean_env(base: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in base.items() if k not in SECRET_ENV}
-
-
 def _die_with_parent() -> None:
     """Child side: ask the kernel to SIGKILL the trainer if the session process dies (no orphans)."""
     try:
@@ -160,16 +156,19 @@ def _diverging(metrics_path: Path, first_loss: list[float]) -> bool:
 
 def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: int, timeout_s: float,
                 python: str = sys.executable, on_start: Callable[[int], None] | None = None) -> tuple[RunResult, float]:
-    """Run one training job in its own process group; returns its result and wall seconds."""
+    """Run one training job in the clean room (tools/cleanroom.py), in its own process group; `env` holds
+    the trainer's own names (tier, overrides, harness). Returns its result and wall seconds."""
     run_dir.mkdir(parents=True, exist_ok=True)
     script = run_dir / "train_gpt.py"
     script.write_text(script_text, encoding="utf-8")
-    (run_dir / "env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k.isupper()}, indent=1))
+    env = cleanroom.trainer_env(os.environ, env, run_dir, passthrough=sorted(SAFE_RUNTIME_ENV))
+    (run_dir / "env.json").write_text(json.dumps(dict(sorted(env.items())), indent=1))
     results = run_dir / "results.json"
     results.unlink(missing_ok=True)
     cmd = [python, str(script)]
     if nproc > 1:
         cmd = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    cmd = cleanroom.command(cleanroom.probe(python), python, cmd, writable=run_dir)
     t0 = time.time()
     with open(run_dir / "stdout.log", "wb") as out:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -205,13 +204,27 @@ def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: 
     return RunResult(status="crashed", error=f"exit code {proc.returncode}, no results.json\n{tail}"), wall
 
 
-def data_env(ctx: ToolContext) -> dict[str, str]:
-    """Where the trainer finds its data: the embedded dataset unless the tier names another."""
-    data = ctx.ws.data_dir
-    return {
-        "DATA_PATH": str(data / "datasets" / "embedded_sp1024"),
-        "TOKENIZER_PATH": str(data / "tokenizers" / "embedded_1024_bpe.model"),
-    }
+def note_isolation(ctx: ToolContext) -> None:
+    """Say once per session how the trainer is isolated; a machine that cannot isolate is said loudly."""
+    iso = cleanroom.probe(ctx.python)
+    if any(e.session == ctx.session and e.event in ("cleanroom", "cleanroom_degraded")
+           for e in ctx.ledger.records(EventRecord)):
+        return
+    event = "cleanroom_degraded" if iso.degraded else "cleanroom"
+    ctx.ledger.append(EventRecord(session=ctx.session, event=event, detail={
+        "mode": iso.mode, "network_isolated": iso.network_isolated, "golf_hidden": iso.golf_hidden,
+        "read_only_fs": iso.read_only_fs,
+        "note": iso.note}))
+    if iso.degraded:
+        print(f"WARNING: trainer isolation degraded ({iso.mode}): {iso.note}", file=sys.stderr, flush=True)
+
+
+def data_env(ctx: ToolContext, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Where the trainer finds its data: the embedded dataset tokenized at the run's VOCAB_SIZE."""
+    vocab = str((env or {}).get("VOCAB_SIZE", "1024"))
+    # a malformed VOCAB_SIZE reaches the trainer, which names it; the sp1024 data is as good a path as any
+    data_path, tokenizer_path = ctx.ws.embedded_data(int(vocab) if vocab.isdigit() else 1024)
+    return {"DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tokenizer_path)}
 
 
 def find_reusable(ctx: ToolContext, experiment: str, candidate: str, seed: int, sha: str,
@@ -244,12 +257,21 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
     working = ctx.ws.script.read_text(encoding="utf-8")
     incumbent = incumbent_script(ctx.ws.root) or working
     for cand in args.candidates:  # every override is checked against the script it runs, before any run
+        text = working if cand.script_revision == "working" else incumbent
         try:
-            check_env_allowed(cand.env, working if cand.script_revision == "working" else incumbent)
+            check_env_allowed(ctx.incumbent_env, text)
+        except ValueError as e:
+            raise ToolError(f"the incumbent's overrides (incumbent.json or a kept change): {e}") from None
+        try:
+            check_env_allowed(cand.env, text)
         except ValueError as e:
             raise ToolError(f"candidate {cand.name}: {e}") from None
+        problems = metric_guard.violations(text, reference=incumbent)
+        if problems:
+            raise ToolError(f"candidate {cand.name}: the script may not touch the metric: " + "; ".join(problems))
     hardware = hardware_id(ctx, tier.hardware)
-    base_env = clean_env(dict(os.environ)) | {k: str(v) for k, v in tier.env.items()} | data_env(ctx)
+    note_isolation(ctx)
+    base_env = {k: str(v) for k, v in tier.env.items()}
     on_run = ctx.extra.get("on_run")
     summaries, records = [], []
     for cand in args.candidates:
@@ -264,8 +286,8 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
                 continue
             run_id = f"{experiment}-{cand.name}-s{seed}-{int(time.time() * 1000) % 10**8:08d}"
             run_dir = ctx.ws.runs_dir / ctx.session / run_id
-            env = base_env | overrides | {"RUN_ID": run_id, "RUN_DIR": str(run_dir), "SEED": str(seed),
-                                          "PYTHONUNBUFFERED": "1"}
+            env = base_env | data_env(ctx, base_env | overrides) | overrides | {
+                "RUN_ID": run_id, "RUN_DIR": str(run_dir), "SEED": str(seed)}
             if on_run:
                 on_run("start", run_id, None)
 
@@ -275,6 +297,7 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
 
             result, wall = run_trainer(text, env, run_dir, nproc=tier.nproc, timeout_s=tier.run_timeout_s,
                                        python=ctx.python, on_start=started)
+            result = rescore.check_totals(result, env, text, incumbent, run_dir)  # its results.json is not trusted
             dollars = tier.price_per_hour * wall / 3600 if tier.price_per_hour else None
             rec = RunRecord(
                 session=ctx.session, run_id=run_id, experiment=experiment, candidate=cand.name,

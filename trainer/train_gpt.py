@@ -131,10 +131,64 @@ class Hyperparameters:
         self.ttt_chunk_tokens = get("TTT_CHUNK_TOKENS", 32768, int)  # tokens scored before each TTT update
         self.ttt_lr = get("TTT_LR", 0.002, float)  # SGD (momentum 0.9) learning rate for TTT
         self.ttt_epochs = get("TTT_EPOCHS", 3, int)  # passes over each already-scored chunk
+        self.ttt_lr_schedule = get("TTT_LR_SCHEDULE", "cosine")  # cosine (records) | constant, across chunks
+        self.ttt_mode = get("TTT_MODE", "sgd")  # sgd: chunked full-weight SGD | lora: per-document LoRA
+        # lora mode only (defaults: PR #1855's values): per-document adapters, phased global SGD
+        self.ttt_lora_rank = get("TTT_LORA_RANK", 80, int)  # rank of the per-document adapters
+        self.ttt_lora_lr = get("TTT_LORA_LR", 2e-4, float)  # Adam (beta1 0, beta2 0.99) on the adapters
+        self.ttt_lora_wd = get("TTT_LORA_WD", 0.5, float)  # decoupled weight decay on the adapters
+        self.ttt_lora_chunk = get("TTT_LORA_CHUNK", 48, int)  # tokens scored before each adapter step
+        self.ttt_lora_batch = get("TTT_LORA_BATCH", 64, int)  # documents adapted side by side
+        self.ttt_phase_docs = get("TTT_PHASE_DOCS", 2500, int)  # first N docs also train the base; 0 = off
+        self.ttt_phases = get("TTT_PHASES", 3, int)  # ... in this many global SGD phases
+        self.ttt_phase_lr = get("TTT_PHASE_LR", 0.001, float)  # SGD (momentum 0.9) LR of those phases
+        self.ttt_phase_epochs = get("TTT_PHASE_EPOCHS", 1, int)  # passes over each scored phase
+        # optimiser and schedule techniques (off by default)
+        self.muon_wd = get("MUON_WD", 0.0, float)  # decoupled weight decay on Muon matrices
+        self.embed_wd = get("EMBED_WD", 0.0, float)  # decoupled weight decay on the embedding(s)
+        self.adam_wd = get("ADAM_WD", 0.0, float)  # decoupled weight decay on vectors and scalars
+        self.muon_row_norm = bool(get("MUON_ROW_NORM", 0, int))  # MuonEq-R: rows to unit norm before NS
+        self.muon_ns = get("MUON_NS", "quintic")  # quintic (baseline) | polar (Polar Express per-step)
+        self.muon_bf16_reduce = bool(get("MUON_BF16_REDUCE", 0, int))  # updates travel in bf16 (baseline)
+        self.compile_ns = bool(get("COMPILE_NS", int(self.compile), int))  # torch.compile Newton-Schulz
+        self.min_lr = get("MIN_LR", 0.0, float)  # LR floor as a fraction of the base LR
+        # architecture techniques (off by default)
+        self.num_loops = get("NUM_LOOPS", 0, int)  # depth recurrence: extra passes over LOOP_START..END
+        self.loop_start = get("LOOP_START", 3, int)  # first looped layer
+        self.loop_end = get("LOOP_END", 5, int)  # last looped layer (inclusive)
+        self.loop_from_frac = get("LOOP_FROM_FRAC", 0.35, float)  # loop only after this share of training
+        self.parallel_start = get("PARALLEL_START", 0, int)  # two-lane parallel residuals from layer N; 0=off
+        self.skip_gates = bool(get("SKIP_GATES", 0, int))  # learned sigmoid gates on the U-Net skips
+        self.gate_window = get("GATE_WINDOW", 12, int)  # input dims that drive the narrow gates
+        self.sparse_attn_gate = bool(get("SPARSE_ATTN_GATE", 0, int))  # sigmoid(s*W x[:window]) per head
+        self.sparse_attn_gate_scale = get("SPARSE_ATTN_GATE_SCALE", 0.5, float)  # PR #1855's value
+        self.attn_out_gate = bool(get("ATTN_OUT_GATE", 0, int))  # 2*sigmoid(W x[:window]) per head
+        self.smear_input_gate = bool(get("SMEAR_INPUT_GATE", 0, int))  # input-dependent SmearGate, BOS-masked
+        self.doc_mask = bool(get("DOC_MASK", 0, int))  # no attention across BOS (document) boundaries
         # export
         self.compressor = get("COMPRESSOR", "zlib")  # zlib (level 9) | zstd (level 22) | lzma
+        self.int8_scale_floor = get("INT8_SCALE_FLOOR", 1.0 / 127.0, float)  # int8 scale clamp (baseline)
+        self.matrix_bits = get("MATRIX_BITS", 0, int)  # block matrices at export; 0 = QAT_BITS or 8
+        self.embed_bits = get("EMBED_BITS", 8, int)  # the token embedding at export (7 = int7)
+        self.clip_sigmas = get("CLIP_SIGMAS", 0.0, float)  # std-based clip k*std per row; 0 = off
+        self.mlp_clip_sigmas = get("MLP_CLIP_SIGMAS", 0.0, float)  # MLP matrices; 0 = CLIP_SIGMAS
+        self.embed_clip_sigmas = get("EMBED_CLIP_SIGMAS", 0.0, float)  # embedding; 0 = CLIP_SIGMAS
+        self.gptq = bool(get("GPTQ", 0, int))  # Hessian-aware rounding, calibrated on TRAINING tokens
+        self.gptq_calib_batches = get("GPTQ_CALIB_BATCHES", 16, int)  # train batches for the Hessians
+        self.gptq_reserve_seconds = get("GPTQ_RESERVE_SECONDS", 5.0, float)  # training time kept for it
+        self.lqer_rank = get("LQER_RANK", 0, int)  # low-rank correction of the quantisation error; 0=off
+        self.lqer_top_k = get("LQER_TOP_K", 3, int)  # ... on the K matrices with the largest error
+        self.lqer_bits = get("LQER_BITS", 4, int)  # bits of the correction factors
         self.int8_keep_float_max_numel = get("INT8_KEEP_FLOAT_MAX_NUMEL", 65_536, int)  # smaller: kept float
         self.artifact_cap_bytes = get("ARTIFACT_CAP_BYTES", 16_000_000, int)
+
+    @property
+    def train_seconds(self) -> float:
+        """The training wallclock cap (0 = none): GPTQ's calibration reads training data, so the challenge
+        counts it in the 600 s: its reserve comes off the cap."""
+        if self.max_wallclock_seconds <= 0:
+            return 0.0
+        return max(self.max_wallclock_seconds - (self.gptq_reserve_seconds if self.gptq else 0.0), 1e-3)
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -284,7 +338,7 @@ def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> fl
 
 # Small per-channel tensors: Adam instead of Muon, kept in float at export.
 CONTROL_TENSOR_NAME_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "vr_lambda",
-                                "attn_gate", "smear", "bigram.scale")
+                                "attn_gate", "smear", "bigram.scale", "skip_gates", "lane_")
 
 
 def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -295,13 +349,20 @@ def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     return w + (q - w).detach()
 
 
+def accumulate_hessian(h: torch.Tensor, x: torch.Tensor):
+    """h += X^T X in float32 (outside autocast, which would round the products to bf16)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = x.detach().flatten(0, -2).float()
+        h += xf.T @ xf
+
+
 class CastedLinear(nn.Linear):
-    """fp32 master weight, computed in the activation dtype; optional QAT fake quantisation."""
+    """fp32 master weight, computed in the activation dtype; optional QAT fake quantisation, an optional
+    per-sequence LoRA delta (TTT), and an optional Hessian accumulator (GPTQ calibration)."""
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
-        self.zero_init = zero_init
-        self.qat_bits = 0
+        self.qat_bits, self.lora, self.hessian = 0, None, None
         if zero_init:
             nn.init.zeros_(self.weight)
 
@@ -309,7 +370,13 @@ class CastedLinear(nn.Linear):
         w = self.weight
         if self.qat_bits and self.training:
             w = fake_quantize_rows(w, self.qat_bits)
-        return F.linear(x, w.to(x.dtype))
+        if self.hessian is not None:
+            accumulate_hessian(self.hessian, x)
+        y = F.linear(x, w.to(x.dtype))
+        if self.lora is not None:  # A: (B, r, in), B: (B, out, r), one adapter per sequence
+            a, b = self.lora
+            y = y + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
+        return y
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -363,14 +430,21 @@ class CausalSelfAttention(nn.Module):
         # Value Residual: V_n = l1 * V_0 + l2 * V_n for every layer after the first
         use_vr = args.value_residual and layer_idx > 0
         self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if use_vr else None
-        if args.gated_attention:  # bias 4: sigmoid ~0.98, so the gate starts near identity
-            self.attn_gate_w = nn.Parameter(torch.zeros(self.num_heads, dim))
-            self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0))
-        else:
-            self.attn_gate_w = self.attn_gate_b = None
+        # one per-head output gate: dense (whole input, bias 4 so sigmoid ~0.98: near identity), sparse
+        # (first GATE_WINDOW dims, sigmoid(0) = 0.5 at init) or out (2*sigmoid(0) = 1: transparent at init)
+        kinds = [k for k, on in (("dense", args.gated_attention), ("sparse", args.sparse_attn_gate),
+                                 ("out", args.attn_out_gate)) if on]
+        if len(kinds) > 1:
+            raise ValueError("GATED_ATTENTION, SPARSE_ATTN_GATE and ATTN_OUT_GATE are mutually exclusive")
+        self.gate_kind = kinds[0] if kinds else None
+        self.gate_in = dim if self.gate_kind == "dense" else min(args.gate_window, dim)
+        self.gate_scale = args.sparse_attn_gate_scale if self.gate_kind == "sparse" else 1.0
+        self.attn_gate_w = nn.Parameter(torch.zeros(self.num_heads, self.gate_in)) if kinds else None
+        dense = self.gate_kind == "dense"
+        self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0)) if dense else None
         self.xsa = layer_idx >= args.num_layers - args.xsa_last_n if args.xsa_last_n > 0 else False
 
-    def forward(self, x: torch.Tensor, v0: torch.Tensor | None):
+    def forward(self, x: torch.Tensor, v0: torch.Tensor | None, mask: torch.Tensor | None = None):
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -383,15 +457,26 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin, self.rope_dims), apply_rotary(k, cos, sin, self.rope_dims)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.num_kv_heads != self.num_heads)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               enable_gqa=self.num_kv_heads != self.num_heads)
+        else:  # document mask (causal, within one document): heads expanded so a masked kernel can run
+            g = self.num_heads // self.num_kv_heads
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
+                                               attn_mask=mask)
         if self.xsa:  # XSA: remove each output's component along the token's own value direction
             g = self.num_heads // self.num_kv_heads
             yg = y.view(B, self.num_kv_heads, g, T, self.head_dim)
             vn = F.normalize(v, dim=-1).unsqueeze(2)
             y = (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(B, self.num_heads, T, self.head_dim)
-        if self.attn_gate_w is not None:
-            gate = torch.sigmoid(F.linear(x, self.attn_gate_w.to(x.dtype), self.attn_gate_b.to(x.dtype)))
+        if self.gate_kind is not None:
+            w = self.attn_gate_w.to(x.dtype)
+            if self.gate_kind == "dense":
+                gate = torch.sigmoid(F.linear(x, w, self.attn_gate_b.to(x.dtype)))
+            else:
+                z = F.linear(x[..., :self.gate_in], w)
+                sparse = self.gate_kind == "sparse"
+                gate = torch.sigmoid(self.gate_scale * z) if sparse else 2 * torch.sigmoid(z)
             y = y * gate.transpose(1, 2)[..., None]
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y), v_raw
@@ -423,11 +508,24 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]))
         self.norm_scale = 1.0 / math.sqrt(layer_idx + 1) if args.ln_scale else 1.0
+        # two-lane parallel residual: attention reads lane 0, the MLP reads lane 1, both write both lanes
+        self.parallel = 0 < args.parallel_start <= layer_idx
+        if self.parallel:
+            self.lane_resid = nn.Parameter(torch.ones(2))
+            self.lane_post = nn.Parameter(torch.ones(2, 2))  # [lane, (attn, mlp)]
 
-    def forward(self, x, x0, v0):
-        mix = self.resid_mix.to(x.dtype)
+    def forward(self, x, x0, v0, mask=None):
+        """x is (B, T, C), or a (lane0, lane1) pair for a parallel block."""
+        mix = self.resid_mix.to(x0.dtype)
+        if self.parallel:
+            lane0, lane1 = x if isinstance(x, tuple) else (x, x)
+            a, v = self.attn(rms_norm(mix[0] * lane0 + mix[1] * x0) * self.norm_scale, v0, mask)
+            a = self.attn_scale.to(a.dtype) * a
+            m = self.mlp_scale.to(a.dtype) * self.mlp(rms_norm(lane1) * self.norm_scale)
+            r, p = self.lane_resid.to(a.dtype), self.lane_post.to(a.dtype)
+            return (r[0] * lane0 + p[0, 0] * a + p[0, 1] * m, r[1] * lane1 + p[1, 0] * a + p[1, 1] * m), v
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        a, v = self.attn(rms_norm(x) * self.norm_scale, v0)
+        a, v = self.attn(rms_norm(x) * self.norm_scale, v0, mask)
         x = x + self.attn_scale.to(x.dtype)[None, None, :] * a
         x = x + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(rms_norm(x) * self.norm_scale)
         return x, v
@@ -458,35 +556,62 @@ class BigramHash(nn.Module):
 
 
 class SmearGate(nn.Module):
-    """x_t <- (1-g) x_t + g x_{t-1} with a learned per-channel gate; no blending at BOS (PR #1851 fix)."""
+    """x_t <- (1-g) x_t + g x_{t-1}; no blending at BOS (PR #1851 fix). Static: g = sigmoid(per-channel
+    parameter). Input-dependent (PR #1667 form): x_t <- x_t + lam * sigmoid(W x_t[:window]) * x_{t-1}, with
+    W and lam zero-initialised so it starts transparent."""
 
-    def __init__(self, dim: int, bos_id: int):
+    def __init__(self, dim: int, bos_id: int, window: int = 0):
         super().__init__()
-        self.smear_gate = nn.Parameter(torch.zeros(dim))
-        self.bos_id = bos_id
+        self.bos_id, self.window = bos_id, min(window, dim)
+        if window:
+            self.smear_w = nn.Parameter(torch.zeros(1, self.window))
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
+        else:
+            self.smear_gate = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.smear_gate).to(x.dtype)[None, None, :]
         prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
-        prev = torch.where((ids == self.bos_id)[..., None], x, prev)
+        at_bos = (ids == self.bos_id)[..., None]
+        if self.window:  # nothing to smear from at BOS or at the first position
+            g = self.smear_lambda.to(x.dtype) * torch.sigmoid(F.linear(x[..., :self.window],
+                                                                       self.smear_w.to(x.dtype)))
+            return x + g.masked_fill(at_bos, 0.0) * F.pad(x[:, :-1], (0, 0, 1, 0))
+        g = torch.sigmoid(self.smear_gate).to(x.dtype)[None, None, :]
+        prev = torch.where(at_bos, x, prev)
         return (1 - g) * x + g * prev
+
+
+def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], list[int]]:
+    """(encoder layers, decoder layers) in execution order. Depth recurrence runs LOOP_START..LOOP_END
+    NUM_LOOPS extra times; the expanded list is split in half for the U-Net skips."""
+    order = list(range(args.num_layers))
+    if looping and args.num_loops > 0:  # a range past the last layer is cut there (a preset on a small tier)
+        end = min(args.loop_end, args.num_layers - 1)
+        start = min(max(args.loop_start, 0), end)
+        order = order[:start] + order[start:end + 1] * (args.num_loops + 1) + order[end + 1:]
+    half = len(order) // 2 if looping and args.num_loops > 0 else args.num_layers // 2
+    return order[:half], order[half:]
 
 
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters, bos_id: int = 1):
         super().__init__()
-        self.args = args
+        self.args, self.bos_id = args, bos_id
         self.logit_softcap = args.logit_softcap
         self.fused_ce = False  # set by the trainer where a Triton kernel can run
+        self.looping = args.num_loops > 0 and args.loop_from_frac <= 0  # the trainer switches it on later
+        self.head_lora = None  # per-sequence LoRA on the output head (TTT)
         self.tok_emb = nn.Embedding(args.vocab_size, args.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
+        self.emb_hessian = None  # GPTQ calibration of the tied embedding as the output head
         self.bigram = (BigramHash(args.bigram_hash_buckets, args.bigram_dim, args.model_dim, bos_id)
                        if args.bigram_hash_buckets else None)
+        self.smear_in = SmearGate(args.model_dim, bos_id, args.gate_window) if args.smear_input_gate else None
         self.smear = SmearGate(args.model_dim, bos_id) if args.smear_gate else None
-        self.num_encoder_layers = args.num_layers // 2
-        self.num_decoder_layers = args.num_layers - self.num_encoder_layers
-        self.skip_weights = nn.Parameter(
-            torch.ones(min(self.num_encoder_layers, self.num_decoder_layers), args.model_dim))
+        enc, dec = layer_schedule(args, looping=True)
+        n_skips = min(len(enc), len(dec))
+        self.skip_weights = nn.Parameter(torch.ones(n_skips, args.model_dim))
+        self.skip_gates = nn.Parameter(torch.zeros(n_skips, args.model_dim)) if args.skip_gates else None
         self.blocks = nn.ModuleList([Block(args, i) for i in range(args.num_layers)])
         self.lm_head = None if args.tie_embeddings else CastedLinear(args.model_dim, args.vocab_size, True)
         if args.qat_bits:
@@ -495,31 +620,57 @@ class GPT(nn.Module):
                     m.qat_bits = args.qat_bits
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """The input stage x0: token (+ bigram) embedding, RMSNorm, (+ smear)."""
+        """The input stage x0: token (+ bigram) embedding, (+ input smear), RMSNorm, (+ static smear)."""
         x = self.tok_emb(ids)
         if self.bigram is not None:
             x = x + self.bigram(ids)
+        if self.smear_in is not None:
+            x = self.smear_in(x, ids)
         x = rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, ids)
         return x
 
+    def doc_mask(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, T, T) boolean: causal and within one document (a BOS starts a new one)."""
+        if not self.args.doc_mask:
+            return None
+        doc = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1)
+        T = ids.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        x = x0 = self.embed(ids)
+        mask = self.doc_mask(ids)
+        enc, dec = layer_schedule(self.args, self.looping)
+        v0, skips = None, []
+        for i in enc:  # U-Net: encoder blocks store skips (a parallel block's attention lane)...
+            x, v = self.blocks[i](x, x0, v0, mask)
+            v0 = v if v0 is None else v0
+            skips.append(x[0] if isinstance(x, tuple) else x)
+        for j, i in enumerate(dec):  # ...decoder blocks add them back, last in first out
+            if skips:
+                w, s = self.skip_weights[j].to(x0.dtype), skips.pop()
+                lane = x[0] if isinstance(x, tuple) else x
+                lane = (torch.lerp(w * s, lane, torch.sigmoid(self.skip_gates[j].to(x0.dtype)))
+                        if self.skip_gates is not None else lane + w * s)
+                x = (lane, x[1]) if isinstance(x, tuple) else lane
+            x, v = self.blocks[i](x, x0, v0, mask)
+            v0 = v if v0 is None else v0
+        return rms_norm(0.5 * (x[0] + x[1]) if isinstance(x, tuple) else x)
+
     def project(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits before the softcap, (B, T, V)."""
-        x = x0 = self.embed(ids)
-        v0, skips = None, []
-        for i in range(self.num_encoder_layers):  # U-Net: encoder blocks store skips...
-            x, v = self.blocks[i](x, x0, v0)
-            v0 = v if v0 is None else v0
-            skips.append(x)
-        for i in range(self.num_decoder_layers):  # ...decoder blocks add them back, last in first out
-            if skips:
-                x = x + self.skip_weights[i].to(x.dtype)[None, None, :] * skips.pop()
-            x, v = self.blocks[self.num_encoder_layers + i](x, x0, v0)
-            v0 = v if v0 is None else v0
-        x = rms_norm(x)
+        x = self.hidden(ids)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, w.to(x.dtype))
+        if self.emb_hessian is not None:  # the head's inputs (the head is not called as a module)
+            accumulate_hessian(self.emb_hessian, x)
+        z = F.linear(x, w.to(x.dtype))
+        if self.head_lora is not None:
+            a, b = self.head_lora
+            z = z + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
+        return z
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         z = self.project(ids).float()
@@ -619,9 +770,14 @@ def count_params(model: nn.Module) -> int:
 
 
 def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
-    """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul) + causal attention."""
-    matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "bigram.embed" not in n)
-    attn = 6 * args.num_layers * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
+    """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul; a looped block once
+    per pass) + causal attention."""
+    passes = sum(layer_schedule(args, looping=True), [])
+    per_block = [sum(p.numel() for p in b.parameters() if p.ndim == 2) for b in model.blocks]
+    matmul = sum(p.numel() for n, p in model.named_parameters()
+                 if p.ndim == 2 and "bigram.embed" not in n and not n.startswith("blocks."))
+    matmul += sum(per_block[i] for i in passes)
+    attn = 6 * len(passes) * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
     return 6.0 * matmul + attn
 
 
@@ -630,19 +786,42 @@ def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
 # -----------------------------------------------------------------------------
 
 
-def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
-    """Quintic Newton-Schulz orthogonalisation (Muon)."""
-    a, b, c = (3.4445, -4.7750, 2.0315)
+# Polar Express (Amsel et al. 2025, as used from PR #1344 on): per-iteration minimax coefficients for 5 steps;
+# further steps repeat the last. The baseline's quintic uses one fixed triple for every step.
+POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+                 (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                 (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                 (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                 (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+QUINTIC = ((3.4445, -4.7750, 2.0315),)
+
+
+def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7, polar: bool = False):
+    """Quintic Newton-Schulz orthogonalisation (Muon); Polar Express coefficients when asked."""
+    coeffs = POLAR_EXPRESS if polar else QUINTIC
     X = G.to(torch.bfloat16 if G.is_cuda else G.dtype)
     X = X / (X.norm() + eps)
     transposed = G.size(0) > G.size(1)
     if transposed:
         X = X.T
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coeffs[min(i, len(coeffs) - 1)]
         A = X @ X.T
         B = b * A + c * A @ A
         X = a * X + B @ X
     return X.T if transposed else X
+
+
+_compiled_ns = None
+
+
+def newton_schulz(G: torch.Tensor, steps: int, polar: bool, compiled: bool) -> torch.Tensor:
+    global _compiled_ns
+    if not compiled:
+        return zeropower_via_newtonschulz5(G, steps, polar=polar)
+    if _compiled_ns is None:  # compiled lazily: importing the compiler costs seconds at every CPU start
+        _compiled_ns = torch.compile(zeropower_via_newtonschulz5, dynamic=False)
+    return _compiled_ns(G, steps, polar=polar)
 
 
 class Optimizer:
@@ -675,8 +854,8 @@ class Optimizer:
 class Adam(Optimizer):
     """torch.optim.Adam's update (bias-corrected, eps outside the square root), with foreach kernels."""
 
-    def __init__(self, groups: list[dict], betas: tuple[float, float], eps: float):
-        super().__init__(groups, betas=betas, eps=eps, step=0)
+    def __init__(self, groups: list[dict], betas: tuple[float, float], eps: float, wd: float = 0.0):
+        super().__init__(groups, betas=betas, eps=eps, step=0, wd=wd)
 
     @torch.no_grad()
     def step(self):
@@ -695,6 +874,8 @@ class Adam(Optimizer):
             torch._foreach_lerp_(ms, grads, 1 - b1)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            if g["wd"]:  # decoupled (AdamW) weight decay
+                torch._foreach_mul_(ps, 1.0 - g["lr"] * g["wd"])
             denom = torch._foreach_sqrt(vs)
             torch._foreach_div_(denom, math.sqrt(1 - b2 ** g["step"]))
             torch._foreach_add_(denom, g["eps"])
@@ -703,11 +884,16 @@ class Adam(Optimizer):
 
 class Muon(Optimizer):
     """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share of the matrices and one
-    all-reduce assembles the updates (zeros elsewhere, so the sum is exact)."""
+    all-reduce assembles the updates (zeros elsewhere, so the sum is exact). Options: decoupled weight decay,
+    MuonEq-R (rows to unit norm before orthogonalising), Polar Express, compiled Newton-Schulz, and the
+    baseline's bf16 update buffer (half the all-reduce traffic)."""
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
+                 wd: float = 0.0, row_norm: bool = False, polar: bool = False, compiled: bool = False,
+                 bf16: bool = False):
         super().__init__([{"params": list(params)}], lr=lr, momentum=momentum, backend_steps=backend_steps,
-                         nesterov=nesterov)
+                         nesterov=nesterov, wd=wd, row_norm=row_norm, polar=polar, compiled=compiled,
+                         bf16=bf16)
 
     @torch.no_grad()
     def step(self):
@@ -719,7 +905,8 @@ class Muon(Optimizer):
             if not params:
                 continue
             total = sum(p.numel() for p in params)
-            flat = torch.zeros(total, device=params[0].device, dtype=torch.float32)
+            flat = torch.zeros(total, device=params[0].device,
+                               dtype=torch.bfloat16 if group["bf16"] else torch.float32)
             curr = 0
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
@@ -731,14 +918,18 @@ class Muon(Optimizer):
                     buf.mul_(group["momentum"]).add_(g)
                     if group["nesterov"]:
                         g = g.add(buf, alpha=group["momentum"])
-                    g = zeropower_via_newtonschulz5(g, steps=group["backend_steps"])
+                    if group["row_norm"]:
+                        g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(g.dtype)
+                    g = newton_schulz(g, group["backend_steps"], group["polar"], group["compiled"])
                     g = g * max(1, g.size(0) / g.size(1)) ** 0.5
-                    flat[curr:curr + p.numel()] = g.reshape(-1).float()
+                    flat[curr:curr + p.numel()] = g.reshape(-1).to(flat.dtype)
                 curr += p.numel()
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             curr = 0
             for p in params:
+                if group["wd"]:
+                    p.mul_(1.0 - group["lr"] * group["wd"])
                 p.add_(flat[curr:curr + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
                 curr += p.numel()
 
@@ -757,27 +948,41 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
             scalar.append(p)
     adam = dict(betas=(args.beta1, args.beta2), eps=args.adam_eps)
     embed_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
-    opts = [Adam([{"params": embed, "lr": embed_lr, "base_lr": embed_lr}], **adam),
+    if args.muon_ns not in ("quintic", "polar"):
+        raise ValueError(f"MUON_NS={args.muon_ns!r}: expected quintic or polar")
+    opts = [Adam([{"params": embed, "lr": embed_lr, "base_lr": embed_lr}], wd=args.embed_wd, **adam),
             Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum,
-                 backend_steps=args.muon_backend_steps),
-            Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], **adam)]
+                 backend_steps=args.muon_backend_steps, wd=args.muon_wd, row_norm=args.muon_row_norm,
+                 polar=args.muon_ns == "polar", compiled=args.compile_ns, bf16=args.muon_bf16_reduce),
+            Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], wd=args.adam_wd,
+                 **adam)]
     for g in opts[1].param_groups:
         g["base_lr"] = args.matrix_lr
     if model.lm_head is not None:
         opts.append(Adam([{"params": [model.lm_head.weight], "lr": args.head_lr, "base_lr": args.head_lr}],
-                         **adam))
+                         wd=args.embed_wd, **adam))
     return opts
 
 
 def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    """Constant LR, then a linear warmdown to zero."""
-    max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    """Constant LR, then a linear warmdown to zero, or to the floor MIN_LR."""
+    return max(warmdown_scale(args, step, elapsed_ms), args.min_lr)
+
+
+def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """Share of the run done, by the cap that binds first (iterations or wallclock)."""
+    progress = step / max(args.iterations, 1)
+    if args.train_seconds > 0:
+        progress = max(progress, elapsed_ms / (1000.0 * args.train_seconds))
+    return progress
+
+
+def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    max_ms = 1000.0 * args.train_seconds if args.train_seconds > 0 else None
     if args.warmdown_mode == "time_fraction":
         # The fix for slow hardware: warm down over the last WARMDOWN_FRAC of the run, measured by the cap
         # that binds first (wallclock or iterations), however long a step takes.
-        progress = step / max(args.iterations, 1)
-        if max_ms:
-            progress = max(progress, elapsed_ms / max_ms)
+        progress = training_progress(args, step, elapsed_ms)
         return float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
     if args.warmdown_mode != "iters":
         raise ValueError(f"WARMDOWN_MODE={args.warmdown_mode!r}: expected iters or time_fraction")
@@ -889,12 +1094,72 @@ def summarize(sums: tuple[float, int, int]) -> dict:
                 bytes=nbytes)
 
 
+def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float, epochs: int,
+                  args: Hyperparameters, device, autocast, rank: int, world_size: int, batch_seqs: int,
+                  state: dict):
+    """SGD (momentum 0.9, clip 1.0, torch.optim.SGD's rule) on non-overlapping sequences whose targets all lie
+    in [lo, hi): tokens that were already scored. Gradients are averaged over the sequences of all ranks."""
+    seq_len = args.train_seq_len
+    seqs = [(s, 0) for s in range(lo - 1, hi - seq_len, seq_len)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    for _ in range(epochs):
+        for i in range(0, len(seqs), batch_seqs * world_size):
+            whole = seqs[i:i + batch_seqs * world_size]
+            group = whole[rank::world_size]
+            for p in params:
+                p.grad = None
+            if group:
+                with autocast:
+                    loss = model(*window_batch(tokens, group, seq_len, device))
+                (loss * len(group)).backward()
+            for p in params:  # mean over the sequences of the whole group, across ranks
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                if is_distributed():
+                    dist.all_reduce(p.grad)
+                p.grad.div_(len(whole))
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            grads = [p.grad for p in params]
+            with torch.no_grad():
+                if "bufs" not in state:
+                    state["bufs"] = [g.clone() for g in grads]
+                else:
+                    torch._foreach_mul_(state["bufs"], 0.9)
+                    torch._foreach_add_(state["bufs"], grads)
+                torch._foreach_add_(params, state["bufs"], alpha=-lr)
+    for p in params:
+        p.grad = None
+    model.eval()
+
+
+class ContinuousWeights:
+    """TTT updates and scores the continuous weights: QAT's fake quantisation is off inside this block."""
+
+    def __init__(self, model: nn.Module):
+        self.mods = [(m, m.qat_bits) for m in model.modules() if isinstance(m, CastedLinear)]
+
+    def __enter__(self):
+        for m, _ in self.mods:
+            m.qat_bits = 0
+
+    def __exit__(self, *exc):
+        for m, bits in self.mods:
+            m.qat_bits = bits
+
+
 def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                  rank: int = 0, world_size: int = 1, batch_seqs: int = 1, before_score=None) -> dict:
-    """Legal score-first TTT: windows are grouped into chunks of about TTT_CHUNK_TOKENS scored targets; each
-    chunk is scored with the weights as they are, and only then are the weights trained on that chunk's
-    windows (whose targets are all already scored) before the next chunk. `before_score(k, model)`, if given,
-    is called right before chunk k is scored (the tests use it to check which weights scored which chunk)."""
+    """Legal score-first TTT as the records do it: windows are grouped into chunks of about TTT_CHUNK_TOKENS
+    scored targets; each chunk is scored with the weights as they are, and only then are the weights trained
+    (SGD, TTT_EPOCHS passes, LR cosine-decayed across chunks) on non-overlapping sequences of that chunk's
+    already-scored tokens before the next chunk. `before_score(k, model)`, if given, is called right before
+    chunk k is scored (the tests use it to check which weights scored which chunk)."""
+    if args.ttt_mode == "lora":
+        return evaluate_ttt_lora(model, tokens, args, luts, device, autocast, rank, world_size)
+    if args.ttt_mode != "sgd" or args.ttt_lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"TTT_MODE={args.ttt_mode!r} / TTT_LR_SCHEDULE={args.ttt_lr_schedule!r}: expected "
+                         "sgd or lora / cosine or constant")
     seq_len = args.train_seq_len
     windows = eval_windows(tokens.numel(), seq_len, args.eval_stride)
     chunks, cur, cur_targets = [], [], 0
@@ -906,52 +1171,124 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
             cur, cur_targets = [], 0
     if cur:
         chunks.append(cur)
-    params = [p for p in model.parameters() if p.requires_grad]
-    momentum_bufs = None  # SGD with momentum 0.9 (torch.optim.SGD's rule: the first buffer is the gradient)
-    total = [0.0, 0, 0]
-    per_chunk = []
-    distributed = dist.is_available() and dist.is_initialized()
-    for k, chunk in enumerate(chunks):
-        if before_score is not None:
-            before_score(k, model)
-        model.eval()
-        per = math.ceil(len(chunk) / world_size)
-        sums = all_reduce_sums(score_windows(model, tokens, chunk[rank * per:(rank + 1) * per], seq_len,
-                                             batch_seqs, luts, device, autocast), device)
-        per_chunk.append(sums)
-        total = [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
-        if k == len(chunks) - 1:
-            break  # nothing left to score: an update now would change no score
-        model.train()
-        for _ in range(args.ttt_epochs):
-            for i in range(0, len(chunk), batch_seqs * world_size):
-                whole = chunk[i:i + batch_seqs * world_size]
-                group = whole[rank::world_size]
-                for p in params:
-                    p.grad = None
-                if group:
-                    with autocast:
-                        loss = model(*window_batch(tokens, group, seq_len, device))
-                    (loss * len(group)).backward()
-                for p in params:  # mean over the windows of the whole group, across ranks
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    if distributed:
-                        dist.all_reduce(p.grad)
-                    p.grad.div_(len(whole))
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                grads = [p.grad for p in params]
-                with torch.no_grad():
-                    if momentum_bufs is None:
-                        momentum_bufs = [g.clone() for g in grads]
-                    else:
-                        torch._foreach_mul_(momentum_bufs, 0.9)
-                        torch._foreach_add_(momentum_bufs, grads)
-                    torch._foreach_add_(params, momentum_bufs, alpha=-args.ttt_lr)
+    # target token indices [lo, hi) each chunk scores; consecutive chunks tile the scored targets
+    spans = [(c[0][0] + 1 + c[0][1], c[-1][0] + 1 + seq_len) for c in chunks]
+    total, per_chunk, state = [0.0, 0, 0], [], {}
+    with ContinuousWeights(model):
+        for k, chunk in enumerate(chunks):
+            if before_score is not None:
+                before_score(k, model)
+            model.eval()
+            per = math.ceil(len(chunk) / world_size)
+            sums = all_reduce_sums(score_windows(model, tokens, chunk[rank * per:(rank + 1) * per], seq_len,
+                                                 batch_seqs, luts, device, autocast), device)
+            per_chunk.append(sums)
+            total = [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
+            if k == len(chunks) - 1:
+                break  # nothing left to score: an update now would change no score
+            cos = 0.5 * (1.0 + math.cos(math.pi * k / max(len(chunks) - 1, 1)))
+            lr = args.ttt_lr * (cos if args.ttt_lr_schedule == "cosine" else 1.0)
+            sgd_on_scored(model, tokens, *spans[k], lr, args.ttt_epochs, args, device, autocast, rank,
+                          world_size, batch_seqs, state)
     model.eval()
-    out = summarize(tuple(total))
-    out["chunks"] = per_chunk
-    return out
+    return dict(summarize(tuple(total)), chunks=per_chunk, spans=spans)
+
+
+def document_starts(tokens: torch.Tensor, n_targets: int, bos_id: int) -> list[int]:
+    """Input positions where a document starts (its BOS), plus 0, within the first n_targets inputs."""
+    starts = (tokens[:n_targets] == bos_id).nonzero().flatten().tolist()
+    return starts if starts and starts[0] == 0 else [0, *starts]
+
+
+def make_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[tuple]:
+    """Fresh adapters for n sequences (A uniform from `seed`, B zero: a no-op at first) on every block
+    matrix and on the head: [(site, A (n, r, in), B (n, out, r))]."""
+    gen, sites = torch.Generator().manual_seed(seed), []
+    for m in [*(m for m in model.blocks.modules() if isinstance(m, CastedLinear)), model]:
+        fan_in, fan_out = (m.in_features, m.out_features) if m is not model else (model.args.model_dim,
+                                                                                 model.args.vocab_size)
+        a = ((torch.rand(n, rank, fan_in, generator=gen) * 2 - 1) / math.sqrt(fan_in)).to(device)
+        b = torch.zeros(n, fan_out, rank, device=device, requires_grad=True)
+        sites.append((m, a.requires_grad_(), b))
+    return sites
+
+
+def use_lora(sites: list[tuple], first: int | None):
+    """Attach the adapters of sequences first.. (None: detach all)."""
+    for m, a, b in sites:
+        pair = None if first is None else (a[first:], b[first:])
+        if isinstance(m, GPT):
+            m.head_lora = pair
+        else:
+            m.lora = pair
+
+
+def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
+                      rank: int = 0, world_size: int = 1) -> dict:
+    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736). The targets are those of the plain evaluation,
+    cut at every BOS into documents. Each document gets fresh LoRA adapters; it is read in chunks of
+    TTT_LORA_CHUNK tokens (with up to TRAIN_SEQ_LEN tokens of its own context); each chunk's loss is
+    recorded first and only then does one Adam step adapt that document's adapters. Phased: the first
+    TTT_PHASE_DOCS documents, in TTT_PHASES groups, also train the base weights (SGD on their already-scored
+    tokens) after the whole group is scored, so every later document starts from a better base."""
+    seq_len, C = args.train_seq_len, args.ttt_lora_chunk
+    if not 0 < C <= seq_len:
+        raise ValueError(f"TTT_LORA_CHUNK={C} must be in 1..TRAIN_SEQ_LEN={seq_len}")
+    n_targets = ((tokens.numel() - 1) // seq_len) * seq_len
+    starts = document_starts(tokens, n_targets, model.bos_id)
+    docs = list(zip(starts, [*starts[1:], n_targets], strict=True))  # input span [s, e) -> targets [s+1, e+1)
+    n_phased = min(args.ttt_phase_docs, len(docs))
+    cuts = [round(n_phased * p / max(args.ttt_phases, 1)) for p in range(max(args.ttt_phases, 1) + 1)]
+    groups = [docs[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a] + [docs[n_phased:]]
+    base = [p for p in model.parameters() if p.requires_grad]
+    total, per_chunk, spans, state = [0.0, 0, 0], [], [], {}
+    with ContinuousWeights(model):
+        for gi, group in enumerate(groups):
+            mine = sorted(group[rank::world_size], key=lambda d: d[1] - d[0])  # similar lengths batch well
+            for p in base:
+                p.requires_grad_(False)
+            for i in range(0, len(mine), args.ttt_lora_batch):
+                batch = mine[i:i + args.ttt_lora_batch]
+                n_chunks = max(math.ceil((e - s) / C) for s, e in batch)
+                padded = torch.zeros(len(batch), n_chunks * C + 1, dtype=torch.int64)
+                for b, (s, e) in enumerate(batch):
+                    padded[b, :e - s + 1] = tokens[s:e + 1]
+                lengths = torch.tensor([e - s for s, e in batch])[:, None]
+                sites = make_lora(model, len(batch), args.ttt_lora_rank, device, args.seed + batch[0][0])
+                opt = Adam([{"params": [t for _, a, b in sites for t in (a, b)], "lr": args.ttt_lora_lr}],
+                           betas=(0.0, 0.99), eps=1e-8, wd=args.ttt_lora_wd)
+                for c in range(n_chunks):
+                    k0 = int((lengths[:, 0] <= c * C).sum())  # sorted by length: finished documents lead
+                    use_lora(sites, k0)
+                    w0, w1 = max(0, (c + 1) * C - seq_len), (c + 1) * C
+                    x, y = padded[k0:, w0:w1].to(device), padded[k0:, w0 + 1:w1 + 1].to(device)
+                    pos = torch.arange(w0, w1)[None, :]
+                    mask = ((pos >= c * C) & (pos < lengths[k0:])).to(device)
+                    with autocast:
+                        losses = model.token_losses(x, y)
+                    nats = (losses.detach().double() * mask).sum(1)  # recorded before any update on them
+                    ntok = mask.sum(1)
+                    nbytes = (count_target_bytes(x, y, luts) * mask).sum(1)
+                    for j, (s, _) in enumerate(batch[k0:]):
+                        per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
+                        spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[j])))
+                    total = [total[0] + float(nats.sum()), total[1] + int(ntok.sum()),
+                             total[2] + int(nbytes.sum())]
+                    if c == n_chunks - 1:
+                        break
+                    # one Adam step per document on the mean loss of the chunk it just scored
+                    (((losses * mask).sum(1) / ntok.clamp_min(1)).sum()).backward()
+                    opt.step()
+                    opt.zero_grad()
+                use_lora(sites, None)
+            for p in base:
+                p.requires_grad_(True)
+            if gi < len(groups) - 1 and group:  # phased: the base learns from this whole scored group
+                sgd_on_scored(model, tokens, group[0][0] + 1, group[-1][1] + 1, args.ttt_phase_lr,
+                              args.ttt_phase_epochs, args, device, autocast, rank, world_size,
+                              max(1, args.ttt_lora_batch), state)
+    model.eval()
+    return dict(summarize(all_reduce_sums(tuple(total), device)), chunks=per_chunk, spans=spans)
 
 
 # -----------------------------------------------------------------------------
@@ -961,26 +1298,72 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
 INT8_CLIP_Q = 99.99984 / 100.0
 
 
-def quantize_rows(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric quantisation to int8 storage: int8 clips at the 99.99984th percentile (challenge),
-    lower bit widths use the row max, matching what QAT trained against."""
+def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmax: int, block: int = 128):
+    """Hessian-aware rounding (GPTQ): columns are quantised in order of decreasing H diagonal, and each one's
+    rounding error is pushed onto the columns not yet quantised through the Cholesky factor of H^-1, which
+    minimises the layer's output error on the calibration inputs instead of the weight error."""
+    W, H, n = w.clone(), hessian.clone(), w.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += 0.01 * torch.diag(H).mean() * torch.eye(n, device=H.device)
+    perm = torch.argsort(torch.diag(H), descending=True)
+    W, H = W[:, perm], H[perm][:, perm]
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    for i1 in range(0, n, block):
+        i2 = min(i1 + block, n)
+        W1, E, Hb = W[:, i1:i2].clone(), torch.zeros_like(W[:, i1:i2]), Hinv[i1:i2, i1:i2]
+        for j in range(i2 - i1):
+            q = torch.clamp(torch.round(W1[:, j] / scale), -qmax, qmax)
+            Q[:, i1 + j] = q
+            E[:, j] = (W1[:, j] - q * scale) / Hb[j, j]
+            W1[:, j:] -= E[:, j:j + 1] * Hb[j:j + 1, j:]
+        W[:, i2:] -= E @ Hinv[i1:i2, i2:]
+    return Q[:, torch.argsort(perm)]
+
+
+def quantize_rows(t: torch.Tensor, bits: int, sigmas: float = 0.0, floor: float = 1e-12,
+                  hessian: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric quantisation to int8 storage. The clip per row: SIGMAS x the row's std when given
+    (std-based clipping), else the 99.99984th percentile for int8 (challenge) or the row max for fewer bits
+    (what QAT trained against). Scales are clamped at `floor` (the baseline clamps int8 at 1/127)."""
     qmax = 2 ** (bits - 1) - 1
     t32 = t.float()
-    if bits == 8:
+    if sigmas > 0:
+        clip = sigmas * t32.std(dim=1)
+    elif bits == 8:
         clip = torch.quantile(t32.abs(), INT8_CLIP_Q, dim=1)
     else:
         clip = t32.abs().amax(dim=1)
-    scale = (clip / qmax).clamp_min(1e-12)
-    clipped = torch.clamp(t32, -clip[:, None], clip[:, None])
-    q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
+    scale = (clip / qmax).clamp_min(floor)
+    if hessian is not None:  # round against the stored (fp16) scale
+        scale = scale.to(torch.float16).float()
+        q = gptq_columns(t32, hessian.to(t32.device).float(), scale, qmax)
+    else:
+        clipped = torch.clamp(t32, -clip[:, None], clip[:, None])
+        q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
     return q.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
 
 
-def quantize_state_dict(state_dict: dict, args: Hyperparameters) -> dict:
-    """Large 2-D float tensors -> per-row ints (QAT_BITS for block matrices, else 8 bits); small tensors and
-    control scalars stay float (fp32 for control tensors, fp16 otherwise)."""
+def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
+    """(bits, clip sigmas) for a large matrix at export."""
+    if name.startswith("blocks."):
+        mlp = ".mlp." in name and args.mlp_clip_sigmas > 0
+        return args.matrix_bits or args.qat_bits or 8, args.mlp_clip_sigmas if mlp else args.clip_sigmas
+    if name in ("tok_emb.weight", "lm_head.weight"):
+        return args.embed_bits, args.embed_clip_sigmas or args.clip_sigmas
+    return 8, 0.0
+
+
+def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict | None = None) -> dict:
+    """Large 2-D float tensors -> per-row ints (block matrices MATRIX_BITS or QAT_BITS, the embedding
+    EMBED_BITS, else 8 bits; GPTQ where a Hessian is given); small tensors and control scalars stay float
+    (fp32 for control tensors, fp16 otherwise). LQER: the LQER_TOP_K block matrices with the largest
+    quantisation error also store a rank-LQER_RANK correction A @ B (SVD of the error, LQER_BITS factors)."""
     out = {"__quant_format__": "intN_per_row_v1", "quantized": {}, "scales": {}, "bits": {}, "dtypes": {},
-           "passthrough": {}}
+           "passthrough": {}, "lqer": {}}
+    errors = {}
     for name, tensor in state_dict.items():
         t = tensor.detach().cpu()
         if not t.is_floating_point():
@@ -990,56 +1373,84 @@ def quantize_state_dict(state_dict: dict, args: Hyperparameters) -> dict:
             out["passthrough"][name] = t.float() if keep_fp32 else t.to(torch.float16)
             out["dtypes"][name] = str(t.dtype).removeprefix("torch.")
         else:
-            bits = args.qat_bits if args.qat_bits and name.startswith("blocks.") else 8
-            q, s = quantize_rows(t, bits)
+            bits, sigmas = export_bits(name, args)
+            floor = args.int8_scale_floor if bits == 8 else 1e-12
+            q, s = quantize_rows(t, bits, sigmas, floor, (hessians or {}).get(name))
             out["quantized"][name], out["scales"][name], out["bits"][name] = q, s, bits
             out["dtypes"][name] = str(t.dtype).removeprefix("torch.")
+            if args.lqer_rank > 0 and name.startswith("blocks."):
+                errors[name] = t.float() - q.float() * s.float()[:, None]
+    for name in sorted(errors, key=lambda n: -float(errors[n].norm()))[:args.lqer_top_k]:
+        U, S, Vh = torch.linalg.svd(errors[name], full_matrices=False)
+        r = min(args.lqer_rank, S.numel())
+        out["lqer"][name] = (*quantize_rows(U[:, :r] * S[:r], args.lqer_bits),
+                             *quantize_rows(Vh[:r].contiguous(), args.lqer_bits))
     return out
 
 
 def dequantize_state_dict(obj: dict) -> dict:
     sd = {}
     for name, q in obj["quantized"].items():
-        sd[name] = (q.float() * obj["scales"][name].float()[:, None]).to(getattr(torch, obj["dtypes"][name]))
+        w = q.float() * obj["scales"][name].float()[:, None]
+        if name in obj.get("lqer", {}):
+            qa, sa, qb, sb = obj["lqer"][name]
+            w = w + (qa.float() * sa.float()[:, None]) @ (qb.float() * sb.float()[:, None])
+        sd[name] = w.to(getattr(torch, obj["dtypes"][name]))
     for name, t in obj["passthrough"].items():
         dtype = obj["dtypes"].get(name)
         sd[name] = t.to(getattr(torch, dtype)) if dtype else t
     return sd
 
 
-def compress_bytes(raw: bytes, compressor: str) -> bytes:
-    if compressor == "zlib":
-        return zlib.compress(raw, 9)
+@torch.no_grad()
+def gptq_hessians(model: GPT, args: Hyperparameters, device, autocast, batches: int) -> dict:
+    """X^T X of the inputs of every block matrix (and of the tied embedding as the output head) over
+    GPTQ_CALIB_BATCHES batches read by a fresh loader from the TRAINING shards: the validation split is never
+    read for calibration (the challenge forbids it)."""
+    mods = {n + ".weight": m for n, m in model.named_modules() if isinstance(m, CastedLinear)}
+    for m in mods.values():
+        m.hessian = torch.zeros(m.in_features, m.in_features, device=device)
+    model.emb_hessian = torch.zeros(args.model_dim, args.model_dim, device=device)
+    loader = DistributedTokenLoader(args.train_files, 0, 1, device)
+    was_training = model.training
+    model.eval()
+    for _ in range(batches):
+        x, _ = loader.next_batch(args.train_batch_tokens, args.train_seq_len, args.grad_accum_steps or 8)
+        with autocast:
+            model.project(x)
+    model.train(was_training)
+    out = {name: m.hessian for name, m in mods.items()}
+    out["tok_emb.weight" if model.lm_head is None else "lm_head.weight"] = model.emb_hessian
+    out = {name: h for name, h in out.items() if float(torch.diag(h).sum()) > 0}  # modules never called
+    for m in mods.values():
+        m.hessian = None
+    model.emb_hessian = None
+    return out
+
+
+def codec(compressor: str):
+    """(compress, decompress) for COMPRESSOR: zlib level 9, zstd level 22 or lzma preset 9."""
     if compressor == "zstd":
         import zstandard
-        return zstandard.ZstdCompressor(level=22).compress(raw)
-    if compressor == "lzma":
-        return lzma.compress(raw, preset=9)
-    raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
+        return zstandard.ZstdCompressor(level=22).compress, zstandard.ZstdDecompressor().decompress
+    codecs = {"zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
+              "lzma": (lambda b: lzma.compress(b, preset=9), lzma.decompress)}
+    if compressor not in codecs:
+        raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
+    return codecs[compressor]
 
 
-def decompress_bytes(blob: bytes, compressor: str) -> bytes:
-    if compressor == "zlib":
-        return zlib.decompress(blob)
-    if compressor == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().decompress(blob)
-    if compressor == "lzma":
-        return lzma.decompress(blob)
-    raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
-
-
-def export_model(model: nn.Module, args: Hyperparameters, path: Path) -> int:
+def export_model(model: nn.Module, args: Hyperparameters, path: Path, hessians: dict | None = None) -> int:
     """Quantise, serialise, compress, write; returns the model file's size in bytes."""
     buf = io.BytesIO()
-    torch.save(quantize_state_dict(model.state_dict(), args), buf)
-    blob = compress_bytes(buf.getvalue(), args.compressor)
+    torch.save(quantize_state_dict(model.state_dict(), args, hessians), buf)
+    blob = codec(args.compressor)[0](buf.getvalue())
     path.write_bytes(blob)
     return len(blob)
 
 
 def load_exported(path: Path, args: Hyperparameters) -> dict:
-    raw = decompress_bytes(path.read_bytes(), args.compressor)
+    raw = codec(args.compressor)[1](path.read_bytes())
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
 
 
@@ -1201,7 +1612,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     ema = EMA(model, args.ema_decay) if args.ema_decay > 0 else None
     tokens_per_step = (args.train_batch_tokens // (ctx.world_size * grad_accum) // args.train_seq_len
                        * args.train_seq_len * ctx.world_size * grad_accum)
-    max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    max_ms = 1000.0 * args.train_seconds if args.train_seconds > 0 else None
     train_ms, step, stop_after = 0.0, 0, None
     ctx.sync()
     t0 = time.perf_counter()
@@ -1219,7 +1630,13 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
             t0 = time.perf_counter()
         if last:
             break
-        scale = lr_scale(args, step, train_ms + 1000.0 * (time.perf_counter() - t0))
+        now_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        scale = lr_scale(args, step, now_ms)
+        if (args.num_loops > 0 and not model.looping
+                and training_progress(args, step, now_ms) >= args.loop_from_frac):
+            model.looping = True  # depth recurrence joins once LOOP_FROM_FRAC of the run is done
+            ctx.log(f"step:{step} depth recurrence on: layers {args.loop_start}-{args.loop_end} "
+                    f"x{args.num_loops + 1}")
         loss = step_once(step, scale)
         if ema is not None:
             ema.update()
@@ -1243,6 +1660,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         if stop_after is None and max_ms is not None and all_reduce_max(elapsed_ms, device) >= max_ms:
             stop_after = step
     ctx.sync()
+    model.looping = args.num_loops > 0  # evaluation runs the full recurrent depth
     train_ms += 1000.0 * (time.perf_counter() - t0)
     result.update(steps=step, train_tokens=step * tokens_per_step, train_time_s=train_ms / 1000.0)
     ctx.log(f"training done: steps:{step} train_time:{train_ms:.0f}ms "
@@ -1260,10 +1678,18 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
                    ctx.val_batch_seqs)
     result["val_bpb_prequant"] = pre["val_bpb"]
     ctx.log(f"prequant val_loss:{pre['val_loss']:.6f} val_bpb:{pre['val_bpb']:.6f}")
-    suffix = f"int{args.qat_bits}" if args.qat_bits else "int8"
+    suffix = f"int{args.matrix_bits or args.qat_bits or 8}"
     model_path = ctx.run_dir / f"final_model.{suffix}.ptz"
     if ctx.master:
-        result["bytes_model"] = export_model(model, args, model_path)
+        hessians = None
+        if args.gptq:
+            t_cal = time.perf_counter()
+            hessians = gptq_hessians(model, args, device, ctx.autocast, args.gptq_calib_batches)
+            spent = time.perf_counter() - t_cal
+            over = " OVER THE RESERVE" if spent > args.gptq_reserve_seconds else ""
+            ctx.log(f"gptq: {args.gptq_calib_batches} training batches calibrated in {spent:.1f}s (reserved "
+                    f"{args.gptq_reserve_seconds:.1f}s of training){over}")
+        result["bytes_model"] = export_model(model, args, model_path, hessians)
     if is_distributed():
         dist.barrier()
     state = load_exported(model_path, args)
