@@ -86,10 +86,10 @@ STAND_IN_PREPARE = '''
 import argparse, os, struct
 p = argparse.ArgumentParser()
 p.add_argument("--variant"); p.add_argument("--out"); p.add_argument("--train-shards", type=int)
-p.add_argument("--if-missing", action="store_true")
+p.add_argument("--vocab", type=int, default=1024); p.add_argument("--if-missing", action="store_true")
 a = p.parse_args()
 assert a.variant == "fineweb"
-d = os.path.join(a.out, "datasets", "fineweb10B_sp1024")
+d = os.path.join(a.out, "datasets", f"fineweb10B_sp{a.vocab}")
 os.makedirs(d, exist_ok=True)
 header = struct.pack("<256i", 20240520, 1, 2, *([0] * 253))
 open(os.path.join(d, "fineweb_val_000000.bin"), "wb").write(header + struct.pack("<2H", 1, 5))
@@ -117,8 +117,9 @@ def cfg(**kw) -> FinalConfig:
                         Rung(gpu_type=H200, cloud_type="SECURE")],
                 image="runpod/pytorch:test", runtime_wait_s=8, setup_s=10, train_s=4, eval_s=4, per_seed_margin_s=4,
                 teardown_s=4, deadman_grace_s=5, deadman_slack_s=3, agent_idle_s=60, agent_lost_s=4, poll_s=0.1,
-                invisible_s=3, create_lookup_s=5, lookup_poll_s=0.1, spend_interval_s=0.3, setup_cmd="python3 prepare_data.py --variant fineweb --out data "
-                                                 "--train-shards {train_shards} --if-missing")
+                invisible_s=3, create_lookup_s=5, lookup_poll_s=0.1, spend_interval_s=0.3,
+                setup_cmd="python3 prepare_data.py --variant fineweb --vocab {vocab} --out data "
+                          "--train-shards {train_shards} --if-missing")
     return FinalConfig(**(base | kw))
 
 
@@ -630,7 +631,8 @@ def test_the_final_runs_the_branchs_incumbent_json_flags_from_an_earlier_session
     final for s1 runs s1's branch with s0's flags, and records where they came from."""
     ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    (ws / "incumbent.json").write_text(json.dumps({"env": {"HELLO": "branch"}, "experiment": "s0-e001"}))
+    (ws / "incumbent.json").write_text(json.dumps({"env": {"HELLO": "branch", "VOCAB_SIZE": "8192"},
+                                                   "experiment": "s0-e001"}))
     subprocess.run([*git, "commit", "-qam", "x"], cwd=ws, check=False)
     subprocess.run(["git", "add", "incumbent.json"], cwd=ws, check=True)
     subprocess.run([*git, "commit", "-qm", "s0 keeps HELLO=branch"], cwd=ws, check=True)
@@ -647,6 +649,10 @@ def test_the_final_runs_the_branchs_incumbent_json_flags_from_an_earlier_session
     assert [r.result.hyperparameters["HELLO"] for r in runs] == ["branch", "branch"]  # over the tier's "tier"
     branch_sha = subprocess.run(["git", "rev-parse", "golf/s1"], cwd=ws, capture_output=True, text=True).stdout.strip()
     assert rec.env["HELLO"] == "branch" and rec.script_rev == branch_sha
+    # the pod prepared, and the trainer read, the shards of the incumbent's vocabulary
+    [pod] = fake.pods.values()
+    assert (pod.workdir / "job" / "data" / "datasets" / "fineweb10B_sp8192").is_dir()
+    assert runs[0].env["VOCAB_SIZE"] == "8192"
 
 
 # ------------------------------------------------------------------------------------------ the plan

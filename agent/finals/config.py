@@ -60,15 +60,16 @@ class FinalConfig(BaseModel):
     # the job on the pod (run in the uploaded directory `job/`)
     train_shards: int = 80
     setup_cmd: str = ("python3 -m pip install --quiet " + " ".join(CHALLENGE_PACKAGES) + " 2>&1 | tail -n 3; "
-                      "python3 prepare_data.py --variant fineweb --out data --train-shards {train_shards} "
-                      "--if-missing")
+                      "python3 prepare_data.py --variant fineweb --vocab {vocab} --out data "
+                      "--train-shards {train_shards} --if-missing")
     # what a script may import on the pod besides the standard library: the image's and setup's
     pod_modules: list[str] = Field(default_factory=lambda: [
         "torch", "triton", "numpy", "sentencepiece", "zstandard", "zstd", "brotli", "tqdm", "huggingface_hub",
         "kernels", "setuptools", "datasets", "tiktoken", "typing_extensions", "pkg_resources"])
     launcher: str = "torchrun --standalone --nproc_per_node={gpu_count}"
-    data_path: str = "data/datasets/fineweb10B_sp1024"
-    tokenizer_path: str = "data/tokenizers/fineweb_1024_bpe.model"
+    # the shards and tokenizer of the run's VOCAB_SIZE (the incumbent's; 1024 when it sets none)
+    data_path: str = "data/datasets/fineweb10B_sp{vocab}"
+    tokenizer_path: str = "data/tokenizers/fineweb_{vocab}_bpe.model"
     tier: str = "h100x8-final"
     hardware: str = "h100x8"
     fetch_max_bytes: int = 64 << 20

@@ -376,8 +376,17 @@ class PodRun:
         except AgentError:
             pass
 
+    @property
+    def vocab(self) -> str:
+        """The run's VOCAB_SIZE: which FineWeb shards and tokenizer the pod prepares and the trainer reads."""
+        v = self.env.get("VOCAB_SIZE", "1024")
+        if not v.isdigit():
+            raise FinalRefused(f"VOCAB_SIZE={v!r} is not a vocabulary size")
+        return v
+
     def setup(self) -> None:
-        cmd = self.cfg.setup_cmd.format(train_shards=self.cfg.train_shards, gpu_count=self.cfg.gpu_count)
+        cmd = self.cfg.setup_cmd.format(train_shards=self.cfg.train_shards, gpu_count=self.cfg.gpu_count,
+                                        vocab=self.vocab)
         rc, wall, digest = self.run_job("setup", cmd, {}, self.cfg.setup_s)
         self.event("final_setup_done", pod_id=self.pod_id, returncode=rc, wall_s=round(wall, 1))
         if rc != 0:
@@ -386,7 +395,8 @@ class PodRun:
     def run_seed(self, seed: int) -> SeedOutcome:
         run_dir = f"runs/seed_{seed}"
         env = {**self.env, "SEED": str(seed), "RUN_ID": f"{self.final_id}-seed{seed}", "RUN_DIR": run_dir,
-               "DATA_PATH": self.cfg.data_path, "TOKENIZER_PATH": self.cfg.tokenizer_path}
+               "DATA_PATH": self.cfg.data_path.format(vocab=self.vocab),
+               "TOKENIZER_PATH": self.cfg.tokenizer_path.format(vocab=self.vocab)}
         launcher = self.cfg.launcher.format(gpu_count=self.cfg.gpu_count)
         cmd = f"mkdir -p {run_dir} && exec {launcher} train_gpt.py"
         self.log(f"final {self.final_id}: seed {seed} starting")
