@@ -755,3 +755,19 @@ def test_the_reaper_ages_out_another_machines_pods_by_their_runtime_uptime(fake,
     [spend] = ledger.records(SpendRecord)
     assert spend.pod_id == old.id and spend.seconds >= 7 * 3600  # booked from the API's uptime
     be.terminate(young.id)
+
+
+def test_a_session_started_from_a_preset_finals_with_the_preset_on_the_final_tier(fake, tmp_path):
+    """The session ran the preset on its local tier (its shape keys left to the tier) and kept nothing;
+    the final runs the whole preset, the final tier's own keys first, the branch's wins on top."""
+    ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
+    (ws / "presets.toml").write_text('[preset.big]\ndescription = "x"\n'
+                                     'env = { HELLO = "preset", NUM_LAYERS = 11, VOCAB_SIZE = 8192 }\n')
+    ledger = Ledger(Workspace.at(ws).ledger)
+    ledger.append(EventRecord(session="s1", event="session_start"))
+    ledger.append(EventRecord(session="s1", event="start_preset", detail={"name": "big", "env": {"HELLO": "preset"}}))
+    plan = plan_final(request(ws), backend_for(fake))
+    assert plan.env["NUM_LAYERS"] == "11" and plan.env["VOCAB_SIZE"] == "8192"
+    assert plan.env["HELLO"] == "tier"  # a key the final tier sets is the tier's
+    (ws / "presets.toml").unlink()
+    assert "cannot be read" in final(ws, fake).note and fake.pods == {}

@@ -88,6 +88,22 @@ def branch_incumbent(ws: Workspace, ledger: Ledger, session: str, script_rev: st
             "experiment": inc.experiment}
 
 
+def start_preset_env(ws: Workspace, ledger: Ledger, session: str, tier_env: dict[str, str]) -> dict[str, str]:
+    """The preset the session's incumbent started from (the plan's `start:`), seen from the final's tier:
+    on a local tier the session ran it without the tier's shape keys, so incumbent.json never holds them;
+    the final runs them. Empty when the session started from no preset."""
+    from memory.presets import PRESETS_FILE, PresetError, get_preset
+
+    starts = [e for e in ledger.records(EventRecord) if e.session == session and e.event == "start_preset"]
+    if not starts:
+        return {}
+    name = str(starts[-1].detail.get("name"))
+    try:
+        return get_preset(ws.root / PRESETS_FILE, name).env_on_tier(tier_env)
+    except PresetError as e:
+        raise FinalRefused(f"the session started from preset {name!r}, which cannot be read: {e}") from e
+
+
 def last_session(ledger: Ledger) -> str | None:
     return incumbent.last_session(ledger.records())
 
@@ -117,7 +133,7 @@ def _price_rungs(req: FinalRequest, backend: PodBackend | None, n_seeds: int) ->
     hours = cfg.pod_lifetime_s(n_seeds) / 3600
     out = []
     for rung in cfg.ladder:
-        price, note = None, "unpriced: no RUNPOD_API_KEY" if backend is None else ""
+        price, note = None, "no RUNPOD_API_KEY" if backend is None else ""
         if backend is not None:
             try:
                 offer = backend.offer(rung.gpu_type, cfg.gpu_count, rung.cloud_type)
@@ -143,7 +159,8 @@ def plan_final(req: FinalRequest, backend: PodBackend | None = None, *, session:
     final_id = final_id or f"final-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     seeds = seed_list(req.seeds)
     inc = branch_incumbent(ws, ledger, session, req.script_rev)
-    env = {**_tier_env(ws, cfg.tier), **inc["env"], **req.env}
+    tier_env = _tier_env(ws, cfg.tier)
+    env = {**tier_env, **start_preset_env(ws, ledger, session, tier_env), **inc["env"], **req.env}
     rungs = _price_rungs(req, backend, len(seeds))
     hours = cfg.pod_lifetime_s(len(seeds)) / 3600
     usable = [r.worst_case_dollars for r in rungs if r.worst_case_dollars is not None
