@@ -1,34 +1,41 @@
 """The LLM planner: a language model choosing experiments through the typed tools, and nothing else.
 
-One decision is a short tool loop on the Chat Completions API. The model may edit the script, read a
-log, record a finding or look at the frontier; those calls run through tools.registry and their result
-(or the validation error) goes back as a tool message. `launch_local_sweep` is intercepted: its first
-candidate becomes the Proposal and the turn ends, because running seeds and judging belong to the
-session loop. The verdict comes back through `observe()` and is sent to the model as that call's
-result at the next decision, so the model sees its experiment answered in the same conversation.
+Each decision is stateless: a static system prompt (role, tools, rules, the trainer's knobs) and one user
+message (the state digest, the research context, a compact journal of this planner's past decisions and
+the last verdict). Within a decision the model may work in steps (view and grep the script, edit it,
+query past findings) under a per-decision token budget; `launch_local_sweep` ends the decision with a
+Proposal (the session runs the seeds and the judge decides), `finish` ends the session.
 
-Everything a broken or hostile model can do is bounded here: turns per decision, tokens per session,
-the size of arguments kept in the history, identical calls repeated, replies with no tool call,
-unknown tools, and server errors (after the SDK's own retries) all end in a tool error or a clean stop
-with a reason. The API key goes to the HTTP client only; text bound for the model is redacted.
+Everything a broken provider or a hostile model can do is bounded here. Transient failures (429 with
+Retry-After, 5xx, timeouts, dropped connections) are retried by tenacity; a 400 is read for what it
+says (token parameter, strict schemas, reasoning_effort...) and the request is adjusted once per cause;
+a context-length error shrinks the prompt and retries. A decision that still fails falls back to the
+playbook for that decision, so a provider outage slows research down instead of ending it. The API key
+goes to the HTTP client only; text bound for the model is redacted; outside text is quoted as data.
 """
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import json
 import logging
 import os
+import random
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import openai
-from pydantic import BaseModel, Field, ValidationError
+import tenacity
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import prompt as P
 from agent.planner import ExperimentSpec, PlannerState, Proposal
+from memory.knobs import SAFE_RUNTIME_ENV, Knob, allowed_override_names, read_knobs
 from tools import registry
 from tools.registry import format_validation_error
-from tools.sweep import SweepArgs
+from tools.sweep import ENV_PAIRS_SCHEMA, env_from_pairs
 
 log = logging.getLogger("pgolf.llm")
 
@@ -36,11 +43,17 @@ DEFAULT_MODEL = "gpt-5-mini"
 PLACEHOLDER_KEY = "sk-no-key"  # local servers (llama.cpp, vLLM, Ollama) accept any key
 SWEEP_TOOL = "launch_local_sweep"
 FINISH_TOOL = "finish"
-# offered to the model when registered; anything else in the registry (pod finals, spending) is not
-OFFERED_TOOLS = ["edit_train_script", SWEEP_TOOL, "read_logs", "record_finding", "frontier_diff", FINISH_TOOL]
-MAX_KEPT_ARGUMENT_CHARS = 4000  # what an assistant tool call keeps of its arguments in the history
-MAX_KEPT_CONTENT_CHARS = 2000
-MAX_TOOL_RESULT_CHARS = 6000
+# offered to the model; the registry's own launch_local_sweep (seeds, several candidates) is not: the
+# session chooses seeds, so the model's version of the tool takes one experiment and nothing it would ignore
+OFFERED_TOOLS = ["view_script", "grep_script", "edit_train_script", SWEEP_TOOL, "query_findings", "read_logs",
+                 "record_finding", FINISH_TOOL]
+MAX_KEPT_ARGUMENT_CHARS = 4000  # what an assistant tool call keeps of its arguments within a decision
+MAX_KEPT_CONTENT_CHARS = 1000
+MAX_TOOL_RESULT_CHARS = 5000
+JOURNAL_SHOWN = 6  # entries of the journal in the prompt; older ones are one query_findings away
+DEFAULT_DIGEST_CHARS = 2500
+DEFAULT_SESSION_TOKENS = 8_000_000  # 500 decisions at ~16K tokens each, with room for code work
+DEFAULT_DECISION_TOKENS = 40_000  # input tokens of all requests of one decision
 
 
 class FinishArgs(BaseModel):
@@ -56,8 +69,29 @@ def _finish(args: FinishArgs, ctx: Any) -> FinishResult:  # the planner intercep
 
 
 if FINISH_TOOL not in registry.names():
-    registry.tool(FINISH_TOOL, "End the session: the budget is spent, the queue is exhausted or nothing "
-                  "promising is left. Give the reason.", FinishArgs)(_finish)
+    registry.tool(FINISH_TOOL, "End the session: nothing promising is left. Give the reason.", FinishArgs)(_finish)
+
+
+class ExperimentArgs(BaseModel):
+    """What the model gives to launch one experiment (the session supplies seeds, tier and script); an
+    argument it would expect to matter (seeds, a second candidate) is refused, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="lowercase slug, e.g. relu2_mlp")
+    technique: str | None = Field(default=None, description="queue technique id; null for your own idea")
+    hypothesis: str = Field(default="", max_length=2000, description="expected effect on val_bpb, and why")
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+def experiment_schema(env_names: list[str]) -> dict[str, Any]:
+    schema = ExperimentArgs.model_json_schema()
+    schema["properties"]["env"] = ENV_PAIRS_SCHEMA | {"description": "knob overrides on the incumbent's; [] for none"}
+    return registry.with_env_names(registry.strict_schema(schema), env_names)
+
+
+SWEEP_DESCRIPTION = ("Run ONE experiment: the working script (with your edit, if any) and these knob overrides. "
+                     "Ends the decision.")
 
 
 def load_tools() -> None:
@@ -73,11 +107,14 @@ class LLMConfig(BaseModel):
     model: str = DEFAULT_MODEL
     base_url: str | None = None
     max_turns_per_decision: int = Field(default=8, ge=1, le=64)
-    max_tokens_per_session: int = Field(default=400_000, ge=1000)
+    max_tokens_per_session: int = Field(default=DEFAULT_SESSION_TOKENS, ge=1000)
+    max_tokens_per_decision: int = Field(default=DEFAULT_DECISION_TOKENS, ge=1000)
     timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=2, ge=0, le=10)
+    max_retries: int = Field(default=4, ge=0, le=10)
     strict_tools: bool | Literal["auto"] = "auto"
     max_completion_tokens: int | None = None
+    token_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto"
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LLMConfig:
@@ -87,9 +124,12 @@ class LLMConfig(BaseModel):
             "base_url": env.get("OPENAI_BASE_URL"),
             "max_turns_per_decision": env.get("PGOLF_LLM_MAX_TURNS"),
             "max_tokens_per_session": env.get("PGOLF_LLM_MAX_TOKENS"),
+            "max_tokens_per_decision": env.get("PGOLF_LLM_MAX_DECISION_TOKENS"),
             "timeout_s": env.get("PGOLF_LLM_TIMEOUT_S"),
             "max_retries": env.get("PGOLF_LLM_MAX_RETRIES"),
             "max_completion_tokens": env.get("PGOLF_LLM_MAX_COMPLETION_TOKENS"),
+            "token_param": env.get("PGOLF_LLM_TOKEN_PARAM"),
+            "reasoning_effort": env.get("PGOLF_LLM_REASONING_EFFORT"),
         }
         strict = (env.get("PGOLF_LLM_STRICT") or "").strip().lower()
         if strict:
@@ -113,17 +153,60 @@ def choose_planner(kind: str = "auto", env: Mapping[str, str] | None = None) -> 
     return "playbook", "auto: neither OPENAI_API_KEY nor OPENAI_BASE_URL is set, so the playbook planner drives"
 
 
+# -- provider errors -------------------------------------------------------------------------------
+
+class DecisionFailed(Exception):
+    """The provider could not give this decision an answer (after retries and adjustments)."""
+
+
+class ContextTooLong(Exception):
+    pass
+
+
+_CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context length", "context window",
+                    "too many tokens", "reduce the length", "prompt is too long")
+
+
+def _error_text(e: openai.APIStatusError) -> str:
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    code = err.get("code") if isinstance(err, dict) else None
+    return f"{e.message} {code or ''}".lower()
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth retrying: rate limits, server errors, timeouts and dropped connections."""
+    if isinstance(e, openai.APITimeoutError | openai.APIConnectionError):
+        return True
+    return isinstance(e, openai.APIStatusError) and (e.status_code in (408, 409, 429) or e.status_code >= 500)
+
+
+def retry_after_s(e: BaseException | None) -> float | None:
+    """The server's Retry-After (seconds or an HTTP date; retry-after-ms too), if it sent one."""
+    response = getattr(e, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
 # -- the planner -----------------------------------------------------------------------------------
 
-def _canonical(arguments: str) -> str:
-    try:
-        return json.dumps(json.loads(arguments), sort_keys=True)
-    except (ValueError, TypeError):
-        return arguments
-
-
 def _kept_arguments(arguments: str) -> str:
-    """Arguments as kept in the history: valid JSON, and never large (servers re-parse them)."""
+    """Arguments as kept within the decision: valid JSON, and never large (servers re-parse them)."""
     if len(arguments) <= MAX_KEPT_ARGUMENT_CHARS:
         try:
             json.loads(arguments)
@@ -133,56 +216,110 @@ def _kept_arguments(arguments: str) -> str:
     return json.dumps({"_dropped_arguments_chars": len(arguments)})
 
 
-# what the model needs first from a verdict (the rest follows if there is room); the hypothesis it wrote
-_VERDICT_FIRST = ("experiment", "candidate", "technique", "outcome", "kept", "delta", "ci_low", "ci_high", "p_value",
-                  "n_candidate", "n_incumbent", "noise_std", "reason", "candidate_runs")
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True)
+    except (ValueError, TypeError):
+        return arguments
 
 
-def _verdict(outcome: dict[str, Any]) -> dict[str, Any]:
-    first = {k: outcome[k] for k in _VERDICT_FIRST if k in outcome}
-    rest = {k: v for k, v in outcome.items() if k not in first and k not in ("hypothesis", "kind", "at", "session")}
-    return first | rest
+# what the model needs first from a verdict; the hypothesis it wrote itself is left out
+_VERDICT_KEYS = ("experiment", "outcome", "kept", "delta", "ci_low", "ci_high", "p_value", "n_candidate",
+                 "reason", "candidate_runs")
+
+
+def verdict_text(outcome: dict[str, Any], limit: int = 700) -> str:
+    first = {k: outcome[k] for k in _VERDICT_KEYS if outcome.get(k) not in (None, "", [])}
+    if isinstance(first.get("candidate_runs"), list):
+        first["candidate_runs"] = first["candidate_runs"][-2:]  # for read_logs
+    if isinstance(first.get("reason"), str):
+        first["reason"] = first["reason"][:160]
+    return P.compact(P.tidy(first, 3), limit)
+
+
+class JournalEntry(BaseModel):
+    decision: int
+    source: Literal["llm", "playbook"]
+    name: str
+    technique: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    edit: str = ""  # "+12/-3 lines: swap GELU for relu^2"
+    outcome: str = "pending"
+
+    def line(self) -> str:
+        env = " ".join(f"{k}={v}" for k, v in self.env.items())
+        parts = [f"d{self.decision}", self.name + (f" ({self.technique})" if self.technique and self.technique != self.name
+                                                   else "")]
+        if self.source == "playbook":
+            parts.append("[playbook fallback]")
+        if env:
+            parts.append("env " + env)
+        if self.edit:
+            parts.append("edit " + self.edit)
+        return P._clip(" ".join(parts) + " -> " + self.outcome, 200)
 
 
 class LLMPlanner:
     name = "llm"
 
     def __init__(self, model: str = DEFAULT_MODEL, base_url: str | None = None, api_key: str | None = None, *,
-                 max_turns_per_decision: int = 8, max_tokens_per_session: int = 400_000,
-                 timeout_s: float = 120.0, max_retries: int = 2, strict_tools: bool | Literal["auto"] = "auto",
-                 max_completion_tokens: int | None = None, digest_chars: int = P.DEFAULT_MAX_CHARS,
-                 max_history_chars: int = 24_000, max_repeats: int = 3, tools: list[str] | None = None,
-                 tool_choice: str | dict[str, Any] = "auto"):
+                 max_turns_per_decision: int = 8, max_tokens_per_session: int = DEFAULT_SESSION_TOKENS,
+                 max_tokens_per_decision: int = DEFAULT_DECISION_TOKENS, timeout_s: float = 120.0,
+                 max_retries: int = 4, strict_tools: bool | Literal["auto"] = "auto",
+                 max_completion_tokens: int | None = None,
+                 token_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto",
+                 reasoning_effort: str | None = None, digest_chars: int = DEFAULT_DIGEST_CHARS,
+                 max_repeats: int = 3, tools: list[str] | None = None, tool_choice: str | dict[str, Any] = "auto",
+                 retry_base_s: float = 1.0, retry_max_s: float = 60.0, fallback: Any = None,
+                 failures_before_pause: int = 3, pause_decisions: int = 5, fidelity: Any = None):
         load_tools()
         if api_key is None and base_url:
             api_key = PLACEHOLDER_KEY
         self.model = model
         self.base_url = base_url
-        # the key lives in the client only: never in messages, logs or records
-        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
+        official = base_url is None or "api.openai.com" in base_url
+        # the key lives in the client only: never in messages, logs or records; tenacity does the retrying
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
         self.max_turns = max_turns_per_decision
         self.max_tokens = max_tokens_per_session
+        self.max_decision_tokens = max_tokens_per_decision
         self.max_retries = max_retries
+        self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self.max_completion_tokens = max_completion_tokens
+        self.token_param = (("max_completion_tokens" if official else "max_tokens") if token_param == "auto"
+                            else token_param)
+        self.reasoning_effort = reasoning_effort
         self.digest_chars = digest_chars
-        self.max_history_chars = max_history_chars
         self.max_repeats = max_repeats
         self.tool_choice = tool_choice  # "auto"; a named function forces a call (small local models)
         wanted = tools or OFFERED_TOOLS
-        self.tool_names = [t for t in wanted if t in registry.names()]
+        self.tool_names = [t for t in wanted if t in registry.names() or t == SWEEP_TOOL]
         if SWEEP_TOOL not in self.tool_names or FINISH_TOOL not in self.tool_names:
-            raise ValueError(f"the LLM planner needs {SWEEP_TOOL} and {FINISH_TOOL} registered")
-        if strict_tools == "auto":  # OpenAI itself takes strict schemas; other servers often reject them
-            self.strict: bool | None = None if base_url is None or "api.openai.com" in base_url else False
-        else:
-            self.strict = bool(strict_tools)
-        self.messages: list[dict[str, Any]] = []
-        self.pending: list[dict[str, Any]] = []  # tool answers owed at the next decision
-        self.verdict: dict[str, Any] | None = None
+            raise ValueError(f"the LLM planner needs {SWEEP_TOOL} and {FINISH_TOOL}")
+        # OpenAI takes strict schemas (and a 400 turns them off); other servers often reject the flag
+        self.strict = official if strict_tools == "auto" else bool(strict_tools)
+        self.send_parallel_flag = True
+        self.fallback = fallback
+        self.failures_before_pause, self.pause_decisions = failures_before_pause, pause_decisions
+        self.fidelity = fidelity  # callable(ctx) -> lines: the tier's fidelity and projection, when wired
+        self.messages: list[dict[str, Any]] = []  # the current (last) decision's conversation
+        self.journal: list[JournalEntry] = []
+        self.last_result = ""
         self.tokens_session = 0
-        self.last_call: tuple[str, str] | None = None
-        self.repeat_count = 0
+        self.requests = 0
+        self.consecutive_failures = 0
+        self.paused_for = 0
+        self.shrink = 0  # how many times the prompt had to be cut for the context window
         self.stopped_reason: str | None = None
+        self.fallbacks: list[str] = []
+        self._system: tuple[str, str] | None = None  # (script sha, system prompt)
+        self._knob_names: list[str] = []
+        self._knobs_by_sha: dict[str, tuple[list[Knob], list[str]]] = {}
+        self.seen_frontier: set[str] = set()  # the frontier lines shown at earlier decisions
+        self._edit_note = ""
+        self._decision_no = 0
+        self.repeat_count = 0
+        self.last_call: tuple[str, str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> LLMPlanner:
@@ -196,159 +333,306 @@ class LLMPlanner:
     # -- Planner protocol -------------------------------------------------------------------------
 
     def observe(self, outcome: dict[str, Any]) -> None:
-        self.verdict = dict(outcome)
+        if self.journal and self.journal[-1].outcome == "pending":
+            o = outcome
+            d = o.get("delta")
+            self.journal[-1].outcome = (f"{o.get('outcome', '?')}{' kept' if o.get('kept') else ''}"
+                                        + (f" d={d:+.3g}" if isinstance(d, int | float) else "")
+                                        + (f" p={o['p_value']:.2g}" if isinstance(o.get("p_value"), int | float) else "")
+                                        + (f" n={o['n_candidate']}" if o.get("n_candidate") else ""))
+            if self.journal[-1].source == "playbook" and self.fallback is not None:
+                self.fallback.observe(outcome)
+        self.last_result = verdict_text(outcome)
 
     def propose(self, state: PlannerState, ctx: Any) -> Proposal:
-        tokens = 0
-        if not self.messages:
-            self.messages.append({"role": "system", "content": P.system_prompt()})
-        self._settle_pending()
-        self.messages.append({"role": "user", "content": P.redact(P.decision_prompt(state, self.digest_chars))})
-        self._trim_history()
-        nudged = False
+        if self.paused_for > 0:
+            self.paused_for -= 1
+            return self._fall_back(state, ctx, "the LLM provider failed on recent decisions; the playbook "
+                                   "decides while it recovers", 0, count=False)
+        try:
+            proposal = self._decide(state, ctx)
+        except DecisionFailed as e:
+            return self._fall_back(state, ctx, str(e), getattr(e, "tokens", 0))
+        self.consecutive_failures = 0
+        self._saw(state)
+        return proposal
+
+    # -- one decision -----------------------------------------------------------------------------
+
+    def _refresh_static(self, ctx: Any) -> None:
+        """The system prompt is static for a script version (a cached prefix at the provider); the knob
+        enum follows the working script so that a knob the model just added can be set."""
+        script = _read_script(ctx)
+        key = _text_sha(script)
+        if key not in self._knobs_by_sha:  # parsing a 1,400-line script costs ~0.1 s: once per version
+            knobs: list[Knob] = read_knobs(script) if script else []
+            # the model sets the trainer's own knobs; the runtime names (threads, devices) are the harness's
+            names = sorted(allowed_override_names(script) - SAFE_RUNTIME_ENV) if script else []
+            self._knobs_by_sha = {key: (knobs, names)}
+        knobs, self._knob_names = self._knobs_by_sha[key]
+        if self._system is None:  # the knob list of the system prompt is the incumbent's: stays put
+            self._system = (key, P.system_prompt(knobs))
+
+    def _tools(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self.tool_names:
+            if name == SWEEP_TOOL:
+                fn: dict[str, Any] = {"name": SWEEP_TOOL, "description": SWEEP_DESCRIPTION,
+                                      "parameters": experiment_schema(self._knob_names)}
+                if self.strict:
+                    fn["strict"] = True
+                out.append({"type": "function", "function": fn})
+            else:
+                out += registry.openai_schemas([name], strict=self.strict, env_names=self._knob_names)
+        return out
+
+    def _user_prompt(self, state: PlannerState, ctx: Any) -> str:
+        digest_chars = max(800, self.digest_chars >> self.shrink)
+        shown = max(2, JOURNAL_SHOWN >> self.shrink)
+        older = len(self.journal) - shown
+        journal = "\n".join(([f"({older} earlier decisions: use query_findings)"] if older > 0 else [])
+                            + [j.line() for j in self.journal[-shown:]])
+        text = P.redact(P.decision_prompt(state, digest_chars, context=self._context(ctx), journal=journal,
+                                          last=self.last_result, seen_frontier=self.seen_frontier))
+        return text
+
+    def _saw(self, state: PlannerState) -> None:
+        self.seen_frontier = {ln for ln in state.frontier.splitlines() if ln.strip()}
+
+    def _context(self, ctx: Any) -> str:
+        tier = getattr(ctx, "tier", None)
+        calibration: list[str] = []
+        fidelity: list[str] = []
+        try:
+            calibration = calibration_lines(ctx)
+        except Exception as e:  # advice only: a broken calibration must not cost the decision
+            log.info("calibration unavailable: %s", e)
+        if self.fidelity is not None:
+            try:
+                fidelity = list(self.fidelity(ctx))
+            except Exception as e:
+                log.info("fidelity unavailable: %s", e)
+        return P.research_context(tier, calibration, fidelity)
+
+    def _decide(self, state: PlannerState, ctx: Any) -> Proposal:
+        self._refresh_static(ctx)
+        assert self._system is not None
+        tools = self._tools()
+        work: list[dict[str, Any]] = []  # this decision's assistant and tool messages
+        tokens, input_tokens, nudged = 0, 0, False
+        self._edit_note = ""
+        self._decision_no = state.decisions_so_far + 1
         for _turn in range(self.max_turns):
             if self.tokens_session >= self.max_tokens:
                 return self._stop(f"token budget spent: {self.tokens_session} of {self.max_tokens} tokens "
                                   "used this session", tokens)
+            if input_tokens >= self.max_decision_tokens:
+                raise _failed(f"the decision's token budget ({self.max_decision_tokens} input tokens) is spent "
+                              "without an experiment", tokens)
+            self.messages = [{"role": "system", "content": self._system[1]},
+                             {"role": "user", "content": self._user_prompt(state, ctx)}] + work
             try:
-                response = self._complete()
-            except openai.APIStatusError as e:
-                return self._stop(f"the LLM server answered HTTP {e.status_code} after {self.max_retries} "
-                                  f"retries: {P.redact(str(e.message))[:300]}", tokens)
-            except openai.APITimeoutError:
-                return self._stop(f"the LLM server timed out after {self.max_retries} retries", tokens)
-            except openai.APIConnectionError as e:
-                return self._stop(f"cannot reach the LLM server at {self.base_url or 'api.openai.com'}: "
-                                  f"{P.redact(str(e))[:200]}", tokens)
-            used = self._tokens(response)
+                response = self._complete(self.messages, tools)
+            except ContextTooLong:
+                if self.shrink >= 3:
+                    raise _failed("the prompt does not fit the model's context even when cut", tokens) from None
+                self.shrink += 1
+                work = [_shrunk(m) for m in work]
+                log.info("context too long: the prompt is cut (level %d) and the request retried", self.shrink)
+                continue
+            used, prompt_used = _usage(response, self.messages)
             tokens += used
+            input_tokens += prompt_used
             self.tokens_session += used
             choices = getattr(response, "choices", None) or []
             if not choices or getattr(choices[0], "message", None) is None:
-                return self._stop("the LLM server sent a reply with no message", tokens)
+                raise _failed("the LLM server sent a reply with no message", tokens)
+            finish = getattr(choices[0], "finish_reason", None)
+            if finish == "content_filter":
+                raise _failed("the provider's content filter stopped the reply", tokens)
             msg = choices[0].message
             calls = list(msg.tool_calls or [])
             content = P.redact(str(msg.content or ""))[:MAX_KEPT_CONTENT_CHARS]
             if not calls:
                 if nudged:
-                    return self._stop("the model answered twice without a tool call", tokens)
+                    raise _failed("the model answered twice without a tool call", tokens)
                 nudged = True
-                self.messages.append({"role": "assistant", "content": content})
-                self.messages.append({"role": "user", "content": P.load_template("nudge.txt").strip()})
+                note = P.load_template("nudge.txt").strip()
+                if finish == "length":
+                    note = ("Your reply was cut at the completion token limit before any tool call. " + note +
+                            " Keep it short.")
+                work += [{"role": "assistant", "content": content}, {"role": "user", "content": note}]
                 continue
-            proposal = self._handle_calls(calls, content, ctx, tokens)
+            proposal = self._handle_calls(calls, content, ctx, tokens, work, truncated=finish == "length")
             if proposal is not None:
                 return proposal
-        return self._stop(f"no experiment chosen within {self.max_turns} turns", tokens)
+        raise _failed(f"no experiment chosen within {self.max_turns} turns", tokens)
 
-    # -- internals --------------------------------------------------------------------------------
+    def _fall_back(self, state: PlannerState, ctx: Any, why: str, tokens: int, count: bool = True) -> Proposal:
+        """This decision goes to the playbook; the session goes on, and the LLM is asked again later."""
+        if count:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.failures_before_pause:
+                self.paused_for = self.pause_decisions
+                self.consecutive_failures = 0
+        self.fallbacks.append(why)
+        log.warning("LLM decision failed (%s); the playbook decides this one", why)
+        self._event(ctx, "llm_fallback", {"why": P.redact(why)[:500], "paused_for": self.paused_for})
+        if self.fallback is None:
+            from agent.playbook import PlaybookPlanner
 
-    def _complete(self) -> Any:
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages,
-            "tools": registry.openai_schemas(self.tool_names, strict=bool(self.strict)),
-            "tool_choice": self.tool_choice,
-        }
+            self.fallback = PlaybookPlanner()
+        p = self.fallback.propose(state, ctx)
+        p = p.model_copy(update={"reason": P._clip(f"playbook fallback ({why}): {p.reason}", 600),
+                                 "tokens_used": p.tokens_used + tokens})
+        if p.action == "experiment" and p.experiment is not None:
+            self.journal.append(JournalEntry(decision=state.decisions_so_far + 1, source="playbook",
+                                             name=p.experiment.name, technique=p.experiment.technique,
+                                             env=p.experiment.env))
+        return p
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _request(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "tools": tools,
+                                  "tool_choice": self.tool_choice}
+        if self.strict and self.send_parallel_flag:
+            kwargs["parallel_tool_calls"] = False  # strict schemas hold only without parallel calls
         if self.max_completion_tokens:
-            kwargs["max_completion_tokens" if self.base_url is None else "max_tokens"] = self.max_completion_tokens
-        if self.strict is None:  # auto against OpenAI: strict first, plain schemas if refused
+            kwargs[self.token_param] = self.max_completion_tokens
+        if self.reasoning_effort:
+            kwargs["reasoning_effort"] = self.reasoning_effort
+        return kwargs
+
+    def _complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        """One completion: transient errors retried, a 400 adjusted for (once per cause), or DecisionFailed."""
+        adjusted: set[str] = set()
+        while True:
+            kwargs = self._request(messages, tools)
             try:
-                kwargs["tools"] = registry.openai_schemas(self.tool_names, strict=True)
-                response = self.client.chat.completions.create(**kwargs)
-                self.strict = True
-                return response
+                return self._create(kwargs)
             except openai.BadRequestError as e:
-                log.info("strict tool schemas refused (%s); using plain schemas", str(e.message)[:200])
-                self.strict = False
-                kwargs["tools"] = registry.openai_schemas(self.tool_names, strict=False)
-        return self.client.chat.completions.create(**kwargs)
+                text = _error_text(e)
+                if any(m in text for m in _CONTEXT_MARKERS):
+                    raise ContextTooLong(text) from None
+                cause = self._diagnose_400(text)
+                if cause is None or cause in adjusted:
+                    raise DecisionFailed(f"the LLM server refused the request (HTTP 400): "
+                                         f"{P.redact(str(e.message))[:300]}") from None
+                adjusted.add(cause)
+                log.info("HTTP 400 (%s): %s; retrying", cause, str(e.message)[:200])
+                if cause == "strict":
+                    tools = [_unstrict(t) for t in tools]
+            except openai.APIStatusError as e:
+                raise DecisionFailed(f"the LLM server answered HTTP {e.status_code} after {self.max_retries} "
+                                     f"retries: {P.redact(str(e.message))[:300]}") from None
+            except openai.APITimeoutError:
+                raise DecisionFailed(f"the LLM server timed out after {self.max_retries} retries") from None
+            except openai.APIConnectionError as e:
+                raise DecisionFailed(f"cannot reach the LLM server at {self.base_url or 'api.openai.com'}: "
+                                     f"{P.redact(str(e))[:200]}") from None
 
-    def _tokens(self, response: Any) -> int:
-        usage = getattr(response, "usage", None)
-        total = getattr(usage, "total_tokens", None) if usage is not None else None
-        if isinstance(total, int) and total > 0:
-            return total
-        # a server without usage: estimate (4 characters a token) rather than count nothing
-        return sum(len(str(m.get("content") or "")) for m in self.messages) // 4 + 1
+    def _diagnose_400(self, text: str) -> str | None:
+        """Read a 400 for what it refuses and change that one thing; None when it is not ours to fix."""
+        if "max_tokens" in text and ("max_completion_tokens" in text or "not supported" in text) \
+                and self.token_param == "max_tokens":
+            self.token_param = "max_completion_tokens"
+            return "token parameter"
+        if "max_completion_tokens" in text and self.token_param == "max_completion_tokens":
+            self.token_param = "max_tokens"
+            return "token parameter"
+        if "reasoning_effort" in text or "reasoning.effort" in text:
+            self.reasoning_effort = None
+            return "reasoning_effort"
+        if "parallel_tool_calls" in text:
+            self.send_parallel_flag = False
+            return "parallel_tool_calls"
+        if self.strict and any(m in text for m in ("strict", "invalid schema", "json schema", "additionalproperties",
+                                                   "function parameters")):
+            self.strict = False
+            return "strict"
+        if "tool_choice" in text and self.tool_choice != "auto":
+            self.tool_choice = "auto"
+            return "tool_choice"
+        return None
 
-    def _settle_pending(self) -> None:
-        """Answer the tool calls left open by the last decision: the sweep gets the judge's verdict."""
-        for item in self.pending:
-            content = item["content"]
-            if content is None:
-                if self.verdict is not None:
-                    content = "the session ran this experiment; the judge's verdict: " + P.compact(_verdict(self.verdict))
-                else:
-                    content = "this experiment was not run (no verdict was reported)"
-            self.messages.append({"role": "tool", "tool_call_id": item["id"], "content": content})
-        self.pending = []
-        self.verdict = None
+    def _create(self, kwargs: dict[str, Any]) -> Any:
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            told = retry_after_s(exc)
+            if told is not None:
+                return min(told, self.retry_max_s)
+            backoff = self.retry_base_s * 2 ** (state.attempt_number - 1)
+            return min(self.retry_max_s, backoff * (0.5 + random.random()))
 
-    def _trim_history(self) -> None:
-        """Drop the oldest whole decisions (user message up to the next one) beyond the size bound."""
-        def size() -> int:
-            return sum(len(json.dumps(m, default=str)) for m in self.messages)
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info("LLM request failed (%s); retry %d of %d", type(exc).__name__, state.attempt_number,
+                     self.max_retries)
 
-        while size() > self.max_history_chars:
-            starts = [i for i, m in enumerate(self.messages) if m["role"] == "user" and i > 0]
-            if len(starts) < 2:
-                break
-            del self.messages[starts[0]:starts[1]]
+        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.max_retries + 1), wait=wait,
+                                     retry=tenacity.retry_if_exception(is_transient), before_sleep=before_sleep,
+                                     reraise=True)
+        for attempt in retrying:
+            with attempt:
+                self.requests += 1
+                return self.client.chat.completions.create(**kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- tool calls -------------------------------------------------------------------------------
 
     def _stop(self, reason: str, tokens: int) -> Proposal:
         self.stopped_reason = reason
         log.info("LLM planner stops: %s", reason)
         return Proposal(action="stop", reason=reason, tokens_used=tokens)
 
-    def _record_refusal(self, ctx: Any, tool: str, error: str) -> None:
-        log.info("tool call refused: %s: %s", tool[:80], P.redact(error)[:200])
+    def _event(self, ctx: Any, event: str, detail: dict[str, Any]) -> None:
         ledger = getattr(ctx, "ledger", None)
         if ledger is None:
             return
         from memory.records import EventRecord
 
-        ledger.append(EventRecord(session=getattr(ctx, "session", "?"), event="llm_tool_refused",
-                                  detail={"tool": tool[:80], "error": P.redact(error)[:500]}))
+        ledger.append(EventRecord(session=getattr(ctx, "session", "?"), event=event, detail=detail))
 
-    def _handle_calls(self, calls: list[Any], content: str, ctx: Any, tokens: int) -> Proposal | None:
+    def _record_refusal(self, ctx: Any, tool: str, error: str) -> None:
+        log.info("tool call refused: %s: %s", tool[:80], P.redact(error)[:200])
+        self._event(ctx, "llm_tool_refused", {"tool": tool[:80], "error": P.redact(error)[:500]})
+
+    def _handle_calls(self, calls: list[Any], content: str, ctx: Any, tokens: int, work: list[dict[str, Any]],
+                      truncated: bool = False) -> Proposal | None:
         kept_calls: list[dict[str, Any]] = []
-        answers: list[tuple[str, str | None]] = []
+        answers: list[tuple[str, str]] = []
         proposal: Proposal | None = None
-        for call in calls:
+        for i, call in enumerate(calls):
             fn = getattr(call, "function", None)
             name = str(getattr(fn, "name", "") or "")[:64]
             arguments = getattr(fn, "arguments", "") or ""
             if not isinstance(arguments, str):  # some servers send an object
                 arguments = json.dumps(arguments, default=str)
-            call_id = str(getattr(call, "id", "") or f"call_{len(self.messages)}_{len(kept_calls)}")[:64]
+            call_id = str(getattr(call, "id", "") or f"call_{len(work)}_{i}")[:64]
             kept_calls.append({"id": call_id, "type": "function",
                                "function": {"name": name, "arguments": P.redact(_kept_arguments(arguments))}})
             if proposal is not None:
-                answers.append((call_id, "not run: an earlier call in this reply ended the turn"))
+                answers.append((call_id, "not run: an earlier call in this reply ended the decision"))
                 continue
             result, proposal = self._one_call(name, arguments, ctx, tokens)
+            if truncated and result.startswith("ERROR: arguments are not valid JSON"):
+                result += " (your reply was cut at the completion token limit: send a shorter call)"
             answers.append((call_id, result))
         # "" and not None: llama.cpp answers HTTP 500 to an assistant message with null content
-        self.messages.append({"role": "assistant", "content": content, "tool_calls": kept_calls})
-        if proposal is not None and proposal.action == "experiment":
-            self.pending = [{"id": cid, "content": res} for cid, res in answers]
-        else:
-            for cid, res in answers:
-                self.messages.append({"role": "tool", "tool_call_id": cid, "content": res or ""})
-        if proposal is not None and proposal.action == "stop":
-            self.pending = []
+        work.append({"role": "assistant", "content": content, "tool_calls": kept_calls})
+        work += [{"role": "tool", "tool_call_id": cid, "content": res} for cid, res in answers]
         return proposal
 
-    def _one_call(self, name: str, arguments: str, ctx: Any, tokens: int) -> tuple[str | None, Proposal | None]:
-        """One tool call: (the tool message to send back, or None for the awaited verdict; a proposal)."""
+    def _one_call(self, name: str, arguments: str, ctx: Any, tokens: int) -> tuple[str, Proposal | None]:
+        """One tool call: (the tool message to send back, a proposal when the call ends the decision)."""
         key = (name, _canonical(arguments))
         self.repeat_count = self.repeat_count + 1 if key == self.last_call else 1
         self.last_call = key
         if self.repeat_count > self.max_repeats:
             reason = f"the model repeated the same {name} call {self.repeat_count} times"
             self._record_refusal(ctx, name, reason)
-            return "refused: " + reason + "; the session stops", self._stop(reason, tokens)
+            raise _failed(reason, tokens)
         if self.repeat_count == self.max_repeats:
             error = (f"refused: this exact {name} call was already made {self.repeat_count - 1} times in a row and "
                      "its answer will not change; do something different")
@@ -369,9 +653,17 @@ class LLMPlanner:
             return "ERROR: " + error, None
         if not outcome.ok:
             self._record_refusal(ctx, name, outcome.error or "")
-        return P.redact(outcome.text(MAX_TOOL_RESULT_CHARS)), None
+            return P.redact(outcome.text(MAX_TOOL_RESULT_CHARS)), None
+        result = P.tidy(outcome.result)
+        if name == "edit_train_script" and isinstance(result, dict):
+            self._edit_note = _edit_note(json.loads(arguments) if arguments else {}, result)
+        if name == "read_logs" and isinstance(result, dict):  # log lines are the candidate's output: data
+            result = quote_log_text(result)
+        body = json.dumps(result, default=str, separators=(",", ":"), ensure_ascii=False)
+        return P.redact(body if len(body) <= MAX_TOOL_RESULT_CHARS else body[:MAX_TOOL_RESULT_CHARS - 14]
+                        + "…[truncated]"), None
 
-    def _intercept(self, name: str, arguments: str, ctx: Any, tokens: int) -> tuple[str | None, Proposal | None]:
+    def _intercept(self, name: str, arguments: str, ctx: Any, tokens: int) -> tuple[str, Proposal | None]:
         """The two calls that end a decision: parsed like any tool call, then turned into a proposal."""
         if len(arguments) > registry.MAX_ARGUMENT_CHARS:
             error = f"arguments are {len(arguments)} characters; the limit is {registry.MAX_ARGUMENT_CHARS}"
@@ -379,32 +671,109 @@ class LLMPlanner:
             return "ERROR: " + error, None
         try:
             raw = json.loads(arguments or "{}")
-            args = (FinishArgs if name == FINISH_TOOL else SweepArgs).model_validate(raw)
+            if name == FINISH_TOOL:
+                finish = FinishArgs.model_validate(raw)
+                return "session ends", self._stop("the model finished: " + P.redact(finish.reason)[:500], tokens)
+            if isinstance(raw, dict):
+                raw = registry.drop_null_defaults(ExperimentArgs, raw)
+                raw = raw | {"env": env_from_pairs(raw.get("env") or [])}
+            args = ExperimentArgs.model_validate(raw)
+            spec = ExperimentSpec(name=args.name, technique=args.technique or None,
+                                  hypothesis=P.redact(args.hypothesis), env=args.env)
+            if args.env and self._knob_names:
+                unknown = sorted(set(args.env) - set(self._knob_names))
+                if unknown:
+                    raise ValueError(f"not a knob of trainer/train_gpt.py: {', '.join(unknown)}")
         except json.JSONDecodeError as e:
             error = f"arguments are not valid JSON: {e.msg} at char {e.pos}"
-            self._record_refusal(ctx, name, error)
-            return "ERROR: " + error, None
         except ValidationError as e:
             error = format_validation_error(e)
-            self._record_refusal(ctx, name, error)
-            return "ERROR: " + error, None
-        if isinstance(args, FinishArgs):
-            return "session ends: " + P.redact(args.reason)[:300], self._stop(
-                "the model finished: " + P.redact(args.reason)[:500], tokens)
-        first = args.candidates[0]
-        try:
-            spec = ExperimentSpec(name=first.name, technique=args.technique or None,
-                                  hypothesis=P.redact(args.hypothesis), env=first.env)
-        except ValidationError as e:
-            error = format_validation_error(e)
-            self._record_refusal(ctx, name, error)
-            return "ERROR: " + error, None
-        notes = []
-        if len(args.candidates) > 1:
-            notes.append(f"only the first candidate ({first.name}) runs; propose the others one at a time")
-        notes.append("seeds are chosen by the session's noise model")
-        if first.script_revision == "incumbent":
-            notes.append("the working script is used; to test the incumbent script, revert your edit first")
-        reason = "; ".join(notes)
-        log.info("LLM proposes %s (%s) env=%s", spec.name, spec.technique, spec.env)
-        return None, Proposal(action="experiment", experiment=spec, reason=reason, tokens_used=tokens)
+        except ValueError as e:
+            error = f"invalid arguments: {e}"
+        else:
+            log.info("LLM proposes %s (%s) env=%s", spec.name, spec.technique, spec.env)
+            self.journal.append(JournalEntry(decision=self._decision_no, source="llm", name=spec.name,
+                                             technique=spec.technique, env=spec.env, edit=self._edit_note))
+            return "launched", Proposal(action="experiment", experiment=spec, tokens_used=tokens,
+                                        reason=P._clip(f"chosen by {self.model}"
+                                                       + (f"; edit {self._edit_note}" if self._edit_note else ""), 200))
+        self._record_refusal(ctx, name, error)
+        return "ERROR: " + error, None
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def quote_log_text(digest: dict[str, Any]) -> dict[str, Any]:
+    """A log digest with every line the run printed quoted as data (one field a line, capped)."""
+    out = dict(digest)
+    if isinstance(out.get("error_tail"), str):
+        out["error_tail"] = [P.untrusted(ln, 300) for ln in out["error_tail"].splitlines()[-20:] if ln.strip()]
+    if isinstance(out.get("milestones"), list):
+        out["milestones"] = [P.untrusted(m, 200) for m in out["milestones"]]
+    if isinstance(out.get("status"), str):
+        out["status"] = P.untrusted(out["status"], 80)
+    return out
+
+
+def _failed(why: str, tokens: int) -> DecisionFailed:
+    e = DecisionFailed(why)
+    e.tokens = tokens  # type: ignore[attr-defined]
+    return e
+
+
+def _read_script(ctx: Any) -> str:
+    ws = getattr(ctx, "ws", None)
+    try:
+        return ws.script.read_text(encoding="utf-8") if ws is not None else ""
+    except OSError:
+        return ""
+
+
+def _text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _usage(response: Any, messages: list[dict[str, Any]]) -> tuple[int, int]:
+    """(total, prompt) tokens from the server's usage, or an estimate (4 characters a token) without it."""
+    usage = getattr(response, "usage", None)
+    total = getattr(usage, "total_tokens", None) if usage is not None else None
+    prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
+    if isinstance(total, int) and total > 0:
+        return total, prompt if isinstance(prompt, int) else total
+    est = sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
+    return est, est
+
+
+def _shrunk(m: dict[str, Any]) -> dict[str, Any]:
+    if m.get("role") == "tool" and len(str(m.get("content", ""))) > 600:
+        return m | {"content": str(m["content"])[:600] + "…[cut to fit the context]"}
+    return m
+
+
+def _unstrict(t: dict[str, Any]) -> dict[str, Any]:
+    fn = {k: v for k, v in t["function"].items() if k != "strict"}
+    return t | {"function": fn}
+
+
+def _edit_note(arguments: dict[str, Any], result: dict[str, Any]) -> str:
+    diff = str(result.get("diff", ""))
+    plus = sum(1 for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
+    minus = sum(1 for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---"))
+    why = str(arguments.get("rationale", "")) if isinstance(arguments, dict) else ""
+    return P._clip(f"+{plus}/-{minus} lines: {why}", 70)
+
+
+def calibration_lines(ctx: Any) -> list[str]:
+    """The proxy-to-final calibration per technique kind, for this tier (agent.calibration)."""
+    from agent.calibration import calibrations_from_ledger, slope_interval
+
+    tier = getattr(ctx, "tier", None)
+    ledger = getattr(ctx, "ledger", None)
+    if tier is None or ledger is None:
+        return []
+    out = []
+    for kind, c in calibrations_from_ledger(ledger.records(), tier.name).items():
+        lo, hi = slope_interval(c)
+        out.append(f"{kind}: final delta ~ {c.slope:+.2f} x this tier's (95% {lo:+.2f}..{hi:+.2f}; "
+                   f"{c.n} own pairs, {c.source})")
+    return out

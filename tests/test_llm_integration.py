@@ -7,7 +7,7 @@ Skips cleanly unless both are installed:
     python -m llama_cpp.server --model <gguf> --chat_format chatml-function-calling
 on 127.0.0.1 and drives LLMPlanner through two decisions with the real openai client. The model is
 weak (135M parameters): this proves the plumbing (tool schemas accepted, tool calls parsed, assistant
-messages with tool calls and tool results accepted back, usage counted), not the planning.
+and a verdict carried into the next stateless decision, usage counted), not the planning.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def llama_server():
 def test_a_small_local_model_goes_through_the_tool_loop(llama_server, tmp_path):
     ws = Workspace.at(tmp_path)
     ws.script.parent.mkdir(parents=True)
-    ws.script.write_text("import os\n# === PROTECTED: METRIC BEGIN ===\nB = 1\n# === PROTECTED: METRIC END ===\n")
+    ws.script.write_text("import os\n\n\ndef get(n, d, c=str):\n    return c(os.environ.get(n, d))\n\n\n"
+                         "class Hyperparameters:\n    slope = get(\"MLP_ACT_SLOPE\", 0.0, float)  # leaky slope\n\n\n"
+                         "# === PROTECTED: METRIC BEGIN ===\nB = 1\n# === PROTECTED: METRIC END ===\n")
     tier = Tier(name="cpu-tiny", hardware="cpu")
     ctx = ToolContext(ws=ws, ledger=Ledger(ws.ledger), session="it", tier=tier, tiers={"cpu-tiny": tier})
     state = PlannerState(session="it", tier="cpu-tiny", hardware="cpu", budget_left=Budget(experiments=2),
@@ -105,12 +107,12 @@ def test_a_small_local_model_goes_through_the_tool_loop(llama_server, tmp_path):
                          digest_chars=2500, tool_choice={"type": "function", "function": {"name": "launch_local_sweep"}})
     first = planner.propose(state, ctx)
     assert first.tokens_used > 0
-    assert not first.reason.startswith(("the LLM server answered HTTP", "cannot reach")), first.reason
+    assert not first.reason.startswith("playbook fallback"), first.reason  # the model's own decision
     planner.observe({"outcome": "inconclusive", "kept": False, "delta": -0.001, "p_value": 0.3})
     second = planner.propose(state.model_copy(update={"decisions_so_far": 1}), ctx)
-    # the second request carried the assistant tool call (content "") and its tool result: a server that
-    # refused them would have answered HTTP 500 here
-    assert not second.reason.startswith(("the LLM server answered HTTP", "cannot reach")), second.reason
+    # the second decision is one stateless prompt that carries the first verdict: the server took the
+    # strict-subset schemas (nullable fields, env pairs with a knob enum) and answered twice
+    assert not second.reason.startswith("playbook fallback"), second.reason
     assert second.tokens_used > 0
-    roles = [m["role"] for m in planner.messages]
-    assert "tool" in roles and roles.count("user") >= 2
+    assert [m["role"] for m in planner.messages][:2] == ["system", "user"]
+    assert "inconclusive" in planner.messages[1]["content"]

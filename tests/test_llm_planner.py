@@ -18,25 +18,41 @@ from memory.ledger import Ledger
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult
 from memory.tiers import Tier
 from memory.workspace import Workspace
-from tests.fakes.fake_openai import FakeOpenAI, call, http_error, slow_reply, text_reply, tool_reply
+from tests.fakes.fake_openai import FakeOpenAI, call, http_error, text_reply, tool_reply
 from tools.context import ToolContext
 
 SCRIPT = '''import os
-LR = float(os.environ.get("MATRIX_LR", "0.04"))
+
+
+def get(name, default, cast=str):
+    return cast(os.environ.get(name, default))
+
+
+class Hyperparameters:
+    matrix_lr = get("MATRIX_LR", 0.04, float)  # learning rate of the matrix parameters
+    smear_gate = get("SMEAR_GATE", 0, int)  # 1: mix the previous token into the current one
+    mlp_act_slope = get("MLP_ACT_SLOPE", 0.0, float)  # negative slope of the MLP activation
+
+
 # === PROTECTED: METRIC BEGIN ===
 def bpb(nats, tokens, nbytes):
     return nats / 0.6931471805599453 * tokens / nbytes
 # === PROTECTED: METRIC END ===
+
+
+def activation(x):
+    return max(x, 0.0) ** 2
+
+
 print("val_bpb", bpb(1.0, 10, 20))
 '''
 
-SWEEP = {"candidates": [{"name": "smear_gate", "env": {"SMEAR_GATE": "1"}}], "seeds": [1, 2],
-         "technique": "smear_gate", "hypothesis": "smearing the previous token helps early layers"}
+SWEEP = {"name": "smear_gate", "technique": "smear_gate", "env": [{"name": "SMEAR_GATE", "value": "1"}],
+         "hypothesis": "smearing the previous token helps early layers"}
 FINISH = {"reason": "queue exhausted"}
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> ToolContext:
+def make_ctx(tmp_path: Path) -> ToolContext:
     ws = Workspace.at(tmp_path)
     ws.script.parent.mkdir(parents=True)
     ws.script.write_text(SCRIPT)
@@ -44,9 +60,15 @@ def ctx(tmp_path: Path) -> ToolContext:
     return ToolContext(ws=ws, ledger=Ledger(ws.ledger), session="s1", tier=tier, tiers={"cpu-tiny": tier})
 
 
+@pytest.fixture
+def ctx(tmp_path: Path) -> ToolContext:
+    return make_ctx(tmp_path)
+
+
 def state(**kw) -> PlannerState:
     base = dict(session="s1", tier="cpu-tiny", hardware="cpu", budget_left=Budget(experiments=3),
-                queue=[{"technique": "smear_gate", "env": {"SMEAR_GATE": "1"}, "state": "todo", "priority": 1}],
+                queue=[{"technique": "smear_gate", "env": {"SMEAR_GATE": "1"}, "state": "todo", "priority": 1,
+                        "decided": None, "tries": 0, "notes": ""}],
                 incumbent={"script_sha": "abc123", "mean_bpb": 2.41, "n": 3, "env": {}},
                 noise={"std": 0.004, "n": 3, "source": "measured"})
     return PlannerState(**(base | kw))
@@ -69,56 +91,55 @@ def assert_well_formed(messages: list[dict]) -> None:
             assert open_ids and m["tool_call_id"] == open_ids.pop(0)
         else:
             assert not open_ids, f"tool calls {open_ids} left unanswered before a {m['role']} message"
+    assert not open_ids
 
 
 def tool_messages(body: dict) -> list[str]:
     return [m["content"] for m in body["messages"] if m["role"] == "tool"]
 
 
+def user_prompt(body: dict) -> str:
+    return [m["content"] for m in body["messages"] if m["role"] == "user"][0]
+
+
 # -- the happy path ----------------------------------------------------------------------------------
 
-def test_a_sweep_call_becomes_the_proposal_and_ends_the_turn(ctx):
-    edit = {"rationale": "higher LR", "edits": [{"search": '"0.04"', "replace": '"0.05"'}]}
+def test_a_sweep_call_becomes_the_proposal_and_ends_the_decision(ctx):
+    edit = {"rationale": "higher LR", "edits": [{"search": "0.04", "replace": "0.05"}]}
     with FakeOpenAI([tool_reply(call("edit_train_script", edit)), tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
         p = planner(fake).propose(state(), ctx)
     assert p.action == "experiment"
     assert p.experiment.name == "smear_gate" and p.experiment.technique == "smear_gate"
     assert p.experiment.env == {"SMEAR_GATE": "1"}
     assert p.experiment.hypothesis.startswith("smearing")
-    assert '"0.05"' in ctx.ws.script.read_text()  # the edit ran through the real tool
+    assert "0.05" in ctx.ws.script.read_text()  # the edit ran through the real tool
     bodies = fake.chat_requests()
-    assert len(bodies) == 2  # the sweep ended the turn: no third request
+    assert len(bodies) == 2  # the sweep ended the decision: no third request
     offered = {t["function"]["name"] for t in bodies[0]["tools"]}
-    assert {"edit_train_script", "launch_local_sweep", "read_logs", "finish"} <= offered
+    assert {"view_script", "grep_script", "edit_train_script", "launch_local_sweep", "query_findings",
+            "read_logs", "finish"} <= offered
     assert "launch_runpod_final" not in offered
     assert "+" in tool_messages(bodies[1])[0] and "0.05" in tool_messages(bodies[1])[0]  # the diff came back
     assert_well_formed(bodies[1]["messages"])
 
 
-def test_the_judges_verdict_is_the_sweeps_tool_result_at_the_next_decision(ctx):
+def test_each_decision_is_one_stateless_prompt_with_the_journal_and_the_last_verdict(ctx):
     with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]) as fake:
         pl = planner(fake)
         assert pl.propose(state(), ctx).action == "experiment"
-        pl.observe({"outcome": "confirmed", "kept": True, "delta": -0.0123, "p_value": 0.002,
-                    "candidate_runs": ["smear-s1", "smear-s2"]})
+        pl.observe({"outcome": "confirmed", "kept": True, "delta": -0.012345678912, "p_value": 0.0021234,
+                    "n_candidate": 3, "candidate_runs": ["smear-s1", "smear-s2"], "script_sha": "f" * 64})
         p = pl.propose(state(decisions_so_far=1), ctx)
     assert p.action == "stop" and "queue exhausted" in p.reason
     second = fake.chat_requests()[1]["messages"]
-    assert_well_formed(second)
-    sweep_id = next(m for m in second if m["role"] == "assistant")["tool_calls"][0]["id"]
-    answer = next(m for m in second if m["role"] == "tool" and m["tool_call_id"] == sweep_id)["content"]
-    assert "confirmed" in answer and "-0.0123" in answer and "smear-s2" in answer
-    assert second[-1]["role"] == "user" and "Decision 2" in second[-1]["content"]
-
-
-def test_only_the_first_candidate_runs_and_the_model_is_told(ctx):
-    two = SWEEP | {"candidates": SWEEP["candidates"] + [{"name": "other", "env": {"X": "1"}}]}
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", two)), tool_reply(call("finish", FINISH))]) as fake:
-        pl = planner(fake)
-        p = pl.propose(state(), ctx)
-        pl.observe({"outcome": "rejected", "kept": False})
-        pl.propose(state(), ctx)
-    assert p.experiment.name == "smear_gate" and "only the first candidate" in p.reason
+    assert [m["role"] for m in second] == ["system", "user"]  # no growing chat
+    prompt = second[1]["content"]
+    assert "Decision 2" in prompt
+    journal = prompt[prompt.index("## Your journal"):prompt.index("## Last result")]
+    assert "d1 smear_gate" in journal and "SMEAR_GATE=1" in journal and "confirmed kept d=-0.0123" in journal
+    last = prompt[prompt.index("## Last result"):]
+    assert "confirmed" in last and "-0.0123" in last and "smear-s2" in last
+    assert "0.012345678912" not in prompt and "f" * 64 not in prompt  # rounded, no long shas
 
 
 def test_tokens_used_per_decision_come_from_the_servers_usage(ctx):
@@ -144,6 +165,15 @@ def test_the_token_budget_stops_the_session_before_the_next_request(ctx):
     assert len(fake.chat_requests()) == 1
 
 
+def test_a_decision_over_its_own_token_budget_goes_to_the_playbook(ctx):
+    big = {"prompt_tokens": 3000, "completion_tokens": 10, "total_tokens": 3010}
+    with FakeOpenAI([tool_reply(call("read_logs", {"run_id": "a"}), usage=big),
+                     tool_reply(call("read_logs", {"run_id": "b"}), usage=big)]) as fake:
+        p = planner(fake, max_tokens_per_decision=5000).propose(state(), ctx)
+    assert p.action == "experiment" and p.reason.startswith("playbook fallback (the decision's token budget")
+    assert p.experiment.technique == "smear_gate" and len(fake.chat_requests()) == 2
+
+
 # -- steering and the digest -------------------------------------------------------------------------
 
 def test_a_human_directive_is_the_first_thing_in_the_decision_prompt(ctx):
@@ -166,14 +196,29 @@ def test_a_directive_edited_between_decisions_is_read_at_the_next_one(ctx):
         pl.propose(state(directives=["old directive"]), ctx)
         pl.observe({"outcome": "inconclusive"})
         pl.propose(state(directives=["stop testing EMA"], plan_changed=True), ctx)
-    last_user = [m for m in fake.chat_requests()[1]["messages"] if m["role"] == "user"][-1]["content"]
+    last_user = user_prompt(fake.chat_requests()[1])
     assert "stop testing EMA" in last_user and "old directive" not in last_user
+
+
+def test_the_research_context_gives_the_tier_cost_calibration_and_record_rule(ctx):
+    ctx.tier = Tier(name="cpu-tiny", hardware="cpu", env={"NUM_LAYERS": "2", "MODEL_DIM": "64",
+                                                        "MAX_WALLCLOCK_SECONDS": "20"},
+                    notional_price_per_hour=0.36)
+    frontier = "Best legal record: 1.0611\nObsolete in the queue: smear_gate (superseded by PR #1855)."
+    with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
+        planner(fake).propose(state(frontier=frontier), ctx)
+    prompt = user_prompt(fake.chat_requests()[0])
+    ctx_part = prompt[prompt.index("## Research context"):prompt.index("## Your journal")]
+    assert "NUM_LAYERS=2 MODEL_DIM=64" in ctx_part and "~20s/run" in ctx_part and "$0.002/run" in ctx_part
+    assert "calibration " in ctx_part and "0.005 nats" in ctx_part
+    assert "smear_gate [priority 1, todo, OBSOLETE per frontier]" in prompt
+    assert "OBSOLETE" in fake.chat_requests()[0]["messages"][0]["content"]  # and the rules say what it means
 
 
 # -- containment of hostile or broken replies ----------------------------------------------------------
 
-def test_malformed_json_arguments_are_answered_with_the_parse_error_and_the_session_goes_on(ctx):
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", '{"candidates": [{"name": ')),
+def test_malformed_json_arguments_are_answered_with_the_parse_error_and_the_decision_goes_on(ctx):
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", '{"name": ')),
                      tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
         p = planner(fake).propose(state(), ctx)
     assert p.action == "experiment"
@@ -181,15 +226,18 @@ def test_malformed_json_arguments_are_answered_with_the_parse_error_and_the_sess
     assert_well_formed(second)
     assert "not valid JSON" in tool_messages(fake.chat_requests()[1])[0]
     kept = next(m for m in second if m["role"] == "assistant")["tool_calls"][0]["function"]["arguments"]
-    json.loads(kept)  # the history keeps valid JSON: servers re-parse it
+    json.loads(kept)  # the decision's history keeps valid JSON: servers re-parse it
 
 
 def test_a_validation_error_comes_back_verbatim_enough_to_fix(ctx):
-    bad = SWEEP | {"candidates": [{"name": "Not A Slug!", "env": {"DATA_PATH": "/etc"}}]}
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", bad)), tool_reply(call("finish", FINISH))]) as fake:
+    bad = SWEEP | {"name": "Not A Slug!"}
+    harness = SWEEP | {"env": [{"name": "DATA_PATH", "value": "/etc"}]}
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", bad)), tool_reply(call("launch_local_sweep", harness)),
+                     tool_reply(call("finish", FINISH))]) as fake:
         planner(fake).propose(state(), ctx)
-    error = tool_messages(fake.chat_requests()[1])[0]
-    assert "candidates.0.name" in error and "slug" in error and "DATA_PATH" in error
+    first, second = tool_messages(fake.chat_requests()[2])
+    assert "name" in first and "slug" in first
+    assert "DATA_PATH" in second and "not a knob" in second
 
 
 def test_an_unknown_tool_is_refused_logged_and_answered(ctx):
@@ -237,21 +285,22 @@ def test_a_path_outside_the_workspace_is_refused_by_the_edit_tool(ctx, tmp_path)
     assert len(answers) == 2 and all("only trainer/train_gpt.py may be edited" in a for a in answers)
 
 
-def test_an_endless_loop_of_the_same_call_is_answered_then_stopped(ctx):
+def test_an_endless_loop_of_the_same_call_is_answered_then_handed_to_the_playbook(ctx):
     same = tool_reply(call("read_logs", {"run_id": "r1"}))
     with FakeOpenAI([same] * 6) as fake:
         p = planner(fake, max_turns_per_decision=10).propose(state(), ctx)
-    assert p.action == "stop" and "repeated the same read_logs call 4 times" in p.reason
+    assert p.action == "experiment" and "repeated the same read_logs call 4 times" in p.reason
+    assert p.reason.startswith("playbook fallback")
     bodies = fake.chat_requests()
     assert len(bodies) == 4
     assert "no run 'r1'" in tool_messages(bodies[1])[-1]
     assert "already made 2 times in a row" in tool_messages(bodies[3])[-1]
 
 
-def test_a_reply_without_a_tool_call_is_nudged_once_then_the_session_stops(ctx):
+def test_a_reply_without_a_tool_call_is_nudged_once_then_the_playbook_decides(ctx):
     with FakeOpenAI([text_reply("I think we should try EMA."), text_reply("Really, EMA.")]) as fake:
         p = planner(fake).propose(state(), ctx)
-    assert p.action == "stop" and "without a tool call" in p.reason
+    assert p.action == "experiment" and "without a tool call" in p.reason and p.reason.startswith("playbook")
     second = fake.chat_requests()[1]["messages"]
     assert second[-2] == {"role": "assistant", "content": "I think we should try EMA."}
     assert second[-1]["role"] == "user" and "without a tool call" in second[-1]["content"]
@@ -262,58 +311,43 @@ def test_a_nudged_model_that_recovers_goes_on(ctx):
         assert planner(fake).propose(state(), ctx).action == "experiment"
 
 
-def test_http_500_is_retried_by_the_sdk_then_the_session_stops_with_a_clear_message(ctx):
-    with FakeOpenAI([http_error(500, "model crashed")] * 3) as fake:
-        p = planner(fake, max_retries=2).propose(state(), ctx)
-    assert p.action == "stop" and "HTTP 500 after 2 retries" in p.reason and "model crashed" in p.reason
-    assert len(fake.chat_requests()) == 3
-
-
-def test_a_server_that_hangs_times_out_and_the_session_stops(ctx):
-    with FakeOpenAI([slow_reply(3.0, tool_reply(call("finish", FINISH)))]) as fake:
-        p = planner(fake, timeout_s=0.5).propose(state(), ctx)
-    assert p.action == "stop" and "timed out" in p.reason
-
-
-def test_an_unreachable_server_stops_cleanly(ctx):
-    pl = LLMPlanner("m", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout_s=2)
-    p = pl.propose(state(), ctx)
-    assert p.action == "stop" and "cannot reach the LLM server" in p.reason
+def test_a_reply_cut_at_the_token_limit_is_answered_with_what_happened(ctx):
+    with FakeOpenAI([text_reply("Let me think step by step about", finish_reason="length"),
+                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+        p = planner(fake, max_completion_tokens=64).propose(state(), ctx)
+    assert p.action == "experiment"
+    assert "cut at the completion token limit" in fake.chat_requests()[1]["messages"][-1]["content"]
 
 
 def test_the_turn_cap_ends_a_decision_that_never_chooses(ctx):
     script = [tool_reply(call("read_logs", {"run_id": f"r{i}"})) for i in range(5)]
     with FakeOpenAI(script) as fake:
         p = planner(fake, max_turns_per_decision=3).propose(state(), ctx)
-    assert p.action == "stop" and "within 3 turns" in p.reason and len(fake.chat_requests()) == 3
+    assert p.reason.startswith("playbook fallback") and "within 3 turns" in p.reason
+    assert len(fake.chat_requests()) == 3
 
 
 def test_calls_after_the_sweep_in_the_same_reply_are_answered_not_run(ctx):
-    edit = {"rationale": "late edit", "edits": [{"search": '"0.04"', "replace": '"0.09"'}]}
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP), call("edit_train_script", edit)),
-                     tool_reply(call("finish", FINISH))]) as fake:
+    edit = {"rationale": "late edit", "edits": [{"search": "0.04", "replace": "0.09"}]}
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP), call("edit_train_script", edit))]) as fake:
         pl = planner(fake)
-        pl.propose(state(), ctx)
-        pl.observe({"outcome": "rejected"})
-        pl.propose(state(), ctx)
-    assert ctx.ws.script.read_text() == SCRIPT
-    second = fake.chat_requests()[1]
-    assert_well_formed(second["messages"])
-    assert "rejected" in tool_messages(second)[0] and "not run" in tool_messages(second)[1]
+        assert pl.propose(state(), ctx).action == "experiment"
+    assert ctx.ws.script.read_text() == SCRIPT  # the edit after the sweep did not run
+    assert len(fake.chat_requests()) == 1
 
 
-def test_the_conversation_stays_bounded_over_many_decisions(ctx):
+def test_prompts_stay_bounded_over_many_decisions(ctx):
     n = 30
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP | {"hypothesis": f"h{i} " + "y" * 900}))
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP | {"name": f"idea_{i}", "hypothesis": f"h{i} " + "y" * 900}))
                      for i in range(n)]) as fake:
-        pl = planner(fake, max_history_chars=20_000, max_repeats=99)
-        for _ in range(n):
-            assert pl.propose(state(directives=["d" * 3000]), ctx).action == "experiment"
-            pl.observe({"outcome": "inconclusive", "delta": 0.001})
+        pl = planner(fake, max_repeats=99)
+        for i in range(n):
+            assert pl.propose(state(directives=["d" * 3000], decisions_so_far=i), ctx).action == "experiment"
+            pl.observe({"outcome": "inconclusive", "delta": 0.001, "reason": "r" * 5000})
     sizes = [len(json.dumps(b["messages"])) for b in fake.chat_requests()]
-    assert max(sizes) < 30_000 and sizes[-1] < 30_000
-    assert_well_formed(fake.chat_requests()[-1]["messages"])
-    assert fake.chat_requests()[-1]["messages"][0]["role"] == "system"
+    assert max(sizes) < 12_000 and sizes[-1] <= sizes[12] + 200  # flat once the journal is full
+    last = user_prompt(fake.chat_requests()[-1])
+    assert "earlier decisions: use query_findings" in last and "d29 idea_28" in last and "d1 idea_0 " not in last
 
 
 def test_the_api_key_never_reaches_the_model_or_the_ledger(ctx, monkeypatch):
@@ -354,26 +388,46 @@ def test_auto_picks_the_llm_when_an_endpoint_or_key_is_configured():
 
 def test_model_and_limits_come_from_the_environment():
     cfg = LLMConfig.from_env({"PGOLF_LLM_MODEL": "qwen", "OPENAI_BASE_URL": "http://h/v1", "PGOLF_LLM_MAX_TURNS": "5",
-                              "PGOLF_LLM_MAX_TOKENS": "9000", "PGOLF_LLM_STRICT": "false"})
+                              "PGOLF_LLM_MAX_TOKENS": "9000", "PGOLF_LLM_STRICT": "false",
+                              "PGOLF_LLM_REASONING_EFFORT": "minimal", "PGOLF_LLM_TOKEN_PARAM": "max_completion_tokens",
+                              "PGOLF_LLM_MAX_COMPLETION_TOKENS": "800"})
     assert (cfg.model, cfg.base_url, cfg.max_turns_per_decision, cfg.max_tokens_per_session, cfg.strict_tools) == \
         ("qwen", "http://h/v1", 5, 9000, False)
-    assert LLMConfig.from_env({}).model == "gpt-5-mini"
+    assert (cfg.reasoning_effort, cfg.token_param, cfg.max_completion_tokens) == ("minimal", "max_completion_tokens", 800)
+    default = LLMConfig.from_env({})
+    assert default.model == "gpt-5-mini"
+    # a 500-experiment session fits the default caps at the measured ~4K tokens a request
+    assert default.max_tokens_per_session >= 500 * 4 * 4000
+    official = LLMPlanner.from_env({"OPENAI_API_KEY": "sk-x"})
+    assert official.strict is True and official.token_param == "max_completion_tokens"
     pl = LLMPlanner.from_env({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert pl.client.api_key == "sk-no-key" and pl.strict is False
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
         LLMPlanner.from_env({})
 
 
-def test_strict_auto_falls_back_to_plain_schemas_when_the_server_refuses(ctx):
-    with FakeOpenAI([http_error(400, "strict schemas unsupported"), tool_reply(call("finish", FINISH)),
-                     tool_reply(call("finish", FINISH))]) as fake:
-        pl = planner(fake)
-        pl.strict = None  # as when talking to api.openai.com
-        pl.propose(state(), ctx)
+def test_against_openai_the_schemas_are_strict_and_parallel_calls_off(ctx):
+    with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
+        planner(fake, strict_tools=True, reasoning_effort="low", max_completion_tokens=500).propose(state(), ctx)
+    body = fake.chat_requests()[0]
+    assert all(t["function"]["strict"] is True for t in body["tools"])
+    assert body["parallel_tool_calls"] is False and body["reasoning_effort"] == "low"
+    assert body["max_tokens"] == 500  # a local server's name for it; OpenAI's is max_completion_tokens
+    sweep = next(t for t in body["tools"] if t["function"]["name"] == "launch_local_sweep")["function"]["parameters"]
+    names = sweep["properties"]["env"]["items"]["properties"]["name"]["enum"]
+    assert {"MATRIX_LR", "SMEAR_GATE", "MLP_ACT_SLOPE"} <= set(names) and "PYTHONPATH" not in names
+
+
+def test_a_strict_schema_refusal_is_read_from_the_400_and_retried_plain_in_the_same_decision(ctx):
+    with FakeOpenAI([http_error(400, "Invalid schema for function 'finish': strict mode is not supported"),
+                     tool_reply(call("finish", FINISH)), tool_reply(call("finish", FINISH))]) as fake:
+        pl = planner(fake, strict_tools=True)
+        assert pl.propose(state(), ctx).action == "stop"
         pl.propose(state(), ctx)
     first, second, third = fake.chat_requests()
     assert first["tools"][0]["function"].get("strict") is True
     assert "strict" not in second["tools"][0]["function"] and "strict" not in third["tools"][0]["function"]
+    assert "parallel_tool_calls" not in third
 
 
 def test_a_decision_record_can_hold_the_tokens_used():
@@ -435,7 +489,7 @@ def digest_for(n: int) -> str:
 def test_the_digest_stays_under_its_budget_as_the_ledger_grows(n):
     text = digest_for(n)
     print(f"\ndecision prompt with {n} experiments in the ledger: {len(text)} characters")
-    assert len(text) <= P.DEFAULT_MAX_CHARS + 400  # the digest's 6000 plus the template's two sentences
+    assert len(text) <= P.DEFAULT_MAX_CHARS + 600  # the digest's budget plus the template's fixed text
     assert "## Human directives" in text and "## Budget left" in text and "## Techniques judged" in text
     if n == 500:
         assert "more not shown" in text  # the table was cut, not the budget
@@ -443,8 +497,8 @@ def test_the_digest_stays_under_its_budget_as_the_ledger_grows(n):
 
 # -- a whole session --------------------------------------------------------------------------------------
 
-QK_EDIT = {"rationale": "a larger initial q gain sharpens attention early in a short run",
-           "edits": [{"search": 'get("QK_GAIN_INIT", 1.5, float)', "replace": 'get("QK_GAIN_INIT", 2.0, float)'}]}
+ACT_OLD = "    return (F.leaky_relu(x, slope) if slope else F.relu(x)).square()"
+ACT_NEW = "    return F.silu(x).square()"
 
 
 def _field(text: str, name: str) -> str | None:
@@ -455,32 +509,40 @@ def _field(text: str, name: str) -> str | None:
 
 
 def scientist(body: dict, n: int):
-    """A scripted model that reads what it is sent: edit + sweep, then logs + finding + sweep, then finish."""
+    """A scripted model that reads what it is sent: decision 1 greps, views and rewrites the MLP activation
+    (a code change, not a flag) and runs it; decision 2 reads the verdict's log, records the finding and
+    runs a flag; decision 3 records that finding and finishes."""
     msgs = body["messages"]
-    starts = [i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"].startswith("Decision ")]
-    decision = int(msgs[starts[-1]]["content"].split()[1])
-    done = [c["function"]["name"] for m in msgs[starts[-1]:] if m["role"] == "assistant"
-            for c in m.get("tool_calls", [])]
-    verdict = next((m["content"] for m in reversed(msgs[:starts[-1]]) if m["role"] == "tool"
-                    and "verdict" in m["content"]), "")
+    prompt = msgs[1]["content"]
+    decision = int(prompt.split()[1])
+    done = [c["function"]["name"] for m in msgs[2:] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    last_tool = next((m["content"] for m in reversed(msgs) if m["role"] == "tool"), "")
+    verdict = prompt[prompt.index("## Last result"):]
     outcome = _field(verdict, "outcome")
     if decision == 1:
         if not done:
-            return tool_reply(call("edit_train_script", QK_EDIT))
-        return tool_reply(call("launch_local_sweep", {
-            "candidates": [{"name": "qk_gain_2", "env": {}}], "seeds": [1, 2], "technique": "qk_gain",
-            "hypothesis": "QK_GAIN_INIT 2.0 trains faster in a short run"}))
+            return tool_reply(call("grep_script", {"pattern": "def mlp_activation", "ignore_case": None}))
+        if done[-1] == "grep_script":
+            line = int(json.loads(last_tool)["text"].split("|")[0])
+            return tool_reply(call("view_script", {"start_line": line, "end_line": line + 3}))
+        if done[-1] == "view_script":
+            rows = [r.split("| ", 1)[1] for r in json.loads(last_tool)["text"].splitlines()]
+            seen = next(r for r in rows if r.startswith("    return "))
+            return tool_reply(call("edit_train_script", {"rationale": "SiLU squared: a smooth relu^2", "path": None,
+                                                         "edits": [{"search": seen, "replace": ACT_NEW}]}))
+        return tool_reply(call("launch_local_sweep", {"name": "silu2", "technique": "silu2", "env": [],
+                                                      "hypothesis": "a smooth squared activation trains faster"}))
     if decision == 2:
         if "read_logs" not in done:
             return tool_reply(call("read_logs", {"run_id": _field(verdict, "candidate_runs"), "tail_lines": 5}))
         if "record_finding" not in done:
-            return tool_reply(call("record_finding", {"technique": "qk_gain", "status": outcome,
-                                                      "note": "from the model: QK gain 2.0 on cpu-tiny"}))
+            return tool_reply(call("record_finding", {"technique": "silu2", "status": outcome, "experiment": None,
+                                                      "note": "from the model: SiLU^2 MLP on cpu-tiny"}))
         return tool_reply(call("launch_local_sweep", {
-            "candidates": [{"name": "leaky_relu2", "env": {"MLP_ACT_SLOPE": "0.5"}}], "seeds": [1, 2],
+            "name": "leaky_relu2", "env": [{"name": "MLP_ACT_SLOPE", "value": "0.5"}],
             "technique": "leaky_relu2", "hypothesis": "the directive says cheap flags first"}))
     if "record_finding" not in done:
-        return tool_reply(call("record_finding", {"technique": "leaky_relu2", "status": outcome,
+        return tool_reply(call("record_finding", {"technique": "leaky_relu2", "status": outcome, "experiment": None,
                                                   "note": "from the model: leaky slope 0.5"}))
     return tool_reply(call("finish", {"reason": "both ideas judged; nothing cheap left worth the budget"}))
 
@@ -503,39 +565,68 @@ def test_a_whole_session_driven_by_a_scripted_model(tmp_path, tiny_dataset, monk
     assert summary.decisions == 2 and "the model finished" in summary.stopped_because
     ledger = check_consistent(ws, "llm1")
     decisions = ledger.records(DecisionRecord)
-    assert [d.technique for d in decisions] == ["qk_gain", "leaky_relu2"]
+    assert [d.technique for d in decisions] == ["silu2", "leaky_relu2"]
     assert all(d.planner == "llm" and d.tokens_used and d.tokens_used > 0 for d in decisions)
     assert not [e for e in ledger.records(EventRecord) if e.event in ("llm_tool_refused", "proposal_refused")]
     # the model's edit is the first experiment's commit; the branch has it only if the judge kept it
     first = decisions[0]
-    assert 'get("QK_GAIN_INIT", 2.0, float)' in git(ws, "show", f"{first.git_commit}:trainer/train_gpt.py")
-    assert ('QK_GAIN_INIT", 2.0' in (ws / "trainer/train_gpt.py").read_text()) == first.kept
+    assert ACT_NEW in git(ws, "show", f"{first.git_commit}:trainer/train_gpt.py")
+    assert (ACT_NEW in (ws / "trainer/train_gpt.py").read_text()) == first.kept
     # the model's findings repeat the judge's outcome, with the judge's statistics and the model's note
     mine = [f for f in ledger.records(FindingRecord) if f.note.startswith("from the model")]
     assert [(f.technique, f.status) for f in mine] == [(d.technique, d.outcome) for d in decisions]
     assert mine[0].delta == first.delta
     plan = (ws / "battle_plan.md").read_text()
-    assert "- test the cheap flags first" in plan and "qk_gain" in plan and "leaky_relu2" in plan
-    # the conversation: the directive led every decision; each sweep was answered with its verdict
+    assert "- test the cheap flags first" in plan and "silu2" in plan and "leaky_relu2" in plan
+    # each decision: one stateless prompt led by the directive; each verdict came back as the Last result
     bodies = fake.chat_requests()
-    decision_prompts = [m["content"] for b in bodies for m in b["messages"] if m["role"] == "user"]
-    assert all(p.index("test the cheap flags first") < p.index("## Incumbent") for p in set(decision_prompts))
-    final = bodies[-1]["messages"]
-    assert_well_formed(final)
-    verdicts = [m["content"] for m in final if m["role"] == "tool" and "verdict" in m["content"]]
-    assert len(verdicts) == 2 and first.experiment in verdicts[0]
+    prompts = {user_prompt(b) for b in bodies}
+    assert all(p.index("test the cheap flags first") < p.index("## Incumbent") for p in prompts)
+    last = user_prompt(bodies[-1])
+    assert decisions[1].experiment in last and "d1 silu2 edit +1/-1 lines" in last
     assert key not in ledger.path.read_text() and key not in git(ws, "log", "-p", "--all")
     assert all(key not in json.dumps(b["messages"]) for b in bodies)
 
 
-def test_the_planner_benchmark_runs_both_scripted_models_through_the_loop(capsys):
+def test_the_planner_benchmark_runs_the_researcher_on_the_real_trainer():
     from benchmarks.planner import main
 
-    report = main(["--reps", "1", "--ideas", "5", "--budget", "40", "--run-s", "0", "--json"])
-    oracle, naive = report["oracle"], report["naive"]
-    assert naive["decisions"] == 5 and naive["stopped"] == ["the model finished: queue exhausted"]
-    assert oracle["kept"] == oracle["kept_real"]  # the oracle proposes only true wins
-    assert oracle["decisions"] <= naive["decisions"]
-    for r in (oracle, naive):
-        assert r["tokens_per_decision"] > 0 and r["requests_per_decision"] >= 1
-        assert 0 < r["busy_share_h100x8_600s_latency3s"] < 1
+    report = main(["--decisions", "6", "--tokenizer", "chars", "--json"])
+    assert report["decisions_run"] == 6 and not report["stopped"]
+    first = report["first_10"]
+    assert first["fallbacks"] == 0 and first["requests_per_decision"] > 1  # code decisions take several steps
+    assert 0 < first["code_edit_share"] < 1 and first["input_tokens_per_edit_decision"] > first["first_request_tokens"]
+
+
+def test_frontier_lines_new_since_the_last_decision_are_marked_first(ctx):
+    old = "Best legal record: 1.0611 (PR #1855, alice, 2026-04-27)"
+    new = "New: 1.0570 (PR #1901, bob, 2026-05-02) [open-claim]: xsa, ttt"
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]) as fake:
+        pl = planner(fake)
+        pl.propose(state(frontier=old), ctx)
+        pl.observe({"outcome": "rejected"})
+        pl.propose(state(frontier=old + "\n" + new, decisions_so_far=1), ctx)
+    first, second = (user_prompt(b) for b in fake.chat_requests())
+    assert "NEW" not in first
+    assert "1 line(s) NEW since your last decision" in second
+    assert second.index("NEW «New: 1.0570") < second.index("«Best legal record")
+    assert "» (claims -0.0041 bpb vs the best record)" in second  # the claimed delta, in our words
+
+
+def test_the_tiers_fidelity_and_projection_have_their_place_in_the_research_context(ctx):
+    lines = ["fidelity cpu-tiny: rank correlation 0.71 with 8xH100 over 9 pairs",
+             "projection: incumbent -> 1.0592 at 8xH100 (95% 1.0571..1.0613)"]
+    with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
+        planner(fake, fidelity=lambda c: lines).propose(state(), ctx)
+    prompt = user_prompt(fake.chat_requests()[0])
+    context = prompt[prompt.index("## Research context"):prompt.index("## Your journal")]
+    assert all(ln in context for ln in lines)
+
+
+def test_arguments_the_session_would_ignore_are_refused_not_dropped(ctx):
+    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP | {"seeds": [1, 2]})),
+                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+        p = planner(fake).propose(state(), ctx)
+    assert p.action == "experiment"
+    error = tool_messages(fake.chat_requests()[1])[0]
+    assert "seeds" in error and "Extra inputs are not permitted" in error

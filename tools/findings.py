@@ -55,8 +55,7 @@ def rewrite_plan_blocks(ctx: ToolContext) -> list[str]:
 
 @tool(
     "record_finding",
-    "Write a technique's outcome into battle_plan.md. 'confirmed' and 'rejected' are accepted only when "
-    "the judge recorded that outcome for the technique; the statistics come from that decision.",
+    "Note a technique's outcome in battle_plan.md; confirmed/rejected only as the judge decided it.",
     FindingArgs,
 )
 def record_finding(args: FindingArgs, ctx: ToolContext) -> FindingResult:
@@ -81,3 +80,47 @@ def record_finding(args: FindingArgs, ctx: ToolContext) -> FindingResult:
     written = rewrite_plan_blocks(ctx)
     return FindingResult(technique=f.technique, status=f.status, delta=f.delta, ci_low=f.ci_low,
                          ci_high=f.ci_high, p_value=f.p_value, blocks_written=written)
+
+
+# -- query_findings: the whole history, so nothing falls off a bounded prompt ---------------------------
+
+MAX_QUERY_ROWS = 25
+
+
+def sig(x: float | None, digits: int = 3) -> str:
+    """A number to meaningful digits (bpb deltas of 1e-3 matter; 17 digits do not)."""
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+class QueryArgs(BaseModel):
+    technique: str | None = Field(default=None, max_length=64, description="substring of the technique id")
+    outcome: Literal["confirmed", "rejected", "inconclusive"] | None = None
+    tier: str | None = Field(default=None, max_length=64)
+    newest: int = Field(default=10, ge=1, le=MAX_QUERY_ROWS, description=f"rows, newest first (<= {MAX_QUERY_ROWS})")
+
+
+class QueryResult(BaseModel):
+    matches: int
+    rows: list[str]  # experiment technique outcome kept delta [ci] p n tier planner
+
+
+def decision_row(d: DecisionRecord) -> str:
+    ci = f"[{sig(d.ci_low)},{sig(d.ci_high)}]" if d.ci_low is not None or d.ci_high is not None else "-"
+    env = " ".join(f"{k}={v}" for k, v in sorted(d.env.items()))[:80]
+    return (f"{d.experiment} {d.technique or d.candidate} {d.outcome}{' kept' if d.kept else ''} "
+            f"d={sig(d.delta)} ci={ci} p={sig(d.p_value, 2)} n={d.n_candidate} {d.tier}"
+            f"{' env ' + env if env else ''}")
+
+
+@tool(
+    "query_findings",
+    "Every past verdict (all sessions), filtered by technique, outcome, tier.",
+    QueryArgs,
+)
+def query_findings(args: QueryArgs, ctx: ToolContext) -> QueryResult:
+    want = (args.technique or "").lower()
+    hits = [d for d in ctx.ledger.records(DecisionRecord)
+            if (not want or want in (d.technique or d.candidate).lower())
+            and (args.outcome is None or d.outcome == args.outcome)
+            and (args.tier is None or d.tier == args.tier)]
+    return QueryResult(matches=len(hits), rows=[decision_row(d) for d in reversed(hits[-args.newest:])])

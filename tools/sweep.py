@@ -19,9 +19,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
 from memory.faults import crash_point, die
 from memory.knobs import SAFE_RUNTIME_ENV, check_env_allowed, check_env_syntax
@@ -34,11 +34,42 @@ from tools.registry import ToolError, tool
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
+# Overrides travel as a list of {name, value} pairs: a free-form object is outside OpenAI's strict subset,
+# and a list lets the schema give `name` an enum of the script's knobs (registry.with_env_names).
+ENV_PAIRS_SCHEMA = {
+    "type": "array", "description": "trainer environment overrides: knobs of trainer/train_gpt.py",
+    "items": {"type": "object", "properties": {"name": {"type": "string"},
+                                                "value": {"type": "string"}},
+              "required": ["name", "value"], "additionalProperties": False},
+}
+
+
+def env_from_pairs(value: object) -> object:
+    """[{name, value}, ...] as {name: value}; a mapping passes through (internal callers); a name given
+    twice is refused rather than silently taking one of the values."""
+    if not isinstance(value, list):
+        return value
+    out: dict[str, str] = {}
+    for i, pair in enumerate(value):
+        if not isinstance(pair, dict) or set(pair) != {"name", "value"}:
+            raise ValueError(f"override {i}: must be an object with exactly 'name' and 'value'")
+        name = str(pair["name"])
+        if name in out:
+            raise ValueError(f"override {name!r} given twice")
+        out[name] = "" if pair["value"] is None else str(pair["value"])
+    return out
+
+
 class Candidate(BaseModel):
     name: str = Field(description="short slug, e.g. smear_gate")
-    env: dict[str, str] = Field(default_factory=dict, description="trainer environment overrides")
+    env: Annotated[dict[str, str], WithJsonSchema(ENV_PAIRS_SCHEMA)] = Field(default_factory=dict)
     script_revision: Literal["working", "incumbent"] = Field(
         default="working", description="'working' = the script as edited now; 'incumbent' = as committed")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _pairs(cls, v: object) -> object:
+        return env_from_pairs(v)
 
     @field_validator("name")
     @classmethod

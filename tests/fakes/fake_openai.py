@@ -30,12 +30,20 @@ def tool_reply(*calls: tuple[str, str], content: str | None = "", usage: dict[st
     return {"status": 200, "content": content, "calls": list(calls), "usage": usage}
 
 
-def text_reply(content: str, usage: dict[str, int] | None = None) -> Reply:
-    return {"status": 200, "content": content, "calls": [], "usage": usage}
+def text_reply(content: str, usage: dict[str, int] | None = None, finish_reason: str | None = None) -> Reply:
+    return {"status": 200, "content": content, "calls": [], "usage": usage, "finish_reason": finish_reason}
 
 
-def http_error(status: int = 500, message: str = "internal error") -> Reply:
-    return {"status": status, "error": message}
+def http_error(status: int = 500, message: str = "internal error", *, code: str | None = None,
+               headers: dict[str, str] | None = None) -> Reply:
+    """An error reply; `headers` (e.g. Retry-After) go on the HTTP response, `code` into the error body."""
+    return {"status": status, "error": message, "code": code, "headers": headers or {}}
+
+
+def context_length_error(tokens: int = 200_000, limit: int = 128_000) -> Reply:
+    return http_error(400, f"This model's maximum context length is {limit} tokens. However, your messages "
+                           f"resulted in {tokens} tokens. Please reduce the length of the messages.",
+                      code="context_length_exceeded")
 
 
 def slow_reply(seconds: float, reply: Reply) -> Reply:
@@ -85,12 +93,14 @@ class FakeOpenAI:
                 status, payload, delay = fake._answer(self.path, dict(self.headers), body, raw)
                 if delay:
                     time.sleep(delay)
-                self._send(status, payload)
+                self._send(status, payload, payload.pop("_headers", None))
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -150,12 +160,15 @@ class FakeOpenAI:
                                               "replies", "type": "invalid_request_error"}}, 0.0
         delay = float(reply.get("delay_s", 0.0))
         if reply["status"] != 200:
-            return reply["status"], {"error": {"message": reply["error"], "type": "server_error"}}, delay
+            kind = "invalid_request_error" if reply["status"] == 400 else "server_error"
+            return reply["status"], {"error": {"message": reply["error"], "type": kind, "code": reply.get("code")},
+                                     "_headers": reply.get("headers") or {}}, delay
         calls = [{"id": f"call_{self.replies_sent}_{i}", "type": "function",
                   "function": {"name": name, "arguments": args}} for i, (name, args) in enumerate(reply["calls"])]
         message: dict[str, Any] = {"role": "assistant", "content": reply["content"]}
         if calls:
             message["tool_calls"] = calls
+        finish = reply.get("finish_reason") or ("tool_calls" if calls else "stop")
         completion = (reply["content"] or "") + "".join(c["function"]["arguments"] for c in calls)
         usage = reply.get("usage") or estimate_usage(body, completion)
         payload = {
@@ -163,7 +176,7 @@ class FakeOpenAI:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.model),
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage,
         }
         return 200, payload, delay
