@@ -134,9 +134,20 @@ def cmd_frontier(args) -> int:
 
 
 def cmd_final(args) -> int:
-    from agent.finals import run_final
+    from agent.finals import FinalRequest, plan_final, run_final
 
-    rec = run_final(_ws(args), args.session, seeds=args.seeds, approve=args.approve, budget_dollars=args.dollars)
+    req = FinalRequest(workspace=str(_ws(args)), session=args.session, seeds=args.seeds, approve=args.approve,
+                       dollars=args.dollars)
+    if args.dry_run:  # prices are read when a key is set; nothing is created
+        backend = None
+        if os.environ.get("RUNPOD_API_KEY"):
+            from pods.backend import RunPodBackend
+
+            backend = RunPodBackend()
+        plan = plan_final(req, backend)
+        print(plan.text())
+        return 0 if not plan.problems else 1
+    rec = run_final(req)
     print(rec.model_dump_json(indent=1))
     return 0 if rec.status == "ok" else 1
 
@@ -210,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     fi.add_argument("--seeds", type=int, default=3)
     fi.add_argument("--dollars", type=float, help="budget for this final")
     fi.add_argument("--approve", action="store_true", help="allow spending (the agent cannot grant this)")
+    fi.add_argument("--dry-run", action="store_true",
+                    help="print the plan (image, GPU, rungs, seeds, worst-case dollars); create nothing")
     po = sub.add_parser("pods", help="list our RunPod pods")
     po.add_argument("--reap", action="store_true", help="terminate every pod of ours no live session owns")
     rp = sub.add_parser("report", help="write a markdown report with plots from the ledger")
@@ -225,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd is None:  # bare `golf` runs the main job on the plan's defaults
         args = p.parse_args([*(sys.argv[1:] if argv is None else argv), "run"])
+    if args.cmd != "prepare-data":  # a final killed earlier: book what its pod ran before anything else
+        from agent.finals import settle_stale_pods
+
+        try:
+            settle_stale_pods(_ws(args))
+        except Exception as e:  # noqa: BLE001 - never the reason a command fails; the pods stay on the books
+            print(f"golf: could not settle pods a killed final left: {e}", file=sys.stderr)
     handlers = {"run": cmd_run, "resume": lambda a: cmd_run(a, resume=True), "status": cmd_status,
                 "frontier": cmd_frontier, "final": cmd_final, "pods": cmd_pods, "report": cmd_report,
                 "prepare-data": cmd_prepare, "fidelity": cmd_fidelity}

@@ -261,3 +261,8 @@ def digest_lines(records: Sequence, tier: str, session: str | None = None) -> li
     from agent.projection import projection_lines
 
     return fidelity_lines(records, tier) + projection_lines(records, tier, session)
+
+
+def context_lines(ctx: ToolContext) -> list[str]:
+    """The same lines for the LLM planner's research context, from a ToolContext."""
+    return digest_lines(ctx.ledger.records(), ctx.tier.name, ctx.session)

@@ -328,6 +328,9 @@ class LLMPlanner:
         key = env.get("OPENAI_API_KEY") or None
         if key is None and not cfg.base_url:
             raise ValueError("the LLM planner needs OPENAI_API_KEY, or OPENAI_BASE_URL for a local server")
+        from agent.fidelity import context_lines  # the tier's measured fidelity and the projected score
+
+        overrides.setdefault("fidelity", context_lines)
         return cls(cfg.model, cfg.base_url, key, **(cfg.model_dump(exclude={"model", "base_url"}) | overrides))
 
     # -- Planner protocol -------------------------------------------------------------------------

@@ -386,9 +386,9 @@ def research_context(tier: Any = None, calibration: list[str] | None = None,
     if tier is not None:
         lines.append(tier_line(tier))
     lines += [_clip("calibration " + c, 200) for c in (calibration or [])[:3]]
-    # tier fidelity and projection: the judge's measured fidelity of this tier and the projection of the
-    # incumbent to the final scale (agent.judge / agent.calibration), wired in by the session
-    lines += [_clip(f, 200) for f in (fidelity or [])[:3]]
+    # tier fidelity per technique kind and the incumbent's projected 8xH100 score against the frontier
+    # (agent.fidelity.context_lines, wired in by LLMPlanner.from_env); the heading line is dropped for room
+    lines += [_clip(f.strip(), 170) for f in (fidelity or []) if not f.endswith(":")][:6]
     lines.append(RECORD_RULE)
     return "\n".join(lines)
 

@@ -179,6 +179,7 @@ class SpendRecord(BaseModel):
     session: str
     final_id: str
     pod_id: str | None = None
+    pod_name: str | None = None  # known before the pod id: ties spend booked during a create to its pod
     gpu_type: str | None = None
     dollars: float
     seconds: float
@@ -204,6 +205,8 @@ class FinalRecord(BaseModel):
     compliance: dict[str, Any] = Field(default_factory=dict)
     dollars: float = 0.0
     submission_dir: str | None = None
+    script_rev: str | None = None  # the git revision the script came from (the session's branch)
+    env: dict[str, str] = Field(default_factory=dict)  # the env it ran with: the incumbent's, tier's, extra
     note: str = ""
 
 

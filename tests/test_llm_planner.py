@@ -631,3 +631,9 @@ def test_arguments_the_session_would_ignore_are_refused_not_dropped(ctx):
     assert p.action == "experiment"
     error = tool_messages(fake.chat_requests()[1])[0]
     assert "seeds" in error and "Extra inputs are not permitted" in error
+
+
+def test_the_research_context_carries_the_tiers_projection_against_the_frontier(ctx):
+    planner = LLMPlanner.from_env({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    text = planner._context(ctx)
+    assert "projected 8xH100 val_bpb: 1.2244" in text  # the baseline's published score, nothing kept yet

@@ -10,8 +10,14 @@ with its env, plus what RunPod adds (RUNPOD_POD_ID, a pod-scoped RUNPOD_API_KEY)
 the environment torchrun would set, and records the arguments it was given. `runpodctl remove pod`
 terminates through this server, as RunPod's does.
 
+What the real API is known to do is done here too: the top-level `uptimeSeconds` answers 0 (runpodctl
+PR #315); the uptime is in `runtime { uptimeInSeconds }`, and `runtime` is null until the container is
+up. Answers hold only the fields the query selected. A host whose CUDA driver is older than the
+image's never starts the container (RunPod's troubleshooting page: "unsatisfied condition: cuda>=X").
+
 The GraphQL is parsed for real (strings with escapes, objects, lists), so a query the SDK could not
-send to RunPod fails here too. Fault knobs are plain attributes (see `FakeRunPod.__init__`).
+send to RunPod fails here too. Fault knobs are plain attributes (see `FakeRunPod.__init__`); the
+provider's clock (pod ages, billing, listing lags) can be moved on with `advance(seconds)`.
 """
 
 from __future__ import annotations
@@ -193,31 +199,50 @@ class FakePod:
     ports: str
     workdir: Path
     host_port: int
+    clock: Any = time.time  # the provider's clock (FakeRunPod.clock)
     created: float = field(default_factory=time.time)
     ended: float | None = None
     status: str = "RUNNING"
     booted: bool = False
     proc: subprocess.Popen | None = None
     listed_after: float = 0.0
+    visible_after: float = 0.0  # before this, the API answers as if the pod did not exist
+    allowed_cuda: list[str] | None = None
+    template_id: str | None = None
+    booted_at: float | None = None
 
     def api(self) -> dict:
-        up = (self.ended or time.time()) - self.created
         runtime = None
         if self.booted and self.status == "RUNNING":
-            runtime = {"uptimeInSeconds": int(up), "ports": [
+            runtime = {"uptimeInSeconds": int(self.clock() - (self.booted_at or self.created)), "ports": [
                 {"ip": "100.65.0.2", "isIpPublic": False, "privatePort": int(p.split("/")[0]),
                  "publicPort": int(p.split("/")[0]), "type": p.split("/")[1]}
                 for p in self.ports.split(",") if p]}
         return {"id": self.id, "name": self.name, "desiredStatus": self.status, "costPerHr": self.cost_per_hr,
                 "gpuCount": self.gpu_count, "imageName": self.image, "dockerArgs": self.docker_args,
-                "env": [f"{k}={v}" for k, v in self.env.items()], "uptimeSeconds": int(up),
+                "env": [f"{k}={v}" for k, v in self.env.items()], "uptimeSeconds": 0,
                 "lastStatusChange": "", "machineId": "m1", "memoryInGb": 1000, "vcpuCount": 128,
                 "containerDiskInGb": 100, "volumeInGb": 0, "volumeMountPath": "/workspace",
                 "podType": "RESERVED", "port": None, "ports": self.ports, "dockerId": None,
                 "runtime": runtime, "machine": {"gpuDisplayName": self.gpu_type, "podHostId": f"{self.id}-host"}}
 
     def dollars(self) -> float:
-        return ((self.ended or time.time()) - self.created) * self.cost_per_hr / 3600.0
+        return ((self.ended or self.clock()) - self.created) * self.cost_per_hr / 3600.0
+
+    def lifetime_s(self) -> float:
+        return (self.ended or self.clock()) - self.created
+
+    def visible(self, now: float) -> bool:
+        return now >= self.visible_after
+
+
+def project(obj: Any, fields: list[dict]) -> Any:
+    """What a GraphQL server returns: only the selected fields (recursively)."""
+    if obj is None or not fields:
+        return obj
+    if isinstance(obj, list):
+        return [project(o, fields) for o in obj]
+    return {f["name"]: project(obj.get(f["name"]), f["fields"]) for f in fields}
 
 
 TORCHRUN_SHIM = r'''#!/bin/bash
@@ -246,6 +271,18 @@ req = urllib.request.Request(os.environ["FAKE_RUNPOD_URL"] + "/graphql", json.du
                                "Content-Type": "application/json"}})
 print(urllib.request.urlopen(req, timeout=10).read().decode())
 '''
+
+
+def _image_cuda(image: str) -> str | None:
+    """"runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04" -> "12.8"."""
+    import re
+
+    m = re.search(r"cuda(\d+)\.(\d+)", image)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
 
 
 def _free_port() -> int:
@@ -282,6 +319,12 @@ class FakeRunPod:
         self.boot_delay_s = 0.2
         self.api_5xx_next = 0  # next N GraphQL requests (any) answer HTTP 502 without doing anything
         self.proxy_down_until = 0.0  # the HTTP proxy drops connections until this time
+        self.invisible_for_s = 0.0  # a new pod answers null (get, list, terminate) for this long
+        self.host_cuda: dict[str, str] = {}  # GPU type -> the CUDA its hosts' drivers support (default 12.9)
+        self.created_names: list[str] = []  # every name a create was asked for, in order
+        # the provider's clock: pod times, billing, lags. A test may move it on (`fake.advance(s)`) to
+        # make pods old without waiting; the pods' own processes keep real time
+        self.offset_s = 0.0
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -293,6 +336,12 @@ class FakeRunPod:
         self._thread.start()
 
     # ---- test helpers
+
+    def clock(self) -> float:
+        return time.time() + self.offset_s
+
+    def advance(self, seconds: float) -> None:
+        self.offset_s += seconds
 
     def running(self) -> list[FakePod]:
         with self.lock:
@@ -346,16 +395,25 @@ class FakeRunPod:
         env = {}
         for item in inp.get("env") or []:
             env[item["key"]] = item["value"]
+        allowed = inp.get("allowedCudaVersions")
+        host_cuda = self.host_cuda.get(gpu, "12.9")
+        if allowed is not None and host_cuda not in allowed:
+            raise LookupError(CAPACITY_MSG)  # no host with a driver that new
+        self.created_names.append(inp["name"])
         pod_id = secrets.token_hex(7)
-        pod = FakePod(id=pod_id, name=inp["name"], gpu_type=gpu, gpu_count=int(inp.get("gpuCount", 1)),
+        pod = FakePod(allowed_cuda=allowed, template_id=inp.get("templateId"),
+                      clock=self.clock, created=self.clock(), visible_after=self.clock() + self.invisible_for_s,
+                      id=pod_id, name=inp["name"], gpu_type=gpu, gpu_count=int(inp.get("gpuCount", 1)),
                       cloud_type=str(cloud), cost_per_hr=round(self._price(gpu) * int(inp.get("gpuCount", 1)), 4),
                       image=inp["imageName"], docker_args=inp.get("dockerArgs") or "", env=env,
                       ports=inp.get("ports") or "", workdir=self.root / "pods" / pod_id, host_port=_free_port(),
-                      listed_after=time.time() + self.list_lag_s)
+                      listed_after=self.clock() + self.list_lag_s)
         pod.workdir.mkdir(parents=True)
         with self.lock:
             self.pods[pod_id] = pod
-        if gpu not in self.stuck_starting:
+        image_cuda = _image_cuda(pod.image)
+        old_driver = image_cuda is not None and _version(host_cuda) < _version(image_cuda)
+        if gpu not in self.stuck_starting and not old_driver:
             threading.Timer(self.boot_delay_s, self._boot, args=(pod,)).start()
         return pod
 
@@ -374,13 +432,14 @@ class FakeRunPod:
                                         stdin=subprocess.DEVNULL, start_new_session=True)
             log.close()
             pod.booted = True
+            pod.booted_at = self.clock()
 
     def _terminate(self, pod: FakePod) -> None:
         with self.lock:
             if pod.status == "TERMINATED":
                 return
             pod.status = "TERMINATED"
-            pod.ended = time.time()
+            pod.ended = self.clock()
             proc = pod.proc
         if proc is not None and proc.poll() is None:
             try:
@@ -429,17 +488,19 @@ class FakeRunPod:
                     return 500, {"__raw__": self.create_5xx_body}
                 return 200, {"data": {name: {"id": pod.id, "imageName": pod.image, "env": pod.api()["env"],
                                              "machineId": "m1", "machine": {"podHostId": f"{pod.id}-host"}}}}
+            now = self.clock()
             if name == "pod":
                 pod = self.pods.get(inp.get("podId", ""))
-                alive = pod is not None and pod.status != "TERMINATED"
-                return 200, {"data": {"pod": pod.api() if alive else None}}
+                alive = pod is not None and pod.status != "TERMINATED" and pod.visible(now)
+                return 200, {"data": {"pod": project(pod.api(), f["fields"]) if alive else None}}
             if name == "myself":
-                now = time.time()
-                pods = [p.api() for p in self.pods.values() if p.status != "TERMINATED" and now >= p.listed_after]
-                return 200, {"data": {"myself": {"pods": pods}}}
+                pods = [p.api() for p in self.pods.values()
+                        if p.status != "TERMINATED" and now >= p.listed_after and p.visible(now)]
+                pods_field = next((s["fields"] for s in f["fields"] if s["name"] == "pods"), [])
+                return 200, {"data": {"myself": {"pods": project(pods, pods_field)}}}
             if name == "podTerminate" and op == "mutation":
                 pod = self.pods.get(inp.get("podId", ""))
-                if pod is None or pod.status == "TERMINATED":
+                if pod is None or pod.status == "TERMINATED" or not pod.visible(now):
                     return 200, {"errors": [{"message": "Pod not found."}]}
             else:
                 return 400, {"errors": [{"message": f"Cannot query field {name!r} on type {op!r}."}]}

@@ -17,8 +17,18 @@ learned from its source and issue tracker, is done here:
 - The API host comes from RUNPOD_API_BASE_URL (read by the SDK at every call), the key from
   RUNPOD_API_KEY, so the fake server in the tests drives this exact code.
 
+- Pods are read with our own query, not the SDK's: its query asks for the top-level `uptimeSeconds`,
+  which the real API may leave at 0 (runpodctl PR #315), and not for `runtime { uptimeInSeconds }`,
+  the field the API fills while the container runs. A pod's `runtime` is null until its container
+  is up (and stays null on a host whose driver cannot run the image).
+- `allowed_cuda_versions` (the SDK's parameter, GraphQL `allowedCudaVersions`) keeps a pod off hosts
+  whose driver is older than the image's CUDA: there the container never starts, yet the pod bills.
+
 The data plane is `pod_agent.py` (see there), reached at a configurable URL template
 (default https://{pod_id}-{port}.proxy.runpod.net) with a per-pod random token.
+
+This package imports nothing from the rest of the project: `agent/finals` drives it, and
+`pod_agent.py` is a standalone program shipped to each pod.
 """
 
 from __future__ import annotations
@@ -54,6 +64,12 @@ GPU_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()/-]{0,95}$")
 IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 PORTS = re.compile(r"^\d{1,5}/(http|tcp)(,\d{1,5}/(http|tcp))*$")
 CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
+CUDA_VERSION = re.compile(r"^\d{2}\.\d$")
+TEMPLATE_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# the fields we read; `runtime.uptimeInSeconds` is the uptime the API actually fills
+POD_FIELDS = ("id name desiredStatus costPerHr gpuCount uptimeSeconds lastStatusChange "
+              "runtime { uptimeInSeconds } machine { gpuDisplayName }")
+NOT_FOUND_PHRASES = ("not found", "does not exist", "no pod")
 
 
 class PodError(RuntimeError):
@@ -65,7 +81,12 @@ class NoCapacity(PodError):
 
 
 class CreateFailed(PodError):
-    """Create failed and no pod of that name exists afterwards (so nothing bills)."""
+    """Create failed and no pod of that name was listed afterwards. `maybe_created`: the call may have
+    made a pod all the same (a 5xx, no id): it can still appear and bill, so the caller keeps looking."""
+
+    def __init__(self, msg: str, maybe_created: bool = False):
+        super().__init__(msg)
+        self.maybe_created = maybe_created
 
 
 class AgentError(PodError):
@@ -109,6 +130,8 @@ class PodSpec(BaseModel):
     min_vcpu: int = 1
     min_memory_gb: int = 1
     support_public_ip: bool = False  # proxy only: widens the hosts that can take us
+    allowed_cuda_versions: list[str] | None = None  # host drivers able to run the image's CUDA
+    template_id: str | None = None  # a RunPod template (e.g. the challenge's); image still sent
 
 
 class Pod(BaseModel):
@@ -118,16 +141,19 @@ class Pod(BaseModel):
     gpu_type: str | None = None
     gpu_count: int | None = None
     cost_per_hr: float | None = None
-    uptime_s: float | None = None
+    uptime_s: float | None = None  # the container's uptime (runtime.uptimeInSeconds); None: not running
     runtime_up: bool = False  # the container is running (the API reports a runtime)
 
     @classmethod
     def from_api(cls, d: dict[str, Any]) -> Pod:
         machine = d.get("machine") or {}
-        runtime = d.get("runtime")
+        runtime = d.get("runtime") or None
+        uptime = runtime.get("uptimeInSeconds") if isinstance(runtime, dict) else None
+        if uptime is None and d.get("uptimeSeconds"):  # an older answer: only a non-zero value means anything
+            uptime = d.get("uptimeSeconds")
         return cls(id=str(d.get("id")), name=d.get("name") or "", status=d.get("desiredStatus") or "UNKNOWN",
                    gpu_type=machine.get("gpuDisplayName"), gpu_count=d.get("gpuCount"),
-                   cost_per_hr=d.get("costPerHr"), uptime_s=d.get("uptimeSeconds"),
+                   cost_per_hr=d.get("costPerHr"), uptime_s=None if uptime is None else float(uptime),
                    runtime_up=bool(runtime))
 
     @property
@@ -400,13 +426,16 @@ class RunPodBackend:
         if len(spec.env) > 50:
             raise ValueError("RunPod allows at most 50 environment variables")
         env = {_check(ENV_KEY, k, "env key"): gql_string_body(v) for k, v in spec.env.items()}
+        cuda = [_check(CUDA_VERSION, v, "CUDA version") for v in spec.allowed_cuda_versions or []] or None
+        template = _check(TEMPLATE_ID, spec.template_id, "template id") if spec.template_id else None
         try:
             d = self._rp.create_pod(
                 name=spec.name, image_name=spec.image, gpu_type_id=spec.gpu_type, cloud_type=spec.cloud_type,
                 support_public_ip=spec.support_public_ip, start_ssh=False, gpu_count=spec.gpu_count,
                 volume_in_gb=spec.volume_gb, container_disk_in_gb=spec.container_disk_gb,
                 min_vcpu_count=spec.min_vcpu, min_memory_in_gb=spec.min_memory_gb,
-                docker_args=gql_string_body(spec.start_cmd), ports=spec.ports, env=env)
+                docker_args=gql_string_body(spec.start_cmd), ports=spec.ports, env=env,
+                allowed_cuda_versions=cuda, template_id=template)
         except rp_error.AuthenticationError:
             raise
         except Exception as e:
@@ -419,11 +448,12 @@ class RunPodBackend:
             if pod is not None:
                 return pod
             raise CreateFailed(f"create {spec.name} failed ({type(e).__name__}: {str(e)[:200]}) and no pod "
-                               f"of that name exists after {self.lookup_attempts} look-ups") from e
+                               f"of that name was listed after {self.lookup_attempts} look-ups",
+                               maybe_created=True) from e
         if not d or not d.get("id"):
             pod = self.find_by_name(spec.name)
             if pod is None:
-                raise CreateFailed(f"create {spec.name} returned no pod id")
+                raise CreateFailed(f"create {spec.name} returned no pod id", maybe_created=True)
             return pod
         got = self.get(str(d["id"]))
         return got or Pod(id=str(d["id"]), name=spec.name, status="RUNNING", gpu_count=spec.gpu_count)
@@ -441,25 +471,38 @@ class RunPodBackend:
                 time.sleep(self.lookup_wait_s)
         return None
 
+    def _query(self, query: str) -> dict[str, Any]:
+        from runpod.api.graphql import run_graphql_query
+
+        return self._call(run_graphql_query, query)["data"]
+
     def get(self, pod_id: str) -> Pod | None:
+        """The pod, or None when the API answers null (terminated, or not visible yet: callers decide)."""
         _check(POD_ID, pod_id, "pod id")
-        d = self._call(self._rp.get_pod, pod_id)
+        d = self._query(f'query Pod {{ pod(input: {{podId: "{pod_id}"}}) {{ {POD_FIELDS} }} }}')["pod"]
         return Pod.from_api(d) if d else None
 
     def list(self) -> list[Pod]:
-        return [Pod.from_api(d) for d in (self._call(self._rp.get_pods) or [])]
+        d = self._query(f"query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}")["myself"] or {}
+        return [Pod.from_api(p) for p in d.get("pods") or []]
 
     def terminate(self, pod_id: str) -> bool:
-        """Terminate and confirm. Safe to repeat: a pod already gone counts as terminated."""
+        """Terminate and confirm. True only when the API took the terminate, or shows the pod TERMINATED:
+        a "not found" from a pod that is briefly invisible must not pass for a pod that is gone."""
         from runpod.error import QueryError
 
         _check(POD_ID, pod_id, "pod id")
         try:
             self._call(self._rp.terminate_pod, pod_id)
-        except QueryError:
-            pass  # e.g. already terminated; the confirmation below decides
+            taken = True
+        except QueryError as e:
+            if not any(p in str(e).lower() for p in NOT_FOUND_PHRASES):
+                raise
+            taken = False  # gone already, or not visible yet: only a later look can tell
         pod = self.get(pod_id)
-        return pod is None or pod.status == "TERMINATED"
+        if pod is not None:
+            return pod.status == "TERMINATED"
+        return taken
 
     # -- data plane (the job agent)
 
