@@ -38,8 +38,24 @@ BASELINE_BPB = 1.2244  # the challenge's baseline train_gpt.py on 8xH100 (challe
 PRIOR_A0 = 2.0  # inverse-gamma shape of the residual variance: worth about four pairs, and its mean exists
 
 # Environment variables whose change is a training-hyperparameter change (split on "_", any token).
-TRAINING_ENV = {"LR", "MOMENTUM", "WARMDOWN", "WARMUP", "EMA", "SWA", "WD", "DECAY", "BATCH", "CLIP",
-                "ITERATIONS", "BETA1", "BETA2", "MUON", "SCHEDULE", "ACCUM"}
+TRAINING_ENV = {
+    "LR",
+    "MOMENTUM",
+    "WARMDOWN",
+    "WARMUP",
+    "EMA",
+    "SWA",
+    "WD",
+    "DECAY",
+    "BATCH",
+    "CLIP",
+    "ITERATIONS",
+    "BETA1",
+    "BETA2",
+    "MUON",
+    "SCHEDULE",
+    "ACCUM",
+}
 
 
 class Pair(BaseModel):
@@ -93,10 +109,18 @@ def _read_published(path: str | Path | None) -> dict:
 
 def published_pairs(path: str | Path | None = None) -> list[Pair]:
     raw = _read_published(path)
-    return [Pair(technique=p["technique"], kind=p["kind"], lower_tier=p["proxy_tier"], upper_tier=FINAL_TIER,
-                 lower_delta=float(p["proxy_delta"]), upper_delta=float(p["full_delta"]),
-                 source=f"published: {p.get('source', '')}")
-            for p in raw.get("pair", [])]
+    return [
+        Pair(
+            technique=p["technique"],
+            kind=p["kind"],
+            lower_tier=p["proxy_tier"],
+            upper_tier=FINAL_TIER,
+            lower_delta=float(p["proxy_delta"]),
+            upper_delta=float(p["full_delta"]),
+            source=f"published: {p.get('source', '')}",
+        )
+        for p in raw.get("pair", [])
+    ]
 
 
 def load_prior(lower_tier: str | None = None, path: str | Path | None = None) -> dict[Kind, Prior]:
@@ -118,13 +142,20 @@ def load_prior(lower_tier: str | None = None, path: str | Path | None = None) ->
         ratios = y / x if own else np.array([])
         spread = float(np.std(ratios, ddof=1)) if len(own) >= 2 else 0.0
         rms = float(np.sqrt(np.mean((y - slope * x) ** 2))) if own else 0.0
-        prior = Prior(kind=kind, slope=slope, slope_sd=max(float(floors.get("slope_sd_floor", 0.5)), spread),
-                      residual_sd=max(float(floors.get("residual_sd_floor", 0.001)), rms),
-                      n_pairs=len(own), sources=[p.source for p in own])
+        prior = Prior(
+            kind=kind,
+            slope=slope,
+            slope_sd=max(float(floors.get("slope_sd_floor", 0.5)), spread),
+            residual_sd=max(float(floors.get("residual_sd_floor", 0.001)), rms),
+            n_pairs=len(own),
+            sources=[p.source for p in own],
+        )
         override = cfg.get("tier", {}).get(lower_tier or "", {}).get(kind)
         if override:
-            prior = prior.model_copy(update={k: float(v) for k, v in override.items() if k in ("slope", "slope_sd")}
-                                     | {"lower_tier": lower_tier})
+            prior = prior.model_copy(
+                update={k: float(v) for k, v in override.items() if k in ("slope", "slope_sd")}
+                | {"lower_tier": lower_tier}
+            )
         out[kind] = prior
     return out
 
@@ -133,8 +164,12 @@ def training_techniques(path: str | Path | None = None) -> set[str]:
     return set(_read_published(path).get("kinds", {}).get("training", []))
 
 
-def technique_kind(technique: str | None, changed_env: Iterable[str] = (), script_changed: bool = True,
-                   path: str | Path | None = None) -> Kind:
+def technique_kind(
+    technique: str | None,
+    changed_env: Iterable[str] = (),
+    script_changed: bool = True,
+    path: str | Path | None = None,
+) -> Kind:
     """Architecture unless the technique is a known training change, or only training variables changed."""
     if technique and technique.lower() in training_techniques(path):
         return "training"
@@ -147,8 +182,13 @@ def technique_kind(technique: str | None, changed_env: Iterable[str] = (), scrip
 # ---------------------------------------------------------------------------------------------- fit
 
 
-def fit_calibration(pairs: Sequence[Pair], kind: Kind, prior: Prior | dict[Kind, Prior] | None = None, *,
-                    fit_intercept: bool = False) -> Calibration:
+def fit_calibration(
+    pairs: Sequence[Pair],
+    kind: Kind,
+    prior: Prior | dict[Kind, Prior] | None = None,
+    *,
+    fit_intercept: bool = False,
+) -> Calibration:
     """Bayesian linear regression of upper on lower deltas for one kind, shrunk toward the prior.
 
     Normal-Inverse-Gamma: beta | s2 ~ N(m0, s2 V0), s2 ~ InvGamma(a0, b0), with V0 chosen so that the
@@ -198,11 +238,19 @@ def fit_calibration(pairs: Sequence[Pair], kind: Kind, prior: Prior | dict[Kind,
         r = stats.spearmanr(x, y)
         rho, rho_p = float(r.statistic), float(r.pvalue)
     return Calibration(
-        kind=kind, slope=float(mn[0]), slope_sd=float(math.sqrt(scale2[0])),
+        kind=kind,
+        slope=float(mn[0]),
+        slope_sd=float(math.sqrt(scale2[0])),
         intercept=float(mn[1]) if fit_intercept else 0.0,
         intercept_sd=float(math.sqrt(scale2[1])) if fit_intercept else 0.0,
-        residual_sd=math.sqrt(bn / (an - 1.0)), n=len(own), spearman=rho, spearman_p=rho_p,
-        source="fit" if own else "prior", dof=dof, prior_slope=prior.slope, prior_slope_sd=prior.slope_sd,
+        residual_sd=math.sqrt(bn / (an - 1.0)),
+        n=len(own),
+        spearman=rho,
+        spearman_p=rho_p,
+        source="fit" if own else "prior",
+        dof=dof,
+        prior_slope=prior.slope,
+        prior_slope_sd=prior.slope_sd,
         lower_tier=next(iter(lower)) if len(lower) == 1 else prior.lower_tier,
         upper_tier=next(iter(upper)) if len(upper) == 1 else None,
     )
@@ -223,8 +271,12 @@ def predict(calib: Calibration, proxy_delta: float, proxy_se: float = 0.0) -> tu
     own error carried through the slope (conservative: the fitted scatter already holds some of it).
     """
     mean = calib.intercept + calib.slope * proxy_delta
-    var = (calib.residual_sd**2 + (proxy_delta * calib.slope_sd) ** 2 + calib.intercept_sd**2
-           + (calib.slope**2 + calib.slope_sd**2) * proxy_se**2)
+    var = (
+        calib.residual_sd**2
+        + (proxy_delta * calib.slope_sd) ** 2
+        + calib.intercept_sd**2
+        + (calib.slope**2 + calib.slope_sd**2) * proxy_se**2
+    )
     return mean, math.sqrt(var)
 
 
@@ -261,8 +313,9 @@ def _name(d: DecisionRecord) -> str:
     return d.technique or d.candidate
 
 
-def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
-                      final_tier: str = FINAL_TIER) -> list[Pair]:
+def pairs_from_ledger(
+    records: Sequence, lower_tier: str, upper_tier: str, *, final_tier: str = FINAL_TIER
+) -> list[Pair]:
     """Pairs of (lower-tier delta, upper-tier delta) for the same change, read from ledger records.
 
     Decisions on both tiers: the latest decision per technique on each tier makes a pair. Finals (when
@@ -274,20 +327,42 @@ def pairs_from_ledger(records: Sequence, lower_tier: str, upper_tier: str, *,
     measured there is not paired again from decisions.
     """
     runs = {r.run_id: r for r in records if isinstance(r, RunRecord)}
-    measured = {c.technique: c for c in records if isinstance(c, CalibrationPairRecord)
-                and c.tier == lower_tier and c.upper_tier == upper_tier}  # golf fidelity: latest per technique
-    fidelity = [Pair(technique=c.technique, kind=c.technique_kind if c.technique_kind in KINDS else "architecture",
-                     lower_tier=lower_tier, upper_tier=upper_tier, lower_delta=c.lower_delta,
-                     upper_delta=c.upper_delta, lower_se=c.lower_se, source=f"fidelity: {c.source}")
-                for c in measured.values()]
-    return fidelity + _pairs_from_decisions(records, runs, lower_tier, upper_tier, final_tier,
-                                            skip=set(measured))
+    measured = {
+        c.technique: c
+        for c in records
+        if isinstance(c, CalibrationPairRecord) and c.tier == lower_tier and c.upper_tier == upper_tier
+    }  # golf fidelity: latest per technique
+    fidelity = [
+        Pair(
+            technique=c.technique,
+            kind=c.technique_kind if c.technique_kind in KINDS else "architecture",
+            lower_tier=lower_tier,
+            upper_tier=upper_tier,
+            lower_delta=c.lower_delta,
+            upper_delta=c.upper_delta,
+            lower_se=c.lower_se,
+            source=f"fidelity: {c.source}",
+        )
+        for c in measured.values()
+    ]
+    return fidelity + _pairs_from_decisions(
+        records, runs, lower_tier, upper_tier, final_tier, skip=set(measured)
+    )
 
 
-def _pairs_from_decisions(records: Sequence, runs: dict[str, RunRecord], lower_tier: str, upper_tier: str,
-                          final_tier: str, skip: set[str]) -> list[Pair]:
-    decisions = [d for d in records if isinstance(d, DecisionRecord) and d.delta is not None
-                 and d.candidate != "incumbent"]
+def _pairs_from_decisions(
+    records: Sequence,
+    runs: dict[str, RunRecord],
+    lower_tier: str,
+    upper_tier: str,
+    final_tier: str,
+    skip: set[str],
+) -> list[Pair]:
+    decisions = [
+        d
+        for d in records
+        if isinstance(d, DecisionRecord) and d.delta is not None and d.candidate != "incumbent"
+    ]
     lower = [d for d in decisions if d.tier == lower_tier]
     latest_lower = {_name(d): d for d in lower}
     latest_upper = {_name(d): d for d in decisions if d.tier == upper_tier}
@@ -296,25 +371,48 @@ def _pairs_from_decisions(records: Sequence, runs: dict[str, RunRecord], lower_t
         lo = latest_lower.get(name)
         if lo is None or name in skip:
             continue
-        pairs.append(Pair(technique=name, kind=decision_kind(lo, runs), lower_tier=lower_tier, upper_tier=upper_tier,
-                          lower_delta=float(lo.delta or 0.0), upper_delta=float(u.delta or 0.0),
-                          lower_se=decision_se(lo),
-                          upper_se=decision_se(u), source=f"ledger: {lo.experiment} -> {u.experiment}"))
+        pairs.append(
+            Pair(
+                technique=name,
+                kind=decision_kind(lo, runs),
+                lower_tier=lower_tier,
+                upper_tier=upper_tier,
+                lower_delta=float(lo.delta or 0.0),
+                upper_delta=float(u.delta or 0.0),
+                lower_se=decision_se(lo),
+                upper_se=decision_se(u),
+                source=f"ledger: {lo.experiment} -> {u.experiment}",
+            )
+        )
     if upper_tier != final_tier:
         return pairs
 
-    finals = [f for f in records if isinstance(f, FinalRecord) and f.status in ("ok", "partial") and f.val_bpbs]
+    finals = [
+        f for f in records if isinstance(f, FinalRecord) and f.status in ("ok", "partial") and f.val_bpbs
+    ]
     index = {d.experiment: i for i, d in enumerate(lower)}
     for k, f in enumerate(finals):
         if f.experiment not in index:
             continue
         # the first final of a promoted experiment: against the published baseline score (the loop starts
         # from the challenge's baseline script), so the first real score already moves the fit
-        b = finals[k - 1] if k else FinalRecord(session="-", final_id="published-baseline", script_sha="-",
-                                                seeds=[1, 2, 3], val_bpbs=[BASELINE_BPB], status="ok")
+        b = (
+            finals[k - 1]
+            if k
+            else FinalRecord(
+                session="-",
+                final_id="published-baseline",
+                script_sha="-",
+                seeds=[1, 2, 3],
+                val_bpbs=[BASELINE_BPB],
+                status="ok",
+            )
+        )
         # a baseline final of a script no lower-tier decision produced: everything kept before e
         start = index.get(b.experiment, -1) if b.experiment is not None else -1
-        stack = [d for d in lower[start + 1: index[f.experiment] + 1] if d.kept or d.experiment == f.experiment]
+        stack = [
+            d for d in lower[start + 1 : index[f.experiment] + 1] if d.kept or d.experiment == f.experiment
+        ]
         if not stack or any(_name(d) in latest_upper for d in stack):
             continue
         kinds = {decision_kind(d, runs) for d in stack}
@@ -324,19 +422,31 @@ def _pairs_from_decisions(records: Sequence, runs: dict[str, RunRecord], lower_t
         bm, bs = _mean_sd(b.val_bpbs, FINAL_SEED_STD)
         ses = [decision_se(d) for d in stack]
         known = [s for s in ses if s is not None]
-        pairs.append(Pair(
-            technique="+".join(_name(d) for d in stack), kind=kinds.pop(), lower_tier=lower_tier,
-            upper_tier=upper_tier, lower_delta=sum(float(d.delta or 0.0) for d in stack),
-            upper_delta=fm - bm,
-            lower_se=math.sqrt(sum(s * s for s in known)) if len(known) == len(ses) else None,
-            upper_se=math.sqrt(fs**2 / len(f.val_bpbs) + bs**2 / len(b.val_bpbs)),
-            source=f"ledger: {', '.join(d.experiment for d in stack)} -> final {f.final_id} vs {b.final_id}"))
+        pairs.append(
+            Pair(
+                technique="+".join(_name(d) for d in stack),
+                kind=kinds.pop(),
+                lower_tier=lower_tier,
+                upper_tier=upper_tier,
+                lower_delta=sum(float(d.delta or 0.0) for d in stack),
+                upper_delta=fm - bm,
+                lower_se=math.sqrt(sum(s * s for s in known)) if len(known) == len(ses) else None,
+                upper_se=math.sqrt(fs**2 / len(f.val_bpbs) + bs**2 / len(b.val_bpbs)),
+                source=f"ledger: {', '.join(d.experiment for d in stack)} -> final {f.final_id} vs {b.final_id}",
+            )
+        )
     return pairs
 
 
-def calibrations_from_ledger(records: Sequence, lower_tier: str, upper_tier: str = FINAL_TIER, *,
-                             final_tier: str = FINAL_TIER, prior_path: str | Path | None = None,
-                             fit_intercept: bool = False) -> dict[Kind, Calibration]:
+def calibrations_from_ledger(
+    records: Sequence,
+    lower_tier: str,
+    upper_tier: str = FINAL_TIER,
+    *,
+    final_tier: str = FINAL_TIER,
+    prior_path: str | Path | None = None,
+    fit_intercept: bool = False,
+) -> dict[Kind, Calibration]:
     """Both fits for one pair of tiers, from the ledger and the published prior: what callers want."""
     prior = load_prior(lower_tier, prior_path)
     pairs = pairs_from_ledger(records, lower_tier, upper_tier, final_tier=final_tier)
@@ -347,5 +457,7 @@ def describe(calib: Calibration) -> str:
     """One line for digests and reports."""
     lo, hi = slope_interval(calib)
     rho = "n/a" if calib.spearman is None else f"{calib.spearman:+.2f}"
-    return (f"{calib.kind}: full = {calib.slope:+.3f} x proxy (95% {lo:+.3f}..{hi:+.3f}), scatter "
-            f"{calib.residual_sd:.4f} bpb, {calib.n} own pairs, spearman {rho}, from {calib.source}")
+    return (
+        f"{calib.kind}: full = {calib.slope:+.3f} x proxy (95% {lo:+.3f}..{hi:+.3f}), scatter "
+        f"{calib.residual_sd:.4f} bpb, {calib.n} own pairs, spearman {rho}, from {calib.source}"
+    )

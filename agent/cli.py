@@ -48,13 +48,23 @@ def cmd_run(args, resume: bool = False) -> int:
     planner, why = make_planner(args.planner)
     print(f"planner: {why}")
     try:
-        summary = run_session(_ws(args), planner=planner, tier=args.tier, budget=_budget(args),
-                              session=args.session, resume=resume, allow_dirty=getattr(args, "allow_dirty", False))
+        summary = run_session(
+            _ws(args),
+            planner=planner,
+            tier=args.tier,
+            budget=_budget(args),
+            session=args.session,
+            resume=resume,
+            allow_dirty=getattr(args, "allow_dirty", False),
+        )
     except (SessionError, LockedError, GitRecordsError, ExperimentError, LedgerError, TiersError) as e:
         print(f"golf: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: everything finished so far is in the ledger; `golf resume` continues", file=sys.stderr)
+        print(
+            "\ninterrupted: everything finished so far is in the ledger; `golf resume` continues",
+            file=sys.stderr,
+        )
         return 130
     print(json.dumps(summary.model_dump(), indent=1))
     busy = summary.trainer_busy_s / summary.elapsed_s if summary.elapsed_s else 0.0
@@ -87,8 +97,10 @@ def cmd_status(args) -> int:
     env = incumbent.current_env(records, session, incumbent.base_env(ws.root, records, session))
     print(f"incumbent env: {json.dumps(env)}")
     if noise:
-        print(f"noise: std {noise[-1].std:.5f} bpb over {len(noise[-1].values)} A/A runs on {noise[-1].tier}, "
-              f"incumbent mean {noise[-1].mean:.5f}")
+        print(
+            f"noise: std {noise[-1].std:.5f} bpb over {len(noise[-1].values)} A/A runs on {noise[-1].tier}, "
+            f"incumbent mean {noise[-1].mean:.5f}"
+        )
     rows = findings_table(records)
     if rows:
         print(f"{'technique':<22}{'outcome':<14}{'delta':>10}{'p':>9}{'n':>4}  tier")
@@ -136,8 +148,13 @@ def cmd_frontier(args) -> int:
 def cmd_final(args) -> int:
     from agent.finals import FinalRequest, plan_final, run_final
 
-    req = FinalRequest(workspace=str(_ws(args)), session=args.session, seeds=args.seeds, approve=args.approve,
-                       dollars=args.dollars)
+    req = FinalRequest(
+        workspace=str(_ws(args)),
+        session=args.session,
+        seeds=args.seeds,
+        approve=args.approve,
+        dollars=args.dollars,
+    )
     if args.dry_run:  # prices are read when a key is set; nothing is created
         backend = None
         if os.environ.get("RUNPOD_API_KEY"):
@@ -193,7 +210,9 @@ def cmd_prepare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="golf", description="pgolf: a noise-aware research agent for Parameter Golf")
+    p = argparse.ArgumentParser(
+        prog="golf", description="pgolf: a noise-aware research agent for Parameter Golf"
+    )
     p.add_argument("--workspace", default=".", help="the project checkout (default: current directory)")
     sub = p.add_subparsers(dest="cmd")
 
@@ -221,17 +240,25 @@ def main(argv: list[str] | None = None) -> int:
     fi.add_argument("--seeds", type=int, default=3)
     fi.add_argument("--dollars", type=float, help="budget for this final")
     fi.add_argument("--approve", action="store_true", help="allow spending (the agent cannot grant this)")
-    fi.add_argument("--dry-run", action="store_true",
-                    help="print the plan (image, GPU, rungs, seeds, worst-case dollars); create nothing")
+    fi.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (image, GPU, rungs, seeds, worst-case dollars); create nothing",
+    )
     po = sub.add_parser("pods", help="list our RunPod pods")
     po.add_argument("--reap", action="store_true", help="terminate every pod of ours no live session owns")
     rp = sub.add_parser("report", help="write a markdown report with plots from the ledger")
     rp.add_argument("--out", help="output folder (default: reports/)")
-    fd = sub.add_parser("fidelity", help="measure a tier's fidelity on techniques with published full-scale deltas")
+    fd = sub.add_parser(
+        "fidelity", help="measure a tier's fidelity on techniques with published full-scale deltas"
+    )
     fd.add_argument("--tier", default="cpu-smoke", help="tier from tiers.toml (default: cpu-smoke)")
     fd.add_argument("--seeds", type=int, default=2, help="matched seeds per technique (default 2)")
-    fd.add_argument("--panel", help="comma-separated techniques (default: every [[full]] entry of "
-                                    "memory/data/published_deltas.toml)")
+    fd.add_argument(
+        "--panel",
+        help="comma-separated techniques (default: every [[full]] entry of "
+        "memory/data/published_deltas.toml)",
+    )
     pd = sub.add_parser("prepare-data", help="build the embedded dataset (or --variant fineweb)")
     pd.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -245,9 +272,17 @@ def main(argv: list[str] | None = None) -> int:
             settle_stale_pods(_ws(args))
         except Exception as e:  # noqa: BLE001 - never the reason a command fails; the pods stay on the books
             print(f"golf: could not settle pods a killed final left: {e}", file=sys.stderr)
-    handlers = {"run": cmd_run, "resume": lambda a: cmd_run(a, resume=True), "status": cmd_status,
-                "frontier": cmd_frontier, "final": cmd_final, "pods": cmd_pods, "report": cmd_report,
-                "prepare-data": cmd_prepare, "fidelity": cmd_fidelity}
+    handlers = {
+        "run": cmd_run,
+        "resume": lambda a: cmd_run(a, resume=True),
+        "status": cmd_status,
+        "frontier": cmd_frontier,
+        "final": cmd_final,
+        "pods": cmd_pods,
+        "report": cmd_report,
+        "prepare-data": cmd_prepare,
+        "fidelity": cmd_fidelity,
+    }
     return handlers[args.cmd](args)
 
 

@@ -14,8 +14,7 @@ QUEUE_REFUSED = "queue_item_refused"
 INCUMBENT_ENV_REFUSED = "incumbent_env_refused"
 
 
-def screen_queue(plan: BattlePlan, script_text: str, ledger: Ledger, session: str,
-                 say=None) -> BattlePlan:
+def screen_queue(plan: BattlePlan, script_text: str, ledger: Ledger, session: str, say=None) -> BattlePlan:
     """The plan without the queue items whose overrides the incumbent script does not allow. Each refused
     item is recorded (technique, env, why) the first time this session meets it; planners never see it."""
     kept, refused = [], []
@@ -27,14 +26,22 @@ def screen_queue(plan: BattlePlan, script_text: str, ledger: Ledger, session: st
             refused.append((q, str(e)))
     if not refused:
         return plan
-    seen = {(e.detail.get("technique"), str(e.detail.get("env"))) for e in ledger.records(EventRecord)
-            if e.session == session and e.event == QUEUE_REFUSED}
+    seen = {
+        (e.detail.get("technique"), str(e.detail.get("env")))
+        for e in ledger.records(EventRecord)
+        if e.session == session and e.event == QUEUE_REFUSED
+    }
     for q, why in refused:
         env = q.effective_env()
         if (q.technique, str(env)) in seen:
             continue
-        ledger.append(EventRecord(session=session, event=QUEUE_REFUSED,
-                                  detail={"technique": q.technique, "env": env, "why": why}))
+        ledger.append(
+            EventRecord(
+                session=session,
+                event=QUEUE_REFUSED,
+                detail={"technique": q.technique, "env": env, "why": why},
+            )
+        )
         if say:
             say(f"battle plan: queue item {q.technique!r} refused before any run: {why}")
     return plan.model_copy(update={"queue": kept})
@@ -46,5 +53,7 @@ def check_base_env(env: dict[str, str], script_text: str, ledger: Ledger, sessio
         return check_env_allowed(env, script_text)
     except ValueError as e:
         why = f"incumbent.json sets an override the trainer does not allow: {e}"
-        ledger.append(EventRecord(session=session, event=INCUMBENT_ENV_REFUSED, detail={"env": env, "why": why}))
+        ledger.append(
+            EventRecord(session=session, event=INCUMBENT_ENV_REFUSED, detail={"env": env, "why": why})
+        )
         raise ValueError(why + " (fix or remove incumbent.json on the branch)") from None

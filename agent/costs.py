@@ -136,19 +136,38 @@ def _price(tier: Tier) -> tuple[float, bool]:
     return (tier.notional_price_per_hour or DEFAULT_NOTIONAL), True
 
 
-def _option(inputs: CostInputs, action: Action, technique: str | None, gain: float, tier: Tier, runs: int,
-            run_s: float, why: str) -> Option:
+def _option(
+    inputs: CostInputs,
+    action: Action,
+    technique: str | None,
+    gain: float,
+    tier: Tier,
+    runs: int,
+    run_s: float,
+    why: str,
+) -> Option:
     wall_h = (runs * run_s + tier.startup_s) / 3600.0
     price, notional = _price(tier)
     dollars = wall_h * price
     real = 0.0 if notional else dollars
     budget = inputs.final_budget_dollars if action == "promote" else inputs.budget_dollars
-    fits = ((budget is None or real <= budget + 1e-9)
-            and (inputs.budget_hours is None or wall_h <= inputs.budget_hours + 1e-9))
+    fits = (budget is None or real <= budget + 1e-9) and (
+        inputs.budget_hours is None or wall_h <= inputs.budget_hours + 1e-9
+    )
     gain = max(0.0, gain)
-    return Option(action=action, technique=technique, expected_gain_bpb=gain, device_hours=wall_h * tier.nproc,
-                  wall_hours=wall_h, dollars=dollars, real_dollars=real, notional=notional,
-                  gain_per_dollar=gain / dollars if dollars > 0 else 0.0, fits_budget=fits, why=why)
+    return Option(
+        action=action,
+        technique=technique,
+        expected_gain_bpb=gain,
+        device_hours=wall_h * tier.nproc,
+        wall_hours=wall_h,
+        dollars=dollars,
+        real_dollars=real,
+        notional=notional,
+        gain_per_dollar=gain / dollars if dollars > 0 else 0.0,
+        fits_budget=fits,
+        why=why,
+    )
 
 
 def _confirm_gain(inputs: CostInputs, e: Evidence, se_after: float, z: float) -> tuple[float, float]:
@@ -192,32 +211,41 @@ def options(inputs: CostInputs) -> list[Option]:
         win = q.expected_proxy_delta if q.expected_proxy_delta is not None else default_win
         mean, sd = predict(inputs.calibrations[q.kind], win, se_new)
         gain = inputs.p_win * max(0.0, -mean)
-        why = (f"P(local win) {inputs.p_win:.2f}; a {q.kind} win of {win:+.4f} locally predicts "
-               f"{mean:+.5f} +- {sd:.5f} at full scale")
+        why = (
+            f"P(local win) {inputs.p_win:.2f}; a {q.kind} win of {win:+.4f} locally predicts "
+            f"{mean:+.5f} +- {sd:.5f} at full scale"
+        )
         out.append(_option(inputs, "test", q.technique, gain, tier, seeds + inc_missing, run_s, why))
 
     for e in inputs.ambiguous:
         k = tier.seeds_max - e.n_candidate
         if k <= 0:
             continue
-        se_after = e.se * math.sqrt((1 / (e.n_candidate + k) + 1 / e.n_incumbent)
-                                    / (1 / e.n_candidate + 1 / e.n_incumbent))
+        se_after = e.se * math.sqrt(
+            (1 / (e.n_candidate + k) + 1 / e.n_incumbent) / (1 / e.n_candidate + 1 / e.n_incumbent)
+        )
         p, gain = _confirm_gain(inputs, e, se_after, z)
         extra_inc = max(0, e.n_candidate + k - e.n_incumbent)
-        why = (f"delta {e.delta:+.4f} +- {e.se:.4f} on {e.n_candidate} seeds; {k} more seeds confirm it "
-               f"with P {p:.2f}")
+        why = (
+            f"delta {e.delta:+.4f} +- {e.se:.4f} on {e.n_candidate} seeds; {k} more seeds confirm it "
+            f"with P {p:.2f}"
+        )
         out.append(_option(inputs, "add_seeds", e.technique, gain, tier, k + extra_inc, run_s, why))
 
     k = max(tier.noise_runs, 1)
     gain, parts = 0.0, []
     for e in inputs.ambiguous:
-        se_after = e.se * math.sqrt((1 / e.n_candidate + 1 / (e.n_incumbent + k))
-                                    / (1 / e.n_candidate + 1 / e.n_incumbent))
+        se_after = e.se * math.sqrt(
+            (1 / e.n_candidate + 1 / (e.n_incumbent + k)) / (1 / e.n_candidate + 1 / e.n_incumbent)
+        )
         p, g = _confirm_gain(inputs, e, se_after, z)
         gain += g
         parts.append(f"{e.technique} P {p:.2f}")
-    why = (f"{k} more incumbent runs sharpen {len(parts)} ambiguous comparisons ({', '.join(parts)})"
-           if parts else f"{k} more incumbent runs; no ambiguous candidate would gain from them")
+    why = (
+        f"{k} more incumbent runs sharpen {len(parts)} ambiguous comparisons ({', '.join(parts)})"
+        if parts
+        else f"{k} more incumbent runs; no ambiguous candidate would gain from them"
+    )
     out.append(_option(inputs, "remeasure_incumbent", None, gain, tier, k, run_s, why))
 
     if inputs.unpromoted:
@@ -230,10 +258,22 @@ def options(inputs: CostInputs) -> list[Option]:
         measure = inputs.final_noise_std * math.sqrt(2.0 / n_f)
         gain = adopted_gain(means, math.sqrt(var), measure)
         names = ", ".join(e.technique for e in inputs.unpromoted)
-        why = (f"stack of {len(inputs.unpromoted)} local wins ({names}) predicts {means:+.5f} +- "
-               f"{math.sqrt(var):.5f} at full scale; {n_f} seeds measure it to +- {measure:.5f}")
-        out.append(_option(inputs, "promote", None, gain, final, n_f,
-                           inputs.final_seed_s or final_seed_seconds(final), why))
+        why = (
+            f"stack of {len(inputs.unpromoted)} local wins ({names}) predicts {means:+.5f} +- "
+            f"{math.sqrt(var):.5f} at full scale; {n_f} seeds measure it to +- {measure:.5f}"
+        )
+        out.append(
+            _option(
+                inputs,
+                "promote",
+                None,
+                gain,
+                final,
+                n_f,
+                inputs.final_seed_s or final_seed_seconds(final),
+                why,
+            )
+        )
     return out
 
 
@@ -257,8 +297,15 @@ def _evidence(d: DecisionRecord, kind: Kind, noise: float) -> Evidence:
         se = (d.ci_high - d.ci_low) / (2 * 1.96)
     else:
         se = _se(noise, max(d.n_candidate, 1), max(d.n_incumbent, 1))
-    return Evidence(technique=d.technique or d.candidate, kind=kind, delta=float(d.delta or 0.0), se=max(se, 1e-9),
-                    n_candidate=max(d.n_candidate, 1), n_incumbent=max(d.n_incumbent, 1), experiment=d.experiment)
+    return Evidence(
+        technique=d.technique or d.candidate,
+        kind=kind,
+        delta=float(d.delta or 0.0),
+        se=max(se, 1e-9),
+        n_candidate=max(d.n_candidate, 1),
+        n_incumbent=max(d.n_incumbent, 1),
+        experiment=d.experiment,
+    )
 
 
 def dollars_spent_on_finals(records: Sequence) -> float:
@@ -274,25 +321,45 @@ def dollars_spent_on_finals(records: Sequence) -> float:
     return sum(by_final.values())
 
 
-def inputs_from_ledger(records: Sequence, tiers: dict[str, Tier], local_tier: str, *,
-                       final_tier: str = FINAL_TIER, queue: Sequence[Queued] = (),
-                       budget_dollars: float | None = None, final_budget_dollars: float | None = None,
-                       budget_hours: float | None = None, incumbent_n: int | None = None) -> CostInputs:
+def inputs_from_ledger(
+    records: Sequence,
+    tiers: dict[str, Tier],
+    local_tier: str,
+    *,
+    final_tier: str = FINAL_TIER,
+    queue: Sequence[Queued] = (),
+    budget_dollars: float | None = None,
+    final_budget_dollars: float | None = None,
+    budget_hours: float | None = None,
+    incumbent_n: int | None = None,
+) -> CostInputs:
     """Everything rank_options needs, recomputed from the ledger (no hidden state)."""
     tier = tiers[local_tier]
-    final = tiers.get(final_tier) or Tier(name=final_tier, hardware="h100x8", nproc=8, price_per_hour=24.0,
-                                          seeds_initial=3, env={"MAX_WALLCLOCK_SECONDS": "600"})
+    final = tiers.get(final_tier) or Tier(
+        name=final_tier,
+        hardware="h100x8",
+        nproc=8,
+        price_per_hour=24.0,
+        seeds_initial=3,
+        env={"MAX_WALLCLOCK_SECONDS": "600"},
+    )
     runs = {r.run_id: r for r in records if isinstance(r, RunRecord)}
-    local = [d for d in records if isinstance(d, DecisionRecord) and d.tier == local_tier
-             and d.candidate != "incumbent"]
+    local = [
+        d
+        for d in records
+        if isinstance(d, DecisionRecord) and d.tier == local_tier and d.candidate != "incumbent"
+    ]
     noises = [n for n in records if isinstance(n, NoiseRecord) and n.tier == local_tier]
     noise = noises[-1].std if noises else tier.typical_noise
 
     latest: dict[str, DecisionRecord] = {}
     for d in local:
         latest[d.technique or d.candidate] = d
-    ambiguous = [_evidence(d, decision_kind(d, runs), noise) for d in latest.values()
-                 if d.outcome == "inconclusive" and d.delta is not None]
+    ambiguous = [
+        _evidence(d, decision_kind(d, runs), noise)
+        for d in latest.values()
+        if d.outcome == "inconclusive" and d.delta is not None
+    ]
 
     # the stack since the last final: kept decisions after the one it promoted, or, for a final of
     # something no local decision made, after everything recorded before it
@@ -302,26 +369,43 @@ def inputs_from_ledger(records: Sequence, tiers: dict[str, Tier], local_tier: st
     start = -1
     if finals:
         last = finals[-1]
-        start = position.get(last.experiment, -1) if last.experiment in position else max(
-            (i for i, d in enumerate(local) if order[id(d)] < order[id(last)]), default=-1)
-    unpromoted = [_evidence(d, decision_kind(d, runs), noise) for d in local[start + 1:]
-                  if d.kept and d.delta is not None]
+        start = (
+            position.get(last.experiment, -1)
+            if last.experiment in position
+            else max((i for i, d in enumerate(local) if order[id(d)] < order[id(last)]), default=-1)
+        )
+    unpromoted = [
+        _evidence(d, decision_kind(d, runs), noise)
+        for d in local[start + 1 :]
+        if d.kept and d.delta is not None
+    ]
 
     decided = [d for d in latest.values() if d.outcome != "inconclusive"]
     wins = [d for d in decided if d.outcome == "confirmed"]
     p_win = (len(wins) + WIN_PRIOR[0]) / (len(decided) + sum(WIN_PRIOR))
     win_deltas = [d.delta for d in wins if d.delta is not None]
-    run_s = [r.cost.device_seconds / max(tier.nproc, 1) for r in runs.values()
-             if r.tier == local_tier and r.result.status == "ok" and r.cost.device_seconds > 0]
+    run_s = [
+        r.cost.device_seconds / max(tier.nproc, 1)
+        for r in runs.values()
+        if r.tier == local_tier and r.result.status == "ok" and r.cost.device_seconds > 0
+    ]
     if incumbent_n is None:
         incumbent_n = max((d.n_incumbent for d in local), default=0)
     return CostInputs(
-        local_tier=tier, final_tier=final,
+        local_tier=tier,
+        final_tier=final,
         calibrations=calibrations_from_ledger(records, local_tier, final_tier, final_tier=final_tier),
-        queue=list(queue), ambiguous=ambiguous, unpromoted=unpromoted, noise_std=noise,
-        incumbent_n=incumbent_n, p_win=p_win, win_delta=statistics.fmean(win_deltas) if win_deltas else None,
-        local_run_s=statistics.fmean(run_s) if run_s else None, budget_dollars=budget_dollars,
-        final_budget_dollars=final_budget_dollars, budget_hours=budget_hours,
+        queue=list(queue),
+        ambiguous=ambiguous,
+        unpromoted=unpromoted,
+        noise_std=noise,
+        incumbent_n=incumbent_n,
+        p_win=p_win,
+        win_delta=statistics.fmean(win_deltas) if win_deltas else None,
+        local_run_s=statistics.fmean(run_s) if run_s else None,
+        budget_dollars=budget_dollars,
+        final_budget_dollars=final_budget_dollars,
+        budget_hours=budget_hours,
     )
 
 
@@ -337,8 +421,13 @@ def queued_from_plan(items: Sequence[Any], decided: Set[str] = frozenset()) -> l
     return out
 
 
-def options_for_session(records: Sequence, plan: Any, tier: Tier, tiers: dict[str, Tier],
-                        frontier: tuple[float | None, str] | None = None) -> list[dict[str, Any]]:
+def options_for_session(
+    records: Sequence,
+    plan: Any,
+    tier: Tier,
+    tiers: dict[str, Tier],
+    frontier: tuple[float | None, str] | None = None,
+) -> list[dict[str, Any]]:
     """The session's digest entry: ranked options as dicts (PlannerState.options), over-budget ones last.
 
     Finals are affordable only within the plan's final_dollars (minus what finals already cost) and
@@ -352,13 +441,19 @@ def options_for_session(records: Sequence, plan: Any, tier: Tier, tiers: dict[st
     final_left = max(0.0, final_dollars - dollars_spent_on_finals(records)) if approved else 0.0
     local_left = None
     if tier.price_per_hour:
-        spent = sum(r.cost.dollars or 0.0 for r in records if isinstance(r, RunRecord) and r.tier == tier.name)
+        spent = sum(
+            r.cost.dollars or 0.0 for r in records if isinstance(r, RunRecord) and r.tier == tier.name
+        )
         local_left = max(0.0, float(getattr(budget, "dollars", 0.0) or 0.0) - spent)
-    decided = {d.technique or d.candidate for d in records
-               if isinstance(d, DecisionRecord) and d.tier == tier.name and d.outcome != "inconclusive"}
+    decided = {
+        d.technique or d.candidate
+        for d in records
+        if isinstance(d, DecisionRecord) and d.tier == tier.name and d.outcome != "inconclusive"
+    }
     queue = queued_from_plan(getattr(plan, "queue", []), decided)
-    inputs = inputs_from_ledger(records, tiers, tier.name, queue=queue, budget_dollars=local_left,
-                                final_budget_dollars=final_left)
+    inputs = inputs_from_ledger(
+        records, tiers, tier.name, queue=queue, budget_dollars=local_left, final_budget_dollars=final_left
+    )
     ranked = rank_options(inputs, include_unaffordable=True)
     if any(o.action == "promote" for o in ranked):
         # a final is proposed only when the projected score beats the frontier by the record margin with
@@ -371,9 +466,11 @@ def options_for_session(records: Sequence, plan: Any, tier: Tier, tiers: dict[st
         for o in ranked:
             if o.action == "promote" and not proj.promote:
                 o.fits_budget = False
-                o.why += (f"; not proposed: projected {proj.mean:.4f} +- {proj.sd:.4f} vs frontier "
-                          f"{best if best is not None else float('nan'):.4f} ({source}), P(record) "
-                          f"{proj.p_record if proj.p_record is not None else 0.0:.2f} < {PROMOTE_PROB:g}")
+                o.why += (
+                    f"; not proposed: projected {proj.mean:.4f} +- {proj.sd:.4f} vs frontier "
+                    f"{best if best is not None else float('nan'):.4f} ({source}), P(record) "
+                    f"{proj.p_record if proj.p_record is not None else 0.0:.2f} < {PROMOTE_PROB:g}"
+                )
         ranked = sorted(ranked, key=lambda o: not o.fits_budget)
     from agent.fidelity import needs_gpu_tier
 
@@ -382,7 +479,8 @@ def options_for_session(records: Sequence, plan: Any, tier: Tier, tiers: dict[st
     for o in ranked:
         row = o.model_dump()
         if o.action == "test" and o.technique:  # the playbook ranks what this tier cannot see last
-            row["needs_gpu_tier"] = needs_gpu_tier(records, tier.name, o.technique, kinds.get(o.technique,
-                                                                                             "architecture"))
+            row["needs_gpu_tier"] = needs_gpu_tier(
+                records, tier.name, o.technique, kinds.get(o.technique, "architecture")
+            )
         out.append(row)
     return out

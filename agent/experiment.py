@@ -74,8 +74,9 @@ class ExperimentRunner:
 
     # -- the incumbent ----------------------------------------------------------------------------
     def incumbent(self) -> tuple[str, str, dict[str, str]]:
-        inc = incumbent.in_session(self.ctx.ws.root, self.ctx.ledger.records(), self.ctx.session,
-                                   self.ctx.base_env)
+        inc = incumbent.in_session(
+            self.ctx.ws.root, self.ctx.ledger.records(), self.ctx.session, self.ctx.base_env
+        )
         self.ctx.incumbent_env, self.ctx.head_sha = inc.env, inc.rev
         return inc.script, inc.script_sha, inc.env
 
@@ -102,17 +103,26 @@ class ExperimentRunner:
         return round(statistics.fmean(vals), 5) if vals else None
 
     def expected_experiment_s(self) -> float:
-        recent = [r.cost.device_seconds for r in self.ctx.ledger.records(RunRecord)
-                  if r.tier == self.tier.name and r.result.status == "ok"][-10:]
+        recent = [
+            r.cost.device_seconds
+            for r in self.ctx.ledger.records(RunRecord)
+            if r.tier == self.tier.name and r.result.status == "ok"
+        ][-10:]
         per_run = statistics.fmean(recent) if recent else self.tier.run_timeout_s / 4
         return per_run * (self.tier.seeds_initial + 0.5)
 
     def measure_incumbent(self, seeds: list[int]) -> list[RunRecord]:
         """A/A runs of the incumbent (fresh, never a winner's selected runs) on these seeds."""
         _, sha, env = self.incumbent()
-        _, recs = sweep(SweepArgs(candidates=[Candidate(name="incumbent", script_revision="incumbent")],
-                                  seeds=seeds, experiment=f"{AA_PREFIX}{sha[:8]}-{env_tag(env)}",
-                                  hypothesis="A/A: the incumbent against itself measures seed noise"), self.ctx)
+        _, recs = sweep(
+            SweepArgs(
+                candidates=[Candidate(name="incumbent", script_revision="incumbent")],
+                seeds=seeds,
+                experiment=f"{AA_PREFIX}{sha[:8]}-{env_tag(env)}",
+                hypothesis="A/A: the incumbent against itself measures seed noise",
+            ),
+            self.ctx,
+        )
         return recs
 
     def matched_incumbent(self, seeds: set[int]) -> list[RunRecord]:
@@ -136,20 +146,39 @@ class ExperimentRunner:
             runs = self.incumbent_runs()
             if not runs:
                 failed = recs[-1].result if recs else None
-                raise ExperimentError("the incumbent does not train on this tier: "
-                                      + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs"))
+                raise ExperimentError(
+                    "the incumbent does not train on this tier: "
+                    + (f"{failed.status}: {(failed.error or '')[-1500:]}" if failed else "no runs")
+                )
         vals = scores(runs)
         prev = latest_noise(self.ctx.ledger.records(), self.tier.name, self.hardware)
-        if (prev is not None and prev.script_sha == sha and prev.env == env and sorted(prev.values) == sorted(vals)
-                and prev.prior_std == self.tier.typical_noise):
+        if (
+            prev is not None
+            and prev.script_sha == sha
+            and prev.env == env
+            and sorted(prev.values) == sorted(vals)
+            and prev.prior_std == self.tier.typical_noise
+        ):
             return prev
         nm = noise_model(vals, prior_std=self.tier.typical_noise, tier=self.tier.name, hardware=self.hardware)
-        rec = NoiseRecord(session=self.ctx.session, tier=self.tier.name, hardware=self.hardware, script_sha=sha,
-                          env=env, values=vals, std=nm.std, mean=statistics.fmean(vals), df=nm.df, source=nm.source,
-                          prior_std=self.tier.typical_noise, runs=[r.run_id for r in runs])
+        rec = NoiseRecord(
+            session=self.ctx.session,
+            tier=self.tier.name,
+            hardware=self.hardware,
+            script_sha=sha,
+            env=env,
+            values=vals,
+            std=nm.std,
+            mean=statistics.fmean(vals),
+            df=nm.df,
+            source=nm.source,
+            prior_std=self.tier.typical_noise,
+            runs=[r.run_id for r in runs],
+        )
         self.ctx.ledger.append(rec)
-        self.progress.line(f"noise: std {nm.std:.5f} bpb ({nm.source}, n={len(vals)}), incumbent mean "
-                           f"{rec.mean:.5f}")
+        self.progress.line(
+            f"noise: std {nm.std:.5f} bpb ({nm.source}, n={len(vals)}), incumbent mean {rec.mean:.5f}"
+        )
         return rec
 
     # -- one experiment ---------------------------------------------------------------------------
@@ -159,21 +188,34 @@ class ExperimentRunner:
         return bool(cand) and all(inc.get(r.seed) == r.result.val_bpb for r in cand)
 
     def bytes_note(self, cand: list[RunRecord], inc_ids: list[str]) -> str:
-        inc = [r.result.bytes_total for r in self.incumbent_runs() if r.run_id in inc_ids and r.result.bytes_total]
+        inc = [
+            r.result.bytes_total
+            for r in self.incumbent_runs()
+            if r.run_id in inc_ids and r.result.bytes_total
+        ]
         got = [r.result.bytes_total for r in cand if r.result.bytes_total]
         if inc and got and statistics.fmean(got) != statistics.fmean(inc):
-            return (f"a bytes-only change (artifact {statistics.fmean(got) - statistics.fmean(inc):+,.0f} bytes): "
-                    "worth what the freed bytes can buy, not a bpb win by itself")
-        return ("the change does not reach the computation at this tier's shape (check the flag's thresholds, "
-                "e.g. INT8_KEEP_FLOAT_MAX_NUMEL or TTT_CHUNK_TOKENS)")
+            return (
+                f"a bytes-only change (artifact {statistics.fmean(got) - statistics.fmean(inc):+,.0f} bytes): "
+                "worth what the freed bytes can buy, not a bpb win by itself"
+            )
+        return (
+            "the change does not reach the computation at this tier's shape (check the flag's thresholds, "
+            "e.g. INT8_KEEP_FLOAT_MAX_NUMEL or TTT_CHUNK_TOKENS)"
+        )
 
     def experiment_id(self, spec: ExperimentSpec) -> str:
         k = 1 + sum(1 for d in self.ctx.ledger.records(DecisionRecord) if d.session == self.ctx.session)
         return f"e{k:03d}-{spec.name}"[:64]
 
     def refuse(self, spec: ExperimentSpec | None, why: str) -> dict[str, Any]:
-        self.ctx.ledger.append(EventRecord(session=self.ctx.session, event="proposal_refused",
-                                           detail={"experiment": spec.model_dump() if spec else None, "why": why}))
+        self.ctx.ledger.append(
+            EventRecord(
+                session=self.ctx.session,
+                event="proposal_refused",
+                detail={"experiment": spec.model_dump() if spec else None, "why": why},
+            )
+        )
         self.progress.line(f"proposal refused: {why}")
         return {"outcome": "refused", "reason": why}
 
@@ -193,41 +235,95 @@ class ExperimentRunner:
             return self.refuse(spec, str(e))
         cand_env = incumbent.candidate_env(inc_env, spec.env)
         if working == inc_text and cand_env == inc_env:
-            return self.refuse(spec, "no change: the script equals the incumbent and the overrides are already set")
+            return self.refuse(
+                spec, "no change: the script equals the incumbent and the overrides are already set"
+            )
         noise = self.ensure_noise()
         inc_runs: list[RunRecord] = []
         exp_id = self.experiment_id(spec)
         self.progress.line(f"{exp_id}: {spec.hypothesis[:120] or spec.name}")
         seeds_all = list(range(SEED_BASE, SEED_BASE + self.tier.seeds_max))
         runs: list[RunRecord] = []
-        kind = noise_kind(spec.technique, [k for k in cand_env if cand_env.get(k) != inc_env.get(k)],
-                          script_changed=working != inc_text)
-        pool = paired_pool(self.ctx.ledger.records(DecisionRecord), tier=self.tier.name, hardware=self.hardware,
-                           kind=kind, exclude=exp_id)
+        kind = noise_kind(
+            spec.technique,
+            [k for k in cand_env if cand_env.get(k) != inc_env.get(k)],
+            script_changed=working != inc_text,
+        )
+        pool = paired_pool(
+            self.ctx.ledger.records(DecisionRecord),
+            tier=self.tier.name,
+            hardware=self.hardware,
+            kind=kind,
+            exclude=exp_id,
+        )
         diff_prior = paired_prior(pool, noise.std, noise.df or PRIOR_DF, kind)
 
         def measure(seeds: list[int]) -> tuple[dict[int, float], dict[int, float]] | None:
             nonlocal inc_runs
-            _, recs = sweep(SweepArgs(candidates=[Candidate(name=spec.name, env=spec.env)], seeds=seeds,
-                                      experiment=exp_id, hypothesis=spec.hypothesis, technique=spec.technique),
-                            self.ctx)
+            _, recs = sweep(
+                SweepArgs(
+                    candidates=[Candidate(name=spec.name, env=spec.env)],
+                    seeds=seeds,
+                    experiment=exp_id,
+                    hypothesis=spec.hypothesis,
+                    technique=spec.technique,
+                ),
+                self.ctx,
+            )
             runs.extend(recs)
             ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
             if len(ok) < len(runs):
-                return None  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
+                return (
+                    None  # a crashed, diverged or timed-out seed ends the experiment: it is not a safe change
+                )
             inc_runs = self.matched_incumbent({r.seed for r in ok})
-            return ({r.seed: float(r.result.val_bpb or 0.0) for r in inc_runs},
-                    {r.seed: float(r.result.val_bpb or 0.0) for r in ok})
+            return (
+                {r.seed: float(r.result.val_bpb or 0.0) for r in inc_runs},
+                {r.seed: float(r.result.val_bpb or 0.0) for r in ok},
+            )
 
-        verdict = sequential_experiment(measure, seeds=seeds_all, seeds_initial=self.tier.seeds_initial,
-                                        seeds_max=self.tier.seeds_max, alpha=self.tier.alpha,
-                                        min_effect=self.tier.min_effect, noise_std=noise.std, noise_df=noise.df,
-                                        diff_prior=diff_prior, futility_p=self.tier.futility_p)
-        return self.decide(spec, proposal, planner, exp_id, runs, verdict, scores(inc_runs),
-                           [r.run_id for r in inc_runs], noise, working, inc_text, cand_env)
+        verdict = sequential_experiment(
+            measure,
+            seeds=seeds_all,
+            seeds_initial=self.tier.seeds_initial,
+            seeds_max=self.tier.seeds_max,
+            alpha=self.tier.alpha,
+            min_effect=self.tier.min_effect,
+            noise_std=noise.std,
+            noise_df=noise.df,
+            diff_prior=diff_prior,
+            futility_p=self.tier.futility_p,
+        )
+        return self.decide(
+            spec,
+            proposal,
+            planner,
+            exp_id,
+            runs,
+            verdict,
+            scores(inc_runs),
+            [r.run_id for r in inc_runs],
+            noise,
+            working,
+            inc_text,
+            cand_env,
+        )
 
-    def decide(self, spec, proposal, planner, exp_id, runs, verdict, inc_vals, inc_ids, noise, working,
-               inc_text, cand_env) -> dict[str, Any]:
+    def decide(
+        self,
+        spec,
+        proposal,
+        planner,
+        exp_id,
+        runs,
+        verdict,
+        inc_vals,
+        inc_ids,
+        noise,
+        working,
+        inc_text,
+        cand_env,
+    ) -> dict[str, Any]:
         ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
         failed = [r for r in runs if r not in ok]
         over_cap = [r for r in ok if r.result.over_cap]
@@ -235,13 +331,20 @@ class ExperimentRunner:
         reason = verdict.reason if verdict else ""
         if failed:
             outcome = "rejected"
-            reason = f"{len(failed)} of {len(runs)} seed(s) failed ({failed[0].result.status}): " \
-                     + (failed[0].result.error or "")[-300:]
+            reason = (
+                f"{len(failed)} of {len(runs)} seed(s) failed ({failed[0].result.status}): "
+                + (failed[0].result.error or "")[-300:]
+            )
         elif over_cap:
-            outcome, reason = "rejected", f"artifact over the 16,000,000-byte cap ({over_cap[0].result.bytes_total:,})"
+            outcome, reason = (
+                "rejected",
+                f"artifact over the 16,000,000-byte cap ({over_cap[0].result.bytes_total:,})",
+            )
         elif inc_vals and self.same_scores(ok, inc_ids):
-            outcome, reason = "rejected", "no effect: identical val_bpb on every matched seed; " + \
-                self.bytes_note(ok, inc_ids)
+            outcome, reason = (
+                "rejected",
+                "no effect: identical val_bpb on every matched seed; " + self.bytes_note(ok, inc_ids),
+            )
         elif outcome == "rejected" and verdict is not None and self.tier.hardware == "cpu":
             # a technique this tier cannot see (golf fidelity, or a kind that does not transfer from it) is
             # not rejected on its evidence: it waits for a GPU tier
@@ -256,43 +359,75 @@ class ExperimentRunner:
             hold_i = [r.result.holdout_bpb for r in self.incumbent_runs() if r.result.holdout_bpb is not None]
             if hold_c and hold_i and statistics.fmean(hold_c) >= statistics.fmean(hold_i):
                 outcome = "inconclusive"
-                reason = (f"wins on val but not on the held-out slice (holdout delta "
-                          f"{statistics.fmean(hold_c) - statistics.fmean(hold_i):+.5f}): may fit the selection set")
+                reason = (
+                    f"wins on val but not on the held-out slice (holdout delta "
+                    f"{statistics.fmean(hold_c) - statistics.fmean(hold_i):+.5f}): may fit the selection set"
+                )
         if outcome == "confirmed":  # trusted code re-scores the artifact; an implausible score is quarantined
             keep_ok, reason = verify_before_keep(self.ctx, ok, inc_vals, working, inc_text, reason)
             outcome = outcome if keep_ok else "rejected"
         kept = outcome == "confirmed"
         diff = unified_diff(inc_text, working) if working != inc_text else ""
         v = verdict
-        stats = (f"delta {v.delta:+.5f} bpb (CI [{v.ci_low:+.5f}, {v.ci_high:+.5f}]), p={v.p_value:.3g}, "
-                 f"n={v.n_candidate} vs {v.n_incumbent}, {v.test or 'welch'} test, "
-                 f"{'sd of differences' if v.test == 'paired' else 'noise std'} {v.noise_std:.5f}") \
-            if v and v.delta is not None \
+        stats = (
+            (
+                f"delta {v.delta:+.5f} bpb (CI [{v.ci_low:+.5f}, {v.ci_high:+.5f}]), p={v.p_value:.3g}, "
+                f"n={v.n_candidate} vs {v.n_incumbent}, {v.test or 'welch'} test, "
+                f"{'sd of differences' if v.test == 'paired' else 'noise std'} {v.noise_std:.5f}"
+            )
+            if v and v.delta is not None
             else "no valid measurement"
-        message = "\n".join([
-            f"{exp_id}: {spec.name} -> {outcome} ({'kept' if kept else 'discarded'})", "",
-            f"Hypothesis: {spec.hypothesis or '(none given)'}",
-            f"Change: env {json.dumps(spec.env, sort_keys=True)}; script diff {len(diff.splitlines())} lines",
-            f"Result: {stats}",
-            f"Runs: {', '.join(f'{r.run_id}={r.result.val_bpb}' for r in runs)}",
-            f"Decision: {'kept: the branch advances' if kept else 'discarded: the branch keeps the incumbent'}"
-            f"; {reason}",
-            f"Tier: {self.tier.name} on {self.hardware}; planner {planner}; proposal: {proposal.reason[:200]}",
-        ])
+        )
+        message = "\n".join(
+            [
+                f"{exp_id}: {spec.name} -> {outcome} ({'kept' if kept else 'discarded'})",
+                "",
+                f"Hypothesis: {spec.hypothesis or '(none given)'}",
+                f"Change: env {json.dumps(spec.env, sort_keys=True)}; script diff {len(diff.splitlines())} lines",
+                f"Result: {stats}",
+                f"Runs: {', '.join(f'{r.run_id}={r.result.val_bpb}' for r in runs)}",
+                f"Decision: {'kept: the branch advances' if kept else 'discarded: the branch keeps the incumbent'}"
+                f"; {reason}",
+                f"Tier: {self.tier.name} on {self.hardware}; planner {planner}; proposal: {proposal.reason[:200]}",
+            ]
+        )
         dec = DecisionRecord(
-            session=self.ctx.session, experiment=exp_id, candidate=spec.name, technique=spec.technique,
-            hypothesis=spec.hypothesis, tier=self.tier.name, hardware=self.hardware, outcome=outcome, kept=kept,
-            delta=v.delta if v else None, ci_low=v.ci_low if v else None, ci_high=v.ci_high if v else None,
-            p_value=v.p_value if v else None, n_candidate=len(ok), n_incumbent=len(inc_vals),
-            noise_std=noise.std, candidate_runs=[r.run_id for r in runs], incumbent_runs=inc_ids, env=cand_env,
-            script_sha=sha256_text(working), reason=reason, planner=planner, tokens_used=proposal.tokens_used or None,
-            test=v.test if v else None, seeds=list(v.seeds) if v else [], seed_diffs=list(v.seed_diffs) if v else [],
+            session=self.ctx.session,
+            experiment=exp_id,
+            candidate=spec.name,
+            technique=spec.technique,
+            hypothesis=spec.hypothesis,
+            tier=self.tier.name,
+            hardware=self.hardware,
+            outcome=outcome,
+            kept=kept,
+            delta=v.delta if v else None,
+            ci_low=v.ci_low if v else None,
+            ci_high=v.ci_high if v else None,
+            p_value=v.p_value if v else None,
+            n_candidate=len(ok),
+            n_incumbent=len(inc_vals),
+            noise_std=noise.std,
+            candidate_runs=[r.run_id for r in runs],
+            incumbent_runs=inc_ids,
+            env=cand_env,
+            script_sha=sha256_text(working),
+            reason=reason,
+            planner=planner,
+            tokens_used=proposal.tokens_used or None,
+            test=v.test if v else None,
+            seeds=list(v.seeds) if v else [],
+            seed_diffs=list(v.seed_diffs) if v else [],
             paired_noise=v.paired_noise if v else None,
         )
         # the commit carries the decision, so a crash before the ledger has it loses nothing (agent/recovery.py)
-        commit = recovery.record_commit(self.ctx, exp_id, recovery.note_with_decision(message, dec), kept,
-                                        {SCRIPT_RELPATH: working,
-                                         incumbent.INCUMBENT_FILE: incumbent.file_text(cand_env, exp_id)})
+        commit = recovery.record_commit(
+            self.ctx,
+            exp_id,
+            recovery.note_with_decision(message, dec),
+            kept,
+            {SCRIPT_RELPATH: working, incumbent.INCUMBENT_FILE: incumbent.file_text(cand_env, exp_id)},
+        )
         if crash_point("after_commit"):
             die()
         dec = dec.model_copy(update={"git_commit": commit.candidate_sha, "git_ref": commit.ref})

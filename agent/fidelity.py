@@ -53,13 +53,23 @@ class PanelItem(BaseModel):
 
 def load_panel(only: Sequence[str] | None = None, path: str | Path | None = None) -> list[PanelItem]:
     raw = tomllib.loads(Path(path or PUBLISHED).read_text())
-    items = [PanelItem(technique=f["technique"], kind=f["kind"], env={k: str(v) for k, v in f["env"].items()},
-                     full_delta=float(f["full_delta"]), source=f.get("source", "")) for f in raw.get("full", [])]
+    items = [
+        PanelItem(
+            technique=f["technique"],
+            kind=f["kind"],
+            env={k: str(v) for k, v in f["env"].items()},
+            full_delta=float(f["full_delta"]),
+            source=f.get("source", ""),
+        )
+        for f in raw.get("full", [])
+    ]
     if only:
         known = {i.technique for i in items}
         unknown = [t for t in only if t not in known]
         if unknown:
-            raise ValueError(f"unknown panel technique(s) {unknown}; published_deltas.toml has {sorted(known)}")
+            raise ValueError(
+                f"unknown panel technique(s) {unknown}; published_deltas.toml has {sorted(known)}"
+            )
         items = [i for i in items if i.technique in only]
     return items
 
@@ -89,35 +99,66 @@ def fidelity_of(records: Sequence, tier: str) -> Fidelity:
         r = stats.spearmanr(x, y)
         rho, rho_p = float(r.statistic), float(r.pvalue)
     signs = [math.copysign(1, a) == math.copysign(1, b) for a, b in zip(x, y, strict=True) if a and b]
-    runs = [r.cost.device_seconds for r in records if isinstance(r, RunRecord) and r.tier == tier
-            and r.result.status == "ok" and r.experiment.startswith("fidelity-")]
+    runs = [
+        r.cost.device_seconds
+        for r in records
+        if isinstance(r, RunRecord)
+        and r.tier == tier
+        and r.result.status == "ok"
+        and r.experiment.startswith("fidelity-")
+    ]
     calibs = calibrations_from_ledger(records, tier, FINAL_TIER)
-    return Fidelity(tier=tier, pairs=pairs, spearman=rho, spearman_p=rho_p,
-                    sign_agreement=sum(signs) / len(signs) if signs else None,
-                    calibrations={str(k): v for k, v in calibs.items()}, seconds_per_run=statistics.fmean(runs) if runs else None)
+    return Fidelity(
+        tier=tier,
+        pairs=pairs,
+        spearman=rho,
+        spearman_p=rho_p,
+        sign_agreement=sum(signs) / len(signs) if signs else None,
+        calibrations={str(k): v for k, v in calibs.items()},
+        seconds_per_run=statistics.fmean(runs) if runs else None,
+    )
 
 
 def describe(f: Fidelity) -> list[str]:
     """The printed summary: one line per pair, then Spearman, signs and the fitted slopes."""
-    out = [f"fidelity of tier {f.tier} against published 8xH100 deltas ({len(f.pairs)} pairs):",
-           f"  {'technique':<24}{'kind':<14}{'tier delta':>12}{'+-se':>9}{'published':>11}  seeds"]
+    out = [
+        f"fidelity of tier {f.tier} against published 8xH100 deltas ({len(f.pairs)} pairs):",
+        f"  {'technique':<24}{'kind':<14}{'tier delta':>12}{'+-se':>9}{'published':>11}  seeds",
+    ]
     for p in sorted(f.pairs, key=lambda p: p.upper_delta):
         se = "" if p.lower_se is None else f"{p.lower_se:.5f}"
-        out.append(f"  {p.technique:<24}{p.technique_kind:<14}{p.lower_delta:>+12.5f}{se:>9}{p.upper_delta:>+11.5f}"
-                   f"  {len(p.seeds)}")
-    rho = "n/a (needs 3 pairs with spread)" if f.spearman is None else f"{f.spearman:+.2f} (p={f.spearman_p:.2g})"
+        out.append(
+            f"  {p.technique:<24}{p.technique_kind:<14}{p.lower_delta:>+12.5f}{se:>9}{p.upper_delta:>+11.5f}"
+            f"  {len(p.seeds)}"
+        )
+    rho = (
+        "n/a (needs 3 pairs with spread)"
+        if f.spearman is None
+        else f"{f.spearman:+.2f} (p={f.spearman_p:.2g})"
+    )
     sign = "n/a" if f.sign_agreement is None else f"{f.sign_agreement:.0%}"
-    out.append(f"  Spearman {rho}; sign agreement {sign}"
-               + (f"; {f.seconds_per_run:.1f} s per run" if f.seconds_per_run else ""))
+    out.append(
+        f"  Spearman {rho}; sign agreement {sign}"
+        + (f"; {f.seconds_per_run:.1f} s per run" if f.seconds_per_run else "")
+    )
     for kind, c in f.calibrations.items():
         lo, hi = slope_interval(c)
-        out.append(f"  {kind}: full = {c.slope:+.3f} x tier (95% {lo:+.3f}..{hi:+.3f}), {c.n} own pair(s), "
-                   f"from {c.source}")
+        out.append(
+            f"  {kind}: full = {c.slope:+.3f} x tier (95% {lo:+.3f}..{hi:+.3f}), {c.n} own pair(s), "
+            f"from {c.source}"
+        )
     return out
 
 
-def run_fidelity(ws_root: str | Path, *, tier: str, seeds: int = 2, only: Sequence[str] | None = None,
-                 progress: Progress | None = None, session: str | None = None) -> Fidelity:
+def run_fidelity(
+    ws_root: str | Path,
+    *,
+    tier: str,
+    seeds: int = 2,
+    only: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    session: str | None = None,
+) -> Fidelity:
     """Run the panel on matched seeds at `tier` and write the tier's calibration pairs to the ledger."""
     from agent import lock
     from agent.session import ensure_data
@@ -144,35 +185,69 @@ def run_fidelity(ws_root: str | Path, *, tier: str, seeds: int = 2, only: Sequen
         seed_list = list(range(SEED_BASE, SEED_BASE + seeds))
         experiment = f"fidelity-{tier}-{sha[:8]}"[:64]
         progress.line(f"fidelity on {tier}: baseline + {len(panel)} technique(s) x {seeds} seed(s)")
-        _, base = sweep(SweepArgs(candidates=[Candidate(name="baseline")], seeds=seed_list, experiment=experiment,
-                                  hypothesis="fidelity panel: the workspace's trainer as is"), ctx)
+        _, base = sweep(
+            SweepArgs(
+                candidates=[Candidate(name="baseline")],
+                seeds=seed_list,
+                experiment=experiment,
+                hypothesis="fidelity panel: the workspace's trainer as is",
+            ),
+            ctx,
+        )
         base_by_seed = {r.seed: r for r in base if r.result.status == "ok" and r.result.val_bpb is not None}
         if not base_by_seed:
-            raise RuntimeError(f"the baseline does not train on {tier}: "
-                               + (base[-1].result.error or base[-1].result.status if base else "no runs")[-800:])
+            raise RuntimeError(
+                f"the baseline does not train on {tier}: "
+                + (base[-1].result.error or base[-1].result.status if base else "no runs")[-800:]
+            )
         for item in panel:
             name = item.technique.replace("_", "-")
-            _, recs = sweep(SweepArgs(candidates=[Candidate(name=name, env=item.env)], seeds=seed_list,
-                                      experiment=experiment, technique=item.technique,
-                                      hypothesis=f"fidelity panel: {item.technique} (published {item.full_delta:+g})"),
-                            ctx)
-            ok = [r for r in recs if r.result.status == "ok" and r.result.val_bpb is not None
-                  and r.seed in base_by_seed]
+            _, recs = sweep(
+                SweepArgs(
+                    candidates=[Candidate(name=name, env=item.env)],
+                    seeds=seed_list,
+                    experiment=experiment,
+                    technique=item.technique,
+                    hypothesis=f"fidelity panel: {item.technique} (published {item.full_delta:+g})",
+                ),
+                ctx,
+            )
+            ok = [
+                r
+                for r in recs
+                if r.result.status == "ok" and r.result.val_bpb is not None and r.seed in base_by_seed
+            ]
             if not ok:
-                progress.line(f"  {item.technique}: no finished run, left out "
-                              f"({recs[-1].result.status if recs else 'none'})")
+                progress.line(
+                    f"  {item.technique}: no finished run, left out "
+                    f"({recs[-1].result.status if recs else 'none'})"
+                )
                 continue
-            diffs = [float(r.result.val_bpb) - float(base_by_seed[r.seed].result.val_bpb)  # type: ignore[arg-type]
-                     for r in ok]
+            diffs = [
+                float(r.result.val_bpb) - float(base_by_seed[r.seed].result.val_bpb)  # type: ignore[arg-type]
+                for r in ok
+            ]
             se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= 2 else None
             pair = CalibrationPairRecord(
-                session=session, tier=tier, hardware=hardware, technique=item.technique,
+                session=session,
+                tier=tier,
+                hardware=hardware,
+                technique=item.technique,
                 technique_kind=item.kind if item.kind in KINDS else "architecture",
-                lower_delta=statistics.fmean(diffs), lower_se=se, upper_delta=item.full_delta,
-                source=item.source, env=item.env, seeds=[r.seed for r in ok], seed_diffs=diffs,
-                runs=[r.run_id for r in ok] + [base_by_seed[r.seed].run_id for r in ok], script_sha=sha)
+                lower_delta=statistics.fmean(diffs),
+                lower_se=se,
+                upper_delta=item.full_delta,
+                source=item.source,
+                env=item.env,
+                seeds=[r.seed for r in ok],
+                seed_diffs=diffs,
+                runs=[r.run_id for r in ok] + [base_by_seed[r.seed].run_id for r in ok],
+                script_sha=sha,
+            )
             ledger.append(pair)
-            progress.line(f"  {item.technique}: {pair.lower_delta:+.5f} on {tier} vs {item.full_delta:+.5f} published")
+            progress.line(
+                f"  {item.technique}: {pair.lower_delta:+.5f} on {tier} vs {item.full_delta:+.5f} published"
+            )
     finally:
         lock.release(ws.lock)
     return fidelity_of(ledger.records(), tier)
@@ -212,8 +287,16 @@ def kind_trust(records: Sequence, tier: str) -> dict[str, KindTrust]:
             level = "trusted"
         else:
             level = "weak"
-        out[kind] = KindTrust(kind=kind, pairs=len(own), spearman=rho, sign_agreement=agree,
-                              slope=calibs[kind].slope, slope_low=lo, slope_high=hi, level=level)
+        out[kind] = KindTrust(
+            kind=kind,
+            pairs=len(own),
+            spearman=rho,
+            sign_agreement=agree,
+            slope=calibs[kind].slope,
+            slope_low=lo,
+            slope_high=hi,
+            level=level,
+        )
     return out
 
 
@@ -227,8 +310,10 @@ def needs_gpu_tier(records: Sequence, tier: str, technique: str | None, kind: st
     pair = next((p for p in tier_pairs(records, tier) if p.technique == technique), None)
     if pair is not None:
         if pair.lower_delta and math.copysign(1, pair.lower_delta) != math.copysign(1, pair.upper_delta):
-            return (f"on {tier} its delta {pair.lower_delta:+.5f} has the opposite sign of the published "
-                    f"{pair.upper_delta:+.5f} (golf fidelity)")
+            return (
+                f"on {tier} its delta {pair.lower_delta:+.5f} has the opposite sign of the published "
+                f"{pair.upper_delta:+.5f} (golf fidelity)"
+            )
         if pair.lower_se and abs(pair.lower_delta) < 2 * pair.lower_se:
             return f"on {tier} its effect {pair.lower_delta:+.5f} stays within noise (se {pair.lower_se:.5f})"
         return None
@@ -236,8 +321,10 @@ def needs_gpu_tier(records: Sequence, tier: str, technique: str | None, kind: st
         return None  # architecture deltas transfer (PR #2005); a rejection on the proxy stands
     trust = kind_trust(records, tier).get(kind)
     if trust is not None and trust.slope_low <= 0:
-        return (f"{kind} changes on {tier} map to full scale with slope {trust.slope:+.2f} "
-                f"(95% {trust.slope_low:+.2f}..{trust.slope_high:+.2f}): the proxy may not see them")
+        return (
+            f"{kind} changes on {tier} map to full scale with slope {trust.slope:+.2f} "
+            f"(95% {trust.slope_low:+.2f}..{trust.slope_high:+.2f}): the proxy may not see them"
+        )
     return None
 
 
@@ -247,10 +334,15 @@ def fidelity_lines(records: Sequence, tier: str) -> list[str]:
     for t in kind_trust(records, tier).values():
         rho = "n/a" if t.spearman is None else f"{t.spearman:+.2f}"
         sign = "n/a" if t.sign_agreement is None else f"{t.sign_agreement:.0%}"
-        out.append(f"  {t.kind}: {t.level} ({t.pairs} pairs, Spearman {rho}, signs {sign}, slope {t.slope:+.3f} "
-                   f"[{t.slope_low:+.3f}..{t.slope_high:+.3f}])")
-    blind = [p.technique for p in tier_pairs(records, tier)
-             if needs_gpu_tier(records, tier, p.technique, p.technique_kind)]
+        out.append(
+            f"  {t.kind}: {t.level} ({t.pairs} pairs, Spearman {rho}, signs {sign}, slope {t.slope:+.3f} "
+            f"[{t.slope_low:+.3f}..{t.slope_high:+.3f}])"
+        )
+    blind = [
+        p.technique
+        for p in tier_pairs(records, tier)
+        if needs_gpu_tier(records, tier, p.technique, p.technique_kind)
+    ]
     if blind:
         out.append(f"  needs a GPU tier (this tier cannot see them): {', '.join(sorted(blind))}")
     return out

@@ -95,18 +95,41 @@ def noise_model(
     if df_measured == 0:
         if prior_std is None:
             raise ValueError("noise_model: no group has two runs and there is no prior")
-        return NoiseModel(tier=tier, hardware=hardware, std=prior_std, n=n, source="prior", df=prior_df,
-                          prior_std=prior_std, groups=n_groups)
+        return NoiseModel(
+            tier=tier,
+            hardware=hardware,
+            std=prior_std,
+            n=n,
+            source="prior",
+            df=prior_df,
+            prior_std=prior_std,
+            groups=n_groups,
+        )
     assert measured_std is not None
     if prior_std is None:
-        return NoiseModel(tier=tier, hardware=hardware, std=measured_std, n=n, source="measured",
-                          df=df_measured, measured_std=measured_std, groups=n_groups)
+        return NoiseModel(
+            tier=tier,
+            hardware=hardware,
+            std=measured_std,
+            n=n,
+            source="measured",
+            df=df_measured,
+            measured_std=measured_std,
+            groups=n_groups,
+        )
     var = (prior_df * prior_std**2 + ss) / (prior_df + df_measured)
     weight = df_measured / (df_measured + prior_df)
-    return NoiseModel(tier=tier, hardware=hardware, std=math.sqrt(var), n=n,
-                      source="measured" if weight >= MEASURED_WEIGHT else "pooled",
-                      df=prior_df + df_measured, measured_std=measured_std, prior_std=prior_std,
-                      groups=n_groups)
+    return NoiseModel(
+        tier=tier,
+        hardware=hardware,
+        std=math.sqrt(var),
+        n=n,
+        source="measured" if weight >= MEASURED_WEIGHT else "pooled",
+        df=prior_df + df_measured,
+        measured_std=measured_std,
+        prior_std=prior_std,
+        groups=n_groups,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
@@ -163,8 +186,9 @@ def pocock_alpha(alpha: float, infos: tuple[float, ...]) -> float:
     def excess(c: float) -> float:
         # a fixed rng makes the quasi-Monte-Carlo integration deterministic (same design, same level);
         # 1e-4 absolute is 0.2% of alpha = 0.05 and ten times faster than scipy's default 1e-5
-        p_none = stats.multivariate_normal.cdf(np.full(k, c), mean=np.zeros(k), cov=corr, abseps=1e-4,
-                                               releps=0, rng=np.random.default_rng(0))
+        p_none = stats.multivariate_normal.cdf(
+            np.full(k, c), mean=np.zeros(k), cov=corr, abseps=1e-4, releps=0, rng=np.random.default_rng(0)
+        )
         return 1.0 - float(p_none) - alpha
 
     lo, hi = stats.norm.isf(alpha), stats.norm.isf(alpha / k)  # Pocock lies between none and Bonferroni
@@ -238,8 +262,16 @@ def judge(
     sizes = tuple(range(first, seeds_max + 1))
     a_look = look_alpha(alpha, sizes, n_i)
     delta = m_c - m_i
-    base: dict[str, Any] = dict(delta=delta, n_candidate=n_c, n_incumbent=n_i, noise_std=noise_std, alpha_look=a_look,
-                look=look, looks_planned=len(sizes), margin=min_effect)
+    base: dict[str, Any] = dict(
+        delta=delta,
+        n_candidate=n_c,
+        n_incumbent=n_i,
+        noise_std=noise_std,
+        alpha_look=a_look,
+        look=look,
+        looks_planned=len(sizes),
+        margin=min_effect,
+    )
     more = n_c < seeds_max
 
     if noise_std is not None:
@@ -260,20 +292,44 @@ def judge(
         df = min(df, nu + n_c - 1 + (0 if incumbent_in_noise else n_i - 1))
     else:
         if n_c < 2 or n_i < 2:
-            return Verdict(outcome="inconclusive", need_more=more, ci_low=None, ci_high=None, p_value=None,
-                           df=None, reason="Welch needs two runs per side (or a noise model)", **base)
+            return Verdict(
+                outcome="inconclusive",
+                need_more=more,
+                ci_low=None,
+                ci_high=None,
+                p_value=None,
+                df=None,
+                reason="Welch needs two runs per side (or a noise model)",
+                **base,
+            )
         a, b = v_c / n_c, v_i / n_i
         se = math.sqrt(a + b)
         df = (a + b) ** 2 / (a * a / (n_c - 1) + b * b / (n_i - 1)) if se > 0 else float("inf")
     if se == 0:
-        return Verdict(outcome="inconclusive", need_more=more, ci_low=delta, ci_high=delta, p_value=None,
-                       df=None, reason="all runs identical and no noise model: nothing to test", **base)
+        return Verdict(
+            outcome="inconclusive",
+            need_more=more,
+            ci_low=delta,
+            ci_high=delta,
+            p_value=None,
+            df=None,
+            reason="all runs identical and no noise model: nothing to test",
+            **base,
+        )
 
     return _decide(delta, se, df, a_look, min_effect, more, futility_p, base)
 
 
-def _decide(delta: float, se: float, df: float, a_look: float, min_effect: float, more: bool,
-            futility_p: float | None, base: dict[str, Any]) -> Verdict:
+def _decide(
+    delta: float,
+    se: float,
+    df: float,
+    a_look: float,
+    min_effect: float,
+    more: bool,
+    futility_p: float | None,
+    base: dict[str, Any],
+) -> Verdict:
     """The outcome of one look from the estimate, its standard error and df (shared by both tests)."""
     look, planned, n_c, n_i = base["look"], base["looks_planned"], base["n_candidate"], base["n_incumbent"]
     t_stat = (delta + min_effect) / se  # H0: delta >= -min_effect (no improvement of that size)
@@ -295,13 +351,22 @@ def _decide(delta: float, se: float, df: float, a_look: float, min_effect: float
     if more:
         if futility_p is not None and p > futility_p:
             return Verdict(outcome="rejected", need_more=False, reason=f"futility stop: {where}", **base)
-        return Verdict(outcome="inconclusive", need_more=True, reason=f"ambiguous, add a seed: {where}",
-                       **base)
+        return Verdict(
+            outcome="inconclusive", need_more=True, reason=f"ambiguous, add a seed: {where}", **base
+        )
     if delta >= -min_effect:
-        return Verdict(outcome="rejected", need_more=False,
-                       reason=f"futility at seeds_max, no improvement shown: {where}", **base)
-    return Verdict(outcome="inconclusive", need_more=False,
-                   reason=f"points to an improvement but not significant at seeds_max: {where}", **base)
+        return Verdict(
+            outcome="rejected",
+            need_more=False,
+            reason=f"futility at seeds_max, no improvement shown: {where}",
+            **base,
+        )
+    return Verdict(
+        outcome="inconclusive",
+        need_more=False,
+        reason=f"points to an improvement but not significant at seeds_max: {where}",
+        **base,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- paired
@@ -321,13 +386,16 @@ EVAL_ENV = {"EVAL_STRIDE", "TTT_ENABLE", "TTT_CHUNK_TOKENS", "TTT_LR", "TTT_EPOC
 EVAL_TECHNIQUES = {"sliding_eval", "ttt", "ttt_lora", "eval_stride"}
 
 
-def noise_kind(technique: str | None, changed_env: Sequence[str] = (), script_changed: bool = True) -> NoiseKind:
+def noise_kind(
+    technique: str | None, changed_env: Sequence[str] = (), script_changed: bool = True
+) -> NoiseKind:
     """Which experiments' paired spread may inform this one's: eval-only, training or architecture."""
     from agent.calibration import technique_kind  # one classification of training vs architecture
 
     keys = [k.upper() for k in changed_env]
-    if (technique or "").lower() in EVAL_TECHNIQUES or (not script_changed and keys
-                                                        and all(k in EVAL_ENV for k in keys)):
+    if (technique or "").lower() in EVAL_TECHNIQUES or (
+        not script_changed and keys and all(k in EVAL_ENV for k in keys)
+    ):
         return "eval"
     return technique_kind(technique, keys, script_changed)
 
@@ -358,12 +426,25 @@ def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, k
     df = sum(len(g) - 1 for g in pool if len(g) >= 2)
     used = sum(1 for g in pool if len(g) >= 2)
     if df == 0:
-        return PairedNoise(std=math.sqrt(fallback), df=min(aa_df, PAIRED_POOL_DF_CAP), pool_kind=kind,
-                           pool_std=math.sqrt(fallback), pool_df=min(aa_df, PAIRED_POOL_DF_CAP), pool_source="aa")
+        return PairedNoise(
+            std=math.sqrt(fallback),
+            df=min(aa_df, PAIRED_POOL_DF_CAP),
+            pool_kind=kind,
+            pool_std=math.sqrt(fallback),
+            pool_df=min(aa_df, PAIRED_POOL_DF_CAP),
+            pool_source="aa",
+        )
     var = ss / df
     given = min(float(df), PAIRED_POOL_DF_CAP)
-    return PairedNoise(std=math.sqrt(var), df=given, pool_kind=kind, pool_std=math.sqrt(var), pool_df=given,
-                       pool_source="kind", pool_experiments=used)
+    return PairedNoise(
+        std=math.sqrt(var),
+        df=given,
+        pool_kind=kind,
+        pool_std=math.sqrt(var),
+        pool_df=given,
+        pool_source="kind",
+        pool_experiments=used,
+    )
 
 
 def paired_noise(prior: PairedNoise, diffs: Sequence[float]) -> PairedNoise:
@@ -375,20 +456,42 @@ def paired_noise(prior: PairedNoise, diffs: Sequence[float]) -> PairedNoise:
         # thirty times the real spread (an eval-only change on cpu-smoke: 0.0007 against 0.021), so mixed
         # in it would swamp the evidence. Three or more differences give an exact paired t test of
         # their own, with n - 1 degrees of freedom.
-        return prior.model_copy(update=dict(std=math.sqrt(own), df=float(d.size - 1), pool_df=0.0,
-                                            own_std=math.sqrt(own), own_n=int(d.size)))
+        return prior.model_copy(
+            update=dict(
+                std=math.sqrt(own),
+                df=float(d.size - 1),
+                pool_df=0.0,
+                own_std=math.sqrt(own),
+                own_n=int(d.size),
+            )
+        )
     ss = (d.size - 1) * own if own is not None else 0.0
     var = (prior.pool_df * prior.pool_std**2 + ss) / (prior.pool_df + max(d.size - 1, 0))
-    return prior.model_copy(update=dict(std=math.sqrt(var), df=prior.pool_df + max(d.size - 1, 0),
-                                        own_std=math.sqrt(own) if own is not None else None, own_n=int(d.size)))
+    return prior.model_copy(
+        update=dict(
+            std=math.sqrt(var),
+            df=prior.pool_df + max(d.size - 1, 0),
+            own_std=math.sqrt(own) if own is not None else None,
+            own_n=int(d.size),
+        )
+    )
 
 
-def paired_pool(decisions: Sequence[DecisionRecord], *, tier: str, hardware: str, kind: str,
-                exclude: str | None = None) -> list[list[float]]:
+def paired_pool(
+    decisions: Sequence[DecisionRecord], *, tier: str, hardware: str, kind: str, exclude: str | None = None
+) -> list[list[float]]:
     """Per-seed differences of earlier paired decisions of this kind on this tier and hardware."""
-    return [list(d.seed_diffs) for d in decisions
-            if d.test == "paired" and d.tier == tier and d.hardware == hardware and d.paired_noise is not None
-            and d.paired_noise.pool_kind == kind and len(d.seed_diffs) >= 2 and d.experiment != exclude]
+    return [
+        list(d.seed_diffs)
+        for d in decisions
+        if d.test == "paired"
+        and d.tier == tier
+        and d.hardware == hardware
+        and d.paired_noise is not None
+        and d.paired_noise.pool_kind == kind
+        and len(d.seed_diffs) >= 2
+        and d.experiment != exclude
+    ]
 
 
 def judge_paired(
@@ -420,9 +523,20 @@ def judge_paired(
     sizes = tuple(range(first, seeds_max + 1))
     a_look = paired_look_alpha(alpha, sizes)
     nm = paired_noise(prior, [float(x) for x in d])
-    base: dict[str, Any] = dict(delta=delta, n_candidate=n, n_incumbent=n, noise_std=nm.std, alpha_look=a_look,
-                                look=look, looks_planned=len(sizes), margin=min_effect, test="paired",
-                                seeds=list(seeds), seed_diffs=[float(x) for x in d], paired_noise=nm)
+    base: dict[str, Any] = dict(
+        delta=delta,
+        n_candidate=n,
+        n_incumbent=n,
+        noise_std=nm.std,
+        alpha_look=a_look,
+        look=look,
+        looks_planned=len(sizes),
+        margin=min_effect,
+        test="paired",
+        seeds=list(seeds),
+        seed_diffs=[float(x) for x in d],
+        paired_noise=nm,
+    )
     se = nm.std / math.sqrt(n)
     return _decide(delta, se, nm.df, a_look, min_effect, n < seeds_max, futility_p, base)
 
@@ -446,19 +560,36 @@ def judge_matched(
     """
     common = [s for s in candidate if s in incumbent]
     if diff_prior is not None and candidate and len(common) == len(candidate):
-        return judge_paired([candidate[s] - incumbent[s] for s in common], prior=diff_prior, alpha=alpha,
-                            min_effect=min_effect, seeds_max=seeds_max, looks=looks, futility_p=futility_p,
-                            seeds=common)
-    v = judge(list(incumbent.values()), list(candidate.values()), alpha=alpha, min_effect=min_effect,
-              noise_std=noise_std, noise_df=noise_df, seeds_max=seeds_max, looks=looks, futility_p=futility_p)
+        return judge_paired(
+            [candidate[s] - incumbent[s] for s in common],
+            prior=diff_prior,
+            alpha=alpha,
+            min_effect=min_effect,
+            seeds_max=seeds_max,
+            looks=looks,
+            futility_p=futility_p,
+            seeds=common,
+        )
+    v = judge(
+        list(incumbent.values()),
+        list(candidate.values()),
+        alpha=alpha,
+        min_effect=min_effect,
+        noise_std=noise_std,
+        noise_df=noise_df,
+        seeds_max=seeds_max,
+        looks=looks,
+        futility_p=futility_p,
+    )
     return v.model_copy(update={"test": "welch"})
 
 
 Measure = Callable[[list[int]], "tuple[dict[int, float], dict[int, float]] | None"]
 
 
-def sequential_experiment(measure: Measure, *, seeds: Sequence[int], seeds_initial: int, seeds_max: int,
-                          **judge_kw: Any) -> Verdict | None:
+def sequential_experiment(
+    measure: Measure, *, seeds: Sequence[int], seeds_initial: int, seeds_max: int, **judge_kw: Any
+) -> Verdict | None:
     """The experiment's seed schedule: seeds_initial seeds, then one more per look while the judge asks.
 
     `measure(new_seeds)` runs the candidate (and the incumbent where it lacks a run) on new_seeds and
@@ -512,8 +643,16 @@ def judge_record(
     if isinstance(frontier, (int, float, np.floating)):
         f_mean, f_n = float(frontier), 1
         if frontier_std is not None:
-            res = stats.ttest_ind_from_stats(cand.mean(), cand.std(ddof=1), cand.size, f_mean - margin,
-                                             frontier_std, frontier_n, equal_var=False, alternative="less")
+            res = stats.ttest_ind_from_stats(
+                cand.mean(),
+                cand.std(ddof=1),
+                cand.size,
+                f_mean - margin,
+                frontier_std,
+                frontier_n,
+                equal_var=False,
+                alternative="less",
+            )
             se_f2 = frontier_std**2 / frontier_n
             how = f"Welch vs published {f_mean:.5f}±{frontier_std:.5f} (n={frontier_n})"
             f_n = frontier_n
@@ -532,17 +671,35 @@ def judge_record(
     a = float(cand.var(ddof=1)) / cand.size
     se = math.sqrt(a + se_f2)
     # Welch-Satterthwaite df for the interval (ttest_ind_from_stats does not report it)
-    df = float(cand.size - 1) if se_f2 == 0 else (a + se_f2) ** 2 / (a * a / (cand.size - 1)
-                                                                     + se_f2 * se_f2 / max(1, f_n - 1))
+    df = (
+        float(cand.size - 1)
+        if se_f2 == 0
+        else (a + se_f2) ** 2 / (a * a / (cand.size - 1) + se_f2 * se_f2 / max(1, f_n - 1))
+    )
     half = float(stats.t.isf(p_threshold, df)) * se
-    where = (f"delta {delta:+.5f} bpb vs margin -{margin:.5f} ({nats:g} nats), p={p:.3g} "
-             f"(threshold {p_threshold:g}); {how}")
-    base: dict[str, Any] = dict(delta=delta, ci_low=delta - half, ci_high=delta + half, p_value=p, n_candidate=cand.size,
-                n_incumbent=f_n, noise_std=None, alpha_look=p_threshold, df=df, margin=margin, need_more=False)
+    where = (
+        f"delta {delta:+.5f} bpb vs margin -{margin:.5f} ({nats:g} nats), p={p:.3g} "
+        f"(threshold {p_threshold:g}); {how}"
+    )
+    base: dict[str, Any] = dict(
+        delta=delta,
+        ci_low=delta - half,
+        ci_high=delta + half,
+        p_value=p,
+        n_candidate=cand.size,
+        n_incumbent=f_n,
+        noise_std=None,
+        alpha_look=p_threshold,
+        df=df,
+        margin=margin,
+        need_more=False,
+    )
     if p < p_threshold:
         return Verdict(outcome="confirmed", reason=f"record: {where}", **base)
     if delta > -margin:
-        return Verdict(outcome="rejected", reason=f"not a record, mean does not clear the margin: {where}",
-                       **base)
-    return Verdict(outcome="inconclusive", reason=f"clears the margin on average, not significant: {where}",
-                   **base)
+        return Verdict(
+            outcome="rejected", reason=f"not a record, mean does not clear the margin: {where}", **base
+        )
+    return Verdict(
+        outcome="inconclusive", reason=f"clears the margin on average, not significant: {where}", **base
+    )

@@ -45,8 +45,16 @@ SWEEP_TOOL = "launch_local_sweep"
 FINISH_TOOL = "finish"
 # offered to the model; the registry's own launch_local_sweep (seeds, several candidates) is not: the
 # session chooses seeds, so the model's version of the tool takes one experiment and nothing it would ignore
-OFFERED_TOOLS = ["view_script", "grep_script", "edit_train_script", SWEEP_TOOL, "query_findings", "read_logs",
-                 "record_finding", FINISH_TOOL]
+OFFERED_TOOLS = [
+    "view_script",
+    "grep_script",
+    "edit_train_script",
+    SWEEP_TOOL,
+    "query_findings",
+    "read_logs",
+    "record_finding",
+    FINISH_TOOL,
+]
 MAX_KEPT_ARGUMENT_CHARS = 4000  # what an assistant tool call keeps of its arguments within a decision
 MAX_KEPT_CONTENT_CHARS = 1000
 MAX_TOOL_RESULT_CHARS = 5000
@@ -64,12 +72,16 @@ class FinishResult(BaseModel):
     acknowledged: bool = True
 
 
-def _finish(args: FinishArgs, ctx: Any) -> FinishResult:  # the planner intercepts it; this is for the registry
+def _finish(
+    args: FinishArgs, ctx: Any
+) -> FinishResult:  # the planner intercepts it; this is for the registry
     return FinishResult()
 
 
 if FINISH_TOOL not in registry.names():
-    registry.tool(FINISH_TOOL, "End the session: nothing promising is left. Give the reason.", FinishArgs)(_finish)
+    registry.tool(FINISH_TOOL, "End the session: nothing promising is left. Give the reason.", FinishArgs)(
+        _finish
+    )
 
 
 class ExperimentArgs(BaseModel):
@@ -86,12 +98,16 @@ class ExperimentArgs(BaseModel):
 
 def experiment_schema(env_names: list[str]) -> dict[str, Any]:
     schema = ExperimentArgs.model_json_schema()
-    schema["properties"]["env"] = ENV_PAIRS_SCHEMA | {"description": "knob overrides on the incumbent's; [] for none"}
+    schema["properties"]["env"] = ENV_PAIRS_SCHEMA | {
+        "description": "knob overrides on the incumbent's; [] for none"
+    }
     return registry.with_env_names(registry.strict_schema(schema), env_names)
 
 
-SWEEP_DESCRIPTION = ("Run ONE experiment: the working script (with your edit, if any) and these knob overrides. "
-                     "Ends the decision.")
+SWEEP_DESCRIPTION = (
+    "Run ONE experiment: the working script (with your edit, if any) and these knob overrides. "
+    "Ends the decision."
+)
 
 
 def load_tools() -> None:
@@ -102,6 +118,7 @@ def load_tools() -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------------
+
 
 class LLMConfig(BaseModel):
     model: str = DEFAULT_MODEL
@@ -146,14 +163,26 @@ def choose_planner(kind: str = "auto", env: Mapping[str, str] | None = None) -> 
         return "llm", f"the LLM planner was asked for (model {env.get('PGOLF_LLM_MODEL') or DEFAULT_MODEL})"
     if kind != "auto":
         raise ValueError(f"unknown planner {kind!r}: auto, llm or playbook")
-    where = "OPENAI_BASE_URL" if env.get("OPENAI_BASE_URL") else "OPENAI_API_KEY" if env.get("OPENAI_API_KEY") else ""
+    where = (
+        "OPENAI_BASE_URL"
+        if env.get("OPENAI_BASE_URL")
+        else "OPENAI_API_KEY"
+        if env.get("OPENAI_API_KEY")
+        else ""
+    )
     if where:
-        return "llm", (f"auto: {where} is set, so the LLM planner drives the session "
-                       f"(model {env.get('PGOLF_LLM_MODEL') or DEFAULT_MODEL})")
-    return "playbook", "auto: neither OPENAI_API_KEY nor OPENAI_BASE_URL is set, so the playbook planner drives"
+        return "llm", (
+            f"auto: {where} is set, so the LLM planner drives the session "
+            f"(model {env.get('PGOLF_LLM_MODEL') or DEFAULT_MODEL})"
+        )
+    return (
+        "playbook",
+        "auto: neither OPENAI_API_KEY nor OPENAI_BASE_URL is set, so the playbook planner drives",
+    )
 
 
 # -- provider errors -------------------------------------------------------------------------------
+
 
 class DecisionFailed(Exception):
     """The provider could not give this decision an answer (after retries and adjustments)."""
@@ -163,8 +192,15 @@ class ContextTooLong(Exception):
     pass
 
 
-_CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context length", "context window",
-                    "too many tokens", "reduce the length", "prompt is too long")
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context length",
+    "context window",
+    "too many tokens",
+    "reduce the length",
+    "prompt is too long",
+)
 
 
 def _error_text(e: openai.APIStatusError) -> str:
@@ -205,6 +241,7 @@ def retry_after_s(e: BaseException | None) -> float | None:
 
 # -- the planner -----------------------------------------------------------------------------------
 
+
 def _kept_arguments(arguments: str) -> str:
     """Arguments as kept within the decision: valid JSON, and never large (servers re-parse them)."""
     if len(arguments) <= MAX_KEPT_ARGUMENT_CHARS:
@@ -224,8 +261,18 @@ def _canonical(arguments: str) -> str:
 
 
 # what the model needs first from a verdict; the hypothesis it wrote itself is left out
-_VERDICT_KEYS = ("experiment", "outcome", "kept", "delta", "ci_low", "ci_high", "p_value", "n_candidate",
-                 "reason", "candidate_runs")
+_VERDICT_KEYS = (
+    "experiment",
+    "outcome",
+    "kept",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_candidate",
+    "reason",
+    "candidate_runs",
+)
 
 
 def verdict_text(outcome: dict[str, Any], limit: int = 700) -> str:
@@ -248,8 +295,10 @@ class JournalEntry(BaseModel):
 
     def line(self) -> str:
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
-        parts = [f"d{self.decision}", self.name + (f" ({self.technique})" if self.technique and self.technique != self.name
-                                                   else "")]
+        parts = [
+            f"d{self.decision}",
+            self.name + (f" ({self.technique})" if self.technique and self.technique != self.name else ""),
+        ]
         if self.source == "playbook":
             parts.append("[playbook fallback]")
         if env:
@@ -262,16 +311,32 @@ class JournalEntry(BaseModel):
 class LLMPlanner:
     name = "llm"
 
-    def __init__(self, model: str = DEFAULT_MODEL, base_url: str | None = None, api_key: str | None = None, *,
-                 max_turns_per_decision: int = 8, max_tokens_per_session: int = DEFAULT_SESSION_TOKENS,
-                 max_tokens_per_decision: int = DEFAULT_DECISION_TOKENS, timeout_s: float = 120.0,
-                 max_retries: int = 4, strict_tools: bool | Literal["auto"] = "auto",
-                 max_completion_tokens: int | None = None,
-                 token_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto",
-                 reasoning_effort: str | None = None, digest_chars: int = DEFAULT_DIGEST_CHARS,
-                 max_repeats: int = 3, tools: list[str] | None = None, tool_choice: str | dict[str, Any] = "auto",
-                 retry_base_s: float = 1.0, retry_max_s: float = 60.0, fallback: Any = None,
-                 failures_before_pause: int = 3, pause_decisions: int = 5, fidelity: Any = None):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        max_turns_per_decision: int = 8,
+        max_tokens_per_session: int = DEFAULT_SESSION_TOKENS,
+        max_tokens_per_decision: int = DEFAULT_DECISION_TOKENS,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        strict_tools: bool | Literal["auto"] = "auto",
+        max_completion_tokens: int | None = None,
+        token_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto",
+        reasoning_effort: str | None = None,
+        digest_chars: int = DEFAULT_DIGEST_CHARS,
+        max_repeats: int = 3,
+        tools: list[str] | None = None,
+        tool_choice: str | dict[str, Any] = "auto",
+        retry_base_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        fallback: Any = None,
+        failures_before_pause: int = 3,
+        pause_decisions: int = 5,
+        fidelity: Any = None,
+    ):
         load_tools()
         if api_key is None and base_url:
             api_key = PLACEHOLDER_KEY
@@ -286,8 +351,9 @@ class LLMPlanner:
         self.max_retries = max_retries
         self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self.max_completion_tokens = max_completion_tokens
-        self.token_param = (("max_completion_tokens" if official else "max_tokens") if token_param == "auto"
-                            else token_param)
+        self.token_param = (
+            ("max_completion_tokens" if official else "max_tokens") if token_param == "auto" else token_param
+        )
         self.reasoning_effort = reasoning_effort
         self.digest_chars = digest_chars
         self.max_repeats = max_repeats
@@ -331,7 +397,9 @@ class LLMPlanner:
         from agent.fidelity import context_lines  # the tier's measured fidelity and the projected score
 
         overrides.setdefault("fidelity", context_lines)
-        return cls(cfg.model, cfg.base_url, key, **(cfg.model_dump(exclude={"model", "base_url"}) | overrides))
+        return cls(
+            cfg.model, cfg.base_url, key, **(cfg.model_dump(exclude={"model", "base_url"}) | overrides)
+        )
 
     # -- Planner protocol -------------------------------------------------------------------------
 
@@ -339,10 +407,12 @@ class LLMPlanner:
         if self.journal and self.journal[-1].outcome == "pending":
             o = outcome
             d = o.get("delta")
-            self.journal[-1].outcome = (f"{o.get('outcome', '?')}{' kept' if o.get('kept') else ''}"
-                                        + (f" d={d:+.3g}" if isinstance(d, int | float) else "")
-                                        + (f" p={o['p_value']:.2g}" if isinstance(o.get("p_value"), int | float) else "")
-                                        + (f" n={o['n_candidate']}" if o.get("n_candidate") else ""))
+            self.journal[-1].outcome = (
+                f"{o.get('outcome', '?')}{' kept' if o.get('kept') else ''}"
+                + (f" d={d:+.3g}" if isinstance(d, int | float) else "")
+                + (f" p={o['p_value']:.2g}" if isinstance(o.get("p_value"), int | float) else "")
+                + (f" n={o['n_candidate']}" if o.get("n_candidate") else "")
+            )
             if self.journal[-1].source == "playbook" and self.fallback is not None:
                 self.fallback.observe(outcome)
         self.last_result = verdict_text(outcome)
@@ -350,8 +420,13 @@ class LLMPlanner:
     def propose(self, state: PlannerState, ctx: Any) -> Proposal:
         if self.paused_for > 0:
             self.paused_for -= 1
-            return self._fall_back(state, ctx, "the LLM provider failed on recent decisions; the playbook "
-                                   "decides while it recovers", 0, count=False)
+            return self._fall_back(
+                state,
+                ctx,
+                "the LLM provider failed on recent decisions; the playbook decides while it recovers",
+                0,
+                count=False,
+            )
         try:
             proposal = self._decide(state, ctx)
         except DecisionFailed as e:
@@ -380,8 +455,11 @@ class LLMPlanner:
         out = []
         for name in self.tool_names:
             if name == SWEEP_TOOL:
-                fn: dict[str, Any] = {"name": SWEEP_TOOL, "description": SWEEP_DESCRIPTION,
-                                      "parameters": experiment_schema(self._knob_names)}
+                fn: dict[str, Any] = {
+                    "name": SWEEP_TOOL,
+                    "description": SWEEP_DESCRIPTION,
+                    "parameters": experiment_schema(self._knob_names),
+                }
                 if self.strict:
                     fn["strict"] = True
                 out.append({"type": "function", "function": fn})
@@ -393,10 +471,20 @@ class LLMPlanner:
         digest_chars = max(800, self.digest_chars >> self.shrink)
         shown = max(2, JOURNAL_SHOWN >> self.shrink)
         older = len(self.journal) - shown
-        journal = "\n".join(([f"({older} earlier decisions: use query_findings)"] if older > 0 else [])
-                            + [j.line() for j in self.journal[-shown:]])
-        text = P.redact(P.decision_prompt(state, digest_chars, context=self._context(ctx), journal=journal,
-                                          last=self.last_result, seen_frontier=self.seen_frontier))
+        journal = "\n".join(
+            ([f"({older} earlier decisions: use query_findings)"] if older > 0 else [])
+            + [j.line() for j in self.journal[-shown:]]
+        )
+        text = P.redact(
+            P.decision_prompt(
+                state,
+                digest_chars,
+                context=self._context(ctx),
+                journal=journal,
+                last=self.last_result,
+                seen_frontier=self.seen_frontier,
+            )
+        )
         return text
 
     def _saw(self, state: PlannerState) -> None:
@@ -427,21 +515,33 @@ class LLMPlanner:
         self._decision_no = state.decisions_so_far + 1
         for _turn in range(self.max_turns):
             if self.tokens_session >= self.max_tokens:
-                return self._stop(f"token budget spent: {self.tokens_session} of {self.max_tokens} tokens "
-                                  "used this session", tokens)
+                return self._stop(
+                    f"token budget spent: {self.tokens_session} of {self.max_tokens} tokens "
+                    "used this session",
+                    tokens,
+                )
             if input_tokens >= self.max_decision_tokens:
-                raise _failed(f"the decision's token budget ({self.max_decision_tokens} input tokens) is spent "
-                              "without an experiment", tokens)
-            self.messages = [{"role": "system", "content": self._system[1]},
-                             {"role": "user", "content": self._user_prompt(state, ctx)}] + work
+                raise _failed(
+                    f"the decision's token budget ({self.max_decision_tokens} input tokens) is spent "
+                    "without an experiment",
+                    tokens,
+                )
+            self.messages = [
+                {"role": "system", "content": self._system[1]},
+                {"role": "user", "content": self._user_prompt(state, ctx)},
+            ] + work
             try:
                 response = self._complete(self.messages, tools)
             except ContextTooLong:
                 if self.shrink >= 3:
-                    raise _failed("the prompt does not fit the model's context even when cut", tokens) from None
+                    raise _failed(
+                        "the prompt does not fit the model's context even when cut", tokens
+                    ) from None
                 self.shrink += 1
                 work = [_shrunk(m) for m in work]
-                log.info("context too long: the prompt is cut (level %d) and the request retried", self.shrink)
+                log.info(
+                    "context too long: the prompt is cut (level %d) and the request retried", self.shrink
+                )
                 continue
             used, prompt_used = _usage(response, self.messages)
             tokens += used
@@ -462,8 +562,11 @@ class LLMPlanner:
                 nudged = True
                 note = P.load_template("nudge.txt").strip()
                 if finish == "length":
-                    note = ("Your reply was cut at the completion token limit before any tool call. " + note +
-                            " Keep it short.")
+                    note = (
+                        "Your reply was cut at the completion token limit before any tool call. "
+                        + note
+                        + " Keep it short."
+                    )
                 work += [{"role": "assistant", "content": content}, {"role": "user", "content": note}]
                 continue
             proposal = self._handle_calls(calls, content, ctx, tokens, work, truncated=finish == "length")
@@ -471,7 +574,9 @@ class LLMPlanner:
                 return proposal
         raise _failed(f"no experiment chosen within {self.max_turns} turns", tokens)
 
-    def _fall_back(self, state: PlannerState, ctx: Any, why: str, tokens: int, count: bool = True) -> Proposal:
+    def _fall_back(
+        self, state: PlannerState, ctx: Any, why: str, tokens: int, count: bool = True
+    ) -> Proposal:
         """This decision goes to the playbook; the session goes on, and the LLM is asked again later."""
         if count:
             self.consecutive_failures += 1
@@ -486,19 +591,33 @@ class LLMPlanner:
 
             self.fallback = PlaybookPlanner()
         p = self.fallback.propose(state, ctx)
-        p = p.model_copy(update={"reason": P._clip(f"playbook fallback ({why}): {p.reason}", 600),
-                                 "tokens_used": p.tokens_used + tokens})
+        p = p.model_copy(
+            update={
+                "reason": P._clip(f"playbook fallback ({why}): {p.reason}", 600),
+                "tokens_used": p.tokens_used + tokens,
+            }
+        )
         if p.action == "experiment" and p.experiment is not None:
-            self.journal.append(JournalEntry(decision=state.decisions_so_far + 1, source="playbook",
-                                             name=p.experiment.name, technique=p.experiment.technique,
-                                             env=p.experiment.env))
+            self.journal.append(
+                JournalEntry(
+                    decision=state.decisions_so_far + 1,
+                    source="playbook",
+                    name=p.experiment.name,
+                    technique=p.experiment.technique,
+                    env=p.experiment.env,
+                )
+            )
         return p
 
     # -- requests ---------------------------------------------------------------------------------
 
     def _request(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "tools": tools,
-                                  "tool_choice": self.tool_choice}
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "tools": tools,
+            "tool_choice": self.tool_choice,
+        }
         if self.strict and self.send_parallel_flag:
             kwargs["parallel_tool_calls"] = False  # strict schemas hold only without parallel calls
         if self.max_completion_tokens:
@@ -520,25 +639,33 @@ class LLMPlanner:
                     raise ContextTooLong(text) from None
                 cause = self._diagnose_400(text)
                 if cause is None or cause in adjusted:
-                    raise DecisionFailed(f"the LLM server refused the request (HTTP 400): "
-                                         f"{P.redact(str(e.message))[:300]}") from None
+                    raise DecisionFailed(
+                        f"the LLM server refused the request (HTTP 400): {P.redact(str(e.message))[:300]}"
+                    ) from None
                 adjusted.add(cause)
                 log.info("HTTP 400 (%s): %s; retrying", cause, str(e.message)[:200])
                 if cause == "strict":
                     tools = [_unstrict(t) for t in tools]
             except openai.APIStatusError as e:
-                raise DecisionFailed(f"the LLM server answered HTTP {e.status_code} after {self.max_retries} "
-                                     f"retries: {P.redact(str(e.message))[:300]}") from None
+                raise DecisionFailed(
+                    f"the LLM server answered HTTP {e.status_code} after {self.max_retries} "
+                    f"retries: {P.redact(str(e.message))[:300]}"
+                ) from None
             except openai.APITimeoutError:
                 raise DecisionFailed(f"the LLM server timed out after {self.max_retries} retries") from None
             except openai.APIConnectionError as e:
-                raise DecisionFailed(f"cannot reach the LLM server at {self.base_url or 'api.openai.com'}: "
-                                     f"{P.redact(str(e))[:200]}") from None
+                raise DecisionFailed(
+                    f"cannot reach the LLM server at {self.base_url or 'api.openai.com'}: "
+                    f"{P.redact(str(e))[:200]}"
+                ) from None
 
     def _diagnose_400(self, text: str) -> str | None:
         """Read a 400 for what it refuses and change that one thing; None when it is not ours to fix."""
-        if "max_tokens" in text and ("max_completion_tokens" in text or "not supported" in text) \
-                and self.token_param == "max_tokens":
+        if (
+            "max_tokens" in text
+            and ("max_completion_tokens" in text or "not supported" in text)
+            and self.token_param == "max_tokens"
+        ):
             self.token_param = "max_completion_tokens"
             return "token parameter"
         if "max_completion_tokens" in text and self.token_param == "max_completion_tokens":
@@ -550,8 +677,16 @@ class LLMPlanner:
         if "parallel_tool_calls" in text:
             self.send_parallel_flag = False
             return "parallel_tool_calls"
-        if self.strict and any(m in text for m in ("strict", "invalid schema", "json schema", "additionalproperties",
-                                                   "function parameters")):
+        if self.strict and any(
+            m in text
+            for m in (
+                "strict",
+                "invalid schema",
+                "json schema",
+                "additionalproperties",
+                "function parameters",
+            )
+        ):
             self.strict = False
             return "strict"
         if "tool_choice" in text and self.tool_choice != "auto":
@@ -570,12 +705,20 @@ class LLMPlanner:
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.info("LLM request failed (%s); retry %d of %d", type(exc).__name__, state.attempt_number,
-                     self.max_retries)
+            log.info(
+                "LLM request failed (%s); retry %d of %d",
+                type(exc).__name__,
+                state.attempt_number,
+                self.max_retries,
+            )
 
-        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.max_retries + 1), wait=wait,
-                                     retry=tenacity.retry_if_exception(is_transient), before_sleep=before_sleep,
-                                     reraise=True)
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=wait,
+            retry=tenacity.retry_if_exception(is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
         for attempt in retrying:
             with attempt:
                 self.requests += 1
@@ -601,8 +744,15 @@ class LLMPlanner:
         log.info("tool call refused: %s: %s", tool[:80], P.redact(error)[:200])
         self._event(ctx, "llm_tool_refused", {"tool": tool[:80], "error": P.redact(error)[:500]})
 
-    def _handle_calls(self, calls: list[Any], content: str, ctx: Any, tokens: int, work: list[dict[str, Any]],
-                      truncated: bool = False) -> Proposal | None:
+    def _handle_calls(
+        self,
+        calls: list[Any],
+        content: str,
+        ctx: Any,
+        tokens: int,
+        work: list[dict[str, Any]],
+        truncated: bool = False,
+    ) -> Proposal | None:
         kept_calls: list[dict[str, Any]] = []
         answers: list[tuple[str, str]] = []
         proposal: Proposal | None = None
@@ -613,8 +763,13 @@ class LLMPlanner:
             if not isinstance(arguments, str):  # some servers send an object
                 arguments = json.dumps(arguments, default=str)
             call_id = str(getattr(call, "id", "") or f"call_{len(work)}_{i}")[:64]
-            kept_calls.append({"id": call_id, "type": "function",
-                               "function": {"name": name, "arguments": P.redact(_kept_arguments(arguments))}})
+            kept_calls.append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": P.redact(_kept_arguments(arguments))},
+                }
+            )
             if proposal is not None:
                 answers.append((call_id, "not run: an earlier call in this reply ended the decision"))
                 continue
@@ -637,8 +792,10 @@ class LLMPlanner:
             self._record_refusal(ctx, name, reason)
             raise _failed(reason, tokens)
         if self.repeat_count == self.max_repeats:
-            error = (f"refused: this exact {name} call was already made {self.repeat_count - 1} times in a row and "
-                     "its answer will not change; do something different")
+            error = (
+                f"refused: this exact {name} call was already made {self.repeat_count - 1} times in a row and "
+                "its answer will not change; do something different"
+            )
             self._record_refusal(ctx, name, error)
             return error, None
         if name not in self.tool_names:
@@ -663,8 +820,11 @@ class LLMPlanner:
         if name == "read_logs" and isinstance(result, dict):  # log lines are the candidate's output: data
             result = quote_log_text(result)
         body = json.dumps(result, default=str, separators=(",", ":"), ensure_ascii=False)
-        return P.redact(body if len(body) <= MAX_TOOL_RESULT_CHARS else body[:MAX_TOOL_RESULT_CHARS - 14]
-                        + "…[truncated]"), None
+        return P.redact(
+            body
+            if len(body) <= MAX_TOOL_RESULT_CHARS
+            else body[: MAX_TOOL_RESULT_CHARS - 14] + "…[truncated]"
+        ), None
 
     def _intercept(self, name: str, arguments: str, ctx: Any, tokens: int) -> tuple[str, Proposal | None]:
         """The two calls that end a decision: parsed like any tool call, then turned into a proposal."""
@@ -676,13 +836,19 @@ class LLMPlanner:
             raw = json.loads(arguments or "{}")
             if name == FINISH_TOOL:
                 finish = FinishArgs.model_validate(raw)
-                return "session ends", self._stop("the model finished: " + P.redact(finish.reason)[:500], tokens)
+                return "session ends", self._stop(
+                    "the model finished: " + P.redact(finish.reason)[:500], tokens
+                )
             if isinstance(raw, dict):
                 raw = registry.drop_null_defaults(ExperimentArgs, raw)
                 raw = raw | {"env": env_from_pairs(raw.get("env") or [])}
             args = ExperimentArgs.model_validate(raw)
-            spec = ExperimentSpec(name=args.name, technique=args.technique or None,
-                                  hypothesis=P.redact(args.hypothesis), env=args.env)
+            spec = ExperimentSpec(
+                name=args.name,
+                technique=args.technique or None,
+                hypothesis=P.redact(args.hypothesis),
+                env=args.env,
+            )
             if args.env and self._knob_names:
                 unknown = sorted(set(args.env) - set(self._knob_names))
                 if unknown:
@@ -695,22 +861,38 @@ class LLMPlanner:
             error = f"invalid arguments: {e}"
         else:
             log.info("LLM proposes %s (%s) env=%s", spec.name, spec.technique, spec.env)
-            self.journal.append(JournalEntry(decision=self._decision_no, source="llm", name=spec.name,
-                                             technique=spec.technique, env=spec.env, edit=self._edit_note))
-            return "launched", Proposal(action="experiment", experiment=spec, tokens_used=tokens,
-                                        reason=P._clip(f"chosen by {self.model}"
-                                                       + (f"; edit {self._edit_note}" if self._edit_note else ""), 200))
+            self.journal.append(
+                JournalEntry(
+                    decision=self._decision_no,
+                    source="llm",
+                    name=spec.name,
+                    technique=spec.technique,
+                    env=spec.env,
+                    edit=self._edit_note,
+                )
+            )
+            return "launched", Proposal(
+                action="experiment",
+                experiment=spec,
+                tokens_used=tokens,
+                reason=P._clip(
+                    f"chosen by {self.model}" + (f"; edit {self._edit_note}" if self._edit_note else ""), 200
+                ),
+            )
         self._record_refusal(ctx, name, error)
         return "ERROR: " + error, None
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def quote_log_text(digest: dict[str, Any]) -> dict[str, Any]:
     """A log digest with every line the run printed quoted as data (one field a line, capped)."""
     out = dict(digest)
     if isinstance(out.get("error_tail"), str):
-        out["error_tail"] = [P.untrusted(ln, 300) for ln in out["error_tail"].splitlines()[-20:] if ln.strip()]
+        out["error_tail"] = [
+            P.untrusted(ln, 300) for ln in out["error_tail"].splitlines()[-20:] if ln.strip()
+        ]
     if isinstance(out.get("milestones"), list):
         out["milestones"] = [P.untrusted(m, 200) for m in out["milestones"]]
     if isinstance(out.get("status"), str):
@@ -777,6 +959,8 @@ def calibration_lines(ctx: Any) -> list[str]:
     out = []
     for kind, c in calibrations_from_ledger(ledger.records(), tier.name).items():
         lo, hi = slope_interval(c)
-        out.append(f"{kind}: final delta ~ {c.slope:+.2f} x this tier's (95% {lo:+.2f}..{hi:+.2f}; "
-                   f"{c.n} own pairs, {c.source})")
+        out.append(
+            f"{kind}: final delta ~ {c.slope:+.2f} x this tier's (95% {lo:+.2f}..{hi:+.2f}; "
+            f"{c.n} own pairs, {c.source})"
+        )
     return out

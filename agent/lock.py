@@ -50,8 +50,10 @@ def acquire(path: Path, session: str) -> dict:
         except FileExistsError:
             held = read_lock(path)
             if held is not None and lock_is_live(held):
-                raise LockedError(f"session {held['session']} (pid {held['pid']}) is running in this "
-                                  f"workspace since {held.get('started')}; one session at a time") from None
+                raise LockedError(
+                    f"session {held['session']} (pid {held['pid']}) is running in this "
+                    f"workspace since {held.get('started')}; one session at a time"
+                ) from None
             path.unlink(missing_ok=True)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as f:

@@ -37,7 +37,9 @@ class PlaybookPlanner:
                 continue  # already part of the incumbent
             if q["decided"] is None:
                 untested.append(q)
-            elif (q["decided"] == "inconclusive" or q["state"] == "retest") and q["tries"] <= RETRIES_FOR_INCONCLUSIVE:
+            elif (q["decided"] == "inconclusive" or q["state"] == "retest") and q[
+                "tries"
+            ] <= RETRIES_FOR_INCONCLUSIVE:
                 retest.append(q)
         return untested, retest
 
@@ -45,17 +47,25 @@ class PlaybookPlanner:
         untested, retest = self._eligible(state)
         # the whole queue is explored before any ambiguous result gets its second look
         group, second_look = (untested, False) if untested else (retest, True)
-        ranked = {o.get("technique"): o for o in state.options
-                  if o.get("action") in ("test", "add_seeds") and o.get("technique")}
+        ranked = {
+            o.get("technique"): o
+            for o in state.options
+            if o.get("action") in ("test", "add_seeds") and o.get("technique")
+        }
         if second_look:  # another look on this tier cannot help what it cannot see (agent/fidelity.py)
             group = [q for q in group if not ranked.get(q["technique"], {}).get("needs_gpu_tier")]
         if not group:
             return Proposal(action="stop", reason="the queue holds nothing untested")
         order = {q["technique"]: i for i, q in enumerate(group)}
         if ranked:  # cost-aware order within the group; what the tier cannot see (fidelity) goes last
-            group = sorted(group, key=lambda q: (bool(ranked.get(q["technique"], {}).get("needs_gpu_tier")),
-                                                 -(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
-                                                 order[q["technique"]]))
+            group = sorted(
+                group,
+                key=lambda q: (
+                    bool(ranked.get(q["technique"], {}).get("needs_gpu_tier")),
+                    -(ranked.get(q["technique"], {}).get("gain_per_dollar") or 0.0),
+                    order[q["technique"]],
+                ),
+            )
         group, deferred = defer_left_behind(group, state.frontier_obsolete)
         q = group[0]
         why = "queue order" if not ranked else "highest expected gain per dollar"
@@ -64,13 +74,19 @@ class PlaybookPlanner:
         why += deferral_note(q, deferred, state.frontier_obsolete)
         return Proposal(
             action="experiment",
-            experiment=ExperimentSpec(name=q["technique"], technique=q["technique"], env=dict(q["env"]),
-                                      hypothesis=f"{q['technique']} lowers val_bpb on {state.tier}. {q['notes']}"),
+            experiment=ExperimentSpec(
+                name=q["technique"],
+                technique=q["technique"],
+                env=dict(q["env"]),
+                hypothesis=f"{q['technique']} lowers val_bpb on {state.tier}. {q['notes']}",
+            ),
             reason=f"next in the battle plan ({why}); tries so far {q['tries']}",
         )
 
 
-def defer_left_behind(items: list[QueueRow], obsolete: dict[str, str]) -> tuple[list[QueueRow], list[QueueRow]]:
+def defer_left_behind(
+    items: list[QueueRow], obsolete: dict[str, str]
+) -> tuple[list[QueueRow], list[QueueRow]]:
     """(the items in order, those of them deferred), the deferred moved to the end, whatever the cost
     ranking said: queue items whose technique newer records dropped or superseded (the frontier's word, e.g.
     value_residual after PR #1218) run after the rest of their group. Not banned: the human queued them,

@@ -65,18 +65,29 @@ class Projection(BaseModel):
 
 def _base(records: Sequence, preset_bpb: float | None) -> tuple[float, float, str, str | None]:
     """The nearest known configuration: the latest finished final, else a preset's record, else the baseline."""
-    finals = [f for f in records if isinstance(f, FinalRecord) and f.status in ("ok", "partial") and f.val_bpbs]
+    finals = [
+        f for f in records if isinstance(f, FinalRecord) and f.status in ("ok", "partial") and f.val_bpbs
+    ]
     if finals:
         f = finals[-1]
-        sd = (statistics.stdev(f.val_bpbs) if len(f.val_bpbs) >= 2 else FINAL_SEED_STD) / math.sqrt(len(f.val_bpbs))
+        sd = (statistics.stdev(f.val_bpbs) if len(f.val_bpbs) >= 2 else FINAL_SEED_STD) / math.sqrt(
+            len(f.val_bpbs)
+        )
         return statistics.fmean(f.val_bpbs), sd, f"final {f.final_id}", f.experiment
     if preset_bpb is not None:
         return preset_bpb, FINAL_SEED_STD / math.sqrt(3), "preset record", None
     return BASELINE_BPB, FINAL_SEED_STD / math.sqrt(3), "challenge baseline", None
 
 
-def project(records: Sequence, tier: str, session: str | None = None, *, frontier_bpb: float | None = None,
-            frontier_source: str = "", preset_bpb: float | None = None) -> Projection:
+def project(
+    records: Sequence,
+    tier: str,
+    session: str | None = None,
+    *,
+    frontier_bpb: float | None = None,
+    frontier_source: str = "",
+    preset_bpb: float | None = None,
+) -> Projection:
     """The projected 8xH100 score of the incumbent: base + calibrated deltas of the changes kept since it."""
     base, base_sd, source, base_exp = _base(records, preset_bpb)
     runs = {r.run_id: r for r in records if isinstance(r, RunRecord)}
@@ -84,37 +95,68 @@ def project(records: Sequence, tier: str, session: str | None = None, *, frontie
     decisions = [d for d in records if isinstance(d, DecisionRecord) and d.tier == tier]
     if base_exp is not None:  # only what was kept after the final's experiment is not in its score yet
         idx = next((i for i, d in enumerate(decisions) if d.experiment == base_exp), -1)
-        decisions = decisions[idx + 1:]
-    kept = [d for d in decisions if d.kept and d.delta is not None and (session is None or d.session == session)]
+        decisions = decisions[idx + 1 :]
+    kept = [
+        d for d in decisions if d.kept and d.delta is not None and (session is None or d.session == session)
+    ]
     terms = []
     for d in kept:
         kind = decision_kind(d, runs)
         m, s = predict(calibs[kind], float(d.delta or 0.0), decision_se(d) or 0.0)
-        terms.append(KeptTerm(experiment=d.experiment, technique=d.technique or d.candidate, kind=kind,
-                              proxy_delta=float(d.delta or 0.0), full_mean=m, full_sd=s))
+        terms.append(
+            KeptTerm(
+                experiment=d.experiment,
+                technique=d.technique or d.candidate,
+                kind=kind,
+                proxy_delta=float(d.delta or 0.0),
+                full_mean=m,
+                full_sd=s,
+            )
+        )
     mean = base + sum(t.full_mean for t in terms)
     sd = math.sqrt(base_sd**2 + sum(t.full_sd**2 for t in terms))
     z = float(stats.norm.ppf(0.95))
     p = promote = None
     if frontier_bpb is not None:
-        p = float(stats.norm.cdf((frontier_bpb - RECORD_MARGIN_BPB - mean) / sd)) if sd > 0 else \
-            float(mean < frontier_bpb - RECORD_MARGIN_BPB)
+        p = (
+            float(stats.norm.cdf((frontier_bpb - RECORD_MARGIN_BPB - mean) / sd))
+            if sd > 0
+            else float(mean < frontier_bpb - RECORD_MARGIN_BPB)
+        )
         promote = p >= PROMOTE_PROB
-    return Projection(tier=tier, base_bpb=base, base_source=source, base_sd=base_sd, terms=terms, mean=mean, sd=sd,
-                      low=mean - z * sd, high=mean + z * sd, frontier_bpb=frontier_bpb,
-                      frontier_source=frontier_source, p_record=p, promote=bool(promote))
+    return Projection(
+        tier=tier,
+        base_bpb=base,
+        base_source=source,
+        base_sd=base_sd,
+        terms=terms,
+        mean=mean,
+        sd=sd,
+        low=mean - z * sd,
+        high=mean + z * sd,
+        frontier_bpb=frontier_bpb,
+        frontier_source=frontier_source,
+        p_record=p,
+        promote=bool(promote),
+    )
 
 
 def describe_projection(p: Projection) -> list[str]:
-    out = [f"projected 8xH100 val_bpb: {p.mean:.4f} (90% {p.low:.4f}..{p.high:.4f}) = {p.base_source} "
-           f"{p.base_bpb:.4f} + {len(p.terms)} kept change(s) calibrated from {p.tier}"]
+    out = [
+        f"projected 8xH100 val_bpb: {p.mean:.4f} (90% {p.low:.4f}..{p.high:.4f}) = {p.base_source} "
+        f"{p.base_bpb:.4f} + {len(p.terms)} kept change(s) calibrated from {p.tier}"
+    ]
     for t in p.terms:
-        out.append(f"  {t.technique} ({t.kind}): {t.proxy_delta:+.5f} on {p.tier} -> {t.full_mean:+.5f} "
-                   f"+- {t.full_sd:.5f} at full scale")
+        out.append(
+            f"  {t.technique} ({t.kind}): {t.proxy_delta:+.5f} on {p.tier} -> {t.full_mean:+.5f} "
+            f"+- {t.full_sd:.5f} at full scale"
+        )
     if p.frontier_bpb is not None and p.p_record is not None:
         verdict = "propose a final" if p.promote else "not yet: no final proposed"
-        out.append(f"best legal frontier {p.frontier_bpb:.4f} ({p.frontier_source}); a record needs < "
-                   f"{p.frontier_bpb - p.margin:.4f}: P = {p.p_record:.2f} ({verdict}, threshold {PROMOTE_PROB:g})")
+        out.append(
+            f"best legal frontier {p.frontier_bpb:.4f} ({p.frontier_source}); a record needs < "
+            f"{p.frontier_bpb - p.margin:.4f}: P = {p.p_record:.2f} ({verdict}, threshold {PROMOTE_PROB:g})"
+        )
     return out
 
 

@@ -40,17 +40,33 @@ def decision_in_note(note: str) -> DecisionRecord | None:
     return None
 
 
-def record_commit(ctx: ToolContext, exp_id: str, message: str, kept: bool,
-                  candidate_files: dict[str, str]) -> git_records.ExperimentCommit:
-    return git_records.record_experiment(ctx.ws.root, ctx.session, exp_id, message, kept,
-                                         candidate_files=candidate_files, also_files=BOOKKEEPING_FILES)
+def record_commit(
+    ctx: ToolContext, exp_id: str, message: str, kept: bool, candidate_files: dict[str, str]
+) -> git_records.ExperimentCommit:
+    return git_records.record_experiment(
+        ctx.ws.root,
+        ctx.session,
+        exp_id,
+        message,
+        kept,
+        candidate_files=candidate_files,
+        also_files=BOOKKEEPING_FILES,
+    )
 
 
 def derive(ctx: ToolContext, dec: DecisionRecord) -> None:
     """What follows from a decision: the technique's finding (and with it the plan's blocks)."""
     if dec.technique:
-        registry.call("record_finding", {"technique": dec.technique, "status": dec.outcome,
-                                         "experiment": dec.experiment, "note": dec.reason[:300]}, ctx)
+        registry.call(
+            "record_finding",
+            {
+                "technique": dec.technique,
+                "status": dec.outcome,
+                "experiment": dec.experiment,
+                "note": dec.reason[:300],
+            },
+            ctx,
+        )
 
 
 def recover(ctx: ToolContext) -> dict[str, Any]:
@@ -65,8 +81,11 @@ def recover(ctx: ToolContext) -> dict[str, Any]:
         if dec is None or dec.session != ctx.session or dec.experiment != exp_id:
             unreadable.append(exp_id)  # not ours to guess: left as it is, and said so
             continue
-        files = {p: text for p in (SCRIPT_RELPATH, incumbent.INCUMBENT_FILE)
-                 if (text := git_records.file_at(ctx.ws.root, sha, p)) is not None}
+        files = {
+            p: text
+            for p in (SCRIPT_RELPATH, incumbent.INCUMBENT_FILE)
+            if (text := git_records.file_at(ctx.ws.root, sha, p)) is not None
+        }
         commit = record_commit(ctx, exp_id, note, dec.kept, files)  # finishes a branch move cut short
         ctx.ledger.append(dec.model_copy(update={"git_commit": commit.candidate_sha, "git_ref": commit.ref}))
         rebuilt.append(exp_id)

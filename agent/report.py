@@ -128,27 +128,63 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
         cand, inc = _mean(run_values(d.candidate_runs)), _mean(run_values(d.incumbent_runs))
         if cand is None and inc is not None and d.delta is not None:
             cand = inc + d.delta
-        points.append({"index": i, "experiment": d.experiment, "technique": d.technique or d.candidate,
-                       "tier": d.tier, "hardware": d.hardware, "session": d.session, "outcome": d.outcome,
-                       "kept": d.kept, "candidate_bpb": cand, "incumbent_bpb": inc, "delta": d.delta,
-                       "ci": [d.ci_low, d.ci_high], "p": d.p_value, "n_candidate": d.n_candidate,
-                       "n_incumbent": d.n_incumbent, "noise_std": d.noise_std, "at": d.at,
-                       "reason": d.reason})
+        points.append(
+            {
+                "index": i,
+                "experiment": d.experiment,
+                "technique": d.technique or d.candidate,
+                "tier": d.tier,
+                "hardware": d.hardware,
+                "session": d.session,
+                "outcome": d.outcome,
+                "kept": d.kept,
+                "candidate_bpb": cand,
+                "incumbent_bpb": inc,
+                "delta": d.delta,
+                "ci": [d.ci_low, d.ci_high],
+                "p": d.p_value,
+                "n_candidate": d.n_candidate,
+                "n_incumbent": d.n_incumbent,
+                "noise_std": d.noise_std,
+                "at": d.at,
+                "reason": d.reason,
+            }
+        )
 
     finals = []
     for f in records:
         if isinstance(f, FinalRecord):
-            finals.append({"final_id": f.final_id, "experiment": f.experiment, "status": f.status,
-                           "seeds": f.seeds, "val_bpbs": f.val_bpbs, "mean": _mean(f.val_bpbs),
-                           "sd": statistics.stdev(f.val_bpbs) if len(f.val_bpbs) >= 2 else None,
-                           "p": f.p_value, "record_claim": f.record_claim, "dollars": f.dollars, "at": f.at})
+            finals.append(
+                {
+                    "final_id": f.final_id,
+                    "experiment": f.experiment,
+                    "status": f.status,
+                    "seeds": f.seeds,
+                    "val_bpbs": f.val_bpbs,
+                    "mean": _mean(f.val_bpbs),
+                    "sd": statistics.stdev(f.val_bpbs) if len(f.val_bpbs) >= 2 else None,
+                    "p": f.p_value,
+                    "record_claim": f.record_claim,
+                    "dollars": f.dollars,
+                    "at": f.at,
+                }
+            )
 
     confirmed: dict[tuple[str, str], DecisionRecord] = {}
     for d in decisions:
         if d.outcome == "confirmed" and d.delta is not None:
             confirmed[(d.technique or d.candidate, d.tier)] = d
-    deltas = [{"technique": t, "tier": tier, "delta": d.delta, "ci": [d.ci_low, d.ci_high], "p": d.p_value,
-               "n": d.n_candidate} for (t, tier), d in confirmed.items()]
+    deltas = [
+        {
+            "technique": t,
+            "tier": tier,
+            "delta": d.delta,
+            "ci": [d.ci_low, d.ci_high],
+            "p": d.p_value,
+            "n": d.n_candidate,
+        }
+        for (t, tier), d in confirmed.items()
+    ]
 
     tiers = Counter(d.tier for d in decisions if d.tier != FINAL_TIER)
     # no decisions yet: the tier `golf fidelity` measured, whose own calibration pairs are plotted
@@ -160,9 +196,12 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
     published = published_pairs()
     for kind in KINDS:
         c = fit_calibration(own, kind, prior)
-        calib["kinds"][kind] = {"fit": c.model_dump(), "describe": describe(c),
-                                "pairs": [p.model_dump() for p in own if p.kind == kind],
-                                "published": [p.model_dump() for p in published if p.kind == kind]}
+        calib["kinds"][kind] = {
+            "fit": c.model_dump(),
+            "describe": describe(c),
+            "pairs": [p.model_dump() for p in own if p.kind == kind],
+            "published": [p.model_dump() for p in published if p.kind == kind],
+        }
 
     spend = _spend_series(records)
     best, best_source = frontier_best(records, leaderboard)
@@ -173,16 +212,32 @@ def collect(records: list, leaderboard: Path | None = LEADERBOARD) -> dict[str, 
 
         sessions = [d.session for d in decisions]
         projection = fidelity_lines(records, lower) + describe_projection(
-            project(records, lower, sessions[-1] if sessions else None, frontier_bpb=best,
-                    frontier_source=best_source))
-    return {"decisions": points, "finals": finals, "deltas": deltas, "calibration": calib, "spend": spend,
-            "frontier": {"best_bpb": best, "source": best_source}, "projection": projection,
-            "findings": [f.model_dump() for f in records if isinstance(f, FindingRecord)],
-            "noise": [{"tier": n.tier, "hardware": n.hardware, "std": n.std, "n": len(n.values), "at": n.at}
-                      for n in records if isinstance(n, NoiseRecord)],
-            "sessions": sorted({r.session for r in records if hasattr(r, "session")}),
-            "events": sum(1 for r in records if isinstance(r, EventRecord)),
-            "runs": dict(Counter(f"{r.tier} {r.result.status}" for r in runs.values()))}
+            project(
+                records,
+                lower,
+                sessions[-1] if sessions else None,
+                frontier_bpb=best,
+                frontier_source=best_source,
+            )
+        )
+    return {
+        "decisions": points,
+        "finals": finals,
+        "deltas": deltas,
+        "calibration": calib,
+        "spend": spend,
+        "frontier": {"best_bpb": best, "source": best_source},
+        "projection": projection,
+        "findings": [f.model_dump() for f in records if isinstance(f, FindingRecord)],
+        "noise": [
+            {"tier": n.tier, "hardware": n.hardware, "std": n.std, "n": len(n.values), "at": n.at}
+            for n in records
+            if isinstance(n, NoiseRecord)
+        ],
+        "sessions": sorted({r.session for r in records if hasattr(r, "session")}),
+        "events": sum(1 for r in records if isinstance(r, EventRecord)),
+        "runs": dict(Counter(f"{r.tier} {r.result.status}" for r in runs.values())),
+    }
 
 
 def _spend_series(records: list) -> list[dict[str, Any]]:
@@ -236,35 +291,71 @@ def plot_val_bpb(data: dict[str, Any], path: Path) -> Figure:
             for kept in (True, False):
                 sel = [p for p in mine if p["outcome"] == outcome and p["kept"] == kept]
                 if sel:
-                    ax.scatter([p["index"] for p in sel], [p["candidate_bpb"] for p in sel], s=36,
-                               facecolors=color if kept else "none", edgecolors=color,
-                               label=f"{outcome}{' (kept)' if kept else ''}", zorder=3, gid="decisions")
+                    ax.scatter(
+                        [p["index"] for p in sel],
+                        [p["candidate_bpb"] for p in sel],
+                        s=36,
+                        facecolors=color if kept else "none",
+                        edgecolors=color,
+                        label=f"{outcome}{' (kept)' if kept else ''}",
+                        zorder=3,
+                        gid="decisions",
+                    )
         inc = [(p["index"], p["incumbent_bpb"]) for p in mine if p["incumbent_bpb"] is not None]
         if inc:
             ax.step([i for i, _ in inc], [v for _, v in inc], where="post", color="black", lw=1.2)
-            ax.scatter([i for i, _ in inc], [v for _, v in inc], marker="_", s=200, color="black",
-                       label="incumbent", zorder=2)
+            ax.scatter(
+                [i for i, _ in inc],
+                [v for _, v in inc],
+                marker="_",
+                s=200,
+                color="black",
+                label="incumbent",
+                zorder=2,
+            )
         for p in mine:
-            ax.annotate(p["technique"][:14], (p["index"], p["candidate_bpb"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                p["technique"][:14],
+                (p["index"], p["candidate_bpb"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"val_bpb per experiment, tier {tier}", fontsize=10)
         ax.set_xlabel("decision index (ledger order)")
         ax.set_ylabel("val_bpb")
         ax.grid(alpha=0.3)
         if best is not None and not finals:
-            ax.text(0.01, 0.02, f"frontier {best:.4f} ({source}): 8xH100 scale, not drawn on this tier",
-                    transform=ax.transAxes, fontsize=7, color="tab:purple")
+            ax.text(
+                0.01,
+                0.02,
+                f"frontier {best:.4f} ({source}): 8xH100 scale, not drawn on this tier",
+                transform=ax.transAxes,
+                fontsize=7,
+                color="tab:purple",
+            )
         ax.legend(fontsize=7, loc="upper right")
     if finals:
         ax = axes[len(tiers)]
         xs = list(range(len(finals)))
-        ax.errorbar(xs, [f["mean"] for f in finals], yerr=[f["sd"] or 0.0 for f in finals], fmt="o",
-                    color="tab:blue", capsize=3, label="final (mean +- sd over seeds)")
+        ax.errorbar(
+            xs,
+            [f["mean"] for f in finals],
+            yerr=[f["sd"] or 0.0 for f in finals],
+            fmt="o",
+            color="tab:blue",
+            capsize=3,
+            label="final (mean +- sd over seeds)",
+        )
         for x, f in zip(xs, finals, strict=True):
-            ax.annotate(f["final_id"][:14], (x, f["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                f["final_id"][:14], (x, f["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
         if best is not None:
-            ax.axhline(best, color="tab:purple", ls="--", label=f"frontier {best:.4f} ({source})", gid="frontier")
+            ax.axhline(
+                best, color="tab:purple", ls="--", label=f"frontier {best:.4f} ({source})", gid="frontier"
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"finals ({FINAL_TIER})", fontsize=10)
         ax.set_xlabel("final (ledger order)")
@@ -272,7 +363,9 @@ def plot_val_bpb(data: dict[str, Any], path: Path) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if not points and not finals:
-        axes[0].text(0.5, 0.5, "no decisions recorded yet", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5, 0.5, "no decisions recorded yet", ha="center", va="center", transform=axes[0].transAxes
+        )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -290,9 +383,15 @@ def plot_deltas(data: dict[str, Any], path: Path) -> Figure:
         palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
         for t_i, tier in enumerate(tiers):
             idx = [i for i, r in enumerate(rows) if r["tier"] == tier]
-            ax.errorbar([deltas[i] for i in idx], [ys[i] for i in idx],
-                        xerr=[[lo[i] for i in idx], [hi[i] for i in idx]], fmt="o", capsize=3,
-                        color=palette[t_i % len(palette)], label=tier)
+            ax.errorbar(
+                [deltas[i] for i in idx],
+                [ys[i] for i in idx],
+                xerr=[[lo[i] for i in idx], [hi[i] for i in idx]],
+                fmt="o",
+                capsize=3,
+                color=palette[t_i % len(palette)],
+                label=tier,
+            )
         ax.set_yticks(ys, [f"{r['technique']} ({r['tier']})" for r in rows], fontsize=7)
         ax.axvline(0.0, color="black", lw=0.8)
         ax.legend(fontsize=7)
@@ -314,25 +413,50 @@ def plot_calibration(data: dict[str, Any], path: Path) -> Figure:
         c = Calibration(**body["fit"])
         pub, own = body["published"], body["pairs"]
         if pub:
-            ax.scatter([p["lower_delta"] for p in pub], [p["upper_delta"] for p in pub], facecolors="none",
-                       edgecolors="tab:gray", s=40, label="published (prior)")
+            ax.scatter(
+                [p["lower_delta"] for p in pub],
+                [p["upper_delta"] for p in pub],
+                facecolors="none",
+                edgecolors="tab:gray",
+                s=40,
+                label="published (prior)",
+            )
         if own:
-            ax.errorbar([p["lower_delta"] for p in own], [p["upper_delta"] for p in own],
-                        xerr=[p["lower_se"] or 0.0 for p in own], yerr=[p["upper_se"] or 0.0 for p in own],
-                        fmt="o", color="tab:blue", capsize=2,
-                        label=f"own pairs ({cal['lower_tier']}: golf fidelity, finals)")
+            ax.errorbar(
+                [p["lower_delta"] for p in own],
+                [p["upper_delta"] for p in own],
+                xerr=[p["lower_se"] or 0.0 for p in own],
+                yerr=[p["upper_se"] or 0.0 for p in own],
+                fmt="o",
+                color="tab:blue",
+                capsize=2,
+                label=f"own pairs ({cal['lower_tier']}: golf fidelity, finals)",
+            )
         xs_data = [p["lower_delta"] for p in pub + own] + [0.0]
         lo, hi = min(xs_data), max(xs_data)
         span = max(hi - lo, 0.01)
         xs = [lo - 0.1 * span + (span * 1.2) * i / 50 for i in range(51)]
         pred = [predict(c, x) for x in xs]
-        ax.plot(xs, [m for m, _ in pred], color="tab:red", gid="fit", label=f"{'posterior' if c.source == 'fit' else 'prior'}: slope {c.slope:+.3f}")
-        ax.fill_between(xs, [m - s for m, s in pred], [m + s for m, s in pred], color="tab:red", alpha=0.15,
-                        label="+- 1 sd")
+        ax.plot(
+            xs,
+            [m for m, _ in pred],
+            color="tab:red",
+            gid="fit",
+            label=f"{'posterior' if c.source == 'fit' else 'prior'}: slope {c.slope:+.3f}",
+        )
+        ax.fill_between(
+            xs,
+            [m - s for m, s in pred],
+            [m + s for m, s in pred],
+            color="tab:red",
+            alpha=0.15,
+            label="+- 1 sd",
+        )
         ax.axhline(0, color="black", lw=0.5)
         ax.axvline(0, color="black", lw=0.5)
-        ax.set_title(f"{kind}: n={c.n}, spearman {'n/a' if c.spearman is None else f'{c.spearman:+.2f}'}",
-                     fontsize=9)
+        ax.set_title(
+            f"{kind}: n={c.n}, spearman {'n/a' if c.spearman is None else f'{c.spearman:+.2f}'}", fontsize=9
+        )
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel("proxy delta (bpb)")
         ax.set_ylabel("full-scale delta (bpb)")
@@ -351,8 +475,14 @@ def plot_spend(data: dict[str, Any], path: Path) -> Figure:
         ax.step(ts, [s["dollars"] for s in series], where="post", color="tab:green", label="dollars (real)")
         ax.set_ylabel("cumulative dollars")
         ax2 = ax.twinx()
-        ax2.step(ts, [s["device_hours"] for s in series], where="post", color="tab:blue", ls="--",
-                 label="device-hours")
+        ax2.step(
+            ts,
+            [s["device_hours"] for s in series],
+            where="post",
+            color="tab:blue",
+            ls="--",
+            label="device-hours",
+        )
         ax2.set_ylabel("cumulative device-hours")
         ax.legend(loc="upper left", fontsize=7)
         ax2.legend(loc="lower right", fontsize=7)
@@ -375,17 +505,53 @@ def _cell(text: Any, limit: int = 90) -> str:
 
 
 def decision_table(data: dict[str, Any]) -> list[str]:
-    head = ["#", "at", "session", "experiment", "technique", "tier", "outcome", "kept", "delta", "CI", "p",
-            "n cand/inc", "noise", "candidate", "incumbent", "reason"]
+    head = [
+        "#",
+        "at",
+        "session",
+        "experiment",
+        "technique",
+        "tier",
+        "outcome",
+        "kept",
+        "delta",
+        "CI",
+        "p",
+        "n cand/inc",
+        "noise",
+        "candidate",
+        "incumbent",
+        "reason",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in data["decisions"]:
         ci = p["ci"]
         ci_txt = f"[{_fmt(ci[0], signed=True)}, {_fmt(ci[1], signed=True)}]" if ci[0] is not None else ""
-        lines.append("| " + " | ".join(_cell(c) for c in [
-            p["index"], p["at"][:19], p["session"], p["experiment"], p["technique"], p["tier"], p["outcome"],
-            "yes" if p["kept"] else "no", _fmt(p["delta"], signed=True), ci_txt, _fmt(p["p"], 4),
-            f"{p['n_candidate']}/{p['n_incumbent']}", _fmt(p["noise_std"]), _fmt(p["candidate_bpb"]),
-            _fmt(p["incumbent_bpb"]), p["reason"]]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in [
+                    p["index"],
+                    p["at"][:19],
+                    p["session"],
+                    p["experiment"],
+                    p["technique"],
+                    p["tier"],
+                    p["outcome"],
+                    "yes" if p["kept"] else "no",
+                    _fmt(p["delta"], signed=True),
+                    ci_txt,
+                    _fmt(p["p"], 4),
+                    f"{p['n_candidate']}/{p['n_incumbent']}",
+                    _fmt(p["noise_std"]),
+                    _fmt(p["candidate_bpb"]),
+                    _fmt(p["incumbent_bpb"]),
+                    p["reason"],
+                ]
+            )
+            + " |"
+        )
     return lines
 
 
@@ -395,10 +561,13 @@ def render_markdown(data: dict[str, Any], ledger: Path, images: dict[str, str]) 
     spent = data["spend"][-1] if data["spend"] else {"dollars": 0.0, "device_hours": 0.0}
     best, source = data["frontier"]["best_bpb"], data["frontier"]["source"]
     out = [
-        "# pgolf report", "",
+        "# pgolf report",
+        "",
         f"Ledger `{ledger}`, sessions: {', '.join(data['sessions']) or 'none'}.",
-        f"Written {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} from the ledger alone.", "",
-        "## Summary", "",
+        f"Written {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} from the ledger alone.",
+        "",
+        "## Summary",
+        "",
         f"- decisions: {len(ds)} ({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items())) or 'none'}); "
         f"kept {sum(1 for p in ds if p['kept'])}",
         f"- runs: {', '.join(f'{k}: {v}' for k, v in sorted(data['runs'].items())) or 'none'}",
@@ -407,39 +576,64 @@ def render_markdown(data: dict[str, Any], ledger: Path, images: dict[str, str]) 
     ]
     for n in data["noise"][-3:]:
         out.append(f"- noise on {n['tier']} ({n['hardware']}): std {n['std']:.5f} over {n['n']} runs")
-    out += ["", "## val_bpb per experiment", "", f"![val_bpb per experiment]({images['val_bpb']})", "",
-            "Filled markers were kept; the black line is the incumbent each candidate was judged against.", "",
-            "## Confirmed technique deltas", "", f"![confirmed deltas]({images['deltas']})", ""]
+    out += [
+        "",
+        "## val_bpb per experiment",
+        "",
+        f"![val_bpb per experiment]({images['val_bpb']})",
+        "",
+        "Filled markers were kept; the black line is the incumbent each candidate was judged against.",
+        "",
+        "## Confirmed technique deltas",
+        "",
+        f"![confirmed deltas]({images['deltas']})",
+        "",
+    ]
     if data["deltas"]:
         out += ["| technique | tier | delta | CI | p | n |", "|---|---|---|---|---|---|"]
         for r in data["deltas"]:
-            out.append(f"| {_cell(r['technique'])} | {r['tier']} | {_fmt(r['delta'], signed=True)} | "
-                       f"[{_fmt(r['ci'][0], signed=True)}, {_fmt(r['ci'][1], signed=True)}] | {_fmt(r['p'], 4)} | "
-                       f"{r['n']} |")
+            out.append(
+                f"| {_cell(r['technique'])} | {r['tier']} | {_fmt(r['delta'], signed=True)} | "
+                f"[{_fmt(r['ci'][0], signed=True)}, {_fmt(r['ci'][1], signed=True)}] | {_fmt(r['p'], 4)} | "
+                f"{r['n']} |"
+            )
         out.append("")
     cal = data["calibration"]
-    out += ["## Calibration: proxy to full scale", "", f"![calibration]({images['calibration']})", "",
-            f"Lower tier `{cal['lower_tier']}`, upper tier `{cal['upper_tier']}`; the prior is the published "
-            "pairs (memory/data/published_deltas.toml).", ""]
+    out += [
+        "## Calibration: proxy to full scale",
+        "",
+        f"![calibration]({images['calibration']})",
+        "",
+        f"Lower tier `{cal['lower_tier']}`, upper tier `{cal['upper_tier']}`; the prior is the published "
+        "pairs (memory/data/published_deltas.toml).",
+        "",
+    ]
     for kind in KINDS:
         out.append(f"- {cal['kinds'][kind]['describe']}")
     if data.get("projection"):
         out += ["", "## Against the frontier", "", "```", *data["projection"], "```"]
     out += ["", "## Spend over time", "", f"![spend]({images['spend']})", ""]
     if data["finals"]:
-        out += ["## Finals", "", "| final | experiment | status | seeds | mean | sd | p | record claim | dollars |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## Finals",
+            "",
+            "| final | experiment | status | seeds | mean | sd | p | record claim | dollars |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for f in data["finals"]:
-            out.append(f"| {_cell(f['final_id'])} | {_cell(f['experiment'])} | {f['status']} | "
-                       f"{','.join(map(str, f['seeds']))} | {_fmt(f['mean'])} | {_fmt(f['sd'])} | {_fmt(f['p'], 4)} | "
-                       f"{'yes' if f['record_claim'] else 'no'} | {f['dollars']:.2f} |")
+            out.append(
+                f"| {_cell(f['final_id'])} | {_cell(f['experiment'])} | {f['status']} | "
+                f"{','.join(map(str, f['seeds']))} | {_fmt(f['mean'])} | {_fmt(f['sd'])} | {_fmt(f['p'], 4)} | "
+                f"{'yes' if f['record_claim'] else 'no'} | {f['dollars']:.2f} |"
+            )
         out.append("")
     out += ["## Every decision", ""] + decision_table(data) + [""]
     return "\n".join(out)
 
 
-def write_report(source: str | Path, out_dir: str | Path | None = None, *,
-                 leaderboard: Path | None = LEADERBOARD) -> Path:
+def write_report(
+    source: str | Path, out_dir: str | Path | None = None, *, leaderboard: Path | None = LEADERBOARD
+) -> Path:
     """Write report.md, four PNGs and report.json; return the path of report.md.
 
     source: a workspace root (its .golf/ledger.jsonl; default output reports/) or a ledger file
@@ -449,8 +643,12 @@ def write_report(source: str | Path, out_dir: str | Path | None = None, *,
     records = read_records(ledger_path)
     out.mkdir(parents=True, exist_ok=True)
     data = collect(records, leaderboard)
-    images = {"val_bpb": "val_bpb.png", "deltas": "deltas.png", "calibration": "calibration.png",
-              "spend": "spend.png"}
+    images = {
+        "val_bpb": "val_bpb.png",
+        "deltas": "deltas.png",
+        "calibration": "calibration.png",
+        "spend": "spend.png",
+    }
     plot_val_bpb(data, out / images["val_bpb"])
     plot_deltas(data, out / images["deltas"])
     plot_calibration(data, out / images["calibration"])

@@ -14,7 +14,9 @@ def queue_status_block(records: list, plan, session: str | None = None) -> str:
         f = by_tech.get(q.technique)
         delta, p = (f.delta, f.p) if f else (None, None)
         status = q.decided or ("refused" if q.refused else "untested")
-        lines.append(f"| {q['technique']} | {q['state']} | {status} | "
-                     f"{'' if delta is None else f'{delta:+.5f}'} | {'' if p is None else f'{p:.3g}'} | "
-                     f"{q['tries']} |")
+        lines.append(
+            f"| {q['technique']} | {q['state']} | {status} | "
+            f"{'' if delta is None else f'{delta:+.5f}'} | {'' if p is None else f'{p:.3g}'} | "
+            f"{q['tries']} |"
+        )
     return "\n".join(lines)

@@ -65,7 +65,9 @@ def with_plan_seeds(tier: Tier, seeds_max: int | None) -> Tier:
     """The tier with the plan's `seeds_max` (per candidate) in place of its own, when the plan sets one."""
     if seeds_max is None:
         return tier
-    return tier.model_copy(update={"seeds_max": seeds_max, "seeds_initial": min(tier.seeds_initial, seeds_max)})
+    return tier.model_copy(
+        update={"seeds_max": seeds_max, "seeds_initial": min(tier.seeds_initial, seeds_max)}
+    )
 
 
 def new_session_id() -> str:
@@ -99,11 +101,24 @@ def ensure_data(ws: Workspace, progress: Progress, vocab_sizes: tuple[int, ...] 
         manifest = ws.embedded_data(vocab)[0] / "manifest.json"
         if manifest.exists():
             continue
-        progress.line(f"preparing the embedded dataset at vocabulary size {vocab} (first run only, about 1-2 "
-                      "minutes) ...")
-        proc = subprocess.Popen([sys.executable, str(ws.root / "trainer" / "prepare_data.py"),
-                                 "--out", str(ws.data_dir), "--vocab", str(vocab)],
-                                cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        progress.line(
+            f"preparing the embedded dataset at vocabulary size {vocab} (first run only, about 1-2 "
+            "minutes) ..."
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ws.root / "trainer" / "prepare_data.py"),
+                "--out",
+                str(ws.data_dir),
+                "--vocab",
+                str(vocab),
+            ],
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         tail: list[str] = []
         assert proc.stdout is not None
         for line in proc.stdout:  # stream it: a silent minute looks like a hang
@@ -115,8 +130,9 @@ def ensure_data(ws: Workspace, progress: Progress, vocab_sizes: tuple[int, ...] 
             raise SessionError("data preparation failed:\n" + "\n".join(tail))
 
 
-def vocab_sizes_in_use(base_env: dict[str, str], tier_env: dict[str, str],
-                       queue_envs: list[dict[str, str]]) -> tuple[int, ...]:
+def vocab_sizes_in_use(
+    base_env: dict[str, str], tier_env: dict[str, str], queue_envs: list[dict[str, str]]
+) -> tuple[int, ...]:
     """Every VOCAB_SIZE a run of this session may use: the starting incumbent's and any queue item's."""
     values = [(tier_env | base_env).get("VOCAB_SIZE", "1024")]
     values += [e["VOCAB_SIZE"] for e in queue_envs if "VOCAB_SIZE" in e]
@@ -150,17 +166,37 @@ def mark_interrupted_runs(ledger: Ledger, session: str) -> list[str]:
     for e in ledger.records(EventRecord):
         rid = str(e.detail.get("run_id") or "")
         if e.session == session and e.event == "run_started" and rid and rid not in finished:
-            ledger.append(RunRecord(session=session, run_id=rid, experiment="interrupted", candidate="interrupted",
-                                    tier="-", hardware="-", seed=-1, script_sha="-",
-                                    result=RunResult(status="aborted", error="the session was killed mid-run")))
+            ledger.append(
+                RunRecord(
+                    session=session,
+                    run_id=rid,
+                    experiment="interrupted",
+                    candidate="interrupted",
+                    tier="-",
+                    hardware="-",
+                    seed=-1,
+                    script_sha="-",
+                    result=RunResult(status="aborted", error="the session was killed mid-run"),
+                )
+            )
             finished.add(rid)
             marked.append(rid)
     return marked
 
 
 class Session:
-    def __init__(self, ws: Workspace, *, planner: Planner, tier: str | None, budget: Budget | None,
-                 session: str | None, resume: bool, allow_dirty: bool, progress: Progress | None = None):
+    def __init__(
+        self,
+        ws: Workspace,
+        *,
+        planner: Planner,
+        tier: str | None,
+        budget: Budget | None,
+        session: str | None,
+        resume: bool,
+        allow_dirty: bool,
+        progress: Progress | None = None,
+    ):
         self.ws = ws
         self.planner = planner
         self.resume = resume
@@ -187,11 +223,19 @@ class Session:
         if self.tier_name not in self.tiers:
             raise SessionError(f"unknown tier {self.tier_name!r}; tiers.toml has {', '.join(self.tiers)}")
         self.tier = with_plan_seeds(self.tiers[self.tier_name], self.plan.budget.seeds_max)
-        self.budget = budget or Budget(minutes=getattr(pb, "minutes", None),
-                                       experiments=getattr(pb, "experiments", None),
-                                       dollars=getattr(pb, "dollars", None))
-        self.ctx = ToolContext(ws=ws, ledger=self.ledger, session=self.session, tier=self.tier, tiers=self.tiers,
-                               python=sys.executable)
+        self.budget = budget or Budget(
+            minutes=getattr(pb, "minutes", None),
+            experiments=getattr(pb, "experiments", None),
+            dollars=getattr(pb, "dollars", None),
+        )
+        self.ctx = ToolContext(
+            ws=ws,
+            ledger=self.ledger,
+            session=self.session,
+            tier=self.tier,
+            tiers=self.tiers,
+            python=sys.executable,
+        )
         self.runner = ExperimentRunner(self.ctx, self.progress)
         self.t0 = time.time()
         self.prior_elapsed = 0.0
@@ -254,31 +298,56 @@ class Session:
             # a crash can leave the candidate's script in the worktree: go back to the incumbent
             git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH, incumbent.INCUMBENT_FILE])
             self.prior_elapsed = elapsed_before(self.ledger.records(), self.session)
-            self.ledger.append(EventRecord(session=self.session, event="session_resume",
-                                           detail={"killed_orphans": killed, "aborted_runs": marked, **recovered}))
+            self.ledger.append(
+                EventRecord(
+                    session=self.session,
+                    event="session_resume",
+                    detail={"killed_orphans": killed, "aborted_runs": marked, **recovered},
+                )
+            )
             self.progress.line(f"resumed session {self.session}: {len(marked)} interrupted run(s) re-queued")
         else:
             # the human's own uncommitted plan edit is how they steer; anything else dirty is refused
-            git_records.start_session(self.ws.root, self.session, allow_dirty=self.allow_dirty,
-                                      allow_paths=["battle_plan.md"])
-            self.ledger.append(EventRecord(session=self.session, event="session_start", detail={
-                "tier": self.tier_name, "planner": self.planner.name, "budget": self.budget.model_dump(),
-                "branch": f"golf/{self.session}", "start_sha": git_records.head_sha(self.ws.root)}))
+            git_records.start_session(
+                self.ws.root, self.session, allow_dirty=self.allow_dirty, allow_paths=["battle_plan.md"]
+            )
+            self.ledger.append(
+                EventRecord(
+                    session=self.session,
+                    event="session_start",
+                    detail={
+                        "tier": self.tier_name,
+                        "planner": self.planner.name,
+                        "budget": self.budget.model_dump(),
+                        "branch": f"golf/{self.session}",
+                        "start_sha": git_records.head_sha(self.ws.root),
+                    },
+                )
+            )
         if cleared:
-            self.ledger.append(EventRecord(session=self.session, event="git_locks_cleared", detail={"locks": cleared}))
+            self.ledger.append(
+                EventRecord(session=self.session, event="git_locks_cleared", detail={"locks": cleared})
+            )
         missing = {n: "" for n in AGENT_BLOCKS if n not in self.plan.blocks}
         if missing:  # create our blocks once, up front, so later writes never change the human part
             write_blocks(self.ws.battle_plan, missing)
         try:  # incumbent.json passes the same allow-list as any override, against the script it came with
-            check_base_env(incumbent.base_env(self.ws.root, self.ledger.records(), self.session),
-                           incumbent.committed_script(self.ws.root) or "", self.ledger, self.session)
+            check_base_env(
+                incumbent.base_env(self.ws.root, self.ledger.records(), self.session),
+                incumbent.committed_script(self.ws.root) or "",
+                self.ledger,
+                self.session,
+            )
         except ValueError as e:
             raise SessionError(str(e)) from None
         self.ctx.base_env = self.starting_env()
         self.refresh_frontier()
         self.plan_sha = human_fingerprint(self.ws.battle_plan)
-        ensure_data(self.ws, self.progress, vocab_sizes_in_use(self.ctx.base_env, self.tier.env,
-                                                               [q.env for q in self.plan.queue]))
+        ensure_data(
+            self.ws,
+            self.progress,
+            vocab_sizes_in_use(self.ctx.base_env, self.tier.env, [q.env for q in self.plan.queue]),
+        )
         self.ctx.hardware = None
         self.hardware = hardware_id(self.ctx, self.tier.hardware)
         self.runner.hardware = self.hardware
@@ -300,14 +369,24 @@ class Session:
                 raise SessionError(f"battle plan `start: {name}`: preset {name!r}: {e}") from e
             self.start_preset = preset
             if not self.resume:  # for the projection in `golf status`: which record the incumbent started as
-                self.ledger.append(EventRecord(session=self.session, event="start_preset", detail={
-                    "name": name, "record": preset.record, "published_bpb": preset.published_bpb,
-                    "env": preset.env_on_tier(self.tier.env)}))
+                self.ledger.append(
+                    EventRecord(
+                        session=self.session,
+                        event="start_preset",
+                        detail={
+                            "name": name,
+                            "record": preset.record,
+                            "published_bpb": preset.published_bpb,
+                            "env": preset.env_on_tier(self.tier.env),
+                        },
+                    )
+                )
             source = f" (PR #{preset.record}, published {preset.published_bpb})" if preset.record else ""
             about = preset.description or "no description"
             self.progress.line(f"starting from preset {name}: {about}{source}")
-        return starting_env(preset, self.tier.env,
-                            incumbent.base_env(self.ws.root, self.ledger.records(), self.session))
+        return starting_env(
+            preset, self.tier.env, incumbent.base_env(self.ws.root, self.ledger.records(), self.session)
+        )
 
     # -- one decision ---------------------------------------------------------------------------
     def reload_plan(self) -> bool:
@@ -315,15 +394,30 @@ class Session:
         try:
             self.plan = load_plan(self.ws.battle_plan)
         except BattlePlanError as e:
-            self.ledger.append(EventRecord(session=self.session, event="plan_malformed", detail={"error": str(e)}))
+            self.ledger.append(
+                EventRecord(session=self.session, event="plan_malformed", detail={"error": str(e)})
+            )
             raise SessionError(f"battle plan: {e}") from e
-        self.plan = screen_queue(self.plan, incumbent.committed_script(self.ws.root) or self.ws.script.read_text(),
-                                 self.ledger, self.session, say=self.progress.line)
+        self.plan = screen_queue(
+            self.plan,
+            incumbent.committed_script(self.ws.root) or self.ws.script.read_text(),
+            self.ledger,
+            self.session,
+            say=self.progress.line,
+        )
         sha = human_fingerprint(self.ws.battle_plan)
         if sha != self.plan_sha:
-            self.ledger.append(EventRecord(session=self.session, event="plan_edited",
-                                           detail={"human_sha": sha, "previous": self.plan_sha,
-                                                   "directives": self.plan.directives[:20]}))
+            self.ledger.append(
+                EventRecord(
+                    session=self.session,
+                    event="plan_edited",
+                    detail={
+                        "human_sha": sha,
+                        "previous": self.plan_sha,
+                        "directives": self.plan.directives[:20],
+                    },
+                )
+            )
             self.plan_sha = sha
             self.use_tier(with_plan_seeds(self.tiers[self.tier_name], self.plan.budget.seeds_max))
             return True
@@ -337,10 +431,17 @@ class Session:
         queue = [q.technique for q in self.plan.queue]
         self.ctx.queue = queue
         try:
-            covered = self.tier.env | (self.start_preset.env if self.start_preset else {}) \
+            covered = (
+                self.tier.env
+                | (self.start_preset.env if self.start_preset else {})
                 | (self.ctx.base_env or {})
-            d = frontier_diff_for(self.ws.root, queue, script_text=self.ws.script.read_text(encoding="utf-8"),
-                                  covered_env=covered)
+            )
+            d = frontier_diff_for(
+                self.ws.root,
+                queue,
+                script_text=self.ws.script.read_text(encoding="utf-8"),
+                covered_env=covered,
+            )
             self.frontier_digest = frontier_digest(d, max_chars=1500)
             self.frontier_obsolete = {n.technique: n.reason for n in d.obsolete}
             write_blocks(self.ws.battle_plan, {"frontier": frontier_block_markdown(d)})
@@ -359,22 +460,34 @@ class Session:
         changed = self.reload_plan()
         records = self.ledger.records()
         script = self.ws.script.read_text()
-        inc = incumbent.in_session(self.ws.root, records, self.session, self.ctx.base_env,
-                                   working_script=script)
-        state = build_state(records=records, plan=self.plan, session=self.session, tier=self.tier_name,
-                            hardware=self.hardware, script_sha=inc.script_sha,
-                            base_env=self.ctx.base_env,
-                            budget_left=self.budget_left(), frontier=self.frontier_digest,
-                            options=self.options(records), plan_changed=changed,
-                            script_dirty=script != inc.script, frontier_obsolete=self.frontier_obsolete)
+        inc = incumbent.in_session(
+            self.ws.root, records, self.session, self.ctx.base_env, working_script=script
+        )
+        state = build_state(
+            records=records,
+            plan=self.plan,
+            session=self.session,
+            tier=self.tier_name,
+            hardware=self.hardware,
+            script_sha=inc.script_sha,
+            base_env=self.ctx.base_env,
+            budget_left=self.budget_left(),
+            frontier=self.frontier_digest,
+            options=self.options(records),
+            plan_changed=changed,
+            script_dirty=script != inc.script,
+            frontier_obsolete=self.frontier_obsolete,
+        )
         return self.planner.propose(state, self.ctx)
 
     def write_status_blocks(self) -> None:
         from agent.report_blocks import queue_status_block
 
         before = human_fingerprint(self.ws.battle_plan)
-        write_blocks(self.ws.battle_plan, {"queue_status": queue_status_block(self.ledger.records(), self.plan,
-                                                                                   self.session)})
+        write_blocks(
+            self.ws.battle_plan,
+            {"queue_status": queue_status_block(self.ledger.records(), self.plan, self.session)},
+        )
         # our own block write (which may append a missing block) is not a human edit
         if before == self.plan_sha:
             self.plan_sha = human_fingerprint(self.ws.battle_plan)
@@ -407,38 +520,77 @@ class Session:
         try:
             git_records.restore_incumbent(self.ws.root, [SCRIPT_RELPATH, incumbent.INCUMBENT_FILE])
             self.write_status_blocks()
-            incumbent.commit_paths(self.ws.root, ["battle_plan.md"],
-                         f"session {self.session}: battle plan after the session ({stopped})")
+            incumbent.commit_paths(
+                self.ws.root,
+                ["battle_plan.md"],
+                f"session {self.session}: battle plan after the session ({stopped})",
+            )
         except Exception as e:  # the ledger is the record; a failed final commit is reported, not fatal
             self.progress.line(f"warning: final bookkeeping failed: {e}")
         try:
             mark_seen(self.ws.frontier_dir)
         except Exception as e:
             self.progress.line(f"warning: could not mark the frontier as seen: {e}")
-        self.ledger.append(EventRecord(session=self.session, event="session_end", detail={"why": stopped,
-                                                                                          "at": utcnow(),
-                                                                                          "tokens": self.stop_tokens}))
+        self.ledger.append(
+            EventRecord(
+                session=self.session,
+                event="session_end",
+                detail={"why": stopped, "at": utcnow(), "tokens": self.stop_tokens},
+            )
+        )
 
     def summary(self, stopped: str) -> SessionSummary:
         recs = self.ledger.records()
         mine = [r for r in recs if getattr(r, "session", None) == self.session]
         decisions = [r for r in mine if isinstance(r, DecisionRecord)]
-        self.progress.table(f"session {self.session}: decisions", [
-            {"experiment": d.experiment, "outcome": d.outcome, "kept": d.kept,
-             "delta": "" if d.delta is None else f"{d.delta:+.5f}",
-             "p": "" if d.p_value is None else f"{d.p_value:.3g}", "seeds": d.n_candidate}
-            for d in decisions])
+        self.progress.table(
+            f"session {self.session}: decisions",
+            [
+                {
+                    "experiment": d.experiment,
+                    "outcome": d.outcome,
+                    "kept": d.kept,
+                    "delta": "" if d.delta is None else f"{d.delta:+.5f}",
+                    "p": "" if d.p_value is None else f"{d.p_value:.3g}",
+                    "seeds": d.n_candidate,
+                }
+                for d in decisions
+            ],
+        )
         busy = sum(r.cost.device_seconds / max(1, self.tier.nproc) for r in mine if isinstance(r, RunRecord))
-        return SessionSummary(session=self.session, branch=f"golf/{self.session}", planner=self.planner.name,
-                              tier=self.tier_name, decisions=len(decisions),
-                              kept=[d.technique or d.candidate for d in decisions if d.kept],
-                              stopped_because=stopped, elapsed_s=round(self.elapsed(), 1),
-                              trainer_busy_s=round(busy, 1), incumbent_bpb=self.runner.incumbent_mean())
+        return SessionSummary(
+            session=self.session,
+            branch=f"golf/{self.session}",
+            planner=self.planner.name,
+            tier=self.tier_name,
+            decisions=len(decisions),
+            kept=[d.technique or d.candidate for d in decisions if d.kept],
+            stopped_because=stopped,
+            elapsed_s=round(self.elapsed(), 1),
+            trainer_busy_s=round(busy, 1),
+            incumbent_bpb=self.runner.incumbent_mean(),
+        )
 
 
-def run_session(ws_root: str | Path, *, planner: Planner, tier: str | None = None, budget: Budget | None = None,
-                session: str | None = None, resume: bool = False, allow_dirty: bool = False,
-                progress: Progress | None = None) -> SessionSummary:
+def run_session(
+    ws_root: str | Path,
+    *,
+    planner: Planner,
+    tier: str | None = None,
+    budget: Budget | None = None,
+    session: str | None = None,
+    resume: bool = False,
+    allow_dirty: bool = False,
+    progress: Progress | None = None,
+) -> SessionSummary:
     ws = Workspace.at(ws_root)
-    return Session(ws, planner=planner, tier=tier, budget=budget, session=session, resume=resume,
-                   allow_dirty=allow_dirty, progress=progress).run()
+    return Session(
+        ws,
+        planner=planner,
+        tier=tier,
+        budget=budget,
+        session=session,
+        resume=resume,
+        allow_dirty=allow_dirty,
+        progress=progress,
+    ).run()

@@ -24,16 +24,24 @@ def _of(records: list, cls: type) -> list:
 AA_PREFIX = "aa-"  # experiment ids of A/A measurements of an incumbent
 
 
-def matching_runs(records: list, *, tier: str, hardware: str, script_sha: str, env: dict[str, str],
-                  aa_only: bool = False) -> list[RunRecord]:
+def matching_runs(
+    records: list, *, tier: str, hardware: str, script_sha: str, env: dict[str, str], aa_only: bool = False
+) -> list[RunRecord]:
     """Finished runs of one configuration: the only ones that may be pooled with each other.
 
     aa_only keeps the A/A measurements alone: the runs that made a candidate win were selected for
     being low (the winner's curse), so they never serve as the new incumbent's baseline."""
-    return [r for r in _of(records, RunRecord)
-            if r.tier == tier and r.hardware == hardware and r.script_sha == script_sha and r.env == env
-            and r.result.status == "ok" and r.result.val_bpb is not None
-            and (not aa_only or r.experiment.startswith(AA_PREFIX))]
+    return [
+        r
+        for r in _of(records, RunRecord)
+        if r.tier == tier
+        and r.hardware == hardware
+        and r.script_sha == script_sha
+        and r.env == env
+        and r.result.status == "ok"
+        and r.result.val_bpb is not None
+        and (not aa_only or r.experiment.startswith(AA_PREFIX))
+    ]
 
 
 def latest_noise(records: list, tier: str, hardware: str) -> NoiseRecord | None:
@@ -53,18 +61,37 @@ def findings_table(records: list) -> list[FindingRow]:
     table = []
     for tech, d in decided.items():
         f = latest.get(tech)
-        table.append(FindingRow(technique=tech, outcome=d.outcome, delta=d.delta, ci=[d.ci_low, d.ci_high],
-                                p=d.p_value, n=d.n_candidate, tier=d.tier, tries=tries[tech],
-                                note=f.note if f else ""))
+        table.append(
+            FindingRow(
+                technique=tech,
+                outcome=d.outcome,
+                delta=d.delta,
+                ci=[d.ci_low, d.ci_high],
+                p=d.p_value,
+                n=d.n_candidate,
+                tier=d.tier,
+                tries=tries[tech],
+                note=f.note if f else "",
+            )
+        )
     return table
 
 
 def recent_decisions(records: list, session: str, k: int = RECENT_DECISIONS) -> list[RecentDecision]:
-    return [RecentDecision(experiment=d.experiment, technique=d.technique, outcome=d.outcome, kept=d.kept,
-                           delta=None if d.delta is None else round(d.delta, 5),
-                           p=None if d.p_value is None else round(d.p_value, 4), n=d.n_candidate,
-                           runs=d.candidate_runs[-3:], reason=d.reason[:200])
-            for d in [d for d in _of(records, DecisionRecord) if d.session == session][-k:]]
+    return [
+        RecentDecision(
+            experiment=d.experiment,
+            technique=d.technique,
+            outcome=d.outcome,
+            kept=d.kept,
+            delta=None if d.delta is None else round(d.delta, 5),
+            p=None if d.p_value is None else round(d.p_value, 4),
+            n=d.n_candidate,
+            runs=d.candidate_runs[-3:],
+            reason=d.reason[:200],
+        )
+        for d in [d for d in _of(records, DecisionRecord) if d.session == session][-k:]
+    ]
 
 
 def refusal_key(technique: str | None, env: dict[str, str]) -> str:
@@ -87,31 +114,65 @@ def queue_view(plan, findings: list[FindingRow], refused: dict[str, str] | None 
     out = []
     for q in plan.queue:
         f = by_tech.get(q.technique)
-        out.append(QueueRow(technique=q.technique, env=q.env, state=q.state, priority=q.priority,
-                            notes=q.notes[:160], decided=f.outcome if f else None, tries=f.tries if f else 0,
-                            refused=(refused or {}).get(refusal_key(q.technique, q.env))))
+        out.append(
+            QueueRow(
+                technique=q.technique,
+                env=q.env,
+                state=q.state,
+                priority=q.priority,
+                notes=q.notes[:160],
+                decided=f.outcome if f else None,
+                tries=f.tries if f else 0,
+                refused=(refused or {}).get(refusal_key(q.technique, q.env)),
+            )
+        )
     return out
 
 
-def build_state(*, records: list, plan, session: str, tier: str, hardware: str, script_sha: str, budget_left: Budget,
-                base_env: dict[str, str] | None = None,
-                frontier: str = "", options: list[dict[str, Any]] | None = None, plan_changed: bool = False,
-                script_dirty: bool = False, frontier_obsolete: dict[str, str] | None = None) -> PlannerState:
+def build_state(
+    *,
+    records: list,
+    plan,
+    session: str,
+    tier: str,
+    hardware: str,
+    script_sha: str,
+    budget_left: Budget,
+    base_env: dict[str, str] | None = None,
+    frontier: str = "",
+    options: list[dict[str, Any]] | None = None,
+    plan_changed: bool = False,
+    script_dirty: bool = False,
+    frontier_obsolete: dict[str, str] | None = None,
+) -> PlannerState:
     env = incumbent.current_env(records, session, base_env)
     runs = matching_runs(records, tier=tier, hardware=hardware, script_sha=script_sha, env=env, aa_only=True)
     vals = [r.result.val_bpb for r in runs if r.result.val_bpb is not None]
     noise = latest_noise(records, tier, hardware)
     findings = findings_table(records)
     return PlannerState(
-        session=session, tier=tier, hardware=hardware, budget_left=budget_left,
-        directives=list(plan.directives), queue=queue_view(plan, findings, refusals(records, session)),
-        incumbent=IncumbentView(script_sha=script_sha[:12], env=env, stack=incumbent.stack(records, session),
-                                mean_bpb=round(statistics.fmean(vals), 5) if vals else None, n=len(vals)),
-        noise=NoiseView(std=noise.std, n=len(noise.values), source=noise.source or "measured") if noise
+        session=session,
+        tier=tier,
+        hardware=hardware,
+        budget_left=budget_left,
+        directives=list(plan.directives),
+        queue=queue_view(plan, findings, refusals(records, session)),
+        incumbent=IncumbentView(
+            script_sha=script_sha[:12],
+            env=env,
+            stack=incumbent.stack(records, session),
+            mean_bpb=round(statistics.fmean(vals), 5) if vals else None,
+            n=len(vals),
+        ),
+        noise=NoiseView(std=noise.std, n=len(noise.values), source=noise.source or "measured")
+        if noise
         else NoiseView(),
-        findings=findings, recent=recent_decisions(records, session), frontier=frontier,
+        findings=findings,
+        recent=recent_decisions(records, session),
+        frontier=frontier,
         frontier_obsolete=dict(frontier_obsolete or {}),
-        options=options or [], plan_changed=plan_changed,
+        options=options or [],
+        plan_changed=plan_changed,
         decisions_so_far=sum(1 for d in _of(records, DecisionRecord) if d.session == session),
         script_dirty=script_dirty,
     )

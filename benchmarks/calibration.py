@@ -64,13 +64,22 @@ class World:
 
 def make_world(n: int, rng: np.random.Generator, share_training: float) -> World:
     cls = rng.choice(["win", "neutral", "harmful"], size=n, p=[0.3, 0.4, 0.3])
-    y = np.where(cls == "win", -rng.uniform(0.0003, 0.003, n), np.where(cls == "harmful", rng.uniform(0.0003, 0.003, n), 0.0))
+    y = np.where(
+        cls == "win",
+        -rng.uniform(0.0003, 0.003, n),
+        np.where(cls == "harmful", rng.uniform(0.0003, 0.003, n), 0.0),
+    )
     kinds = list(np.where(rng.random(n) < share_training, "training", "architecture"))
-    x = np.where(np.array(kinds) == "architecture", y / ARCH_SLOPE + rng.normal(0, 0.002, n),
-                 rng.normal(-0.002, 0.008, n))
+    x = np.where(
+        np.array(kinds) == "architecture",
+        y / ARCH_SLOPE + rng.normal(0, 0.002, n),
+        rng.normal(-0.002, 0.008, n),
+    )
     names = [f"t{i:03d}" for i in range(n)]
     seed = int(rng.integers(1 << 30))
-    proxy = SimTrainer(dict(zip(names, x.tolist(), strict=True)), noise_std=PROXY_NOISE, seed=seed, baseline=2.3)
+    proxy = SimTrainer(
+        dict(zip(names, x.tolist(), strict=True)), noise_std=PROXY_NOISE, seed=seed, baseline=2.3
+    )
     full = SimTrainer(dict(zip(names, y.tolist(), strict=True)), noise_std=NOISE_8XH100, seed=seed + 1)
     return World(kinds, x, y, proxy, full)
 
@@ -109,16 +118,33 @@ def run_policy(world: World, policy: str, level: float, final_dollars: float, pr
             finds += world.y[i] <= REAL
         if policy in ("calibrated", "calibrated-pooled"):
             fit_kind = "architecture" if policy == "calibrated-pooled" else kind
-            pairs.append(Pair(technique=name, kind=fit_kind, lower_tier="cpu-smoke", upper_tier="h100x8-final",
-                              lower_delta=dx, upper_delta=dy, lower_se=se, upper_se=se_y))
+            pairs.append(
+                Pair(
+                    technique=name,
+                    kind=fit_kind,
+                    lower_tier="cpu-smoke",
+                    upper_tier="h100x8-final",
+                    lower_delta=dx,
+                    upper_delta=dy,
+                    lower_se=se,
+                    upper_se=se_y,
+                )
+            )
             calib[fit_kind] = fit_calibration(pairs, fit_kind, prior)
-    return {"finals": finals, "finds": finds, "dollars": finals * final_dollars, "gained": gained,
-            "available": int(np.sum(world.y <= REAL))}
+    return {
+        "finals": finals,
+        "finds": finds,
+        "dollars": finals * final_dollars,
+        "gained": gained,
+        "available": int(np.sum(world.y <= REAL)),
+    }
 
 
-POLICIES = ([("threshold", t) for t in (0.0, 0.01, 0.0125, 0.015, 0.02)]
-            + [("calibrated", g) for g in (0.0004, 0.0008, 0.0012, 0.0016)]
-            + [("calibrated-prior", 0.0008), ("calibrated-pooled", 0.0008), ("oracle", 0.0)])
+POLICIES = (
+    [("threshold", t) for t in (0.0, 0.01, 0.0125, 0.015, 0.02)]
+    + [("calibrated", g) for g in (0.0004, 0.0008, 0.0012, 0.0016)]
+    + [("calibrated-prior", 0.0008), ("calibrated-pooled", 0.0008), ("oracle", 0.0)]
+)
 
 
 def label(policy: str, level: float) -> str:
@@ -146,24 +172,32 @@ def run_setting(reps: int, ideas: int, share_training: float, final_dollars: flo
         finals = sum(r["finals"] for r in rs)
         finds = sum(r["finds"] for r in rs)
         dollars = sum(r["dollars"] for r in rs)
-        out[name] = {"finals": finals / reps, "finds": finds / reps, "dollars": dollars / reps,
-                     "dollars_per_find": dollars / finds if finds else float("inf"),
-                     "precision": finds / finals if finals else 0.0,
-                     "recall": finds / max(1, sum(r["available"] for r in rs)),
-                     "gained_bpb": sum(r["gained"] for r in rs) / reps,
-                     "bpb_per_1000_dollars": 1000 * sum(r["gained"] for r in rs) / dollars if dollars else 0.0}
+        out[name] = {
+            "finals": finals / reps,
+            "finds": finds / reps,
+            "dollars": dollars / reps,
+            "dollars_per_find": dollars / finds if finds else float("inf"),
+            "precision": finds / finals if finals else 0.0,
+            "recall": finds / max(1, sum(r["available"] for r in rs)),
+            "gained_bpb": sum(r["gained"] for r in rs) / reps,
+            "bpb_per_1000_dollars": 1000 * sum(r["gained"] for r in rs) / dollars if dollars else 0.0,
+        }
     return out
 
 
 def print_table(title: str, res: dict) -> None:
     print(f"\n{title}")
-    head = (f"{'policy':<30}{'finals':>8}{'finds':>7}{'$ spent':>9}{'$ / find':>10}{'precision':>10}"
-            f"{'recall':>8}{'bpb gained':>12}{'bpb / $1k':>11}")
+    head = (
+        f"{'policy':<30}{'finals':>8}{'finds':>7}{'$ spent':>9}{'$ / find':>10}{'precision':>10}"
+        f"{'recall':>8}{'bpb gained':>12}{'bpb / $1k':>11}"
+    )
     print(head)
     print("-" * len(head))
     for name, r in res.items():
-        print(f"{name:<30}{r['finals']:>8.2f}{r['finds']:>7.2f}{r['dollars']:>9.0f}{r['dollars_per_find']:>10.1f}"
-              f"{r['precision']:>10.2f}{r['recall']:>8.2f}{r['gained_bpb']:>12.5f}{r['bpb_per_1000_dollars']:>11.5f}")
+        print(
+            f"{name:<30}{r['finals']:>8.2f}{r['finds']:>7.2f}{r['dollars']:>9.0f}{r['dollars_per_find']:>10.1f}"
+            f"{r['precision']:>10.2f}{r['recall']:>8.2f}{r['gained_bpb']:>12.5f}{r['bpb_per_1000_dollars']:>11.5f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -173,14 +207,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     final = load_tiers(ROOT / "tiers.toml")["h100x8-final"]
-    final_dollars = (FINAL_SEEDS * final_seed_seconds(final) + final.startup_s) / 3600 * (final.price_per_hour or 24.0)
+    final_dollars = (
+        (FINAL_SEEDS * final_seed_seconds(final) + final.startup_s) / 3600 * (final.price_per_hour or 24.0)
+    )
     t0 = time.time()
     results = {}
     for name, share in (("mixed: 40% training changes", SHARE_TRAINING), ("architecture only", 0.0)):
         results[name] = run_setting(args.reps, args.ideas, share, final_dollars)
         if not args.json:
-            print_table(f"{name}; {args.ideas} ideas per queue, {args.reps} queues, a final costs ${final_dollars:.2f}",
-                        results[name])
+            print_table(
+                f"{name}; {args.ideas} ideas per queue, {args.reps} queues, a final costs ${final_dollars:.2f}",
+                results[name],
+            )
     if args.json:
         print(json.dumps(results, indent=2))
         return results

@@ -42,18 +42,28 @@ def main() -> None:
     script = (ROOT / "trainer" / "train_gpt.py").read_text()
     with tempfile.TemporaryDirectory() as tmp:
         plain = median_ms(lambda: subprocess.run([py, "-c", "pass"], check=True), n)
-        room = median_ms(lambda: subprocess.run(cleanroom.command(iso, py, [py, "-c", "pass"], Path(tmp)),
-                                                check=True), n)
+        room = median_ms(
+            lambda: subprocess.run(cleanroom.command(iso, py, [py, "-c", "pass"], Path(tmp)), check=True), n
+        )
         torch_plain = median_ms(lambda: subprocess.run([py, "-c", "import torch"], check=True), n)
-        torch_room = median_ms(lambda: subprocess.run(
-            cleanroom.command(iso, py, [py, "-c", "import torch"], Path(tmp)), check=True), n)
+        torch_room = median_ms(
+            lambda: subprocess.run(
+                cleanroom.command(iso, py, [py, "-c", "import torch"], Path(tmp)), check=True
+            ),
+            n,
+        )
     guard = median_ms(lambda: metric_guard.violations(script, script), n)
-    print(f"isolation: {iso.mode} (read-only fs: {iso.read_only_fs}); probe once per process: {probe_ms:.0f} ms")
+    print(
+        f"isolation: {iso.mode} (read-only fs: {iso.read_only_fs}); probe once per process: {probe_ms:.0f} ms"
+    )
     print(f"{'step':<44}{'ms':>10}")
-    for name, ms in [("python -c pass, plain", plain), ("python -c pass, in the clean room", room),
-                     ("python -c 'import torch', plain", torch_plain),
-                     ("python -c 'import torch', in the clean room", torch_room),
-                     ("metric guard on trainer/train_gpt.py", guard)]:
+    for name, ms in [
+        ("python -c pass, plain", plain),
+        ("python -c pass, in the clean room", room),
+        ("python -c 'import torch', plain", torch_plain),
+        ("python -c 'import torch', in the clean room", torch_room),
+        ("metric guard on trainer/train_gpt.py", guard),
+    ]:
         print(f"{name:<44}{ms:>10.1f}")
 
 

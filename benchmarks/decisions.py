@@ -72,8 +72,9 @@ class LoopConfig:
 # 12 repetitions): the highest true gain at >= 95% kept real on both noise levels.
 LOOP = LoopConfig()
 PAIRED = LoopConfig(name="paired", paired=True)
-SCREEN = LoopConfig(name="screen", paired=True, noise_runs=2, seeds_initial=1, seeds_max=2, alpha=0.02,
-                    futility_p=0.2)
+SCREEN = LoopConfig(
+    name="screen", paired=True, noise_runs=2, seeds_initial=1, seeds_max=2, alpha=0.02, futility_p=0.2
+)
 
 
 @dataclass
@@ -144,10 +145,18 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
                 return {s: inc[s] for s in cand}, dict(cand)
 
             diff_prior = paired_prior(pool, nm.std, nm.df, "architecture") if cfg.paired else None
-            v = sequential_experiment(measure, seeds=range(cfg.seeds_max), seeds_initial=cfg.seeds_initial,
-                                      seeds_max=cfg.seeds_max, alpha=cfg.alpha, min_effect=cfg.min_effect,
-                                      noise_std=nm.std, noise_df=nm.df, diff_prior=diff_prior,
-                                      futility_p=cfg.futility_p)
+            v = sequential_experiment(
+                measure,
+                seeds=range(cfg.seeds_max),
+                seeds_initial=cfg.seeds_initial,
+                seeds_max=cfg.seeds_max,
+                alpha=cfg.alpha,
+                min_effect=cfg.min_effect,
+                noise_std=nm.std,
+                noise_df=nm.df,
+                diff_prior=diff_prior,
+                futility_p=cfg.futility_p,
+            )
             if v is None or v.need_more:  # ran out of budget mid-experiment: no decision
                 pending = []
                 break
@@ -158,8 +167,11 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
             if keep:  # the incumbent changed: its winning runs serve on their seeds, A/A runs top up to
                 # noise_runs (agent/experiment.py, incumbent_runs and ensure_noise)
                 incumbent = dict(cand)
-                incumbent |= {s: sim.run(stack, s) for s in range(cfg.noise_runs) if s not in incumbent
-                              and sim.runs < budget}
+                incumbent |= {
+                    s: sim.run(stack, s)
+                    for s in range(cfg.noise_runs)
+                    if s not in incumbent and sim.runs < budget
+                }
                 if not incumbent:
                     break
             elif v.outcome == "inconclusive":
@@ -168,8 +180,14 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
     return tally.close(sim, stack, baseline_measured - float(np.mean(list(incumbent.values()))))
 
 
-def rule_single_run(sim: SimTrainer, ideas: list[str], budget: int, repeat: bool,
-                    coin: np.random.Generator | None = None, fixed_seed: bool = True) -> Tally:
+def rule_single_run(
+    sim: SimTrainer,
+    ideas: list[str],
+    budget: int,
+    repeat: bool,
+    coin: np.random.Generator | None = None,
+    fixed_seed: bool = True,
+) -> Tally:
     """One run per idea. Autoresearch keeps it if lower than the incumbent's single run; with `coin`,
     a fair coin decides instead (random choice). With `repeat`, ideas not kept are proposed again.
     fixed_seed: every run on seed 0, as autoresearch's train.py does (the greedy rule's best case: the
@@ -205,22 +223,25 @@ def rule_oracle(sim: SimTrainer, ideas: list[str], budget: int) -> Tally:
 RULES = (LOOP.name, PAIRED.name, SCREEN.name, "autoresearch", "greedy-fresh", "random", "oracle")
 
 
-def run_setting(noise: float, reps: int, budget: int, n_ideas: int, repeat: bool,
-                run_share: float = RUN_SHARE) -> dict[str, dict]:
+def run_setting(
+    noise: float, reps: int, budget: int, n_ideas: int, repeat: bool, run_share: float = RUN_SHARE
+) -> dict[str, dict]:
     tallies: dict[str, list[Tally]] = {r: [] for r in RULES}
     seed_sd, run_sd = split_noise(noise, run_share)
     for rep in range(reps):
         techniques, interactions = make_scenario(n_ideas, np.random.default_rng(rep))
         ideas = list(techniques)
-        fresh = functools.partial(SimTrainer, techniques, interactions, noise_std=run_sd, seed_sd=seed_sd,
-                                  seed=rep)
+        fresh = functools.partial(
+            SimTrainer, techniques, interactions, noise_std=run_sd, seed_sd=seed_sd, seed=rep
+        )
 
         for cfg in (LOOP, PAIRED, SCREEN):
             tallies[cfg.name].append(rule_loop(fresh(), ideas, budget, cfg, repeat))
         tallies["autoresearch"].append(rule_single_run(fresh(), ideas, budget, repeat))
         tallies["greedy-fresh"].append(rule_single_run(fresh(), ideas, budget, repeat, fixed_seed=False))
-        tallies["random"].append(rule_single_run(fresh(), ideas, budget, repeat,
-                                                 coin=np.random.default_rng(10_000 + rep)))
+        tallies["random"].append(
+            rule_single_run(fresh(), ideas, budget, repeat, coin=np.random.default_rng(10_000 + rep))
+        )
         tallies["oracle"].append(rule_oracle(fresh(), ideas, budget))
     out = {}
     for rule, ts in tallies.items():
@@ -243,14 +264,18 @@ def run_setting(noise: float, reps: int, budget: int, n_ideas: int, repeat: bool
 
 def print_table(title: str, res: dict[str, dict]) -> None:
     print(f"\n{title}")
-    head = (f"{'rule':<13}{'kept real':>10}{'true gain':>11}{'+-se':>9}{'claimed':>10}{'false-win':>10}"
-            f"{'harm kept':>10}{'kept':>6}{'ideas':>7}{'tests':>7}{'runs':>7}")
+    head = (
+        f"{'rule':<13}{'kept real':>10}{'true gain':>11}{'+-se':>9}{'claimed':>10}{'false-win':>10}"
+        f"{'harm kept':>10}{'kept':>6}{'ideas':>7}{'tests':>7}{'runs':>7}"
+    )
     print(head)
     print("-" * len(head))
     for rule, r in res.items():
-        print(f"{rule:<13}{r['precision']:>10.2f}{r['true_gain']:>11.5f}{r['true_gain_se']:>9.5f}"
-              f"{r['claimed_gain']:>10.5f}{r['false_win_rate']:>10.3f}{r['harmful_kept']:>10.2f}"
-              f"{r['kept']:>6.1f}{r['ideas']:>7.1f}{r['tests']:>7.1f}{r['runs']:>7.1f}")
+        print(
+            f"{rule:<13}{r['precision']:>10.2f}{r['true_gain']:>11.5f}{r['true_gain_se']:>9.5f}"
+            f"{r['claimed_gain']:>10.5f}{r['false_win_rate']:>10.3f}{r['harmful_kept']:>10.2f}"
+            f"{r['kept']:>6.1f}{r['ideas']:>7.1f}{r['tests']:>7.1f}{r['runs']:>7.1f}"
+        )
 
 
 SCENARIOS = {
@@ -265,16 +290,22 @@ def verdict_line(res: dict[str, dict], rule: str = SCREEN.name, greedy: str = "a
     """Does the rule win on both axes at equal compute: true gain >= greedy's and >= 95% kept real?"""
     r, g = res[rule], res[greedy]
     ok = r["true_gain"] >= g["true_gain"] and r["precision"] >= 0.95
-    return (f"{rule} vs {greedy}: true gain {r['true_gain']:.5f} vs {g['true_gain']:.5f}, kept real "
-            f"{r['precision']:.2f} vs {g['precision']:.2f}: {'wins on both' if ok else 'does NOT win on both'}")
+    return (
+        f"{rule} vs {greedy}: true gain {r['true_gain']:.5f} vs {g['true_gain']:.5f}, kept real "
+        f"{r['precision']:.2f} vs {g['precision']:.2f}: {'wins on both' if ok else 'does NOT win on both'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=60)
     ap.add_argument("--budget", type=int, default=100, help="runs per repetition, every rule")
-    ap.add_argument("--run-share", type=float, default=RUN_SHARE,
-                    help="run noise as a share of the total seed std (the rest is the shared seed effect)")
+    ap.add_argument(
+        "--run-share",
+        type=float,
+        default=RUN_SHARE,
+        help="run noise as a share of the total seed std (the rest is the shared seed effect)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -282,28 +313,38 @@ def main(argv: list[str] | None = None) -> dict:
     for scenario, n_ideas in SCENARIOS.items():
         for hw, noise in (("1xH100", NOISE_1XH100), ("8xH100", NOISE_8XH100)):
             key = f"{scenario}, {hw}"
-            results[key] = run_setting(noise, args.reps, args.budget, n_ideas, repeat=True,
-                                       run_share=args.run_share)
+            results[key] = run_setting(
+                noise, args.reps, args.budget, n_ideas, repeat=True, run_share=args.run_share
+            )
             if not args.json:
                 seed_sd, run_sd = split_noise(noise, args.run_share)
-                print_table(f"{scenario} ({n_ideas} ideas), {hw}: seed std {noise:g} bpb = shared seed effect "
-                            f"{seed_sd:.5f} + run noise {run_sd:.5f}; budget {args.budget} runs", results[key])
+                print_table(
+                    f"{scenario} ({n_ideas} ideas), {hw}: seed std {noise:g} bpb = shared seed effect "
+                    f"{seed_sd:.5f} + run noise {run_sd:.5f}; budget {args.budget} runs",
+                    results[key],
+                )
                 print(verdict_line(results[key]))
                 print(verdict_line(results[key], greedy="greedy-fresh"))
     if args.json:
         print(json.dumps(results, indent=2))
         return results
-    print(f"""
+    print(
+        f"""
 ideas: 30% wins (-0.0005..-0.006 bpb), 40% neutral (exactly 0), 30% harmful (+0.0005..+0.01); 10% of
 win pairs redundant (together they lose half the smaller gain). {args.reps} repetitions per table,
 {time.time() - t0:.1f} s. Run noise share {args.run_share:g} of the seed std (cpu-smoke ledger: {RUN_SHARE}).
-""" + "\n".join(f"{c.name}: A/A {c.noise_runs} runs, {c.seeds_initial}..{c.seeds_max} seeds, alpha {c.alpha}, "
-                 f"futility p > {c.futility_p}, {'paired' if c.paired else 'unpaired Welch'}"
-                 for c in (LOOP, PAIRED, SCREEN)) + """
+"""
+        + "\n".join(
+            f"{c.name}: A/A {c.noise_runs} runs, {c.seeds_initial}..{c.seeds_max} seeds, alpha {c.alpha}, "
+            f"futility p > {c.futility_p}, {'paired' if c.paired else 'unpaired Welch'}"
+            for c in (LOOP, PAIRED, SCREEN)
+        )
+        + """
 The loop rules re-test inconclusive ideas when the queue is done, and stop when nothing is left to test.
 kept real: share of kept changes that truly help the stack they joined; true gain: baseline - final
 true bpb (higher is better); claimed: the gain the rule's own runs show; false-win: kept / tested
-among ideas that do not help; ideas: distinct ideas tested; tests: decisions made.""")
+among ideas that do not help; ideas: distinct ideas tested; tests: decisions made."""
+    )
     return results
 
 

@@ -87,13 +87,30 @@ class StandIn:
         self.rng = np.random.default_rng(seed)
         queue = [q.technique for q in self.plan.queue]
         self.frontier = frontier_digest(diff(None, shipped_snapshot(), queue), max_chars=1500)
-        self.ledger.append(NoiseRecord(session="bench", tier=self.tier.name, hardware="cpu", script_sha="s0",
-                                       values=[2.41, 2.42, 2.40], std=0.004, mean=2.41))
+        self.ledger.append(
+            NoiseRecord(
+                session="bench",
+                tier=self.tier.name,
+                hardware="cpu",
+                script_sha="s0",
+                values=[2.41, 2.42, 2.40],
+                std=0.004,
+                mean=2.41,
+            )
+        )
 
     def state(self, k: int, total: int):
-        return build_state(records=self.ledger.records(), plan=self.plan, session="bench", tier=self.tier.name,
-                           hardware="cpu", script_sha="s0", budget_left=Budget(experiments=total - k),
-                           frontier=self.frontier, script_dirty=self.ws.script.read_text() != self.incumbent)
+        return build_state(
+            records=self.ledger.records(),
+            plan=self.plan,
+            session="bench",
+            tier=self.tier.name,
+            hardware="cpu",
+            script_sha="s0",
+            budget_left=Budget(experiments=total - k),
+            frontier=self.frontier,
+            script_dirty=self.ws.script.read_text() != self.incumbent,
+        )
 
     def verdict(self, k: int, spec) -> dict[str, Any]:
         outcome = str(self.rng.choice(["rejected", "inconclusive", "confirmed"], p=[0.6, 0.3, 0.1]))
@@ -101,16 +118,45 @@ class StandIn:
         exp = f"e{k:03d}-{spec.name}"[:60]
         runs = [f"{exp}-s{s}" for s in range(3)]
         for s, run in enumerate(runs):
-            self.ledger.append(RunRecord(session="bench", run_id=run, experiment=exp, candidate=spec.name,
-                                         technique=spec.technique, tier=self.tier.name, hardware="cpu", seed=s,
-                                         script_sha="s1", env=spec.env, hypothesis=spec.hypothesis,
-                                         result=RunResult(status="ok", val_bpb=2.41 + delta)))
-        dec = DecisionRecord(session="bench", experiment=exp, candidate=spec.name, technique=spec.technique,
-                             hypothesis=spec.hypothesis, tier=self.tier.name, hardware="cpu", outcome=outcome,
-                             kept=outcome == "confirmed", delta=delta, ci_low=delta - 0.004, ci_high=delta + 0.004,
-                             p_value=float(self.rng.uniform(0.001, 0.5)), n_candidate=3, n_incumbent=3,
-                             noise_std=0.004, candidate_runs=runs, env=spec.env, script_sha="s1", planner="llm",
-                             reason="one-sided Welch test against the incumbent's runs")
+            self.ledger.append(
+                RunRecord(
+                    session="bench",
+                    run_id=run,
+                    experiment=exp,
+                    candidate=spec.name,
+                    technique=spec.technique,
+                    tier=self.tier.name,
+                    hardware="cpu",
+                    seed=s,
+                    script_sha="s1",
+                    env=spec.env,
+                    hypothesis=spec.hypothesis,
+                    result=RunResult(status="ok", val_bpb=2.41 + delta),
+                )
+            )
+        dec = DecisionRecord(
+            session="bench",
+            experiment=exp,
+            candidate=spec.name,
+            technique=spec.technique,
+            hypothesis=spec.hypothesis,
+            tier=self.tier.name,
+            hardware="cpu",
+            outcome=outcome,
+            kept=outcome == "confirmed",
+            delta=delta,
+            ci_low=delta - 0.004,
+            ci_high=delta + 0.004,
+            p_value=float(self.rng.uniform(0.001, 0.5)),
+            n_candidate=3,
+            n_incumbent=3,
+            noise_std=0.004,
+            candidate_runs=runs,
+            env=spec.env,
+            script_sha="s1",
+            planner="llm",
+            reason="one-sided Welch test against the incumbent's runs",
+        )
         self.ledger.append(dec)
         if dec.kept:
             self.incumbent = self.ws.script.read_text()
@@ -124,8 +170,9 @@ def run(decisions: int, seed: int, count) -> list[dict[str, Any]]:
     model = Researcher(ideas=trainer_ideas(decisions), code_every=2, drift_every=3)
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(model) as fake:
         loop = StandIn(Path(tmp), seed)
-        planner = LLMPlanner("scripted-researcher", base_url=fake.base_url, max_retries=0, timeout_s=30,
-                             max_repeats=99)
+        planner = LLMPlanner(
+            "scripted-researcher", base_url=fake.base_url, max_retries=0, timeout_s=30, max_repeats=99
+        )
         for k in range(decisions):
             before = len(fake.chat_requests())
             t0 = time.perf_counter()
@@ -137,10 +184,18 @@ def run(decisions: int, seed: int, count) -> list[dict[str, Any]]:
                 break
             edited = loop.ws.script.read_text() != loop.incumbent
             tokens = [request_tokens(b, count) for b in bodies]
-            rows.append({"decision": k + 1, "requests": len(bodies), "input_tokens": sum(tokens),
-                         "first_request_tokens": tokens[0] if tokens else 0, "max_request_tokens": max(tokens or [0]),
-                         "code_edit": edited, "fallback": p.reason.startswith("playbook fallback"),
-                         "planner_s": wall})
+            rows.append(
+                {
+                    "decision": k + 1,
+                    "requests": len(bodies),
+                    "input_tokens": sum(tokens),
+                    "first_request_tokens": tokens[0] if tokens else 0,
+                    "max_request_tokens": max(tokens or [0]),
+                    "code_edit": edited,
+                    "fallback": p.reason.startswith("playbook fallback"),
+                    "planner_s": wall,
+                }
+            )
             planner.observe(loop.verdict(k + 1, p.experiment))
     return rows
 
@@ -156,8 +211,12 @@ def summarize(rows: list[dict[str, Any]], lo: int, hi: int) -> dict[str, Any]:
         "input_tokens_per_decision": statistics.fmean(r["input_tokens"] for r in part),
         "first_request_tokens": statistics.fmean(r["first_request_tokens"] for r in part),
         "max_request_tokens": max(r["max_request_tokens"] for r in part),
-        "input_tokens_per_flag_decision": statistics.fmean(r["input_tokens"] for r in flags) if flags else 0.0,
-        "input_tokens_per_edit_decision": statistics.fmean(r["input_tokens"] for r in edits) if edits else 0.0,
+        "input_tokens_per_flag_decision": statistics.fmean(r["input_tokens"] for r in flags)
+        if flags
+        else 0.0,
+        "input_tokens_per_edit_decision": statistics.fmean(r["input_tokens"] for r in edits)
+        if edits
+        else 0.0,
         "requests_per_decision": statistics.fmean(r["requests"] for r in part),
         "code_edit_share": len(edits) / len(part),
         "fallbacks": sum(r["fallback"] for r in part),
@@ -175,10 +234,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name, count = tokenizer(args.tokenizer)
     rows = run(args.decisions, args.seed, count)
     n = len([r for r in rows if "requests" in r])
-    report = {"tokenizer": name, "decisions_run": n, "stopped": next((r["stopped"] for r in rows if "stopped" in r), ""),
-              "first_10": summarize(rows, 1, 10), f"last_10_of_{n}": summarize(rows, max(1, n - 9), n),
-              "all": summarize(rows, 1, n),
-              "session_input_tokens": sum(r.get("input_tokens", 0) for r in rows)}
+    report = {
+        "tokenizer": name,
+        "decisions_run": n,
+        "stopped": next((r["stopped"] for r in rows if "stopped" in r), ""),
+        "first_10": summarize(rows, 1, 10),
+        f"last_10_of_{n}": summarize(rows, max(1, n - 9), n),
+        "all": summarize(rows, 1, n),
+        "session_input_tokens": sum(r.get("input_tokens", 0) for r in rows),
+    }
     if args.json:
         print(json.dumps(report, indent=1))
         return report

@@ -29,8 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ROOT / "trainer" / "train_gpt.py"
 
 # Training-time techniques that the records stacked; EMA is left out (harmful under ~5k steps, PR #393).
-STACK = dict(VALUE_RESIDUAL=1, GATED_ATTENTION=1, ROPE_DIMS=16, LN_SCALE=1, BIGRAM_HASH_BUCKETS=4096,
-             BIGRAM_DIM=64, SMEAR_GATE=1, XSA_LAST_N=2, MLP_ACT_SLOPE=0.5, QAT_BITS=6, COMPRESSOR="lzma")
+STACK = dict(
+    VALUE_RESIDUAL=1,
+    GATED_ATTENTION=1,
+    ROPE_DIMS=16,
+    LN_SCALE=1,
+    BIGRAM_HASH_BUCKETS=4096,
+    BIGRAM_DIM=64,
+    SMEAR_GATE=1,
+    XSA_LAST_N=2,
+    MLP_ACT_SLOPE=0.5,
+    QAT_BITS=6,
+    COMPRESSOR="lzma",
+)
 CONFIGS = {
     "baseline": {},
     "stack": STACK,
@@ -54,8 +65,10 @@ def find_data(explicit: str | None) -> tuple[Path, Path, str]:
         d = Path(explicit)
         toks = sorted((d.parent.parent / "tokenizers").glob("*.model"))
         return d, toks[0], str(d)
-    layouts = (("embedded_sp1024", "embedded_1024_bpe.model"),
-               ("fineweb10B_sp1024", "fineweb_1024_bpe.model"))
+    layouts = (
+        ("embedded_sp1024", "embedded_1024_bpe.model"),
+        ("fineweb10B_sp1024", "fineweb_1024_bpe.model"),
+    )
     for name, tok in layouts:
         d, t = ROOT / "data" / "datasets" / name, ROOT / "data" / "tokenizers" / tok
         if list(d.glob("fineweb_val_*.bin")) and t.exists():
@@ -77,8 +90,9 @@ def run_one(env: dict[str, str], run_dir: Path, timeout: float) -> dict:
     full.update(env, RUN_DIR=str(run_dir), RUN_ID=run_dir.name)
     t0 = time.time()
     try:
-        proc = subprocess.run([sys.executable, str(TRAINER)], env=full, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, str(TRAINER)], env=full, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "error": f"no result within {timeout:.0f} s", "wall_s": time.time() - t0}
     wall = time.time() - t0
@@ -104,19 +118,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="training wallclock per run")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--tier", default="cpu-smoke", help="tiers.toml tier whose env gives the shape")
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help="comma-separated subset of " + ",".join(CONFIGS))
+    p.add_argument(
+        "--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS)
+    )
     p.add_argument("--data", default=None, help="DATA_PATH (tokenizer: ../../tokenizers/*.model)")
     p.add_argument("--json", default=None, help="also write all results here")
     a = p.parse_args(argv)
 
     data, tok, data_name = find_data(a.data)
-    base = tier_env(a.tier) | {"MAX_WALLCLOCK_SECONDS": str(a.seconds), "ITERATIONS": "1000000",
-                               "DATA_PATH": str(data), "TOKENIZER_PATH": str(tok)}
-    print(f"trainer CPU benchmark: tier {a.tier} shape, {a.seconds:.0f} s training per run, "
-          f"{a.seeds} seed(s), "
-          f"data {data_name}, {os.cpu_count()} cores, "
-          f"OMP_NUM_THREADS={base.get('OMP_NUM_THREADS', 'default')}")
+    base = tier_env(a.tier) | {
+        "MAX_WALLCLOCK_SECONDS": str(a.seconds),
+        "ITERATIONS": "1000000",
+        "DATA_PATH": str(data),
+        "TOKENIZER_PATH": str(tok),
+    }
+    print(
+        f"trainer CPU benchmark: tier {a.tier} shape, {a.seconds:.0f} s training per run, "
+        f"{a.seeds} seed(s), "
+        f"data {data_name}, {os.cpu_count()} cores, "
+        f"OMP_NUM_THREADS={base.get('OMP_NUM_THREADS', 'default')}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="pgolf_cpu_bench_") as tmp:
         for name in a.configs.split(","):
@@ -126,11 +147,16 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_one(env, Path(tmp) / f"{name}-s{seed}", timeout=a.seconds * 4 + 300)
                 r["config"], r["seed"] = name, seed
                 rows.append(r)
-                print(f"  {name} seed {seed}: {r['status']} val_bpb {fmt(r.get('val_bpb'), '.4f')} "
-                      f"steps {r.get('steps')} wall {r['wall_s']:.1f}s", flush=True)
+                print(
+                    f"  {name} seed {seed}: {r['status']} val_bpb {fmt(r.get('val_bpb'), '.4f')} "
+                    f"steps {r.get('steps')} wall {r['wall_s']:.1f}s",
+                    flush=True,
+                )
 
-    header = (f"{'config':<15}{'steps':>7}{'tok/s':>9}{'train_loss':>12}{'bpb_pre':>9}{'val_bpb':>9}"
-              f"{'holdout':>9}{'bytes':>10}{'eval_s':>8}")
+    header = (
+        f"{'config':<15}{'steps':>7}{'tok/s':>9}{'train_loss':>12}{'bpb_pre':>9}{'val_bpb':>9}"
+        f"{'holdout':>9}{'bytes':>10}{'eval_s':>8}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for name in a.configs.split(","):
         rs = [r for r in rows if r["config"] == name and r.get("status") == "ok"]
@@ -142,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             vals = [r[key] for r in rs if r.get(key) is not None]
             return statistics.fmean(vals) if vals else None
 
-        spread = (f" ±{statistics.stdev([r['val_bpb'] for r in rs]):.4f}" if len(rs) > 1 else "")
-        print(f"{name:<15}{mean('steps'):>7.0f}{mean('tokens_per_s'):>9.0f}"
-              f"{fmt(mean('last_train_loss'), '.4f'):>12}"
-              f"{fmt(mean('val_bpb_prequant'), '.4f'):>9}{fmt(mean('val_bpb'), '.4f'):>9}"
-              f"{fmt(mean('holdout_bpb'), '.4f'):>9}{mean('bytes_total'):>10.0f}"
-              f"{mean('eval_time_s'):>8.1f}{spread}")
+        spread = f" ±{statistics.stdev([r['val_bpb'] for r in rs]):.4f}" if len(rs) > 1 else ""
+        print(
+            f"{name:<15}{mean('steps'):>7.0f}{mean('tokens_per_s'):>9.0f}"
+            f"{fmt(mean('last_train_loss'), '.4f'):>12}"
+            f"{fmt(mean('val_bpb_prequant'), '.4f'):>9}{fmt(mean('val_bpb'), '.4f'):>9}"
+            f"{fmt(mean('holdout_bpb'), '.4f'):>9}{mean('bytes_total'):>10.0f}"
+            f"{mean('eval_time_s'):>8.1f}{spread}"
+        )
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     return 0 if all(r.get("status") == "ok" for r in rows) else 1

@@ -43,7 +43,7 @@ BLOCK_HEADINGS = {  # used when a block is missing and write_blocks appends it
 TECHNIQUE_FLAGS: dict[str, dict[str, str]] = load_synonyms().flags
 
 QueueState = Literal["todo", "done", "banned", "retest"]
-_STATE_OF_MARK = {" ": "todo", "x": "done", "X": "done", "-": "banned", "~": "retest"}
+_STATE_OF_MARK: dict[str, QueueState] = {" ": "todo", "x": "done", "X": "done", "-": "banned", "~": "retest"}
 _MARK_OF_STATE = {"todo": " ", "done": "x", "banned": "-", "retest": "~"}
 
 _MARKER = re.compile(r"^\s*<!--\s*golf:(begin|end)\s+([^\s>]+)\s*-->\s*$")
@@ -133,15 +133,19 @@ def _scan_blocks(lines: list[str], name: str) -> list[_Span]:
         where = f"{name}:{i + 1}"
         m = _MARKER.match(raw.rstrip("\r\n"))
         if not m:
-            raise BattlePlanError(f"{where}: malformed agent marker {raw.strip()!r} "
-                                  "(expected `<!-- golf:begin NAME -->` or `<!-- golf:end NAME -->`)")
+            raise BattlePlanError(
+                f"{where}: malformed agent marker {raw.strip()!r} "
+                "(expected `<!-- golf:begin NAME -->` or `<!-- golf:end NAME -->`)"
+            )
         kind, block = m.groups()
         if block not in BLOCK_NAMES:
             raise BattlePlanError(f"{where}: unknown agent block {block!r} (known: {', '.join(BLOCK_NAMES)})")
         if kind == "begin":
             if open_name is not None:
-                raise BattlePlanError(f"{where}: block {block!r} begins inside block {open_name!r} "
-                                      f"(opened at line {open_at + 1}); blocks cannot nest")
+                raise BattlePlanError(
+                    f"{where}: block {block!r} begins inside block {open_name!r} "
+                    f"(opened at line {open_at + 1}); blocks cannot nest"
+                )
             if block in seen:
                 raise BattlePlanError(f"{where}: duplicate block {block!r} (first at line {seen[block] + 1})")
             open_name, open_at = block, i
@@ -150,13 +154,15 @@ def _scan_blocks(lines: list[str], name: str) -> list[_Span]:
             if open_name is None:
                 raise BattlePlanError(f"{where}: `golf:end {block}` without a matching begin")
             if block != open_name:
-                raise BattlePlanError(f"{where}: `golf:end {block}` closes block {open_name!r} "
-                                      f"(opened at line {open_at + 1})")
+                raise BattlePlanError(
+                    f"{where}: `golf:end {block}` closes block {open_name!r} (opened at line {open_at + 1})"
+                )
             spans.append(_Span(name=block, begin=open_at, end=i))
             open_name = None
     if open_name is not None:
-        raise BattlePlanError(f"{name}:{open_at + 1}: block {open_name!r} is never closed "
-                              f"(no `<!-- golf:end {open_name} -->`)")
+        raise BattlePlanError(
+            f"{name}:{open_at + 1}: block {open_name!r} is never closed (no `<!-- golf:end {open_name} -->`)"
+        )
     return spans
 
 
@@ -173,11 +179,15 @@ def _parse_queue_line(text: str, lineno: int, name: str) -> QueueItem:
     where = f"{name}:{lineno}"
     m = _QUEUE.match(text)
     if not m:
-        raise BattlePlanError(f"{where}: bad queue line {text.strip()!r} "
-                              "(expected `- [ ] technique_id: ENV=VAL ... — notes (priority N)`)")
+        raise BattlePlanError(
+            f"{where}: bad queue line {text.strip()!r} "
+            "(expected `- [ ] technique_id: ENV=VAL ... — notes (priority N)`)"
+        )
     mark, technique, rest = m.groups()
     if mark not in _STATE_OF_MARK:
-        raise BattlePlanError(f"{where}: unknown checkbox [{mark}] (use [ ] todo, [x] done, [-] banned, [~] retest)")
+        raise BattlePlanError(
+            f"{where}: unknown checkbox [{mark}] (use [ ] todo, [x] done, [-] banned, [~] retest)"
+        )
     if not _TECHNIQUE.match(technique):
         raise BattlePlanError(f"{where}: technique id {technique!r} is not snake_case")
     parts = _NOTES_SPLIT.split(rest.strip(), maxsplit=1)
@@ -198,11 +208,19 @@ def _parse_queue_line(text: str, lineno: int, name: str) -> QueueItem:
     for token in env_part.split():
         em = _ENV.match(token)
         if not em:
-            raise BattlePlanError(f"{where}: bad ENV token {token!r} in queue item {technique!r} "
-                                  "(expected UPPER_CASE=value; put notes after ' — ')")
+            raise BattlePlanError(
+                f"{where}: bad ENV token {token!r} in queue item {technique!r} "
+                "(expected UPPER_CASE=value; put notes after ' — ')"
+            )
         env[em.group(1)] = em.group(2)
-    return QueueItem(technique=technique, env=env, notes=notes.strip(), priority=priority,
-                     state=_STATE_OF_MARK[mark], line=lineno)  # type: ignore[arg-type]
+    return QueueItem(
+        technique=technique,
+        env=env,
+        notes=notes.strip(),
+        priority=priority,
+        state=_STATE_OF_MARK[mark],
+        line=lineno,
+    )
 
 
 _NONE_WORDS = {"none", "unlimited", "-", ""}
@@ -270,8 +288,10 @@ def parse_plan(text: str, name: str = "battle_plan.md") -> BattlePlan:
                 section = title if title in ("directives", "budget", "queue") else None
                 if section:
                     if section in seen_sections:
-                        raise BattlePlanError(f"{name}:{lineno}: second '## {h.group(2)}' section "
-                                              f"(first at line {seen_sections[section]})")
+                        raise BattlePlanError(
+                            f"{name}:{lineno}: second '## {h.group(2)}' section "
+                            f"(first at line {seen_sections[section]})"
+                        )
                     seen_sections[section] = lineno
             continue
         if section is None or not _BULLET.match(text_line):
@@ -282,18 +302,27 @@ def parse_plan(text: str, name: str = "battle_plan.md") -> BattlePlan:
             m = _BUDGET.match(text_line)
             key = m.group(1).strip().lower().replace(" ", "_") if m else ""
             if not m or key not in PlanBudget.model_fields:
-                raise BattlePlanError(f"{name}:{lineno}: bad budget line {text_line.strip()!r} "
-                                      f"(expected `- key: value` with key in {', '.join(PlanBudget.model_fields)})")
+                raise BattlePlanError(
+                    f"{name}:{lineno}: bad budget line {text_line.strip()!r} "
+                    f"(expected `- key: value` with key in {', '.join(PlanBudget.model_fields)})"
+                )
             if key in budget_lines:
-                raise BattlePlanError(f"{name}:{lineno}: budget key {key!r} repeated (first at line "
-                                      f"{budget_lines[key]})")
+                raise BattlePlanError(
+                    f"{name}:{lineno}: budget key {key!r} repeated (first at line {budget_lines[key]})"
+                )
             budget_lines[key] = lineno
             budget[key] = _budget_value(key, m.group(2), f"{name}:{lineno}")
         else:
             queue.append(_parse_queue_line(text_line, lineno, name))
-    blocks = {s.name: "".join(lines[s.begin + 1: s.end]) for s in spans}
-    return BattlePlan(name=name, directives=directives, budget=PlanBudget.model_validate(budget), queue=queue,
-                      blocks=blocks, human_sha=_fingerprint(lines, spans))
+    blocks = {s.name: "".join(lines[s.begin + 1 : s.end]) for s in spans}
+    return BattlePlan(
+        name=name,
+        directives=directives,
+        budget=PlanBudget.model_validate(budget),
+        queue=queue,
+        blocks=blocks,
+        human_sha=_fingerprint(lines, spans),
+    )
 
 
 def load_plan(path: str | Path) -> BattlePlan:
@@ -318,8 +347,9 @@ def human_fingerprint(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_edit(path: Path, edit: Callable[[str], str], _between: Callable[[], None] | None = None,
-                 attempts: int = 20) -> None:
+def _atomic_edit(
+    path: Path, edit: Callable[[str], str], _between: Callable[[], None] | None = None, attempts: int = 20
+) -> None:
     """Apply `edit` to the file's current text and replace it atomically.
 
     The file is re-read after the new version is staged in a temp file; if someone wrote it in the
@@ -377,7 +407,7 @@ def _replace_blocks(text: str, contents: dict[str, str], name: str) -> str:
 
     # Replace from the bottom up so earlier spans keep their indices.
     for span in sorted((spans[b] for b in contents if b in spans), key=lambda s: -s.begin):
-        lines[span.begin + 1: span.end] = body(contents[span.name])
+        lines[span.begin + 1 : span.end] = body(contents[span.name])
     missing = [b for b in contents if b not in spans]
     if missing:
         if lines and not lines[-1].endswith("\n"):
@@ -406,8 +436,9 @@ def write_blocks(path: str | Path, contents: dict[str, str]) -> None:
     _atomic_edit(path, lambda text: _replace_blocks(text, contents, str(path)))
 
 
-def set_queue_state(path: str | Path, technique: str, state: QueueState,
-                    env: dict[str, str] | None = None) -> QueueItem | None:
+def set_queue_state(
+    path: str | Path, technique: str, state: QueueState, env: dict[str, str] | None = None
+) -> QueueItem | None:
     """Set the checkbox of the queue line naming `technique`; every other byte stays as the human wrote it.
 
     Returns the updated item, or None when no queue line names the technique (an idea from outside
@@ -425,14 +456,16 @@ def set_queue_state(path: str | Path, technique: str, state: QueueState,
         if not hits:
             return text
         if len(hits) > 1:
-            raise BattlePlanError(f"{path}:{hits[1].line}: technique {technique!r} is queued on lines "
-                                  f"{', '.join(str(q.line) for q in hits)}; pass env= to pick one")
+            raise BattlePlanError(
+                f"{path}:{hits[1].line}: technique {technique!r} is queued on lines "
+                f"{', '.join(str(q.line) for q in hits)}; pass env= to pick one"
+            )
         item = hits[0]
         lines = _split_lines(text)
         raw = lines[item.line - 1]
         m = _QUEUE.match(raw.rstrip("\r\n"))
         assert m is not None  # parse_plan accepted this line
-        lines[item.line - 1] = raw[: m.start(1)] + _MARK_OF_STATE[state] + raw[m.end(1):]
+        lines[item.line - 1] = raw[: m.start(1)] + _MARK_OF_STATE[state] + raw[m.end(1) :]
         found.append(item.model_copy(update={"state": state}))
         return "".join(lines)
 
@@ -477,14 +510,45 @@ DEAD_ENDS_HEADER = ["technique", "tier", "delta bpb", "95% CI", "p", "n", "date"
 
 def render_confirmed(findings: Iterable[FindingRecord]) -> str:
     """The confirmed-deltas table: confirmed findings only, biggest win first."""
-    rows = sorted((f for f in findings if f.status == "confirmed"),
-                  key=lambda f: (f.delta if f.delta is not None else 0.0, f.at))
-    return _table(CONFIRMED_HEADER, ([f.technique, f.tier, _fmt(f.delta), _ci(f), _p(f.p_value), str(f.n),
-                                      f.at[:10], f.experiment or "–"] for f in rows))
+    rows = sorted(
+        (f for f in findings if f.status == "confirmed"),
+        key=lambda f: (f.delta if f.delta is not None else 0.0, f.at),
+    )
+    return _table(
+        CONFIRMED_HEADER,
+        (
+            [
+                f.technique,
+                f.tier,
+                _fmt(f.delta),
+                _ci(f),
+                _p(f.p_value),
+                str(f.n),
+                f.at[:10],
+                f.experiment or "–",
+            ]
+            for f in rows
+        ),
+    )
 
 
 def render_dead_ends(findings: Iterable[FindingRecord]) -> str:
     """Rejected findings in the order they were found, with the judge's note."""
     rows = sorted((f for f in findings if f.status == "rejected"), key=lambda f: f.at)
-    return _table(DEAD_ENDS_HEADER, ([f.technique, f.tier, _fmt(f.delta), _ci(f), _p(f.p_value), str(f.n),
-                                      f.at[:10], f.experiment or "–", f.note or ""] for f in rows))
+    return _table(
+        DEAD_ENDS_HEADER,
+        (
+            [
+                f.technique,
+                f.tier,
+                _fmt(f.delta),
+                _ci(f),
+                _p(f.p_value),
+                str(f.n),
+                f.at[:10],
+                f.experiment or "–",
+                f.note or "",
+            ]
+            for f in rows
+        ),
+    )

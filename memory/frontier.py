@@ -216,7 +216,11 @@ def annotate(entries: list[FrontierEntry], table: SynonymTable | None = None) ->
         update: dict = {}
         if e.raw_techniques:
             m = map_techniques(e.raw_techniques, table)
-            update = {"techniques": m.techniques, "removed_techniques": m.removed, "unknown_phrases": m.unknown}
+            update = {
+                "techniques": m.techniques,
+                "removed_techniques": m.removed,
+                "unknown_phrases": m.unknown,
+            }
         flags = _status_flags(e.status)
         techniques = update.get("techniques", e.techniques)
         if e.bytes_total is not None and e.bytes_total > ARTIFACT_CAP_BYTES:
@@ -271,9 +275,15 @@ def entries_from_tsv(path: str | Path = SHIPPED_TSV) -> list[FrontierEntry]:
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [
-        FrontierEntry(date=r["date"].strip(), val_bpb=float(r["val_bpb"]), pr=r["pr"].strip(),
-                      author=r["author"].strip(), status=r["status"].strip(),
-                      raw_techniques=r["techniques"].strip(), source="snapshot")
+        FrontierEntry(
+            date=r["date"].strip(),
+            val_bpb=float(r["val_bpb"]),
+            pr=r["pr"].strip(),
+            author=r["author"].strip(),
+            status=r["status"].strip(),
+            raw_techniques=r["techniques"].strip(),
+            source="snapshot",
+        )
         for r in rows
     ]
 
@@ -282,8 +292,12 @@ def entries_from_tsv(path: str | Path = SHIPPED_TSV) -> list[FrontierEntry]:
 def _shipped_json() -> str:
     entries = annotate(entries_from_tsv(SHIPPED_TSV))
     as_of = max(_day(e.date) for e in entries)
-    snap = FrontierSnapshot(taken_at=f"{as_of}T00:00:00+00:00", source="shipped",
-                            note="built from memory/data/leaderboard.tsv", entries=entries)
+    snap = FrontierSnapshot(
+        taken_at=f"{as_of}T00:00:00+00:00",
+        source="shipped",
+        note="built from memory/data/leaderboard.tsv",
+        entries=entries,
+    )
     return snap.model_dump_json()
 
 
@@ -303,7 +317,7 @@ def save_snapshot(directory: str | Path, snap: FrontierSnapshot) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     base = snapshot_name(snap)
     # Same-second snapshots get a rising suffix (above any pruned one's, so sort order stays true).
-    taken = [p.stem[len(base):] for p in d.glob(f"{base}*.json")]
+    taken = [p.stem[len(base) :] for p in d.glob(f"{base}*.json")]
     suffixes = [int(t[1:]) for t in taken if t[1:].isdigit()] + [0 for t in taken if t == ""]
     path = d / (f"{base}-{max(suffixes) + 1}.json" if suffixes else f"{base}.json")
     tmp = path.with_suffix(".tmp")
@@ -447,22 +461,25 @@ def _merge_pair(old: FrontierEntry, new: FrontierEntry) -> FrontierEntry:
         status = old.status
     official = any(s in new.source for s in ("readme", "records"))
     sources = list(dict.fromkeys([*old.source.split("+"), *new.source.split("+")]))
-    return old.model_copy(update={
-        "pr": old.pr if _num_pr(old.pr) or not _num_pr(new.pr) else new.pr,
-        "status": status,
-        "val_bpb": new.val_bpb if official else old.val_bpb,
-        "author": old.author or new.author,
-        "date": old.date or new.date,
-        "raw_techniques": old.raw_techniques or new.raw_techniques,
-        "bytes_total": new.bytes_total if new.bytes_total is not None else old.bytes_total,
-        "train_time_s": new.train_time_s if new.train_time_s is not None else old.train_time_s,
-        "eval_time_s": new.eval_time_s if new.eval_time_s is not None else old.eval_time_s,
-        "source": "+".join(sources),
-    })
+    return old.model_copy(
+        update={
+            "pr": old.pr if _num_pr(old.pr) or not _num_pr(new.pr) else new.pr,
+            "status": status,
+            "val_bpb": new.val_bpb if official else old.val_bpb,
+            "author": old.author or new.author,
+            "date": old.date or new.date,
+            "raw_techniques": old.raw_techniques or new.raw_techniques,
+            "bytes_total": new.bytes_total if new.bytes_total is not None else old.bytes_total,
+            "train_time_s": new.train_time_s if new.train_time_s is not None else old.train_time_s,
+            "eval_time_s": new.eval_time_s if new.eval_time_s is not None else old.eval_time_s,
+            "source": "+".join(sources),
+        }
+    )
 
 
-def merge_entries(old: list[FrontierEntry], fetched: list[FrontierEntry],
-                  table: SynonymTable | None = None) -> list[FrontierEntry]:
+def merge_entries(
+    old: list[FrontierEntry], fetched: list[FrontierEntry], table: SynonymTable | None = None
+) -> list[FrontierEntry]:
     """Fold freshly fetched entries into stored ones (nothing stored is dropped), then re-annotate."""
     merged = list(old)
     for f in fetched:
@@ -550,9 +567,16 @@ class FrontierDiff(BaseModel):
     ready: list[str] = Field(default_factory=list)  # queue lines for new techniques the trainer expresses
 
 
-def diff(base: FrontierSnapshot | None, cur: FrontierSnapshot, queue: list[str] | None = None, *,
-         base_name: str | None = None, current_name: str = "current", now: dt.datetime | None = None,
-         table: SynonymTable | None = None) -> FrontierDiff:
+def diff(
+    base: FrontierSnapshot | None,
+    cur: FrontierSnapshot,
+    queue: list[str] | None = None,
+    *,
+    base_name: str | None = None,
+    current_name: str = "current",
+    now: dt.datetime | None = None,
+    table: SynonymTable | None = None,
+) -> FrontierDiff:
     """What changed from `base` (what the last session saw) to `cur`, and what it means for the queue."""
     table = table or load_synonyms()
     old_entries = base.entries if base else []
@@ -586,34 +610,65 @@ def diff(base: FrontierSnapshot | None, cur: FrontierSnapshot, queue: list[str] 
         elif tid in now_state.dropped:
             by = now_state.dropped[tid]
             group = table.group_of.get(tid)
-            rival = next((r for r in table.exclusive.get(group, []) if r in now_state.stack), None) if group else None
-            why = f"superseded by {rival} ({_pr(by)})" if rival else f"dropped by {_pr(by)}, not re-added since"
+            rival = (
+                next((r for r in table.exclusive.get(group, []) if r in now_state.stack), None)
+                if group
+                else None
+            )
+            why = (
+                f"superseded by {rival} ({_pr(by)})" if rival else f"dropped by {_pr(by)}, not re-added since"
+            )
             obsolete.append(TechniqueNote(technique=tid, reason=why, by=by))
 
     best_bpb = best.val_bpb if best else None
-    open_claims = sorted((e for e in cur.entries if OPEN_CLAIM in e.flags and not BLOCKING.intersection(e.flags)
-                          and (best_bpb is None or e.val_bpb < best_bpb)), key=lambda e: e.val_bpb)
+    open_claims = sorted(
+        (
+            e
+            for e in cur.entries
+            if OPEN_CLAIM in e.flags
+            and not BLOCKING.intersection(e.flags)
+            and (best_bpb is None or e.val_bpb < best_bpb)
+        ),
+        key=lambda e: e.val_bpb,
+    )
     unknown = sorted({p for e in cur.entries for p in e.unknown_phrases})
     return FrontierDiff(
-        base=base_name if base else None, base_taken_at=base.taken_at if base else None,
-        current=current_name, current_taken_at=cur.taken_at, current_source=cur.source, age=age_text(cur, now),
-        new_entries=sorted(new_entries, key=lambda e: e.val_bpb), changes=changes,
-        best=best, previous_best=prev_best,
+        base=base_name if base else None,
+        base_taken_at=base.taken_at if base else None,
+        current=current_name,
+        current_taken_at=cur.taken_at,
+        current_source=cur.source,
+        age=age_text(cur, now),
+        new_entries=sorted(new_entries, key=lambda e: e.val_bpb),
+        changes=changes,
+        best=best,
+        previous_best=prev_best,
         new_best=bool(base and best and (prev_best is None or not same_entry(best, prev_best))),
-        stack=stack, introduced_by=dict(now_state.stack),
+        stack=stack,
+        introduced_by=dict(now_state.stack),
         entered=sorted(set(now_state.stack) - set(old_stack)),
         left=sorted(set(old_stack) - set(now_state.stack)),
-        dropped=[TechniqueNote(technique=t, reason="dropped by the frontier", by=pr)
-                 for t, pr in sorted(now_state.dropped.items())],
-        obsolete=obsolete, queue_unknown=unknown_q,
-        rule_flagged=sorted((e for e in cur.entries if set(RULE_FLAGS).intersection(e.flags)), key=lambda e: e.val_bpb),
-        open_claims=open_claims, unknown_phrases=unknown,
+        dropped=[
+            TechniqueNote(technique=t, reason="dropped by the frontier", by=pr)
+            for t, pr in sorted(now_state.dropped.items())
+        ],
+        obsolete=obsolete,
+        queue_unknown=unknown_q,
+        rule_flagged=sorted(
+            (e for e in cur.entries if set(RULE_FLAGS).intersection(e.flags)), key=lambda e: e.val_bpb
+        ),
+        open_claims=open_claims,
+        unknown_phrases=unknown,
     )
 
 
-def ready_queue_lines(d: FrontierDiff, script_text: str, queue: Iterable[str] = (),
-                      covered_env: Mapping[str, str] | None = None,
-                      table: SynonymTable | None = None) -> list[str]:
+def ready_queue_lines(
+    d: FrontierDiff,
+    script_text: str,
+    queue: Iterable[str] = (),
+    covered_env: Mapping[str, str] | None = None,
+    table: SynonymTable | None = None,
+) -> list[str]:
     """Battle-plan queue lines, ready to accept, for techniques on the leaderboard that are new to this plan
     and that the trainer can already express: in the best stack, not named by any queue line (a `[-]` line
     declines one for good), none of its flags already set by `covered_env` (the tier's and the starting
@@ -632,8 +687,10 @@ def ready_queue_lines(d: FrontierDiff, script_text: str, queue: Iterable[str] = 
             continue
         flags = " ".join(f"{k}={v}" for k, v in env.items())
         since = d.introduced_by.get(tid, "")
-        lines.append(f"- [ ] {tid}: {flags} — new on the leaderboard: in the best record's stack since "
-                     f"{'PR ' + _pr(since) if since else 'an unnumbered entry'}; the trainer has the flags")
+        lines.append(
+            f"- [ ] {tid}: {flags} — new on the leaderboard: in the best record's stack since "
+            f"{'PR ' + _pr(since) if since else 'an unnumbered entry'}; the trainer has the flags"
+        )
     return lines
 
 
@@ -658,14 +715,22 @@ def _closed_only(e: FrontierEntry) -> bool:
     return e.flags == [REJECTED] and e.source == "pr"
 
 
-def format_table(snap: FrontierSnapshot, now: dt.datetime | None = None, limit: int | None = None,
-                 show_all: bool = False, table: SynonymTable | None = None) -> str:
+def format_table(
+    snap: FrontierSnapshot,
+    now: dt.datetime | None = None,
+    limit: int | None = None,
+    show_all: bool = False,
+    table: SynonymTable | None = None,
+) -> str:
     """The frontier as a text table: legal records first by score, then everything flagged."""
     best = best_legal(snap.entries)
     state = stack_state(snap.entries, table)
-    lines = [f"Frontier: {age_text(snap, now)}; {len(snap.entries)} entries",
-             f"Best legal record: {_short(best) if best else 'none'}",
-             f"Best stack ({len(state.stack)}): {_ids(sorted(state.stack))}", ""]
+    lines = [
+        f"Frontier: {age_text(snap, now)}; {len(snap.entries)} entries",
+        f"Best legal record: {_short(best) if best else 'none'}",
+        f"Best stack ({len(state.stack)}): {_ids(sorted(state.stack))}",
+        "",
+    ]
     rows = sorted(snap.entries, key=lambda e: (not is_legal_record(e), e.val_bpb))
     hidden = 0 if show_all else sum(map(_closed_only, rows))
     rows = rows if show_all else [e for e in rows if not _closed_only(e)]
@@ -677,11 +742,15 @@ def format_table(snap: FrontierSnapshot, now: dt.datetime | None = None, limit: 
         mark = "!" if BLOCKING.intersection(e.flags) else " "
         pr = _pr(e.pr).rsplit("/", 1)[-1]
         pr = pr if len(pr) <= 12 else pr[:11] + "…"
-        lines.append(f"{e.val_bpb:7.4f}{mark} {_day(e.date):10}  {pr:>12}  {e.author[:18]:18}  "
-                     f"{','.join(e.flags)[:34]:34}  {_ids(e.techniques)}"
-                     + (f"  [removed: {_ids(e.removed_techniques)}]" if e.removed_techniques else ""))
+        lines.append(
+            f"{e.val_bpb:7.4f}{mark} {_day(e.date):10}  {pr:>12}  {e.author[:18]:18}  "
+            f"{','.join(e.flags)[:34]:34}  {_ids(e.techniques)}"
+            + (f"  [removed: {_ids(e.removed_techniques)}]" if e.removed_techniques else "")
+        )
     if hidden:
-        lines.append(f"({hidden} more rows hidden: closed pull requests without a rule failure, or past the limit)")
+        lines.append(
+            f"({hidden} more rows hidden: closed pull requests without a rule failure, or past the limit)"
+        )
     flagged = [e for e in snap.entries if set(RULE_FLAGS).intersection(e.flags)]
     if flagged:
         lines += ["", "Rule checks ('!' rows are not built on without saying so):"]
@@ -725,35 +794,60 @@ def frontier_block_markdown(d: FrontierDiff, max_items: int = 8) -> str:
     for c in d.changes[:max_items]:
         lines.append(f"  - {_pr(c.pr)}: {c.what}")
     if d.obsolete:
-        lines.append("- **Obsolete in our queue:** " + "; ".join(f"{n.technique} ({n.reason})" for n in d.obsolete))
+        lines.append(
+            "- **Obsolete in our queue:** " + "; ".join(f"{n.technique} ({n.reason})" for n in d.obsolete)
+        )
     if d.dropped:
-        lines.append("- **Dropped by the frontier:** " + ", ".join(f"{n.technique} ({_pr(n.by or '?')})" for n in d.dropped))
+        lines.append(
+            "- **Dropped by the frontier:** "
+            + ", ".join(f"{n.technique} ({_pr(n.by or '?')})" for n in d.dropped)
+        )
     if d.open_claims:
-        lines.append("- **Open claims below the best (unverified):** "
-                     + "; ".join(_short(e) for e in d.open_claims[:max_items]))
+        lines.append(
+            "- **Open claims below the best (unverified):** "
+            + "; ".join(_short(e) for e in d.open_claims[:max_items])
+        )
     if d.rule_flagged:
         lines.append("- **Flagged (never build on these without saying so):**")
         for e in d.rule_flagged[:max_items]:
-            lines.append(f"  - {_pr(e.pr)} {e.val_bpb:.4f}: "
-                         + "; ".join(FLAG_TEXT[f] for f in e.flags if f in RULE_FLAGS))
+            lines.append(
+                f"  - {_pr(e.pr)} {e.val_bpb:.4f}: "
+                + "; ".join(FLAG_TEXT[f] for f in e.flags if f in RULE_FLAGS)
+            )
     if d.unknown_phrases:
         lines.append(f"- Unknown phrases: {'; '.join(d.unknown_phrases[:max_items])}")
     if d.ready:
-        lines += ["- **Ready to queue** (new on the leaderboard, and the trainer has the flags; copy a line "
-                  "into `## Queue` to accept it):", "", "```", *d.ready, "```"]
+        lines += [
+            "- **Ready to queue** (new on the leaderboard, and the trainer has the flags; copy a line "
+            "into `## Queue` to accept it):",
+            "",
+            "```",
+            *d.ready,
+            "```",
+        ]
     return "\n".join(lines)
 
 
 def frontier_digest(d: FrontierDiff, max_chars: int = 2000) -> str:
     """The frontier for the LLM prompt: most decision-relevant lines first, cut at `max_chars`."""
-    lines = [f"Frontier ({d.age}).",
-             f"Best legal record: {_short(d.best) if d.best else 'none'}; stack: {_ids(d.stack)}."]
+    lines = [
+        f"Frontier ({d.age}).",
+        f"Best legal record: {_short(d.best) if d.best else 'none'}; stack: {_ids(d.stack)}.",
+    ]
     lines += _change_lines(d)
     if d.obsolete:
-        lines.append("Obsolete in the queue: " + "; ".join(f"{n.technique} ({n.reason})" for n in d.obsolete) + ".")
+        lines.append(
+            "Obsolete in the queue: " + "; ".join(f"{n.technique} ({n.reason})" for n in d.obsolete) + "."
+        )
     if d.rule_flagged:
-        lines.append("Flagged entries (do not build on them without saying so): " + "; ".join(
-            f"{_pr(e.pr)} {e.val_bpb:.4f} {'/'.join(f for f in e.flags if f in RULE_FLAGS)}" for e in d.rule_flagged) + ".")
+        lines.append(
+            "Flagged entries (do not build on them without saying so): "
+            + "; ".join(
+                f"{_pr(e.pr)} {e.val_bpb:.4f} {'/'.join(f for f in e.flags if f in RULE_FLAGS)}"
+                for e in d.rule_flagged
+            )
+            + "."
+        )
     lines += [f"New: {_entry_line(e)}" for e in d.new_entries]
     lines += [f"Changed: {_pr(c.pr)} {c.what}" for c in d.changes]
     if d.dropped:
@@ -761,8 +855,11 @@ def frontier_digest(d: FrontierDiff, max_chars: int = 2000) -> str:
     if d.open_claims:
         lines.append("Open claims (unverified): " + "; ".join(_short(e) for e in d.open_claims) + ".")
     if d.ready:
-        lines.append("New techniques the trainer can express (not in the queue): "
-                     + "; ".join(line.removeprefix("- [ ] ").split(" — ")[0] for line in d.ready) + ".")
+        lines.append(
+            "New techniques the trainer can express (not in the queue): "
+            + "; ".join(line.removeprefix("- [ ] ").split(" — ")[0] for line in d.ready)
+            + "."
+        )
     out: list[str] = []
     used = 0
     for line in lines:
@@ -786,9 +883,14 @@ def frontier_dir(ws_root: str | Path) -> Path:
     return Workspace.at(ws_root).frontier_dir
 
 
-def frontier_diff_for(ws_root: str | Path, queue: list[str] | None = None,
-                      now: dt.datetime | None = None, *, script_text: str | None = None,
-                      covered_env: Mapping[str, str] | None = None) -> FrontierDiff:
+def frontier_diff_for(
+    ws_root: str | Path,
+    queue: list[str] | None = None,
+    now: dt.datetime | None = None,
+    *,
+    script_text: str | None = None,
+    covered_env: Mapping[str, str] | None = None,
+) -> FrontierDiff:
     """The diff since the last session's snapshot; with the trainer's text, also the ready queue lines."""
     d = frontier_dir(ws_root)
     cur = current(d)
@@ -799,13 +901,15 @@ def frontier_diff_for(ws_root: str | Path, queue: list[str] | None = None,
     return out
 
 
-def frontier_show(ws_root: str | Path, now: dt.datetime | None = None, show_all: bool = False,
-                  limit: int | None = None) -> str:
+def frontier_show(
+    ws_root: str | Path, now: dt.datetime | None = None, show_all: bool = False, limit: int | None = None
+) -> str:
     """`golf frontier`: the current frontier as a table, with its flags and its age."""
     return format_table(current(frontier_dir(ws_root)).snapshot, now, limit=limit, show_all=show_all)
 
 
-def frontier_diff_text(ws_root: str | Path, queue: list[str] | None = None,
-                       now: dt.datetime | None = None) -> str:
+def frontier_diff_text(
+    ws_root: str | Path, queue: list[str] | None = None, now: dt.datetime | None = None
+) -> str:
     """`golf frontier --diff`: what changed since the snapshot the last session saw."""
     return frontier_block_markdown(frontier_diff_for(ws_root, queue, now), max_items=50)

@@ -41,8 +41,10 @@ class DirtyTreeError(GitRecordsError):
     def __init__(self, paths: Sequence[str]):
         self.paths = list(paths)
         shown = "\n  ".join(self.paths[:30]) + ("\n  ..." if len(self.paths) > 30 else "")
-        super().__init__(f"the working tree has uncommitted changes; commit or stash them, or pass "
-                         f"allow_dirty (they are never touched either way):\n  {shown}")
+        super().__init__(
+            f"the working tree has uncommitted changes; commit or stash them, or pass "
+            f"allow_dirty (they are never touched either way):\n  {shown}"
+        )
 
 
 class ExperimentCommit(BaseModel):
@@ -70,8 +72,12 @@ def _git(repo: Repo, *args: str, env: Mapping[str, str] | None = None, binary: b
     if crash_point(f"git:{args[0]}"):
         _die_holding_lock(repo, args, env)
     try:
-        return repo.git.execute(["git", *args], env=dict(env or {}), strip_newline_in_stdout=not binary,
-                                stdout_as_string=not binary)
+        return repo.git.execute(
+            ["git", *args],
+            env=dict(env or {}),
+            strip_newline_in_stdout=not binary,
+            stdout_as_string=not binary,
+        )
     except GitCommandError as e:
         err = (e.stderr or "").strip() or str(e)
         raise GitRecordsError(f"git {' '.join(args[:3])}: {err}") from None
@@ -107,8 +113,10 @@ def _rev(repo: Repo, ref: str) -> str | None:
 def _head_commit(repo: Repo) -> str:
     sha = _rev(repo, "HEAD")
     if sha is None:
-        raise GitRecordsError(f"{repo.working_tree_dir}: HEAD has no commits yet; make an initial commit "
-                              "(the session branch starts from it)")
+        raise GitRecordsError(
+            f"{repo.working_tree_dir}: HEAD has no commits yet; make an initial commit "
+            "(the session branch starts from it)"
+        )
     return sha
 
 
@@ -172,8 +180,9 @@ def _worktree(repo: Repo) -> Path:
     return Path(str(repo.working_tree_dir))
 
 
-def _build_commit(repo: Repo, parent: str, files: Mapping[str, bytes], message: str,
-                  env: Mapping[str, str]) -> str:
+def _build_commit(
+    repo: Repo, parent: str, files: Mapping[str, bytes], message: str, env: Mapping[str, str]
+) -> str:
     """A commit whose tree is parent's tree with `files` replaced, built in a throwaway index."""
     with tempfile.TemporaryDirectory() as d:
         idx = {"GIT_INDEX_FILE": os.path.join(d, "index")}
@@ -181,7 +190,10 @@ def _build_commit(repo: Repo, parent: str, files: Mapping[str, bytes], message: 
         args: list[str] = []
         for path, data in files.items():
             entry = _tree_entry(repo, parent, path)
-            args += ["--cacheinfo", f"{entry[0] if entry else '100644'},{_hash_bytes(repo, path, data)},{path}"]
+            args += [
+                "--cacheinfo",
+                f"{entry[0] if entry else '100644'},{_hash_bytes(repo, path, data)},{path}",
+            ]
         if args:
             _git(repo, "update-index", "--add", *args, env=idx)
         tree = _git(repo, "write-tree", env=idx)
@@ -269,8 +281,9 @@ def dirty_paths(root: str | Path) -> list[str]:
     return sorted(paths)
 
 
-def start_session(root: str | Path, session: str, allow_dirty: bool = False,
-                  allow_paths: Iterable[str] = ()) -> str:
+def start_session(
+    root: str | Path, session: str, allow_dirty: bool = False, allow_paths: Iterable[str] = ()
+) -> str:
     """Put HEAD on branch `golf/<session>`, creating it at the current HEAD; returns the branch head sha.
 
     Refuses a dirty tree (DirtyTreeError listing the paths) unless allow_dirty, or unless every dirty
@@ -299,8 +312,15 @@ def start_session(root: str | Path, session: str, allow_dirty: bool = False,
     return existing
 
 
-def record_experiment(root: str | Path, session: str, experiment_id: str, message: str, kept: bool,
-                      candidate_files: Mapping[str, str], also_files: Sequence[str] = ()) -> ExperimentCommit:
+def record_experiment(
+    root: str | Path,
+    session: str,
+    experiment_id: str,
+    message: str,
+    kept: bool,
+    candidate_files: Mapping[str, str],
+    also_files: Sequence[str] = (),
+) -> ExperimentCommit:
     """Commit one experiment and move the branch according to the decision.
 
     candidate_files: relpath -> full text of the candidate's version (e.g. trainer/train_gpt.py).
@@ -344,22 +364,27 @@ def record_experiment(root: str | Path, session: str, experiment_id: str, messag
             produced = candidate
         else:
             files = {p: (root_dir / p).read_bytes() for p in also_paths if (root_dir / p).is_file()}
-            note = (f"discard {experiment_id}: {message.strip().splitlines()[0] if message.strip() else ''}\n\n"
-                    f"Candidate {candidate} stays reachable at {exp_ref};\n"
-                    f"the branch keeps the incumbent. Golf-Discarded: {candidate}\n\n{message.strip()}\n")
+            note = (
+                f"discard {experiment_id}: {message.strip().splitlines()[0] if message.strip() else ''}\n\n"
+                f"Candidate {candidate} stays reachable at {exp_ref};\n"
+                f"the branch keeps the incumbent. Golf-Discarded: {candidate}\n\n{message.strip()}\n"
+            )
             produced = _build_commit(repo, head, files, note, env)
         verb = "keep" if kept else "discard"
         _git(repo, "update-ref", "-m", f"golf: {verb} {experiment_id}", branch_ref, produced, head)
         head = produced
     else:
-        raise GitRecordsError(f"{exp_ref} ({candidate[:12]}) was built on {parent[:12]}, but {branch_ref} "
-                              f"has moved to {head[:12]} without recording it; resolve by hand")
+        raise GitRecordsError(
+            f"{exp_ref} ({candidate[:12]}) was built on {parent[:12]}, but {branch_ref} "
+            f"has moved to {head[:12]} without recording it; resolve by hand"
+        )
 
     if head == produced:  # this was the latest record: make the worktree agree with it
         _sync_paths(repo, head, cand_paths, worktree=True)
         _sync_paths(repo, head, also_paths, worktree=False)
-    return ExperimentCommit(candidate_sha=candidate, ref=exp_ref, branch_sha=produced, kept=kept,
-                            existing=existing)
+    return ExperimentCommit(
+        candidate_sha=candidate, ref=exp_ref, branch_sha=produced, kept=kept, existing=existing
+    )
 
 
 def _discard_commit(repo: Repo, parent: str, head: str, candidate: str) -> str | None:
@@ -382,8 +407,14 @@ def list_experiments(root: str | Path, session: str) -> list[tuple[str, str]]:
     """(experiment_id, candidate sha) for every recorded experiment of a session, oldest first."""
     repo = _repo(root)
     prefix = f"{REF_PREFIX}{_check_name('session', session)}/"
-    out = _git(repo, "for-each-ref", "--sort=refname", "--sort=committerdate",
-               "--format=%(refname)%00%(objectname)", prefix)
+    out = _git(
+        repo,
+        "for-each-ref",
+        "--sort=refname",
+        "--sort=committerdate",
+        "--format=%(refname)%00%(objectname)",
+        prefix,
+    )
     rows = [line.split("\0") for line in out.splitlines() if line]
     return [(name.removeprefix(prefix), sha) for name, sha in rows]
 
@@ -428,8 +459,9 @@ def file_at(root: str | Path, rev: str, path: str) -> str | None:
     except GitRecordsError:
         return None
     try:  # one git call: this is read at every decision
-        data = repo.git.execute(["git", "cat-file", "blob", f"{rev}:{rel}"], strip_newline_in_stdout=False,
-                                stdout_as_string=False)
+        data = repo.git.execute(
+            ["git", "cat-file", "blob", f"{rev}:{rel}"], strip_newline_in_stdout=False, stdout_as_string=False
+        )
     except GitCommandError:
         return None
     return data.decode("utf-8")
@@ -482,8 +514,10 @@ def _live_gits(root: Path, dirs: Sequence[Path]) -> list[tuple[int, str]]:
     """Running git processes working in this repository (by their working directory), except us."""
     proc = Path("/proc")
     if not proc.is_dir():
-        raise GitRecordsError("cannot tell whether a git process is still running here (no /proc); "
-                              "remove the stale lock by hand once no git runs")
+        raise GitRecordsError(
+            "cannot tell whether a git process is still running here (no /proc); "
+            "remove the stale lock by hand once no git runs"
+        )
     places = [root.resolve(), *(d.resolve() for d in dirs)]
     out = []
     for entry in proc.iterdir():
@@ -513,8 +547,10 @@ def clear_stale_locks(root: str | Path) -> list[str]:
     live = _live_gits(_worktree(repo), [gd, cd])
     if live:
         pid, cmd = live[0]
-        raise GitRecordsError(f"{', '.join(str(p) for p in locks)}: held by a running git (pid {pid}: {cmd}); "
-                              "let it finish, then run this again")
+        raise GitRecordsError(
+            f"{', '.join(str(p) for p in locks)}: held by a running git (pid {pid}: {cmd}); "
+            "let it finish, then run this again"
+        )
     removed = []
     for lock in locks:
         rel = lock.relative_to(gd) if gd in lock.parents else lock.relative_to(cd)

@@ -19,7 +19,9 @@ from memory import git_records
 from memory.records import DecisionRecord, EventRecord
 from memory.workspace import SCRIPT_RELPATH
 
-INCUMBENT_FILE = "incumbent.json"  # the env overrides the branch's script runs with, for reviewers and sessions
+INCUMBENT_FILE = (
+    "incumbent.json"  # the env overrides the branch's script runs with, for reviewers and sessions
+)
 
 
 class Incumbent(BaseModel):
@@ -36,9 +38,18 @@ class Incumbent(BaseModel):
 
 def file_text(env: dict[str, str], experiment: str) -> str:
     """incumbent.json as committed with every experiment."""
-    return json.dumps({"env": dict(sorted(env.items())), "experiment": experiment,
-                       "note": "trainer environment overrides (on top of tiers.toml) that the branch's "
-                               "trainer/train_gpt.py is the incumbent with; written by pgolf"}, indent=1) + "\n"
+    return (
+        json.dumps(
+            {
+                "env": dict(sorted(env.items())),
+                "experiment": experiment,
+                "note": "trainer environment overrides (on top of tiers.toml) that the branch's "
+                "trainer/train_gpt.py is the incumbent with; written by pgolf",
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 def env_from_text(text: str) -> dict[str, str]:
@@ -71,8 +82,14 @@ def last_session(records: Sequence) -> str | None:
 
 
 def session_start(records: Sequence, session: str) -> EventRecord | None:
-    return next((r for r in records if isinstance(r, EventRecord) and r.session == session
-                 and r.event == "session_start"), None)
+    return next(
+        (
+            r
+            for r in records
+            if isinstance(r, EventRecord) and r.session == session and r.event == "session_start"
+        ),
+        None,
+    )
 
 
 def start_sha(records: Sequence, session: str) -> str:
@@ -107,8 +124,11 @@ def candidate_env(incumbent_env: dict[str, str], overrides: dict[str, str]) -> d
 
 def stack(records: Sequence, session: str) -> list[str]:
     """The kept techniques of the session, in order."""
-    return [r.technique or r.candidate for r in records
-            if isinstance(r, DecisionRecord) and r.session == session and r.kept]
+    return [
+        r.technique or r.candidate
+        for r in records
+        if isinstance(r, DecisionRecord) and r.session == session and r.kept
+    ]
 
 
 # ------------------------------------------------------------------------------------ the incumbent
@@ -120,8 +140,13 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def in_session(root: str | Path, records: Sequence, session: str, base: dict[str, str] | None = None,
-               working_script: str | None = None) -> Incumbent:
+def in_session(
+    root: str | Path,
+    records: Sequence,
+    session: str,
+    base: dict[str, str] | None = None,
+    working_script: str | None = None,
+) -> Incumbent:
     """The incumbent of the running session: the script at HEAD (the session's branch), the ledger's env.
 
     Outside git the working tree's script (`working_script`, else read from disk) stands in."""
@@ -130,10 +155,19 @@ def in_session(root: str | Path, records: Sequence, session: str, base: dict[str
     if text is None:
         text = working_script if working_script is not None else (Path(root) / SCRIPT_RELPATH).read_text()
     kept = last_kept(records, session)
-    env = dict(kept.env) if kept is not None else dict(base if base is not None else
-                                                        base_env(root, records, session))
-    return Incumbent(script=text, script_sha=_sha(text), env=env, rev=rev,
-                     experiment=kept.experiment if kept else None, candidate=kept.candidate if kept else None)
+    env = (
+        dict(kept.env)
+        if kept is not None
+        else dict(base if base is not None else base_env(root, records, session))
+    )
+    return Incumbent(
+        script=text,
+        script_sha=_sha(text),
+        env=env,
+        rev=rev,
+        experiment=kept.experiment if kept else None,
+        candidate=kept.candidate if kept else None,
+    )
 
 
 def of_session(root: str | Path, records: Sequence, session: str, rev: str | None = None) -> Incumbent:
@@ -150,9 +184,14 @@ def of_session(root: str | Path, records: Sequence, session: str, rev: str | Non
         if text is None:
             continue
         env_text = git_records.file_at(root, r, INCUMBENT_FILE)
-        env = env_from_text(env_text) if env_text is not None else current_env(
-            records, session, base_env(root, records, session))
-        return Incumbent(script=text, script_sha=_sha(text), env=env, rev=git_records.rev_parse(root, r), **named)
+        env = (
+            env_from_text(env_text)
+            if env_text is not None
+            else current_env(records, session, base_env(root, records, session))
+        )
+        return Incumbent(
+            script=text, script_sha=_sha(text), env=env, rev=git_records.rev_parse(root, r), **named
+        )
     text = (Path(root) / SCRIPT_RELPATH).read_text()
     return Incumbent(script=text, script_sha=_sha(text), env=current_env(records, session), **named)
 

@@ -20,12 +20,21 @@ ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 # the harness decides where data comes from and where results go; no override may redirect them
 HARNESS_ENV = frozenset({"DATA_PATH", "TOKENIZER_PATH", "RUN_DIR", "RUN_ID", "SEED"})
 # runtime variables that tune threads and devices but cannot make the interpreter load other code
-SAFE_RUNTIME_ENV = frozenset({
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
-    "PYTORCH_CUDA_ALLOC_CONF", "NCCL_DEBUG", "TORCHINDUCTOR_MAX_AUTOTUNE", "TRITON_INTERPRET",
-})
+SAFE_RUNTIME_ENV = frozenset(
+    {
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "CUDA_VISIBLE_DEVICES",
+        "PYTORCH_CUDA_ALLOC_CONF",
+        "NCCL_DEBUG",
+        "TORCHINDUCTOR_MAX_AUTOTUNE",
+        "TRITON_INTERPRET",
+    }
+)
 MAX_VALUE_CHARS = 200
 MAX_OVERRIDES = 40
+
 
 class Knob(BaseModel):
     name: str
@@ -42,11 +51,19 @@ def read_knobs(script_text: str) -> list[Knob]:
     except SyntaxError:
         return []
     lines = script_text.splitlines()
-    calls = [node for cls in tree.body if isinstance(cls, ast.ClassDef) and cls.name == "Hyperparameters"
-             for node in ast.walk(cls)
-             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "get"
-             and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant)
-             and isinstance(node.args[0].value, str) and ENV_NAME.match(node.args[0].value)]
+    calls = [
+        node
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef) and cls.name == "Hyperparameters"
+        for node in ast.walk(cls)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "get"
+        and len(node.args) >= 2
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+        and ENV_NAME.match(node.args[0].value)
+    ]
     seen: dict[str, Knob] = {}
     for node in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
         name = str(node.args[0].value)  # type: ignore[attr-defined]
@@ -56,8 +73,9 @@ def read_knobs(script_text: str) -> list[Knob]:
         value = str(default.value) if isinstance(default, ast.Constant) else ast.unparse(default)
         kind = node.args[2].id if len(node.args) > 2 and isinstance(node.args[2], ast.Name) else "str"
         line = lines[node.lineno - 1]
-        seen[name] = Knob(name=name, default=value, kind=kind,
-                          meaning=line.split("#", 1)[1].strip() if "#" in line else "")
+        seen[name] = Knob(
+            name=name, default=value, kind=kind, meaning=line.split("#", 1)[1].strip() if "#" in line else ""
+        )
     return list(seen.values())
 
 
@@ -97,5 +115,6 @@ def check_env_allowed(env: dict[str, str], script_text: str) -> dict[str, str]:
         raise ValueError(
             f"not a knob of trainer/train_gpt.py nor a safe runtime variable: {', '.join(unknown)} "
             f"(overrides may set only the Hyperparameters names, e.g. NUM_LAYERS, and "
-            f"{', '.join(sorted(SAFE_RUNTIME_ENV))})")
+            f"{', '.join(sorted(SAFE_RUNTIME_ENV))})"
+        )
     return env

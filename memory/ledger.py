@@ -79,7 +79,9 @@ class Ledger:
                 try:
                     yield _adapter.validate_json(line)
                 except ValidationError as e:
-                    raise LedgerError(f"{self.path}:{lineno}: not a valid record: {e.errors()[0]['msg']}") from e
+                    raise LedgerError(
+                        f"{self.path}:{lineno}: not a valid record: {e.errors()[0]['msg']}"
+                    ) from e
 
     @overload
     def records(self) -> list[AnyRecord]: ...

@@ -265,6 +265,14 @@ class FrontierEntry(BaseModel):
     eval_time_s: float | None = None
 
 
-AnyRecord = (RunRecord | DecisionRecord | NoiseRecord | FindingRecord | SpendRecord | FinalRecord | EventRecord
-             | CalibrationPairRecord)
+AnyRecord = (
+    RunRecord
+    | DecisionRecord
+    | NoiseRecord
+    | FindingRecord
+    | SpendRecord
+    | FinalRecord
+    | EventRecord
+    | CalibrationPairRecord
+)
 Record = Annotated[AnyRecord, Field(discriminator="kind")]  # one ledger line, told apart by `kind`

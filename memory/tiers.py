@@ -55,8 +55,10 @@ class Tier(BaseModel):
         except ValueError:
             capped = True
         if capped:
-            raise ValueError(f"a step_matched tier runs without a wallclock cap (run_timeout_s bounds it): "
-                             f"set MAX_WALLCLOCK_SECONDS = 0 or remove it, not {cap!r}")
+            raise ValueError(
+                f"a step_matched tier runs without a wallclock cap (run_timeout_s bounds it): "
+                f"set MAX_WALLCLOCK_SECONDS = 0 or remove it, not {cap!r}"
+            )
         self.env["MAX_WALLCLOCK_SECONDS"] = "0"
         return self
 

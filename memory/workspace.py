@@ -59,5 +59,7 @@ class Workspace:
     def embedded_data(self, vocab_size: int = 1024) -> tuple[Path, Path]:
         """(DATA_PATH, TOKENIZER_PATH) of the embedded corpus at one vocabulary size, as
         trainer/prepare_data.py names them (`--vocab V`)."""
-        return (self.data_dir / "datasets" / f"embedded_sp{vocab_size}",
-                self.data_dir / "tokenizers" / f"embedded_{vocab_size}_bpe.model")
+        return (
+            self.data_dir / "datasets" / f"embedded_sp{vocab_size}",
+            self.data_dir / "tokenizers" / f"embedded_{vocab_size}_bpe.model",
+        )

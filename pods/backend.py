@@ -54,8 +54,13 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per poll i
 
 DEFAULT_PROXY_TEMPLATE = "https://{pod_id}-{port}.proxy.runpod.net"
 AGENT_SOURCE = Path(__file__).with_name("pod_agent.py")
-CAPACITY_PHRASES = ("no longer any instances available", "not enough free gpus", "no instances available",
-                    "no gpus available", "insufficient capacity")
+CAPACITY_PHRASES = (
+    "no longer any instances available",
+    "not enough free gpus",
+    "no instances available",
+    "no gpus available",
+    "insufficient capacity",
+)
 
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 POD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -67,8 +72,10 @@ CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
 CUDA_VERSION = re.compile(r"^\d{2}\.\d$")
 TEMPLATE_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 # the fields we read; `runtime.uptimeInSeconds` is the uptime the API actually fills
-POD_FIELDS = ("id name desiredStatus costPerHr gpuCount uptimeSeconds lastStatusChange "
-              "runtime { uptimeInSeconds } machine { gpuDisplayName }")
+POD_FIELDS = (
+    "id name desiredStatus costPerHr gpuCount uptimeSeconds lastStatusChange "
+    "runtime { uptimeInSeconds } machine { gpuDisplayName }"
+)
 NOT_FOUND_PHRASES = ("not found", "does not exist", "no pod")
 
 
@@ -151,10 +158,16 @@ class Pod(BaseModel):
         uptime = runtime.get("uptimeInSeconds") if isinstance(runtime, dict) else None
         if uptime is None and d.get("uptimeSeconds"):  # an older answer: only a non-zero value means anything
             uptime = d.get("uptimeSeconds")
-        return cls(id=str(d.get("id")), name=d.get("name") or "", status=d.get("desiredStatus") or "UNKNOWN",
-                   gpu_type=machine.get("gpuDisplayName"), gpu_count=d.get("gpuCount"),
-                   cost_per_hr=d.get("costPerHr"), uptime_s=None if uptime is None else float(uptime),
-                   runtime_up=bool(runtime))
+        return cls(
+            id=str(d.get("id")),
+            name=d.get("name") or "",
+            status=d.get("desiredStatus") or "UNKNOWN",
+            gpu_type=machine.get("gpuDisplayName"),
+            gpu_count=d.get("gpuCount"),
+            cost_per_hr=d.get("costPerHr"),
+            uptime_s=None if uptime is None else float(uptime),
+            runtime_up=bool(runtime),
+        )
 
     @property
     def alive(self) -> bool:  # anything not terminated may still bill
@@ -211,8 +224,7 @@ def agent_payload() -> str:
 
 def agent_start_cmd() -> str:
     """The container command that unpacks and runs the agent. No double quotes, relative paths only."""
-    return ("bash -c 'echo $PGOLF_AGENT_B64 | base64 -d | gunzip > pod_agent.py "
-            "&& exec python3 pod_agent.py'")
+    return "bash -c 'echo $PGOLF_AGENT_B64 | base64 -d | gunzip > pod_agent.py && exec python3 pod_agent.py'"
 
 
 class PodBackend(Protocol):
@@ -223,13 +235,20 @@ class PodBackend(Protocol):
     def terminate(self, pod_id: str) -> bool: ...
     def find_by_name(self, name: str) -> Pod | None: ...
     def ping(self, ref: AgentRef) -> bool: ...
-    def run_command(self, ref: AgentRef, job_id: str, cmd: str, env: dict[str, str] | None = None,
-                    cwd: str = ".") -> JobStatus: ...
+    def run_command(
+        self, ref: AgentRef, job_id: str, cmd: str, env: dict[str, str] | None = None, cwd: str = "."
+    ) -> JobStatus: ...
     def job_status(self, ref: AgentRef, job_id: str, offset: int = 0, limit: int = 65536) -> JobStatus: ...
     def kill_job(self, ref: AgentRef, job_id: str) -> None: ...
     def upload(self, ref: AgentRef, data: bytes, remote_path: str, executable: bool = False) -> str: ...
-    def fetch_files(self, ref: AgentRef, remote_dir: str, local_dir: Path, max_bytes: int = 64 << 20,
-                    only: set[str] | None = None) -> builtins.list[Path]: ...
+    def fetch_files(
+        self,
+        ref: AgentRef,
+        remote_dir: str,
+        local_dir: Path,
+        max_bytes: int = 64 << 20,
+        only: set[str] | None = None,
+    ) -> builtins.list[Path]: ...
 
 
 # --------------------------------------------------------------------------------------- agent
@@ -253,13 +272,15 @@ class AgentClient:
     def url(self, ref: AgentRef, path: str) -> str:
         return self.proxy_template.format(pod_id=ref.pod_id, port=ref.port).rstrip("/") + path
 
-    def _request(self, ref: AgentRef, method: str, path: str, *, attempts: int | None = None,
-                 **kw) -> httpx.Response:
+    def _request(
+        self, ref: AgentRef, method: str, path: str, *, attempts: int | None = None, **kw
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ref.token}"} | kw.pop("headers", {})
 
         def once() -> httpx.Response:
-            r = httpx.request(method, self.url(ref, path), headers=headers,
-                              timeout=self.retry.request_timeout_s, **kw)
+            r = httpx.request(
+                method, self.url(ref, path), headers=headers, timeout=self.retry.request_timeout_s, **kw
+            )
             if r.status_code >= 400:
                 try:
                     msg = r.json().get("error", r.text[:200])
@@ -270,9 +291,12 @@ class AgentClient:
                 raise err
             return r
 
-        retrying = Retrying(stop=stop_after_attempt(attempts or self.retry.attempts),
-                            wait=wait_exponential(min=self.retry.wait_min_s, max=self.retry.wait_max_s),
-                            retry=retry_if_exception(_retryable_http), reraise=True)
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts or self.retry.attempts),
+            wait=wait_exponential(min=self.retry.wait_min_s, max=self.retry.wait_max_s),
+            retry=retry_if_exception(_retryable_http),
+            reraise=True,
+        )
         try:
             return retrying(once)
         except httpx.TransportError as e:
@@ -284,8 +308,9 @@ class AgentClient:
         except (AgentError, ValueError):
             return False
 
-    def run_command(self, ref: AgentRef, job_id: str, cmd: str, env: dict[str, str] | None = None,
-                    cwd: str = ".") -> JobStatus:
+    def run_command(
+        self, ref: AgentRef, job_id: str, cmd: str, env: dict[str, str] | None = None, cwd: str = "."
+    ) -> JobStatus:
         body = {"job_id": job_id, "cmd": cmd, "env": env or {}, "cwd": cwd}
         return JobStatus.model_validate(self._request(ref, "POST", "/jobs", json=body).json())
 
@@ -294,8 +319,9 @@ class AgentClient:
         return JobStatus.model_validate(r.json())
 
     def job_tail(self, ref: AgentRef, job_id: str, tail: int = 4096) -> JobStatus:
-        return JobStatus.model_validate(self._request(ref, "GET", f"/jobs/{job_id}",
-                                                      params={"tail": tail}).json())
+        return JobStatus.model_validate(
+            self._request(ref, "GET", f"/jobs/{job_id}", params={"tail": tail}).json()
+        )
 
     def kill_job(self, ref: AgentRef, job_id: str) -> None:
         self._request(ref, "POST", f"/jobs/{job_id}/kill")
@@ -305,7 +331,9 @@ class AgentClient:
         headers = {"X-Sha256": sha, "X-Executable": "1" if executable else "0"}
         got = self._request(ref, "PUT", f"/files/{remote_path}", content=data, headers=headers).json()
         if got.get("sha256") != sha:
-            raise AgentError(f"upload of {remote_path}: the pod stored sha256 {got.get('sha256')}, sent {sha}")
+            raise AgentError(
+                f"upload of {remote_path}: the pod stored sha256 {got.get('sha256')}, sent {sha}"
+            )
         return sha
 
     def list_files(self, ref: AgentRef, remote_dir: str) -> list[dict]:
@@ -319,13 +347,19 @@ class AgentClient:
         dest.write_bytes(r.content)
         return dest
 
-    def fetch_files(self, ref: AgentRef, remote_dir: str, local_dir: Path, max_bytes: int = 64 << 20,
-                    only: set[str] | None = None) -> list[Path]:
+    def fetch_files(
+        self,
+        ref: AgentRef,
+        remote_dir: str,
+        local_dir: Path,
+        max_bytes: int = 64 << 20,
+        only: set[str] | None = None,
+    ) -> list[Path]:
         """Copy the files under remote_dir (each at most max_bytes; `only` = names to keep) to local_dir."""
         out = []
         prefix = remote_dir.strip("/") + "/"
         for f in self.list_files(ref, remote_dir):
-            rel = f["path"][len(prefix):] if f["path"].startswith(prefix) else Path(f["path"]).name
+            rel = f["path"][len(prefix) :] if f["path"].startswith(prefix) else Path(f["path"]).name
             if (only is not None and Path(rel).name not in only) or f["size"] > max_bytes:
                 continue
             out.append(self.download(ref, f["path"], local_dir / rel))
@@ -357,8 +391,14 @@ def _retryable_api(e: BaseException) -> bool:
 class RunPodBackend:
     """PodBackend on the `runpod` SDK. api_key defaults to RUNPOD_API_KEY; the host to RUNPOD_API_BASE_URL."""
 
-    def __init__(self, api_key: str | None = None, proxy_template: str | None = None,
-                 retry: RetryPolicy | None = None, lookup_attempts: int = 4, lookup_wait_s: float = 3.0):
+    def __init__(
+        self,
+        api_key: str | None = None,
+        proxy_template: str | None = None,
+        retry: RetryPolicy | None = None,
+        lookup_attempts: int = 4,
+        lookup_wait_s: float = 3.0,
+    ):
         import runpod
 
         key = api_key or os.environ.get("RUNPOD_API_KEY")
@@ -367,15 +407,19 @@ class RunPodBackend:
         runpod.api_key = key  # the SDK's mutations read only this module global
         self._rp = runpod
         self.retry = retry or RetryPolicy()
-        self.agent = AgentClient(proxy_template or os.environ.get("PGOLF_PROXY_TEMPLATE")
-                                 or DEFAULT_PROXY_TEMPLATE, self.retry)
+        self.agent = AgentClient(
+            proxy_template or os.environ.get("PGOLF_PROXY_TEMPLATE") or DEFAULT_PROXY_TEMPLATE, self.retry
+        )
         self.lookup_attempts = lookup_attempts
         self.lookup_wait_s = lookup_wait_s
 
     def _call(self, fn, *args, **kw):
-        retrying = Retrying(stop=stop_after_attempt(self.retry.attempts),
-                            wait=wait_exponential(min=self.retry.wait_min_s, max=self.retry.wait_max_s),
-                            retry=retry_if_exception(_retryable_api), reraise=True)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retry.attempts),
+            wait=wait_exponential(min=self.retry.wait_min_s, max=self.retry.wait_max_s),
+            retry=retry_if_exception(_retryable_api),
+            reraise=True,
+        )
         return retrying(fn, *args, **kw)
 
     # -- control plane
@@ -389,10 +433,12 @@ class RunPodBackend:
         if cloud_type not in CLOUD_TYPES:
             raise ValueError(f"cloud_type must be one of {CLOUD_TYPES}")
         secure = {"SECURE": ", secureCloud: true", "COMMUNITY": ", secureCloud: false"}.get(cloud_type, "")
-        query = (f'query GpuTypes {{ gpuTypes(input: {{id: "{gql_string_body(gpu_type)}"}}) {{ id '
-                 f"displayName securePrice communityPrice secureCloud communityCloud "
-                 f"lowestPrice(input: {{gpuCount: {int(gpu_count)}{secure}}}) "
-                 f"{{ uninterruptablePrice stockStatus }} }} }}")
+        query = (
+            f'query GpuTypes {{ gpuTypes(input: {{id: "{gql_string_body(gpu_type)}"}}) {{ id '
+            f"displayName securePrice communityPrice secureCloud communityCloud "
+            f"lowestPrice(input: {{gpuCount: {int(gpu_count)}{secure}}}) "
+            f"{{ uninterruptablePrice stockStatus }} }} }}"
+        )
         try:
             types = self._call(run_graphql_query, query)["data"]["gpuTypes"]
             stock_known = True
@@ -400,8 +446,13 @@ class RunPodBackend:
             types = [self._call(self._rp.get_gpu, gpu_type, gpu_count)]
             stock_known = False
         if not types:
-            return Offer(gpu_type=gpu_type, cloud_type=cloud_type, gpu_count=gpu_count,
-                         price_per_hour=None, available=False)
+            return Offer(
+                gpu_type=gpu_type,
+                cloud_type=cloud_type,
+                gpu_count=gpu_count,
+                price_per_hour=None,
+                available=False,
+            )
         t = types[0]
         low = t.get("lowestPrice") or {}
         per_gpu = low.get("uninterruptablePrice")
@@ -410,9 +461,14 @@ class RunPodBackend:
         stock = low.get("stockStatus") if stock_known else None
         cloud_ok = {"SECURE": t.get("secureCloud", True), "COMMUNITY": t.get("communityCloud", True)}
         available = bool(cloud_ok.get(cloud_type, True)) and not (stock_known and stock is None)
-        return Offer(gpu_type=gpu_type, cloud_type=cloud_type, gpu_count=gpu_count,
-                     price_per_hour=None if per_gpu is None else float(per_gpu) * gpu_count,
-                     stock=stock, available=available)
+        return Offer(
+            gpu_type=gpu_type,
+            cloud_type=cloud_type,
+            gpu_count=gpu_count,
+            price_per_hour=None if per_gpu is None else float(per_gpu) * gpu_count,
+            stock=stock,
+            available=available,
+        )
 
     def create(self, spec: PodSpec) -> Pod:
         from runpod import error as rp_error
@@ -430,12 +486,23 @@ class RunPodBackend:
         template = _check(TEMPLATE_ID, spec.template_id, "template id") if spec.template_id else None
         try:
             d = self._rp.create_pod(
-                name=spec.name, image_name=spec.image, gpu_type_id=spec.gpu_type, cloud_type=spec.cloud_type,
-                support_public_ip=spec.support_public_ip, start_ssh=False, gpu_count=spec.gpu_count,
-                volume_in_gb=spec.volume_gb, container_disk_in_gb=spec.container_disk_gb,
-                min_vcpu_count=spec.min_vcpu, min_memory_in_gb=spec.min_memory_gb,
-                docker_args=gql_string_body(spec.start_cmd), ports=spec.ports, env=env,
-                allowed_cuda_versions=cuda, template_id=template)
+                name=spec.name,
+                image_name=spec.image,
+                gpu_type_id=spec.gpu_type,
+                cloud_type=spec.cloud_type,
+                support_public_ip=spec.support_public_ip,
+                start_ssh=False,
+                gpu_count=spec.gpu_count,
+                volume_in_gb=spec.volume_gb,
+                container_disk_in_gb=spec.container_disk_gb,
+                min_vcpu_count=spec.min_vcpu,
+                min_memory_in_gb=spec.min_memory_gb,
+                docker_args=gql_string_body(spec.start_cmd),
+                ports=spec.ports,
+                env=env,
+                allowed_cuda_versions=cuda,
+                template_id=template,
+            )
         except rp_error.AuthenticationError:
             raise
         except Exception as e:
@@ -447,9 +514,11 @@ class RunPodBackend:
             pod = self.find_by_name(spec.name)
             if pod is not None:
                 return pod
-            raise CreateFailed(f"create {spec.name} failed ({type(e).__name__}: {str(e)[:200]}) and no pod "
-                               f"of that name was listed after {self.lookup_attempts} look-ups",
-                               maybe_created=True) from e
+            raise CreateFailed(
+                f"create {spec.name} failed ({type(e).__name__}: {str(e)[:200]}) and no pod "
+                f"of that name was listed after {self.lookup_attempts} look-ups",
+                maybe_created=True,
+            ) from e
         if not d or not d.get("id"):
             pod = self.find_by_name(spec.name)
             if pod is None:
@@ -509,8 +578,9 @@ class RunPodBackend:
     def ping(self, ref: AgentRef) -> bool:
         return self.agent.ping(ref)
 
-    def run_command(self, ref: AgentRef, job_id: str, cmd: str, env: dict[str, str] | None = None,
-                    cwd: str = ".") -> JobStatus:
+    def run_command(
+        self, ref: AgentRef, job_id: str, cmd: str, env: dict[str, str] | None = None, cwd: str = "."
+    ) -> JobStatus:
         return self.agent.run_command(ref, job_id, cmd, env, cwd)
 
     def job_status(self, ref: AgentRef, job_id: str, offset: int = 0, limit: int = 65536) -> JobStatus:
@@ -522,6 +592,12 @@ class RunPodBackend:
     def upload(self, ref: AgentRef, data: bytes, remote_path: str, executable: bool = False) -> str:
         return self.agent.upload(ref, data, remote_path, executable)
 
-    def fetch_files(self, ref: AgentRef, remote_dir: str, local_dir: Path, max_bytes: int = 64 << 20,
-                    only: set[str] | None = None) -> builtins.list[Path]:
+    def fetch_files(
+        self,
+        ref: AgentRef,
+        remote_dir: str,
+        local_dir: Path,
+        max_bytes: int = 64 << 20,
+        only: set[str] | None = None,
+    ) -> builtins.list[Path]:
         return self.agent.fetch_files(ref, remote_dir, local_dir, max_bytes, only)

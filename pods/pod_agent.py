@@ -57,9 +57,15 @@ class Job:
         self.returncode: int | None = None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(["bash", "-c", cmd], cwd=cwd, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["bash", "-c", cmd],
+            cwd=cwd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         threading.Thread(target=self._wait, daemon=True).start()
 
     def _wait(self) -> None:
@@ -102,15 +108,30 @@ class Job:
                 f.seek(start)
                 data = f.read(limit)
         end = self.ended if self.ended is not None else time.time()
-        return {"job_id": self.job_id, "state": self.state, "returncode": self.returncode,
-                "started": self.started, "ended": self.ended, "wall_s": round(end - self.started, 3),
-                "log_size": size, "offset": start, "next_offset": start + len(data),
-                "data": data.decode("utf-8", "replace")}
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "returncode": self.returncode,
+            "started": self.started,
+            "ended": self.ended,
+            "wall_s": round(end - self.started, 3),
+            "log_size": size,
+            "offset": start,
+            "next_offset": start + len(data),
+            "data": data.decode("utf-8", "replace"),
+        }
 
 
 class Agent:
-    def __init__(self, root: Path, token: str, max_lifetime_s: float = 0.0, idle_s: float = 0.0,
-                 deadman_cmd: str = "", deadline_unix: float = 0.0):
+    def __init__(
+        self,
+        root: Path,
+        token: str,
+        max_lifetime_s: float = 0.0,
+        idle_s: float = 0.0,
+        deadman_cmd: str = "",
+        deadline_unix: float = 0.0,
+    ):
         self.deadline_unix = deadline_unix
         self.root = root.resolve()
         self.token = token
@@ -146,8 +167,13 @@ class Agent:
                 return self.jobs[job_id].describe(None, 0, None), False
             cwd = self.resolve(body.get("cwd") or ".")
             cwd.mkdir(parents=True, exist_ok=True)
-            job = Job(job_id, str(body["cmd"]), cwd, self.job_env(body.get("env") or {}),
-                      self.root / ".jobs" / f"{job_id}.log")
+            job = Job(
+                job_id,
+                str(body["cmd"]),
+                cwd,
+                self.job_env(body.get("env") or {}),
+                self.root / ".jobs" / f"{job_id}.log",
+            )
             self.jobs[job_id] = job
             return job.describe(None, 0, None), True
 
@@ -212,14 +238,15 @@ def make_handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
                 if method == "GET" and path == "/health":
                     with agent.lock:
                         jobs = {j.job_id: j.state for j in agent.jobs.values()}
-                    return self._json(200, {"ok": True, "uptime_s": round(time.time() - agent.started, 1),
-                                            "jobs": jobs})
+                    return self._json(
+                        200, {"ok": True, "uptime_s": round(time.time() - agent.started, 1), "jobs": jobs}
+                    )
                 if path.startswith("/files/") and method == "PUT":
-                    return self._put_file(path[len("/files/"):])
+                    return self._put_file(path[len("/files/") :])
                 if path.startswith("/files/") and method == "GET":
-                    return self._get_file(path[len("/files/"):])
+                    return self._get_file(path[len("/files/") :])
                 if path.startswith("/ls/") or path == "/ls":
-                    return self._ls(path[len("/ls/"):] or ".")
+                    return self._ls(path[len("/ls/") :] or ".")
                 if path == "/jobs" and method == "POST":
                     body = json.loads(self._read_body(1 << 20) or b"{}")
                     desc, created = agent.start_job(body)
@@ -233,8 +260,10 @@ def make_handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
                         threading.Thread(target=job.kill, daemon=True).start()
                         return self._json(202, {"job_id": job.job_id, "state": job.state})
                     tail = int(query["tail"]) if "tail" in query else None
-                    return self._json(200, job.describe(int(query.get("offset", 0)),
-                                                        int(query.get("limit", MAX_SLICE)), tail))
+                    return self._json(
+                        200,
+                        job.describe(int(query.get("offset", 0)), int(query.get("limit", MAX_SLICE)), tail),
+                    )
                 return self._json(404, {"error": f"no route {method} {path}"})
             except PermissionError as e:
                 return self._json(403, {"error": str(e)})
@@ -269,8 +298,7 @@ def make_handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
             if not src.is_file():
                 raise FileNotFoundError(rel)
             data = src.read_bytes()
-            self._send(200, data, "application/octet-stream",
-                       {"X-Sha256": hashlib.sha256(data).hexdigest()})
+            self._send(200, data, "application/octet-stream", {"X-Sha256": hashlib.sha256(data).hexdigest()})
 
         def _ls(self, rel: str) -> None:
             base = agent.resolve(rel)
@@ -305,11 +333,14 @@ def main() -> int:
     root = Path(os.environ.get("PGOLF_AGENT_ROOT") or os.getcwd())
     root.mkdir(parents=True, exist_ok=True)
     default_deadman = 'runpodctl remove pod "$RUNPOD_POD_ID"' if os.environ.get("RUNPOD_POD_ID") else ""
-    agent = Agent(root, token,
-                  max_lifetime_s=float(os.environ.get("PGOLF_AGENT_MAX_LIFETIME_S", "0")),
-                  idle_s=float(os.environ.get("PGOLF_AGENT_IDLE_S", "0")),
-                  deadman_cmd=os.environ.get("PGOLF_AGENT_DEADMAN_CMD", default_deadman),
-                  deadline_unix=float(os.environ.get("PGOLF_AGENT_DEADLINE_UNIX", "0")))
+    agent = Agent(
+        root,
+        token,
+        max_lifetime_s=float(os.environ.get("PGOLF_AGENT_MAX_LIFETIME_S", "0")),
+        idle_s=float(os.environ.get("PGOLF_AGENT_IDLE_S", "0")),
+        deadman_cmd=os.environ.get("PGOLF_AGENT_DEADMAN_CMD", default_deadman),
+        deadline_unix=float(os.environ.get("PGOLF_AGENT_DEADLINE_UNIX", "0")),
+    )
     server = ThreadingHTTPServer(("0.0.0.0", port), make_handler(agent))
     server.daemon_threads = True
     agent.server = server

@@ -35,8 +35,9 @@ def check_consistent(ws: Path, session: str) -> Ledger:
     """What must hold after any session, finished or resumed: nothing lost, nothing twice."""
     ledger = Ledger(ws / ".golf" / "ledger.jsonl")
     runs = [r for r in ledger.records(RunRecord) if r.session == session and r.result.status != "aborted"]
-    keys = collections.Counter((r.experiment, r.candidate, r.seed, r.script_sha, tuple(sorted(r.env.items())))
-                               for r in runs)
+    keys = collections.Counter(
+        (r.experiment, r.candidate, r.seed, r.script_sha, tuple(sorted(r.env.items()))) for r in runs
+    )
     assert all(n == 1 for n in keys.values()), f"a run was recorded twice: {keys.most_common(2)}"
     decisions = [d for d in ledger.records(DecisionRecord) if d.session == session]
     assert len({d.experiment for d in decisions}) == len(decisions), "an experiment was decided twice"
@@ -71,12 +72,20 @@ def check_records(ws: Path, session: str) -> Ledger:
         note = git(ws, "log", "-1", "--format=%B", str(d.git_commit))
         assert note.startswith(f"{d.experiment}: {d.candidate} -> {d.outcome} ")
         if d.p_value is not None:
-            stats = re.search(r"^Result: delta (\S+) bpb .*p=(\S+), n=(\d+) vs (\d+), noise std (\S+)$", note, re.M)
+            stats = re.search(
+                r"^Result: delta (\S+) bpb .*p=(\S+), n=(\d+) vs (\d+), noise std (\S+)$", note, re.M
+            )
             assert stats, note
-            assert stats.groups() == (f"{d.delta:+.5f}", f"{d.p_value:.3g}", str(d.n_candidate),
-                                      str(d.n_incumbent), f"{d.noise_std:.5f}"), \
-                f"{d.experiment}: the commit and the ledger disagree on the verdict"
-        assert (d.git_commit in branch) == d.kept, f"{d.experiment}: kept={d.kept} but the branch says otherwise"
+            assert stats.groups() == (
+                f"{d.delta:+.5f}",
+                f"{d.p_value:.3g}",
+                str(d.n_candidate),
+                str(d.n_incumbent),
+                f"{d.noise_std:.5f}",
+            ), f"{d.experiment}: the commit and the ledger disagree on the verdict"
+        assert (d.git_commit in branch) == d.kept, (
+            f"{d.experiment}: kept={d.kept} but the branch says otherwise"
+        )
         # the finding derived from the decision: exactly one, with the decision's outcome
         if d.technique:
             mine = [f for f in findings if f.experiment == d.experiment]

@@ -14,9 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # the subjects of the commits a session makes (agent/experiment.py, memory/git_records.py, agent/session.py)
-SESSION_COMMIT = re.compile(r"^(e\d{3,}-\S+: \S+ -> \w+ \((kept|discarded)\)"
-                            r"|discard e\d{3,}-\S+:"
-                            r"|session \S+: battle plan after the session)")
+SESSION_COMMIT = re.compile(
+    r"^(e\d{3,}-\S+: \S+ -> \w+ \((kept|discarded)\)"
+    r"|discard e\d{3,}-\S+:"
+    r"|session \S+: battle plan after the session)"
+)
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:

@@ -115,8 +115,9 @@ def make_scenario(
     e.g. two regularisers): together they lose half of the smaller one's gain. Neutral ideas have no
     interactions, so "neutral" stays a clean null.
     """
-    kinds = rng.choice(["win", "neutral", "harmful"], size=n, p=[share_win, 1 - share_win - share_harmful,
-                                                                  share_harmful])
+    kinds = rng.choice(
+        ["win", "neutral", "harmful"], size=n, p=[share_win, 1 - share_win - share_harmful, share_harmful]
+    )
     techniques: dict[str, float] = {}
     for i, kind in enumerate(kinds):
         if kind == "win":
@@ -128,7 +129,7 @@ def make_scenario(
     wins = [t for t, d in techniques.items() if d < 0]
     interactions: dict[frozenset, float] = {}
     for i, a in enumerate(wins):
-        for b in wins[i + 1:]:
+        for b in wins[i + 1 :]:
             if rng.random() < interaction_rate:
                 interactions[frozenset((a, b))] = 0.5 * min(-techniques[a], -techniques[b])
     return techniques, interactions

@@ -41,16 +41,45 @@ MULTILINGUAL = [
 ]
 
 # sp1024 settings from the challenge
-SP_SETTINGS = dict(model_type="bpe", vocab_size=1024, byte_fallback=True, split_digits=True,
-                   normalization_rule_name="nmt_nfkc", add_dummy_prefix=False, character_coverage=0.999,
-                   pad_id=0, bos_id=1, eos_id=2, unk_id=3)
+SP_SETTINGS = dict(
+    model_type="bpe",
+    vocab_size=1024,
+    byte_fallback=True,
+    split_digits=True,
+    normalization_rule_name="nmt_nfkc",
+    add_dummy_prefix=False,
+    character_coverage=0.999,
+    pad_id=0,
+    bos_id=1,
+    eos_id=2,
+    unk_id=3,
+)
 
 # A model small enough that a step takes milliseconds on one CPU core.
-TINY_ENV = dict(VOCAB_SIZE="1024", NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="2", NUM_KV_HEADS="1",
-                MLP_MULT="2", TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="256", GRAD_ACCUM_STEPS="1",
-                ITERATIONS="4", WARMUP_STEPS="0", WARMDOWN_ITERS="0", MAX_WALLCLOCK_SECONDS="0",
-                VAL_MAX_TOKENS="1024", VAL_BATCH_SIZE="512", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1",
-                DEVICE="cpu", DTYPE="fp32", COMPILE="0", INT8_KEEP_FLOAT_MAX_NUMEL="256", SEED="7")
+TINY_ENV = dict(
+    VOCAB_SIZE="1024",
+    NUM_LAYERS="2",
+    MODEL_DIM="32",
+    NUM_HEADS="2",
+    NUM_KV_HEADS="1",
+    MLP_MULT="2",
+    TRAIN_SEQ_LEN="32",
+    TRAIN_BATCH_TOKENS="256",
+    GRAD_ACCUM_STEPS="1",
+    ITERATIONS="4",
+    WARMUP_STEPS="0",
+    WARMDOWN_ITERS="0",
+    MAX_WALLCLOCK_SECONDS="0",
+    VAL_MAX_TOKENS="1024",
+    VAL_BATCH_SIZE="512",
+    VAL_LOSS_EVERY="0",
+    TRAIN_LOG_EVERY="1",
+    DEVICE="cpu",
+    DTYPE="fp32",
+    COMPILE="0",
+    INT8_KEEP_FLOAT_MAX_NUMEL="256",
+    SEED="7",
+)
 
 
 def write_shard(path: Path, tokens, magic: int = 20240520, version: int = 1, num_tokens: int | None = None):
@@ -67,24 +96,40 @@ def stdlib_documents() -> list[str]:
     import pydoc_data.topics
 
     docs = list(pydoc_data.topics.topics.values())
-    skip = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3",
-            "ensurepip"}
+    skip = {
+        "antigravity",
+        "this",
+        "idlelib",
+        "tkinter",
+        "turtle",
+        "turtledemo",
+        "test",
+        "lib2to3",
+        "ensurepip",
+    }
     for name in sorted(sys.stdlib_module_names):
         if name in skip or name.startswith("_"):
             continue
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
+            with (
+                warnings.catch_warnings(),
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
                 warnings.simplefilter("ignore")
                 mod = importlib.import_module(name)
         except BaseException:  # some modules refuse to import on this platform
             continue
-        objs = [mod] + [v for k, v in vars(mod).items() if not k.startswith("_")
-                        and (inspect.isclass(v) or inspect.isfunction(v) or inspect.isbuiltin(v))]
+        objs = [mod] + [
+            v
+            for k, v in vars(mod).items()
+            if not k.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v) or inspect.isbuiltin(v))
+        ]
         for obj in objs:
             if inspect.isclass(obj):
-                objs_extra = [m for k, m in vars(obj).items()
-                              if not k.startswith("_") and inspect.isfunction(m)]
+                objs_extra = [
+                    m for k, m in vars(obj).items() if not k.startswith("_") and inspect.isfunction(m)
+                ]
             else:
                 objs_extra = []
             for o in [obj, *objs_extra]:
@@ -124,8 +169,13 @@ def build_tiny_dataset(vocab_size: int = 1024) -> TinyData:
     tok_dir = root / "tokenizers"
     tok_dir.mkdir()
     prefix = str(tok_dir / f"fineweb_{vocab_size}_bpe")
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, num_threads=2,
-                                   minloglevel=2, **dict(SP_SETTINGS, vocab_size=vocab_size))
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=prefix,
+        num_threads=2,
+        minloglevel=2,
+        **dict(SP_SETTINGS, vocab_size=vocab_size),
+    )
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     streams = [[BOS, *sp.encode(d)] for d in docs]
     n_val = max(len(streams) // 10, 20)
@@ -137,8 +187,16 @@ def build_tiny_dataset(vocab_size: int = 1024) -> TinyData:
     write_shard(data / "fineweb_train_000000.bin", train[:half])
     write_shard(data / "fineweb_train_000001.bin", train[half:])
     write_shard(data / "fineweb_val_000000.bin", val)
-    (data / "manifest.json").write_text(json.dumps(dict(source="python stdlib docstrings", docs=len(docs),
-                                                        train_tokens=len(train), val_tokens=len(val))))
+    (data / "manifest.json").write_text(
+        json.dumps(
+            dict(
+                source="python stdlib docstrings",
+                docs=len(docs),
+                train_tokens=len(train),
+                val_tokens=len(val),
+            )
+        )
+    )
     return TinyData(root, data, Path(prefix + ".model"), np.asarray(val, dtype=np.int64))
 
 

@@ -66,5 +66,10 @@ def golf_env(extra: dict | None = None) -> dict:
 
 
 def golf(ws: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *args], env=golf_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--workspace", str(ws), *args],
+        env=golf_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -43,7 +43,11 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
     root = tmp_path_factory.mktemp("tiny_data")
     docs = corpus.stdlib_docstring_docs(max_bytes=600_000)
     manifest = corpus.build_dataset(
-        docs, root, dataset="tiny_sp1024", tokenizer_name="tiny_1024_bpe", val_fraction=0.1,
+        docs,
+        root,
+        dataset="tiny_sp1024",
+        tokenizer_name="tiny_1024_bpe",
+        val_fraction=0.1,
         extra={"variant": "tiny", "sources": [{"name": "stdlib-docstrings", "docs": len(docs)}]},
     )
     ds = TinyDataset(root, root / manifest["data_path"], root / manifest["tokenizer_path"], manifest)

@@ -75,9 +75,20 @@ def write(tmp_path: Path, text: str = PLAN) -> Path:
 
 
 def finding(technique: str, status: str, delta: float, **kw) -> FindingRecord:
-    return FindingRecord(session="s1", technique=technique, status=status, tier="cpu-smoke", delta=delta,
-                         ci_low=delta - 0.002, ci_high=delta + 0.002, p_value=0.004, n=3,
-                         experiment=f"e-{technique}", at="2026-04-30T12:00:00+00:00", **kw)
+    return FindingRecord(
+        session="s1",
+        technique=technique,
+        status=status,
+        tier="cpu-smoke",
+        delta=delta,
+        ci_low=delta - 0.002,
+        ci_high=delta + 0.002,
+        p_value=0.004,
+        n=3,
+        experiment=f"e-{technique}",
+        at="2026-04-30T12:00:00+00:00",
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -94,7 +105,12 @@ def test_sections_queue_and_blocks_are_parsed(tmp_path):
     by = {q.technique: q for q in plan.queue}
     assert list(by) == ["value_residual", "smear_gate", "ttt_pre_score", "bigram_hash", "ema"]
     vr = by["value_residual"]
-    assert (vr.env, vr.notes, vr.priority, vr.state) == ({"VALUE_RESIDUAL": "1"}, "-0.015 on a proxy", 2, "todo")
+    assert (vr.env, vr.notes, vr.priority, vr.state) == (
+        {"VALUE_RESIDUAL": "1"},
+        "-0.015 on a proxy",
+        2,
+        "todo",
+    )
     assert PLAN.splitlines()[vr.line - 1].startswith("- [ ] value_residual")
     assert by["smear_gate"].state == "done"
     assert by["ttt_pre_score"].state == "banned" and by["ttt_pre_score"].notes == "illegal (PRs #338, #398)"
@@ -112,30 +128,46 @@ def test_missing_sections_get_defaults(tmp_path):
     assert plan.directives == [] and plan.queue == [] and plan.blocks == {}
     b = plan.budget
     assert (b.tier, b.minutes, b.experiments, b.dollars, b.final_dollars, b.approve_finals) == (
-        "cpu-smoke", None, None, 0.0, 0.0, False)
+        "cpu-smoke",
+        None,
+        None,
+        0.0,
+        0.0,
+        False,
+    )
 
 
-@pytest.mark.parametrize("bad, line, words", [
-    ("<!-- golf:begin log -->\ntext\n", 1, "never closed"),
-    ("<!-- golf:begin log -->\n<!-- golf:end log -->\n\n<!-- golf:begin log -->\n<!-- golf:end log -->\n",
-     4, "duplicate block 'log'"),
-    ("<!-- golf:begin log -->\n<!-- golf:begin frontier -->\n", 2, "cannot nest"),
-    ("x\n<!-- golf:begin scratch -->\n<!-- golf:end scratch -->\n", 2, "unknown agent block 'scratch'"),
-    ("x\n\n<!-- golf:end log -->\n", 3, "without a matching begin"),
-    ("<!-- golf:begin log\n", 1, "malformed agent marker"),
-    ("<!-- golf:begin log -->\n<!-- golf:end frontier -->\n", 2, "closes block 'log'"),
-    ("## Queue\n\n- [ ] ok: A=1\n- value_residual VALUE_RESIDUAL=1\n", 4, "bad queue line"),
-    ("## Queue\n- [?] value_residual\n", 2, "unknown checkbox"),
-    ("## Queue\n- [ ] ValueResidual: X=1\n", 2, "not snake_case"),
-    ("## Queue\n- [ ] value_residual: VALUE_RESIDUAL=1 lowercase words\n", 2, "bad ENV token 'lowercase'"),
-    ("## Budget\n- tier: cpu-smoke\n- minutes: soon\n", 3, "bad budget value minutes"),
-    ("## Budget\n- approve_finals: maybe\n", 2, "expected yes or no"),
-    ("## Budget\n- dollars: -5\n", 2, "non-negative"),
-    ("## Budget\n- experiments: 2.5\n", 2, "bad budget value experiments"),
-    ("## Budget\n- minuts: 15\n", 2, "bad budget line"),
-    ("## Budget\n- minutes: 15\n- minutes: 20\n", 3, "repeated"),
-    ("## Queue\n- [ ] a\n\n## Queue\n", 4, "second '## Queue' section"),
-])
+@pytest.mark.parametrize(
+    "bad, line, words",
+    [
+        ("<!-- golf:begin log -->\ntext\n", 1, "never closed"),
+        (
+            "<!-- golf:begin log -->\n<!-- golf:end log -->\n\n<!-- golf:begin log -->\n<!-- golf:end log -->\n",
+            4,
+            "duplicate block 'log'",
+        ),
+        ("<!-- golf:begin log -->\n<!-- golf:begin frontier -->\n", 2, "cannot nest"),
+        ("x\n<!-- golf:begin scratch -->\n<!-- golf:end scratch -->\n", 2, "unknown agent block 'scratch'"),
+        ("x\n\n<!-- golf:end log -->\n", 3, "without a matching begin"),
+        ("<!-- golf:begin log\n", 1, "malformed agent marker"),
+        ("<!-- golf:begin log -->\n<!-- golf:end frontier -->\n", 2, "closes block 'log'"),
+        ("## Queue\n\n- [ ] ok: A=1\n- value_residual VALUE_RESIDUAL=1\n", 4, "bad queue line"),
+        ("## Queue\n- [?] value_residual\n", 2, "unknown checkbox"),
+        ("## Queue\n- [ ] ValueResidual: X=1\n", 2, "not snake_case"),
+        (
+            "## Queue\n- [ ] value_residual: VALUE_RESIDUAL=1 lowercase words\n",
+            2,
+            "bad ENV token 'lowercase'",
+        ),
+        ("## Budget\n- tier: cpu-smoke\n- minutes: soon\n", 3, "bad budget value minutes"),
+        ("## Budget\n- approve_finals: maybe\n", 2, "expected yes or no"),
+        ("## Budget\n- dollars: -5\n", 2, "non-negative"),
+        ("## Budget\n- experiments: 2.5\n", 2, "bad budget value experiments"),
+        ("## Budget\n- minuts: 15\n", 2, "bad budget line"),
+        ("## Budget\n- minutes: 15\n- minutes: 20\n", 3, "repeated"),
+        ("## Queue\n- [ ] a\n\n## Queue\n", 4, "second '## Queue' section"),
+    ],
+)
 def test_malformed_plans_name_the_file_and_line(tmp_path, bad, line, words):
     p = write(tmp_path, "# Plan\n\n" + bad)
     with pytest.raises(BattlePlanError) as e:
@@ -151,8 +183,10 @@ def test_marker_text_mentioned_inline_is_not_a_marker():
 
 
 def test_budget_none_words_and_inline_comments():
-    plan = parse_plan("## Budget\n- minutes: none\n- experiments: 12 — roughly a quarter hour\n"
-                      "- seeds_max: 3 # tier says 4\n")
+    plan = parse_plan(
+        "## Budget\n- minutes: none\n- experiments: 12 — roughly a quarter hour\n"
+        "- seeds_max: 3 # tier says 4\n"
+    )
     assert (plan.budget.minutes, plan.budget.experiments, plan.budget.seeds_max) == (None, 12, 3)
 
 
@@ -167,7 +201,9 @@ def test_write_blocks_replaces_only_block_contents(tmp_path):
     assert load_plan(p).blocks == {"confirmed": "| new | table |\n| 1 | 2 |\n", "log": "- started\n"}
     # Every human line is still there, in order.
     human = [ln for ln in PLAN.splitlines() if ln != "| old | table |"]
-    assert [ln for ln in text.splitlines() if ln not in ("| new | table |", "| 1 | 2 |", "- started")] == human
+    assert [
+        ln for ln in text.splitlines() if ln not in ("| new | table |", "| 1 | 2 |", "- started")
+    ] == human
     assert not [f for f in tmp_path.iterdir() if f.name != "battle_plan.md"], "temp file left behind"
 
 
@@ -175,8 +211,9 @@ def test_human_edit_between_load_and_write_survives(tmp_path):
     p = write(tmp_path)
     plan = load_plan(p)
     # The human adds a directive and a queue item while the session is computing its tables.
-    edited = p.read_text().replace("- never touch the tokenizer\n",
-                                   "- never touch the tokenizer\n- stop after value_residual\n")
+    edited = p.read_text().replace(
+        "- never touch the tokenizer\n", "- never touch the tokenizer\n- stop after value_residual\n"
+    )
     edited = edited.replace("- [ ] ema\n", "- [ ] ema\n- [ ] xsa: XSA_LAST_N=2\n")
     p.write_text(edited)
     assert human_fingerprint(p) != plan.human_sha  # the session can notice the edit
@@ -256,8 +293,13 @@ def test_set_queue_state_flips_one_checkbox_and_nothing_else(tmp_path):
     set_queue_state(p, "bigram_hash", "banned")
     set_queue_state(p, "ttt_pre_score", "retest")
     by = {q.technique: q.state for q in load_plan(p).queue}
-    assert by == {"value_residual": "done", "smear_gate": "done", "ttt_pre_score": "retest",
-                  "bigram_hash": "banned", "ema": "todo"}
+    assert by == {
+        "value_residual": "done",
+        "smear_gate": "done",
+        "ttt_pre_score": "retest",
+        "bigram_hash": "banned",
+        "ema": "todo",
+    }
     assert p.read_text().count("\n") == PLAN.count("\n")
 
 
@@ -290,8 +332,10 @@ def test_render_confirmed_and_dead_ends_round_trip_through_the_plan(tmp_path):
     confirmed = render_confirmed(findings)
     rows = confirmed.strip().splitlines()
     assert rows[0] == "| technique | tier | delta bpb | 95% CI | p | n | date | experiment |"
-    assert rows[2] == ("| value_residual | cpu-smoke | -0.0120 | [-0.0140, -0.0100] | 0.004 | 3 | 2026-04-30 "
-                       "| e-value_residual |")
+    assert rows[2] == (
+        "| value_residual | cpu-smoke | -0.0120 | [-0.0140, -0.0100] | 0.004 | 3 | 2026-04-30 "
+        "| e-value_residual |"
+    )
     assert len(rows) == 4 and "smear_gate" in rows[3]  # biggest win first; inconclusive left out
     dead = render_dead_ends(findings)
     assert "| ema | cpu-smoke | +0.0060 |" in dead and "harmful \\| short runs" in dead
@@ -345,7 +389,9 @@ def test_shipped_battle_plan_starts_from_the_frontier_and_queues_only_what_chang
     pending = plan.pending()
     for q in pending:
         assert set(q.env) <= knobs, (q.technique, sorted(set(q.env) - knobs))
-        assert any(frontier.env.get(k) != v for k, v in q.env.items()), f"{q.technique} is already the frontier"
+        assert any(frontier.env.get(k) != v for k, v in q.env.items()), (
+            f"{q.technique} is already the frontier"
+        )
     # ablations of the frontier come first: each turns off something the preset switches on
     first = pending[0]
     assert all(k in frontier.env and v in ("0", "0.0") for k, v in first.env.items()), first
@@ -353,9 +399,14 @@ def test_shipped_battle_plan_starts_from_the_frontier_and_queues_only_what_chang
 
 def test_the_shipped_plan_is_read_from_git_whatever_the_checkout_holds(tmp_path):
     """After `golf run` the checkout sits on the session branch with filled-in blocks, maybe a human's edit."""
+
     def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -365,8 +416,11 @@ def test_the_shipped_plan_is_read_from_git_whatever_the_checkout_holds(tmp_path)
     git("add", "-A")
     git("commit", "-qm", "pgolf: the project")
     git("checkout", "-qb", "golf/20260101-120000")
-    for subject in ("e001-smear_gate: smear_gate -> confirmed (kept)", "discard e002-ema: ema -> rejected",
-                    "session 20260101-120000: battle plan after the session (planner stopped)"):
+    for subject in (
+        "e001-smear_gate: smear_gate -> confirmed (kept)",
+        "discard e002-ema: ema -> rejected",
+        "session 20260101-120000: battle plan after the session (planner stopped)",
+    ):
         plan.write_text(subject + "\n")
         git("commit", "-qam", subject)
     plan.write_text("a human's edit\n")

@@ -21,12 +21,28 @@ from memory.ledger import Ledger
 from memory.records import Cost, DecisionRecord, FinalRecord, RunRecord, RunResult
 
 
-def synthetic(n: int, slope: float, rng: np.random.Generator, *, kind: str = "architecture", noise: float = 0.0005,
-              intercept: float = 0.0) -> list[Pair]:
+def synthetic(
+    n: int,
+    slope: float,
+    rng: np.random.Generator,
+    *,
+    kind: str = "architecture",
+    noise: float = 0.0005,
+    intercept: float = 0.0,
+) -> list[Pair]:
     x = rng.uniform(-0.03, 0.01, n)
     y = intercept + slope * x + rng.normal(0.0, noise, n)
-    return [Pair(technique=f"t{i}", kind=kind, lower_tier="cpu-smoke", upper_tier="h100x8-final",
-                 lower_delta=float(a), upper_delta=float(b)) for i, (a, b) in enumerate(zip(x, y, strict=True))]
+    return [
+        Pair(
+            technique=f"t{i}",
+            kind=kind,
+            lower_tier="cpu-smoke",
+            upper_tier="h100x8-final",
+            lower_delta=float(a),
+            upper_delta=float(b),
+        )
+        for i, (a, b) in enumerate(zip(x, y, strict=True))
+    ]
 
 
 def test_known_mapping_is_recovered_within_its_interval():
@@ -52,7 +68,9 @@ def test_intercept_is_fitted_when_asked():
     c = fit_calibration(pairs, "architecture", load_prior(), fit_intercept=True)
     assert abs(c.intercept - 0.0008) < 3 * c.intercept_sd
     assert c.intercept_sd > 0
-    assert fit_calibration(pairs, "architecture", load_prior()).intercept == 0.0  # through the origin by default
+    assert (
+        fit_calibration(pairs, "architecture", load_prior()).intercept == 0.0
+    )  # through the origin by default
 
 
 def test_few_pairs_shrink_toward_the_prior_and_many_override_it():
@@ -142,19 +160,53 @@ def test_technique_kind():
 
 
 def _run(run_id, exp, sha, env, val, tier="cpu-smoke"):
-    return RunRecord(session="s", run_id=run_id, experiment=exp, candidate=exp, tier=tier, hardware="cpu", seed=1,
-                     env=env, script_sha=sha, result=RunResult(status="ok", val_bpb=val), cost=Cost(device_seconds=20))
+    return RunRecord(
+        session="s",
+        run_id=run_id,
+        experiment=exp,
+        candidate=exp,
+        tier=tier,
+        hardware="cpu",
+        seed=1,
+        env=env,
+        script_sha=sha,
+        result=RunResult(status="ok", val_bpb=val),
+        cost=Cost(device_seconds=20),
+    )
 
 
 def _decision(exp, tech, sha, env, delta, kept, inc_runs, tier="cpu-smoke", outcome="confirmed"):
-    return DecisionRecord(session="s", experiment=exp, candidate=tech, technique=tech, tier=tier, hardware="cpu",
-                          outcome=outcome, kept=kept, delta=delta, n_candidate=3, n_incumbent=3, noise_std=0.006,
-                          candidate_runs=[f"{exp}-r"], incumbent_runs=inc_runs, env=env, script_sha=sha)
+    return DecisionRecord(
+        session="s",
+        experiment=exp,
+        candidate=tech,
+        technique=tech,
+        tier=tier,
+        hardware="cpu",
+        outcome=outcome,
+        kept=kept,
+        delta=delta,
+        n_candidate=3,
+        n_incumbent=3,
+        noise_std=0.006,
+        candidate_runs=[f"{exp}-r"],
+        incumbent_runs=inc_runs,
+        env=env,
+        script_sha=sha,
+    )
 
 
 def _final(fid, exp, vals):
-    return FinalRecord(session="s", final_id=fid, experiment=exp, script_sha="x", seeds=[1, 2, 3], val_bpbs=vals,
-                       status="ok", dollars=22.0)
+    return FinalRecord(
+        session="s",
+        final_id=fid,
+        experiment=exp,
+        script_sha="x",
+        seeds=[1, 2, 3],
+        val_bpbs=vals,
+        status="ok",
+        dollars=22.0,
+    )
 
 
 def test_pairs_from_ledger_match_decisions_and_finals(tmp_path):
@@ -162,9 +214,12 @@ def test_pairs_from_ledger_match_decisions_and_finals(tmp_path):
     for r in [
         _run("inc-r", "inc", "aaa", {}, 2.31),
         _final("f0", None, [1.2244, 1.2250, 1.2240]),  # the starting script at full scale
-        _run("e1-r", "e1", "bbb", {}, 2.29), _decision("e1", "gate", "bbb", {}, -0.02, True, ["inc-r"]),
-        _run("e2-r", "e2", "ccc", {}, 2.30), _decision("e2", "junk", "ccc", {}, 0.01, False, ["e1-r"], outcome="rejected"),
-        _run("e3-r", "e3", "ddd", {}, 2.28), _decision("e3", "bigram", "ddd", {}, -0.01, True, ["e1-r"]),
+        _run("e1-r", "e1", "bbb", {}, 2.29),
+        _decision("e1", "gate", "bbb", {}, -0.02, True, ["inc-r"]),
+        _run("e2-r", "e2", "ccc", {}, 2.30),
+        _decision("e2", "junk", "ccc", {}, 0.01, False, ["e1-r"], outcome="rejected"),
+        _run("e3-r", "e3", "ddd", {}, 2.28),
+        _decision("e3", "bigram", "ddd", {}, -0.01, True, ["e1-r"]),
         _final("f1", "e3", [1.2220, 1.2226, 1.2216]),  # the stack gate + bigram
         _run("e4-r", "e4", "ddd", {"MATRIX_LR": "0.06"}, 2.27),
         _decision("e4", "lr", "ddd", {"MATRIX_LR": "0.06"}, -0.012, True, ["e3-r"]),
@@ -180,7 +235,9 @@ def test_pairs_from_ledger_match_decisions_and_finals(tmp_path):
     stack = finals["gate+bigram"]
     assert stack.kind == "architecture"
     assert stack.lower_delta == pytest.approx(-0.03)
-    assert stack.upper_delta == pytest.approx(np.mean([1.2220, 1.2226, 1.2216]) - np.mean([1.2244, 1.2250, 1.2240]))
+    assert stack.upper_delta == pytest.approx(
+        np.mean([1.2220, 1.2226, 1.2216]) - np.mean([1.2244, 1.2250, 1.2240])
+    )
     assert stack.upper_se > 0 and stack.lower_se > 0
     lr = finals["lr"]
     assert lr.kind == "training"  # env-only change of a learning rate on the incumbent's script

@@ -75,9 +75,21 @@ def test_a_hostile_script_finds_no_key_and_no_connection(tmp_path, listener):
         pytest.skip(f"this machine cannot isolate ({iso.mode}): {iso.note}")
     (tmp_path / "snoop.py").write_text(SNOOP)
     env = dict(os.environ, OPENAI_API_KEY=KEY, GITHUB_TOKEN=KEY + "-gh", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", GOLF, str(tmp_path / "run"), str(tmp_path / "snoop.py"),
-                        str(listener.getsockname()[1]), str(tmp_path / "victim.txt")], env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            GOLF,
+            str(tmp_path / "run"),
+            str(tmp_path / "snoop.py"),
+            str(listener.getsockname()[1]),
+            str(tmp_path / "victim.txt"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     found_text = (tmp_path / "run" / "found.json").read_text()
     found = json.loads(found_text)
@@ -94,8 +106,13 @@ def test_the_snoop_would_find_the_key_without_the_clean_room(tmp_path, listener)
     """The control: the same script as a plain child of a process holding the key finds it at once."""
     (tmp_path / "snoop.py").write_text(SNOOP)
     (tmp_path / "run").mkdir()
-    env = dict(os.environ, OPENAI_API_KEY=KEY, RUN_DIR=str(tmp_path / "run"),
-               LISTEN_PORT=str(listener.getsockname()[1]), VICTIM=str(tmp_path / "victim.txt"))
+    env = dict(
+        os.environ,
+        OPENAI_API_KEY=KEY,
+        RUN_DIR=str(tmp_path / "run"),
+        LISTEN_PORT=str(listener.getsockname()[1]),
+        VICTIM=str(tmp_path / "victim.txt"),
+    )
     subprocess.run([sys.executable, str(tmp_path / "snoop.py")], env=env, check=True, timeout=60)
     found = json.loads((tmp_path / "run" / "found.json").read_text())
     assert found["own_env"]["OPENAI_API_KEY"] == KEY and found["net"] == "connected"
@@ -103,11 +120,26 @@ def test_the_snoop_would_find_the_key_without_the_clean_room(tmp_path, listener)
 
 
 def test_the_trainer_environment_is_the_allow_list(tmp_path):
-    host = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "OPENAI_API_KEY": KEY, "AWS_SECRET_ACCESS_KEY": "x",
-            "PYTHONPATH": "/tmp/planted", "LD_PRELOAD": "/tmp/x.so", "OMP_NUM_THREADS": "3"}
+    host = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "OPENAI_API_KEY": KEY,
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "PYTHONPATH": "/tmp/planted",
+        "LD_PRELOAD": "/tmp/x.so",
+        "OMP_NUM_THREADS": "3",
+    }
     env = cleanroom.trainer_env(host, {"NUM_LAYERS": "2"}, tmp_path, passthrough=["OMP_NUM_THREADS"])
-    assert set(env) <= {"PATH", "LANG", "HOME", "TMPDIR", "PYTHONUSERBASE", "PYTHONUNBUFFERED", "NUM_LAYERS",
-                        "OMP_NUM_THREADS"}
+    assert set(env) <= {
+        "PATH",
+        "LANG",
+        "HOME",
+        "TMPDIR",
+        "PYTHONUSERBASE",
+        "PYTHONUNBUFFERED",
+        "NUM_LAYERS",
+        "OMP_NUM_THREADS",
+    }
     assert env["OMP_NUM_THREADS"] == "3" and env["HOME"] == str(tmp_path / "home")
 
 
@@ -125,15 +157,20 @@ def test_torch_and_two_process_ddp_run_in_the_clean_room(tmp_path):
     """)
     from tools.sweep import run_trainer
 
-    result, _ = run_trainer(script, {"RUN_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}, tmp_path, nproc=2,
-                            timeout_s=180)
+    result, _ = run_trainer(
+        script, {"RUN_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}, tmp_path, nproc=2, timeout_s=180
+    )
     assert result.status == "ok" and result.val_bpb == 3.0, result.error
 
 
 def test_a_machine_that_cannot_isolate_says_so(tmp_path):
-    code = ("from tools.cleanroom import probe; i = probe(); "
-            "print(i.mode, i.degraded, i.network_isolated)")
-    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PGOLF_CLEANROOM="off",
-                                                              PYTHONPATH=str(ROOT)),
-                       capture_output=True, text=True, timeout=60, check=True)
+    code = "from tools.cleanroom import probe; i = probe(); print(i.mode, i.degraded, i.network_isolated)"
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PGOLF_CLEANROOM="off", PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert r.stdout.split() == ["none", "True", "False"]

@@ -27,8 +27,12 @@ from tools.rescore import check_totals, expected_totals, rescore_run, verify_bef
 from tools.sweep import Candidate, SweepArgs, sweep
 from tools.toolbox import load_tools
 
-SECRETS = {"OPENAI_API_KEY": "sk-test-contain-0123456789", "RUNPOD_API_KEY": "rp-test-contain-42",
-           "MY_CLOUD_TOKEN": "cloud-test-contain-7", "PYTHONPATH": "/tmp/planted"}
+SECRETS = {
+    "OPENAI_API_KEY": "sk-test-contain-0123456789",
+    "RUNPOD_API_KEY": "rp-test-contain-42",
+    "MY_CLOUD_TOKEN": "cloud-test-contain-7",
+    "PYTHONPATH": "/tmp/planted",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +42,24 @@ def honest(tmp_path_factory, tiny_dataset):
     load_tools()
     w = Workspace.at(ws)
     tiers = load_tiers(w.tiers_file)
-    ctx = ToolContext(ws=w, ledger=Ledger(w.ledger), session="s1", tier=tiers["cpu-tiny"], tiers=tiers,
-                      python=sys.executable)
+    ctx = ToolContext(
+        ws=w,
+        ledger=Ledger(w.ledger),
+        session="s1",
+        tier=tiers["cpu-tiny"],
+        tiers=tiers,
+        python=sys.executable,
+    )
     git_records.start_session(ws, "s1")
     saved = {k: os.environ.get(k) for k in SECRETS}
     os.environ.update(SECRETS)
     try:
-        _, recs = sweep(SweepArgs(candidates=[Candidate(name="base", script_revision="incumbent")], seeds=[1],
-                                  experiment="base"), ctx)
+        _, recs = sweep(
+            SweepArgs(
+                candidates=[Candidate(name="base", script_revision="incumbent")], seeds=[1], experiment="base"
+            ),
+            ctx,
+        )
     finally:
         for k, v in saved.items():
             if v is None:
@@ -59,8 +73,13 @@ def honest(tmp_path_factory, tiny_dataset):
 def test_env_json_holds_only_allow_listed_names_and_no_secret(honest):
     ctx, run, script = honest
     env = json.loads((ctx.ws.runs_dir / "s1" / run.run_id / "env.json").read_text())
-    allowed = (set(allowed_override_names(script)) | SAFE_RUNTIME_ENV | set(cleanroom.HOST_ENV)
-               | set(cleanroom.ROOM_ENV) | {"DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "RUN_DIR", "SEED"})
+    allowed = (
+        set(allowed_override_names(script))
+        | SAFE_RUNTIME_ENV
+        | set(cleanroom.HOST_ENV)
+        | set(cleanroom.ROOM_ENV)
+        | {"DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "RUN_DIR", "SEED"}
+    )
     assert set(env) <= allowed, set(env) - allowed
     assert not any(s in json.dumps(env) for s in SECRETS.values())
     assert env["HOME"].startswith(run.run_dir)
@@ -79,8 +98,9 @@ def test_trusted_totals_agree_with_an_honest_run(honest):
     assert check_totals(run.result, env, script, script, ctx.ws.runs_dir / "s1" / run.run_id).status == "ok"
 
 
-@pytest.mark.parametrize("field, value", [("val_bytes", 1), ("val_tokens", 7), ("bytes_model", 10),
-                                          ("bytes_total", 15_000)])
+@pytest.mark.parametrize(
+    "field, value", [("val_bytes", 1), ("val_tokens", 7), ("bytes_model", 10), ("bytes_total", 15_000)]
+)
 def test_a_result_whose_totals_disagree_with_trusted_counts_is_invalid(honest, field, value):
     ctx, run, script = honest
     env = json.loads((ctx.ws.runs_dir / "s1" / run.run_id / "env.json").read_text())
@@ -111,7 +131,9 @@ def test_the_candidates_model_host_cannot_read_the_validation_data(honest):
     looking = script.replace(  # a model that would look its targets up in the data it is scored on
         "def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:\n",
         "def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:\n"
-        f"    assert not os.path.exists({val!r}), 'the validation data is readable'\n", 1)
+        f"    assert not os.path.exists({val!r}), 'the validation data is readable'\n",
+        1,
+    )
     assert looking != script
     got = rescore_run(run, looking, script, sys.executable)
     assert got.get("mode") == "candidate-logits", got
@@ -123,7 +145,9 @@ def test_a_model_that_peeks_at_its_targets_is_caught_by_the_causality_probe(hone
     peeking = script.replace(
         "        z = self.project(ids).float()\n",
         "        z = self.project(ids).float()\n"
-        "        z = z + 5.0 * F.one_hot(torch.roll(ids, -1, dims=1), z.shape[-1]).float()\n", 1)
+        "        z = z + 5.0 * F.one_hot(torch.roll(ids, -1, dims=1), z.shape[-1]).float()\n",
+        1,
+    )
     assert peeking != script
     got = rescore_run(run, peeking, script, sys.executable)
     assert "sees its targets" in got.get("error", ""), got
@@ -131,26 +155,60 @@ def test_a_model_that_peeks_at_its_targets_is_caught_by_the_causality_probe(hone
 
 def test_a_run_reporting_a_better_score_than_its_artifact_is_invalid_and_never_kept(honest):
     ctx, run, script = honest
-    cheat = run.model_copy(update={"result": run.result.model_copy(update={"val_bpb": run.result.val_bpb - 0.05})})
+    cheat = run.model_copy(
+        update={"result": run.result.model_copy(update={"val_bpb": run.result.val_bpb - 0.05})}
+    )
     runner = ExperimentRunner(ctx, Progress.quiet())
     head = git_records.head_sha(ctx.ws.root)
     spec = ExperimentSpec(name="cheat", env={"MLP_ACT_SLOPE": "0.5"})
-    verdict = Verdict(outcome="confirmed", need_more=False, delta=-0.05, ci_low=-0.06, ci_high=-0.04, p_value=1e-4,
-                      n_candidate=1, n_incumbent=1, noise_std=0.005, reason="the judge is fooled")
-    noise = NoiseRecord(session="s1", tier="cpu-tiny", hardware="x", script_sha="x", values=[run.result.val_bpb],
-                        std=0.005, mean=run.result.val_bpb)
-    out = runner.decide(spec, Proposal(action="experiment", experiment=spec), "test", "e001-cheat", [cheat],
-                        verdict, [run.result.val_bpb], [run.run_id], noise, script, script, {"MLP_ACT_SLOPE": "0.5"})
+    verdict = Verdict(
+        outcome="confirmed",
+        need_more=False,
+        delta=-0.05,
+        ci_low=-0.06,
+        ci_high=-0.04,
+        p_value=1e-4,
+        n_candidate=1,
+        n_incumbent=1,
+        noise_std=0.005,
+        reason="the judge is fooled",
+    )
+    noise = NoiseRecord(
+        session="s1",
+        tier="cpu-tiny",
+        hardware="x",
+        script_sha="x",
+        values=[run.result.val_bpb],
+        std=0.005,
+        mean=run.result.val_bpb,
+    )
+    out = runner.decide(
+        spec,
+        Proposal(action="experiment", experiment=spec),
+        "test",
+        "e001-cheat",
+        [cheat],
+        verdict,
+        [run.result.val_bpb],
+        [run.run_id],
+        noise,
+        script,
+        script,
+        {"MLP_ACT_SLOPE": "0.5"},
+    )
     assert out["kept"] is False and out["outcome"] == "rejected" and "invalid" in out["reason"]
+
     def show(rev: str) -> str:
-        return subprocess.run(["git", "show", f"{rev}:incumbent.json"], cwd=ctx.ws.root, capture_output=True,
-                              text=True).stdout
+        return subprocess.run(
+            ["git", "show", f"{rev}:incumbent.json"], cwd=ctx.ws.root, capture_output=True, text=True
+        ).stdout
 
     assert "MLP_ACT_SLOPE" in show(out["git_ref"])  # the candidate is recorded on its own ref...
     assert "MLP_ACT_SLOPE" not in show("HEAD")  # ...and the branch's incumbent did not take it
     assert head != out["git_commit"]
-    assert any(e.event == "run_invalid" and e.detail["run_id"] == run.run_id
-               for e in ctx.ledger.records(EventRecord))
+    assert any(
+        e.event == "run_invalid" and e.detail["run_id"] == run.run_id for e in ctx.ledger.records(EventRecord)
+    )
 
 
 def test_an_honest_confirmed_result_passes_the_keep_check(honest):
@@ -172,7 +230,10 @@ def test_an_implausible_score_is_quarantined_before_any_rescore(honest, reported
 def test_a_planted_interpreter_variable_never_reaches_a_run(honest):
     ctx, _, _ = honest
     for name in ("PYTHONPATH", "LD_PRELOAD", "BASH_ENV", "PYTHONSTARTUP", "NOT_A_KNOB"):
-        out = registry.call("launch_local_sweep", {"candidates": [{"name": "x", "env": {name: "/tmp/planted"}}],
-                                                   "seeds": [2]}, ctx)
+        out = registry.call(
+            "launch_local_sweep",
+            {"candidates": [{"name": "x", "env": {name: "/tmp/planted"}}], "seeds": [2]},
+            ctx,
+        )
         assert not out.ok and name in out.error
     assert not any((ctx.ws.runs_dir / "s1").glob("adhoc-x*"))

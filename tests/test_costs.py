@@ -29,18 +29,27 @@ TIERS = load_tiers(ROOT / "tiers.toml")
 
 
 def inputs(**kw) -> CostInputs:
-    base = dict(local_tier=TIERS["cpu-smoke"], final_tier=TIERS["h100x8-final"],
-                calibrations=calibrations_from_ledger([], "cpu-smoke"), noise_std=0.006, incumbent_n=3,
-                local_run_s=30.0)
+    base = dict(
+        local_tier=TIERS["cpu-smoke"],
+        final_tier=TIERS["h100x8-final"],
+        calibrations=calibrations_from_ledger([], "cpu-smoke"),
+        noise_std=0.006,
+        incumbent_n=3,
+        local_run_s=30.0,
+    )
     return CostInputs(**(base | kw))
 
 
 def test_tests_rank_by_expected_gain_per_dollar():
-    opts = rank_options(inputs(queue=[
-        Queued(technique="small", expected_proxy_delta=-0.01),
-        Queued(technique="big", expected_proxy_delta=-0.03),
-        Queued(technique="lr", kind="training", expected_proxy_delta=-0.03),
-    ]))
+    opts = rank_options(
+        inputs(
+            queue=[
+                Queued(technique="small", expected_proxy_delta=-0.01),
+                Queued(technique="big", expected_proxy_delta=-0.03),
+                Queued(technique="lr", kind="training", expected_proxy_delta=-0.03),
+            ]
+        )
+    )
     tests = [o for o in opts if o.action == "test"]
     assert [o.technique for o in tests] == ["big", "small", "lr"]
     assert tests[0].expected_gain_bpb > tests[1].expected_gain_bpb > 0
@@ -64,8 +73,13 @@ def test_promotion_is_priced_at_the_final_tier_and_ranked_by_gain_per_dollar():
     assert promote.device_hours == pytest.approx(8 * hours)
     assert promote.expected_gain_bpb > 0
     # cheap local tests come first when the queue has them: their gain per dollar is far higher
-    opts = rank_options(inputs(unpromoted=stack, final_budget_dollars=100.0,
-                               queue=[Queued(technique="t", expected_proxy_delta=-0.02)]))
+    opts = rank_options(
+        inputs(
+            unpromoted=stack,
+            final_budget_dollars=100.0,
+            queue=[Queued(technique="t", expected_proxy_delta=-0.02)],
+        )
+    )
     assert opts[0].action == "test" and opts[1].action == "promote"
 
 
@@ -74,8 +88,9 @@ def test_budget_is_respected():
     queue = [Queued(technique="t", expected_proxy_delta=-0.02)]
     opts = rank_options(inputs(unpromoted=stack, queue=queue, final_budget_dollars=5.0))
     assert "promote" not in [o.action for o in opts]
-    everything = rank_options(inputs(unpromoted=stack, queue=queue, final_budget_dollars=5.0),
-                              include_unaffordable=True)
+    everything = rank_options(
+        inputs(unpromoted=stack, queue=queue, final_budget_dollars=5.0), include_unaffordable=True
+    )
     assert everything[-1].action == "promote" and not everything[-1].fits_budget
     assert all(o.fits_budget for o in everything[:-1])
     # wall time binds too: a test is two 30 s seeds, a re-measure three 30 s incumbent runs
@@ -87,7 +102,9 @@ def test_budget_is_respected():
 
 def test_paid_local_tier_is_bounded_by_real_dollars():
     q = [Queued(technique="t", expected_proxy_delta=-0.005)]
-    h100 = dict(local_tier=TIERS["h100x1"], calibrations=calibrations_from_ledger([], "h100x1"), local_run_s=900.0)
+    h100 = dict(
+        local_tier=TIERS["h100x1"], calibrations=calibrations_from_ledger([], "h100x1"), local_run_s=900.0
+    )
     opts = rank_options(inputs(queue=q, **h100), include_unaffordable=True)
     test = next(o for o in opts if o.action == "test")
     assert not test.notional and test.real_dollars == pytest.approx((3 * 900 + 300) / 3600 * 3.0)
@@ -132,15 +149,22 @@ def test_inputs_from_the_ledger_fixture():
 
 def test_session_options_follow_the_plan_budget():
     records = read_records(FIXTURE)
-    queue = [QueueItem(technique="value_residual", line=1), QueueItem(technique="xsa", line=2),
-             QueueItem(technique="partial_rope", state="done", line=3)]
+    queue = [
+        QueueItem(technique="value_residual", line=1),
+        QueueItem(technique="xsa", line=2),
+        QueueItem(technique="partial_rope", state="done", line=3),
+    ]
     plan = BattlePlan(queue=queue, budget=PlanBudget(final_dollars=100.0, approve_finals=False))
     opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS)
-    assert [o["technique"] for o in opts if o["action"] == "test"] == ["value_residual"]  # xsa decided, rope done
+    assert [o["technique"] for o in opts if o["action"] == "test"] == [
+        "value_residual"
+    ]  # xsa decided, rope done
     promote = next(o for o in opts if o["action"] == "promote")
     assert promote["fits_budget"] is False  # finals not approved
     plan.budget.approve_finals = True
-    assert dollars_spent_on_finals(records) == pytest.approx(22.0 + 23.5)  # spend increments, summed per final
+    assert dollars_spent_on_finals(records) == pytest.approx(
+        22.0 + 23.5
+    )  # spend increments, summed per final
     # against the real frontier (1.0611) the projected score is no record: no final is proposed
     opts = options_for_session(records, plan, TIERS["cpu-smoke"], TIERS)
     promote = next(o for o in opts if o["action"] == "promote")

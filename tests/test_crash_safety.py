@@ -72,13 +72,17 @@ def test_a_torn_decision_and_the_locks_of_a_killed_git_are_recovered_on_resume(w
     ledger = check_records(ws, SESSION)
     assert len(ledger.torn_lines()) == 1  # the half-written decision was set aside, then rebuilt from git
     events = [e for e in ledger.records(EventRecord) if e.event == "git_locks_cleared"]
-    assert [sorted(e.detail["locks"]) for e in events] == [sorted(lock.removeprefix(".git/") for lock in locks)]
+    assert [sorted(e.detail["locks"]) for e in events] == [
+        sorted(lock.removeprefix(".git/") for lock in locks)
+    ]
 
 
 def test_a_lock_held_by_a_live_git_in_the_repository_is_never_removed(ws):
     (ws / ".git/index.lock").write_text("")
     # a git still working in this repository (it waits on stdin for as long as we like)
-    live = subprocess.Popen(["git", "cat-file", "--batch"], cwd=ws, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    live = subprocess.Popen(
+        ["git", "cat-file", "--batch"], cwd=ws, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         refused = golf(ws, "run", *ARGS, "--experiments", "1")
     finally:
@@ -92,9 +96,21 @@ def test_a_lock_held_by_a_live_git_in_the_repository_is_never_removed(ws):
 
 # ------------------------------------------------------------------------------------------ chaos
 
-FAULTS = ["during_run", "after_commit", "ledger_write:run", "ledger_write:decision", "ledger_write:finding",
-          "ledger_write:noise", "ledger_write:event", "git:update-ref", "git:update-index", "git:read-tree",
-          "git:commit-tree", "git:commit", "git:symbolic-ref"]
+FAULTS = [
+    "during_run",
+    "after_commit",
+    "ledger_write:run",
+    "ledger_write:decision",
+    "ledger_write:finding",
+    "ledger_write:noise",
+    "ledger_write:event",
+    "git:update-ref",
+    "git:update-index",
+    "git:read-tree",
+    "git:commit-tree",
+    "git:commit",
+    "git:symbolic-ref",
+]
 
 
 def _lines(path: Path) -> int:
@@ -115,8 +131,10 @@ def chaos(ws: Path, *, kills: int, experiments: int, seed: int) -> list[str]:
     history: list[str] = []
     landed = 0
     while True:
-        started = any(e.session == SESSION and e.event == "session_start"
-                      for e in Ledger(ledger_path).records(EventRecord))
+        started = any(
+            e.session == SESSION and e.event == "session_start"
+            for e in Ledger(ledger_path).records(EventRecord)
+        )
         cmd = ["resume"] if started else ["run", *ARGS, "--experiments", str(experiments)]
         before = Ledger(ledger_path).records()
         env, grow, extra = {}, None, 0.0
@@ -126,8 +144,13 @@ def chaos(ws: Path, *, kills: int, experiments: int, seed: int) -> list[str]:
                 env = {"PGOLF_CRASH_AT": f"{rng.choice(FAULTS)}#{rng.randint(1, 3)}"}
         out_path = ws.parent / f"golf-{len(history)}.out"
         with open(out_path, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *cmd],
-                                    env=golf_env(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "--workspace", str(ws), *cmd],
+                env=golf_env(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         lines0, deadline = _lines(ledger_path), time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
             if grow is not None and _lines(ledger_path) >= lines0 + grow:
@@ -137,8 +160,15 @@ def chaos(ws: Path, *, kills: int, experiments: int, seed: int) -> list[str]:
                 break
             time.sleep(0.02)
         rc = proc.wait(timeout=600)
-        what = " ".join(filter(None, [env.get("PGOLF_CRASH_AT"),
-                                      grow and f"else kill {extra:.1f}s after {grow} new ledger line(s)"]))
+        what = " ".join(
+            filter(
+                None,
+                [
+                    env.get("PGOLF_CRASH_AT"),
+                    grow and f"else kill {extra:.1f}s after {grow} new ledger line(s)",
+                ],
+            )
+        )
         history.append(f"{len(history)}: {cmd[0]} {what or 'to the end'} -> {rc}")
         tail = out_path.read_text()[-3000:]
         assert rc in (0, -signal.SIGKILL), "\n".join(history) + "\n" + tail

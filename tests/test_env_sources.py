@@ -39,8 +39,9 @@ def test_hostile_queue_items_are_dropped_and_each_refusal_is_recorded_once(tmp_p
     said: list[str] = []
     for _ in range(2):  # the plan is re-read before every decision: one record per item, not per read
         screened = screen_queue(plan, SCRIPT, ledger, "s1", say=said.append)
-    assert [q.technique for q in screened.queue] == [q.technique for q in plan.queue
-                                                     if not q.technique.startswith("evil_")]
+    assert [q.technique for q in screened.queue] == [
+        q.technique for q in plan.queue if not q.technique.startswith("evil_")
+    ]
     refused = [e for e in ledger.records(EventRecord) if e.event == QUEUE_REFUSED]
     assert sorted(e.detail["technique"] for e in refused) == sorted(f"evil_{n.lower()}" for n in HOSTILE)
     for e in refused:
@@ -53,11 +54,18 @@ def test_a_hostile_experiment_from_the_queue_is_refused_before_any_run(tmp_path,
     ws = make_workspace(tmp_path, tiny_dataset)
     w = Workspace.at(ws)
     tiers = load_tiers(w.tiers_file)
-    ctx = ToolContext(ws=w, ledger=Ledger(w.ledger), session="s1", tier=tiers["cpu-tiny"], tiers=tiers,
-                      python=sys.executable)
+    ctx = ToolContext(
+        ws=w,
+        ledger=Ledger(w.ledger),
+        session="s1",
+        tier=tiers["cpu-tiny"],
+        tiers=tiers,
+        python=sys.executable,
+    )
     spec = ExperimentSpec(name="evil", technique="evil", env={name: "/tmp/planted"})
-    out = ExperimentRunner(ctx, Progress.quiet()).run_experiment(Proposal(action="experiment", experiment=spec),
-                                                                 planner="playbook")
+    out = ExperimentRunner(ctx, Progress.quiet()).run_experiment(
+        Proposal(action="experiment", experiment=spec), planner="playbook"
+    )
     assert out["outcome"] == "refused" and name in out["reason"]
     assert not ctx.ledger.records(RunRecord)
     assert ctx.ledger.records(EventRecord)[-1].event == "proposal_refused"
@@ -78,5 +86,7 @@ def test_an_incumbent_json_with_a_loader_variable_stops_the_session_before_any_r
 def test_an_allowed_incumbent_env_passes_and_records_nothing(tmp_path):
     ledger = Ledger(tmp_path / "ledger.jsonl")
     assert check_base_env({"NUM_LAYERS": "2", "OMP_NUM_THREADS": "1"}, SCRIPT, ledger, "s1") == {
-        "NUM_LAYERS": "2", "OMP_NUM_THREADS": "1"}
+        "NUM_LAYERS": "2",
+        "OMP_NUM_THREADS": "1",
+    }
     assert ledger.records() == []

@@ -20,8 +20,13 @@ from testing.workspace import ROOT, make_workspace
 
 def golf(ws: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ) | {"PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "agent.cli", "--workspace", str(ws), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--workspace", str(ws), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_golf_fidelity_on_cpu_tiny_writes_pairs_the_calibration_reads(tmp_path, tiny_dataset):
@@ -53,7 +58,9 @@ def test_an_unknown_panel_technique_is_refused_before_any_run(tmp_path, tiny_dat
     ws = make_workspace(tmp_path, tiny_dataset)
     r = golf(ws, "fidelity", "--tier", "cpu-tiny", "--panel", "leaky_relu2,warp_drive")
     assert r.returncode == 2 and "warp_drive" in r.stderr
-    assert not (ws / ".golf" / "ledger.jsonl").exists() or not Ledger(ws / ".golf" / "ledger.jsonl").records(RunRecord)
+    assert not (ws / ".golf" / "ledger.jsonl").exists() or not Ledger(ws / ".golf" / "ledger.jsonl").records(
+        RunRecord
+    )
 
 
 def test_every_panel_entry_names_flags_the_trainer_accepts():
@@ -70,16 +77,33 @@ def test_every_panel_entry_names_flags_the_trainer_accepts():
 def test_the_report_plots_a_tiers_fidelity_pairs_and_fits_on_them(tmp_path):
     from agent import report
 
-    records = [CalibrationPairRecord(session="f", tier="cpu-smoke", hardware="cpu@x", technique=t,
-                                     technique_kind="architecture", lower_delta=lo, lower_se=0.001, upper_delta=up)
-               for t, lo, up in [("sliding_eval", -0.05, -0.0319), ("leaky_relu2", -0.01, -0.0025),
-                                 ("value_residual", -0.004, -0.001)]]
+    records = [
+        CalibrationPairRecord(
+            session="f",
+            tier="cpu-smoke",
+            hardware="cpu@x",
+            technique=t,
+            technique_kind="architecture",
+            lower_delta=lo,
+            lower_se=0.001,
+            upper_delta=up,
+        )
+        for t, lo, up in [
+            ("sliding_eval", -0.05, -0.0319),
+            ("leaky_relu2", -0.01, -0.0025),
+            ("value_residual", -0.004, -0.001),
+        ]
+    ]
     data = report.collect(records)
     cal = data["calibration"]
     assert cal["lower_tier"] == "cpu-smoke"
     arch = cal["kinds"]["architecture"]
     assert sorted(p["technique"] for p in arch["pairs"]) == ["leaky_relu2", "sliding_eval", "value_residual"]
-    assert arch["fit"]["source"] == "fit" and arch["fit"]["n"] == 3 and arch["fit"]["spearman"] == pytest.approx(1.0)
+    assert (
+        arch["fit"]["source"] == "fit"
+        and arch["fit"]["n"] == 3
+        and arch["fit"]["spearman"] == pytest.approx(1.0)
+    )
     fig = report.plot_calibration(data, tmp_path / "c.png")
     drawn = [c for c in fig.axes[0].containers]  # the errorbar of the tier's own pairs
     assert drawn and len(drawn[0].lines[0].get_xdata()) == 3

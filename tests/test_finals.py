@@ -108,18 +108,38 @@ def make_ws(root: Path, script: str) -> Path:
     (root / "tiers.toml").write_text('[tier.h100x8-final]\nhardware = "h100x8"\nenv = { HELLO = "tier" }\n')
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
     subprocess.run(["git", "add", "."], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ws"], cwd=root, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ws"], cwd=root, check=True
+    )
     return root
 
 
 def cfg(**kw) -> FinalConfig:
-    base = dict(ladder=[Rung(gpu_type=H100, cloud_type="SECURE"), Rung(gpu_type=H100, cloud_type="COMMUNITY"),
-                        Rung(gpu_type=H200, cloud_type="SECURE")],
-                image="runpod/pytorch:test", runtime_wait_s=8, setup_s=10, train_s=4, eval_s=4, per_seed_margin_s=4,
-                teardown_s=4, deadman_grace_s=5, deadman_slack_s=3, agent_idle_s=60, agent_lost_s=4, poll_s=0.1,
-                invisible_s=3, create_lookup_s=5, lookup_poll_s=0.1, spend_interval_s=0.3,
-                setup_cmd="python3 prepare_data.py --variant fineweb --vocab {vocab} --out data "
-                          "--train-shards {train_shards} --if-missing")
+    base = dict(
+        ladder=[
+            Rung(gpu_type=H100, cloud_type="SECURE"),
+            Rung(gpu_type=H100, cloud_type="COMMUNITY"),
+            Rung(gpu_type=H200, cloud_type="SECURE"),
+        ],
+        image="runpod/pytorch:test",
+        runtime_wait_s=8,
+        setup_s=10,
+        train_s=4,
+        eval_s=4,
+        per_seed_margin_s=4,
+        teardown_s=4,
+        deadman_grace_s=5,
+        deadman_slack_s=3,
+        agent_idle_s=60,
+        agent_lost_s=4,
+        poll_s=0.1,
+        invisible_s=3,
+        create_lookup_s=5,
+        lookup_poll_s=0.1,
+        spend_interval_s=0.3,
+        setup_cmd="python3 prepare_data.py --variant fineweb --vocab {vocab} --out data "
+        "--train-shards {train_shards} --if-missing",
+    )
     return FinalConfig(**(base | kw))
 
 
@@ -133,15 +153,26 @@ def fake(monkeypatch, tmp_path):
 
 
 def backend_for(fake: FakeRunPod) -> RunPodBackend:
-    return RunPodBackend(api_key="test-key", proxy_template=fake.proxy_template,
-                         retry=RetryPolicy(attempts=3, wait_min_s=0.05, wait_max_s=0.2, request_timeout_s=5),
-                         lookup_attempts=5, lookup_wait_s=0.2)
+    return RunPodBackend(
+        api_key="test-key",
+        proxy_template=fake.proxy_template,
+        retry=RetryPolicy(attempts=3, wait_min_s=0.05, wait_max_s=0.2, request_timeout_s=5),
+        lookup_attempts=5,
+        lookup_wait_s=0.2,
+    )
 
 
 def request(ws: Path, budget: float = 2.0, **kw) -> FinalRequest:
     kw.setdefault("config", cfg())
-    return FinalRequest(workspace=str(ws), session=kw.pop("session", "s1"), seeds=kw.pop("seeds", 3),
-                        approve=kw.pop("approve", True), dollars=budget, frontier=kw.pop("frontier", 1.0611), **kw)
+    return FinalRequest(
+        workspace=str(ws),
+        session=kw.pop("session", "s1"),
+        seeds=kw.pop("seeds", 3),
+        approve=kw.pop("approve", True),
+        dollars=budget,
+        frontier=kw.pop("frontier", 1.0611),
+        **kw,
+    )
 
 
 def final(ws: Path, fake: FakeRunPod, budget: float = 2.0, **kw) -> FinalRecord:
@@ -194,11 +225,31 @@ def test_a_final_runs_three_seeds_books_spend_and_writes_the_submission(fake, tm
     folder = ws / rec.submission_dir
     assert folder.parent == ws / "records" / "track_10min_16mb" and folder.name.endswith("_StandIn")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "submission.json", "train_gpt.py", "train_seed1337.log", "train_seed2025.log", "train_seed42.log"]
+        "README.md",
+        "submission.json",
+        "train_gpt.py",
+        "train_seed1337.log",
+        "train_seed2025.log",
+        "train_seed42.log",
+    ]
     assert (folder / "train_gpt.py").read_text() == stand_in()
     sub = json.loads((folder / "submission.json").read_text())
-    for k in ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total", "bytes_code",
-              "seeds", "seed_results", "val_bpb_std", "hardware", "p_value"):
+    for k in (
+        "author",
+        "github_id",
+        "name",
+        "blurb",
+        "date",
+        "val_loss",
+        "val_bpb",
+        "bytes_total",
+        "bytes_code",
+        "seeds",
+        "seed_results",
+        "val_bpb_std",
+        "hardware",
+        "p_value",
+    ):
         assert k in sub, k
     assert sub["val_bpb"] == pytest.approx(sum(VALS.values()) / 3) and sub["seeds"] == [1337, 42, 2025]
     assert sub["bytes_code"] == len(stand_in().encode()) and sub["bytes_total"] <= 16_000_000
@@ -260,7 +311,9 @@ def test_a_pod_not_listed_in_time_blocks_other_rungs_and_counts_until_the_reaper
     assert pending.pod_id is None and pending.worst_unbooked() > 0
     # the session's finals money counts the pod at its worst case while it may exist
     Workspace.at(ws).battle_plan.write_text("# Plan\n\n## Budget\n\n- final_dollars: 2\n")
-    b = resolve_budget(Workspace.at(ws), ledger, "s1", approve=True, budget_dollars=None, session_budget_dollars=None)
+    b = resolve_budget(
+        Workspace.at(ws), ledger, "s1", approve=True, budget_dollars=None, session_budget_dollars=None
+    )
     assert b.open_pods_dollars == pytest.approx(pending.worst_unbooked(), abs=1e-5)
     assert b.cap == pytest.approx(2.0 - b.session_spent - b.open_pods_dollars, abs=1e-5)
     # once it shows up, the reaper terminates it and books its real lifetime
@@ -297,7 +350,9 @@ def test_a_pod_that_stays_invisible_is_never_dropped(fake, tmp_path):
     records = assert_money_and_pods(ws, fake, 2.0)
     assert open_pods(records) == []
     spans = sorted((p.created, p.ended) for p in fake.pods.values())
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), "two pods at once"
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), (
+        "two pods at once"
+    )
 
 
 def test_control_plane_reads_are_retried_and_give_up_in_bounded_time(fake):
@@ -314,14 +369,18 @@ def test_control_plane_reads_are_retried_and_give_up_in_bounded_time(fake):
 def test_a_pod_with_no_runtime_is_terminated_before_the_next_rung(fake, tmp_path):
     fake.stuck_starting = {H100}
     ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
-    rec = final(ws, fake, seeds=2, config=cfg(runtime_wait_s=2.5, ladder=[Rung(gpu_type=H100), Rung(gpu_type=H200)]))
+    rec = final(
+        ws, fake, seeds=2, config=cfg(runtime_wait_s=2.5, ladder=[Rung(gpu_type=H100), Rung(gpu_type=H200)])
+    )
     records = assert_money_and_pods(ws, fake, 2.0)
     assert rec.status == "ok"
     stuck, good = fake.pods.values()
     assert (stuck.gpu_type, good.gpu_type) == (H100, H200)
     assert stuck.ended is not None and stuck.ended <= good.created, "two pods billed at once"
     assert "final_pod_stuck" in events(records)
-    assert any(isinstance(r, SpendRecord) and r.pod_id == stuck.id for r in records), "the stuck pod's time is booked"
+    assert any(isinstance(r, SpendRecord) and r.pod_id == stuck.id for r in records), (
+        "the stuck pod's time is booked"
+    )
 
 
 @pytest.mark.parametrize("allowed", [["12.8", "12.9"], []])
@@ -332,8 +391,17 @@ def test_hosts_with_an_old_driver_are_avoided_or_their_pod_terminated(fake, tmp_
     fake.host_cuda = {H100: "12.4"}
     image = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
     ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
-    rec = final(ws, fake, seeds=1, config=cfg(image=image, allowed_cuda_versions=allowed, runtime_wait_s=1.5,
-                                              ladder=[Rung(gpu_type=H100), Rung(gpu_type=H200)]))
+    rec = final(
+        ws,
+        fake,
+        seeds=1,
+        config=cfg(
+            image=image,
+            allowed_cuda_versions=allowed,
+            runtime_wait_s=1.5,
+            ladder=[Rung(gpu_type=H100), Rung(gpu_type=H200)],
+        ),
+    )
     assert_money_and_pods(ws, fake, 2.0)
     assert rec.status == "ok", rec.note
     assert [p.gpu_type for p in fake.pods.values()] == ([H200] if allowed else [H100, H200])
@@ -395,12 +463,26 @@ run_final(req, backend=be, log=lambda s: print(s, flush=True))
 """
 
 
-def session_in_training(ws: Path, fake: FakeRunPod, session: str, config: FinalConfig | None = None,
-                        seeds: int = 2) -> subprocess.Popen:
+def session_in_training(
+    ws: Path, fake: FakeRunPod, session: str, config: FinalConfig | None = None, seeds: int = 2
+) -> subprocess.Popen:
     """A session process running a final, returned once its first seed is training on the pod."""
-    proc = subprocess.Popen([sys.executable, "-c", SESSION, str(ws), (config or cfg()).model_dump_json(),
-                             fake.proxy_template, session, str(seeds)], cwd=REPO, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SESSION,
+            str(ws),
+            (config or cfg()).model_dump_json(),
+            fake.proxy_template,
+            session,
+            str(seeds),
+        ],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 40
     while not any((p.workdir / "job" / "runs" / "seed_1337").exists() for p in fake.pods.values()):
         if time.time() > deadline or proc.poll() is not None:
@@ -434,10 +516,17 @@ def test_a_session_killed_mid_final_leaves_a_pod_the_reaper_terminates(fake, tmp
 
     # a pod of a live session and somebody else's pod are not ours to reap
     be = backend_for(fake)
-    (tmp_path / "locks" / "live.lock").write_text(json.dumps(
-        {"pid": os.getpid(), "session": "alive", "host": os.uname().nodename, "started": "now"}))
-    keep = be.create(PodSpec(name=f"{pod_prefix('alive')}{host_tag()}-abc123-1", gpu_type=H100, image="x/y:1",
-                             start_cmd="sleep 60"))
+    (tmp_path / "locks" / "live.lock").write_text(
+        json.dumps({"pid": os.getpid(), "session": "alive", "host": os.uname().nodename, "started": "now"})
+    )
+    keep = be.create(
+        PodSpec(
+            name=f"{pod_prefix('alive')}{host_tag()}-abc123-1",
+            gpu_type=H100,
+            image="x/y:1",
+            start_cmd="sleep 60",
+        )
+    )
     theirs = be.create(PodSpec(name="someone-elses-pod", gpu_type=H100, image="x/y:1", start_cmd="sleep 60"))
     reaped = reap_pods(ws, backend=be)
     assert reaped == [orphan.name]  # settled from the ledger, which knew it
@@ -455,9 +544,19 @@ def test_a_session_killed_mid_final_leaves_a_pod_the_reaper_terminates(fake, tmp
 def test_the_pod_terminates_itself_when_its_deadline_passes(fake):
     """The dead man's switch: money stays bounded even if nobody is left to call terminate."""
     be = backend_for(fake)
-    pod = be.create(PodSpec(name="pgolf-x-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd=agent_start_cmd(),
-                            env={"PGOLF_AGENT_TOKEN": "t" * 24, "PGOLF_AGENT_B64": agent_payload(),
-                                 "PGOLF_AGENT_DEADLINE_UNIX": f"{time.time() + 1:.0f}"}))
+    pod = be.create(
+        PodSpec(
+            name="pgolf-x-0000-aaaaaa-1",
+            gpu_type=H100,
+            image="x/y:1",
+            start_cmd=agent_start_cmd(),
+            env={
+                "PGOLF_AGENT_TOKEN": "t" * 24,
+                "PGOLF_AGENT_B64": agent_payload(),
+                "PGOLF_AGENT_DEADLINE_UNIX": f"{time.time() + 1:.0f}",
+            },
+        )
+    )
     deadline = time.time() + 8
     while fake.running() and time.time() < deadline:
         time.sleep(0.1)
@@ -472,7 +571,9 @@ def test_a_final_that_cannot_fit_the_budget_is_refused_with_the_figures(fake, tm
     rec = final(ws, fake, budget=0.10)
     assert rec.status == "refused" and rec.dollars == 0
     # the refusal states what the final needs: price x bounded lifetime, per rung, and what to give
-    assert "$23.92/h" in rec.note and "need up to $0.42" in rec.note and "may spend $0.10" in rec.note, rec.note
+    assert "$23.92/h" in rec.note and "need up to $0.42" in rec.note and "may spend $0.10" in rec.note, (
+        rec.note
+    )
     assert "--dollars 1`" in rec.note
     assert fake.pods == {}, "a pod was created although the budget could not pay for it"
     assert_money_and_pods(ws, fake, 0.10)
@@ -509,20 +610,36 @@ def test_the_battle_plan_grants_approval_and_caps_the_sessions_finals(tmp_path):
 def test_the_record_rule_on_known_numbers():
     c = cfg()
     # 3 seeds 0.0111 below 1.0611, std 0.00035: far past the 0.00295 bpb margin
-    v = judge_final([1.0500, 1.0504, 1.0497], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c)
+    v = judge_final(
+        [1.0500, 1.0504, 1.0497], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c
+    )
     assert v["record"]["outcome"] == "confirmed" and v["record"]["p_value"] < 0.01
     assert v["record"]["margin"] == pytest.approx(0.005 / 0.6931471805599453 / 2.4456, rel=0.01)
     # better, but by less than 0.005 nats: not a record however small the noise
-    v = judge_final([1.0590, 1.0591, 1.0589], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c)
+    v = judge_final(
+        [1.0590, 1.0591, 1.0589], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c
+    )
     assert v["record"]["outcome"] == "rejected"
     # clears the margin on average but with a spread that leaves p above 0.01
-    v = judge_final([1.0500, 1.0620, 1.0550], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c)
+    v = judge_final(
+        [1.0500, 1.0620, 1.0550], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=None, cfg=c
+    )
     assert v["record"]["outcome"] == "inconclusive" and v["record"]["p_value"] >= 0.01
     # and against the incumbent's own finals
-    inc = FinalRecord(session="s0", final_id="f-old", script_sha="x", seeds=[1, 2, 3], status="ok",
-                      val_bpbs=[1.0530, 1.0533, 1.0528])
-    v = judge_final([1.0500, 1.0504, 1.0497], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=inc, cfg=c)
-    assert v["vs_incumbent"]["outcome"] == "confirmed" and v["vs_incumbent"]["delta"] == pytest.approx(-0.00300, abs=1e-4)
+    inc = FinalRecord(
+        session="s0",
+        final_id="f-old",
+        script_sha="x",
+        seeds=[1, 2, 3],
+        status="ok",
+        val_bpbs=[1.0530, 1.0533, 1.0528],
+    )
+    v = judge_final(
+        [1.0500, 1.0504, 1.0497], 1.0611, frontier_std=None, bytes_per_token=None, incumbent=inc, cfg=c
+    )
+    assert v["vs_incumbent"]["outcome"] == "confirmed" and v["vs_incumbent"]["delta"] == pytest.approx(
+        -0.00300, abs=1e-4
+    )
 
 
 # ------------------------------------------------------------------------------------------ backend and agent
@@ -531,20 +648,33 @@ def test_the_record_rule_on_known_numbers():
 def test_env_values_are_escaped_for_the_sdk_query_and_arrive_intact(fake):
     be = backend_for(fake)
     nasty = 'say "hi" \\ then }) { injected: true } \n\t done'
-    pod = be.create(PodSpec(name="pgolf-esc-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd='echo "q"',
-                            env={"NASTY": nasty}))
+    pod = be.create(
+        PodSpec(
+            name="pgolf-esc-0000-aaaaaa-1",
+            gpu_type=H100,
+            image="x/y:1",
+            start_cmd='echo "q"',
+            env={"NASTY": nasty},
+        )
+    )
     assert fake.pods[pod.id].env == {"NASTY": nasty}
     assert fake.pods[pod.id].docker_args == 'echo "q"'
     be.terminate(pod.id)
     n = len(fake.requests)
     for bad in ({"BAD KEY": "x"}, {"OK": "caf\u00e9"}, {"OK": "a\x00b"}):
         with pytest.raises(ValueError):
-            be.create(PodSpec(name="pgolf-esc-0000-aaaaaa-2", gpu_type=H100, image="x/y:1", start_cmd="x", env=bad))
+            be.create(
+                PodSpec(name="pgolf-esc-0000-aaaaaa-2", gpu_type=H100, image="x/y:1", start_cmd="x", env=bad)
+            )
     with pytest.raises(ValueError):
         be.get('abc"}) { myself { pods { id } } } #')
     for bad_spec in ({"allowed_cuda_versions": ['12.8"] }) { x']}, {"template_id": 'y5"}) {'}):
         with pytest.raises(ValueError):
-            be.create(PodSpec(name="pgolf-esc-0000-aaaaaa-3", gpu_type=H100, image="x/y:1", start_cmd="x", **bad_spec))
+            be.create(
+                PodSpec(
+                    name="pgolf-esc-0000-aaaaaa-3", gpu_type=H100, image="x/y:1", start_cmd="x", **bad_spec
+                )
+            )
     assert len(fake.requests) == n, "an invalid value reached the API"
     assert gql_string_body('a"b\\c\n') == 'a\\"b\\\\c\\n'
 
@@ -552,8 +682,15 @@ def test_env_values_are_escaped_for_the_sdk_query_and_arrive_intact(fake):
 def test_the_agent_wants_its_token_keeps_to_its_root_and_starts_a_job_once(fake):
     be = backend_for(fake)
     token = "k" * 24
-    pod = be.create(PodSpec(name="pgolf-agt-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd=agent_start_cmd(),
-                            env={"PGOLF_AGENT_TOKEN": token, "PGOLF_AGENT_B64": agent_payload()}))
+    pod = be.create(
+        PodSpec(
+            name="pgolf-agt-0000-aaaaaa-1",
+            gpu_type=H100,
+            image="x/y:1",
+            start_cmd=agent_start_cmd(),
+            env={"PGOLF_AGENT_TOKEN": token, "PGOLF_AGENT_B64": agent_payload()},
+        )
+    )
     ref = AgentRef(pod.id, 8000, token)
     deadline = time.time() + 10
     while not be.ping(ref):
@@ -562,7 +699,9 @@ def test_the_agent_wants_its_token_keeps_to_its_root_and_starts_a_job_once(fake)
     url = fake.proxy_template.format(pod_id=pod.id, port=8000)
     assert httpx.get(url + "/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "token" not in repr(ref)
-    r = httpx.put(url + "/files/..%2F..%2Fescape.txt", content=b"x", headers={"Authorization": f"Bearer {token}"})
+    r = httpx.put(
+        url + "/files/..%2F..%2Fescape.txt", content=b"x", headers={"Authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 403
     for _ in range(2):  # a retried start is the same job
         be.run_command(ref, "once", "echo ran >> count.txt; echo secret=$PGOLF_AGENT_TOKEN", cwd="w")
@@ -578,13 +717,23 @@ def test_the_agent_wants_its_token_keeps_to_its_root_and_starts_a_job_once(fake)
 
 
 def test_after_a_sigkill_and_a_deadline_switch_exit_the_next_command_books_the_pods_real_lifetime(
-        fake, tmp_path, monkeypatch, capsys):
+    fake, tmp_path, monkeypatch, capsys
+):
     """golf dies mid-final; nobody reaps; the pod ends itself at its deadline. The next `golf` command
     (here `golf status`) books the time the pod ran that nobody booked, so the money left is true."""
     from agent.cli import main
 
-    short = cfg(runtime_wait_s=3, setup_s=2, train_s=1, eval_s=1, per_seed_margin_s=1, teardown_s=1,
-                deadman_grace_s=1, deadman_slack_s=5, agent_idle_s=600)
+    short = cfg(
+        runtime_wait_s=3,
+        setup_s=2,
+        train_s=1,
+        eval_s=1,
+        per_seed_margin_s=1,
+        teardown_s=1,
+        deadman_grace_s=1,
+        deadman_slack_s=5,
+        agent_idle_s=600,
+    )
     ws = make_ws(tmp_path / "ws", stand_in(sleep=60))
     proc = session_in_training(ws, fake, "killed", config=short, seeds=1)
     proc.send_signal(signal.SIGKILL)
@@ -605,16 +754,23 @@ def test_after_a_sigkill_and_a_deadline_switch_exit_the_next_command_books_the_p
     records = assert_money_and_pods(ws, fake, 2.0)
     booked = sum(r.dollars for r in records if isinstance(r, SpendRecord) and r.pod_name == pod.name)
     # the real lifetime, to within the switch's slack: never less than RunPod billed
-    assert pod.dollars() - 1e-6 <= booked <= (pod.lifetime_s() + short.deadman_slack_s + 5) * pod.cost_per_hr / 3600
+    assert (
+        pod.dollars() - 1e-6
+        <= booked
+        <= (pod.lifetime_s() + short.deadman_slack_s + 5) * pod.cost_per_hr / 3600
+    )
     assert open_pods(records) == [] and "pod_closed" in events(records)
     assert main(["--workspace", str(ws), "status"]) == 0  # settled once: nothing booked twice
     assert sum(r.dollars for r in Ledger(Workspace.at(ws).ledger).records(SpendRecord)) == pytest.approx(
-        sum(r.dollars for r in records if isinstance(r, SpendRecord)))
+        sum(r.dollars for r in records if isinstance(r, SpendRecord))
+    )
 
 
 def test_pod_uptime_is_read_from_runtime_not_the_top_level_field(fake):
     be = backend_for(fake)
-    pod = be.create(PodSpec(name="pgolf-up-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd="sleep 60"))
+    pod = be.create(
+        PodSpec(name="pgolf-up-0000-aaaaaa-1", gpu_type=H100, image="x/y:1", start_cmd="sleep 60")
+    )
     time.sleep(1.3)
     [listed] = be.list()
     assert listed.runtime_up and listed.uptime_s is not None and listed.uptime_s >= 1
@@ -631,8 +787,9 @@ def test_the_final_runs_the_branchs_incumbent_json_flags_from_an_earlier_session
     final for s1 runs s1's branch with s0's flags, and records where they came from."""
     ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    (ws / "incumbent.json").write_text(json.dumps({"env": {"HELLO": "branch", "VOCAB_SIZE": "8192"},
-                                                   "experiment": "s0-e001"}))
+    (ws / "incumbent.json").write_text(
+        json.dumps({"env": {"HELLO": "branch", "VOCAB_SIZE": "8192"}, "experiment": "s0-e001"})
+    )
     subprocess.run([*git, "commit", "-qam", "x"], cwd=ws, check=False)
     subprocess.run(["git", "add", "incumbent.json"], cwd=ws, check=True)
     subprocess.run([*git, "commit", "-qm", "s0 keeps HELLO=branch"], cwd=ws, check=True)
@@ -647,7 +804,9 @@ def test_the_final_runs_the_branchs_incumbent_json_flags_from_an_earlier_session
     assert rec.status == "ok", rec.note
     runs = [r for r in records if isinstance(r, RunRecord)]
     assert [r.result.hyperparameters["HELLO"] for r in runs] == ["branch", "branch"]  # over the tier's "tier"
-    branch_sha = subprocess.run(["git", "rev-parse", "golf/s1"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    branch_sha = subprocess.run(
+        ["git", "rev-parse", "golf/s1"], cwd=ws, capture_output=True, text=True
+    ).stdout.strip()
     assert rec.env["HELLO"] == "branch" and rec.script_rev == branch_sha
     # the pod prepared, and the trainer read, the shards of the incumbent's vocabulary
     [pod] = fake.pods.values()
@@ -667,8 +826,12 @@ def test_dry_run_prints_the_plan_and_creates_nothing(fake, tmp_path, monkeypatch
     assert [r.price_per_hour for r in plan.rungs] == [pytest.approx(23.92)] * 3
     lifetime_h = cfg().pod_lifetime_s(3) / 3600
     assert plan.worst_case_dollars == pytest.approx(23.92 * lifetime_h, abs=0.01)
-    for part in ("image: runpod/pytorch:test", "NVIDIA H100 80GB HBM3 / SECURE: $23.92/h", "worst case: $",
-                 "would run"):
+    for part in (
+        "image: runpod/pytorch:test",
+        "NVIDIA H100 80GB HBM3 / SECURE: $23.92/h",
+        "worst case: $",
+        "would run",
+    ):
         assert part in plan.text()
 
     monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
@@ -686,7 +849,10 @@ def test_a_script_importing_what_the_pod_lacks_is_refused_before_any_pod(fake, t
     assert rec.status == "refused" and "flash_attn_interface" in rec.note
     assert fake.pods == {}
     guarded = "try:\n    import flash_attn_interface\nexcept ImportError:\n    flash_attn_interface = None\n"
-    assert missing_imports(guarded + "import torch, numpy as np\nfrom torch import nn\n", cfg().pod_modules) == []
+    assert (
+        missing_imports(guarded + "import torch, numpy as np\nfrom torch import nn\n", cfg().pod_modules)
+        == []
+    )
     assert missing_imports("import sentencepiece.x\nimport mamba_ssm\n", cfg().pod_modules) == ["mamba_ssm"]
 
 
@@ -696,7 +862,9 @@ def test_the_pods_room_imports_nothing_of_the_project_and_the_pod_agent_only_the
     def imported(path: Path) -> set[str]:
         tree = ast.parse(path.read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        names |= {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
+        }
         return {n.split(".")[0] for n in names}
 
     for path in (REPO / "pods").glob("*.py"):
@@ -714,7 +882,10 @@ def test_the_readmes_final_command_passes_with_the_shipped_battle_plan(fake, tmp
     readme = (REPO / "README.md").read_text()
     assert "golf final --approve --dollars 50 --seeds 3" in readme
     monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
-    assert main(["--workspace", str(ws), "final", "--dry-run", "--approve", "--dollars", "50", "--seeds", "3"]) == 0
+    assert (
+        main(["--workspace", str(ws), "final", "--dry-run", "--approve", "--dollars", "50", "--seeds", "3"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "would run" in out and "worst case: $43.85; cap: $50.00" in out, out
     assert fake.pods == {}
@@ -725,8 +896,17 @@ def test_a_gone_pod_is_booked_to_the_first_moment_its_own_switch_must_have_ended
     in which we may still have talked to it), plus the time the switch takes: never earlier."""
     from agent.finals.money import OpenPod
 
-    p = OpenPod(session="s", final_id="f", name="n", price_per_hour=36.0, created_unix=1000.0, deadline_unix=8000.0,
-                idle_s=900.0, slack_s=150.0, contact_gap_s=540.0)
+    p = OpenPod(
+        session="s",
+        final_id="f",
+        name="n",
+        price_per_hour=36.0,
+        created_unix=1000.0,
+        deadline_unix=8000.0,
+        idle_s=900.0,
+        slack_s=150.0,
+        contact_gap_s=540.0,
+    )
     assert p.end_bound_unix() == 1000.0 + 540 + 900 + 150  # never booked: idle from the create
     p.last_booked_unix = 3000.0
     assert p.end_bound_unix() == 3000.0 + 540 + 900 + 150  # the idle switch comes first
@@ -743,12 +923,18 @@ def test_the_reaper_ages_out_another_machines_pods_by_their_runtime_uptime(fake,
 
     be = backend_for(fake)
     other = "ffff" if host_tag() != "ffff" else "eeee"
-    old = be.create(PodSpec(name=f"{pod_prefix('away')}{other}-abc123-1", gpu_type=H100, image="x/y:1",
-                            start_cmd="sleep 60"))
+    old = be.create(
+        PodSpec(
+            name=f"{pod_prefix('away')}{other}-abc123-1", gpu_type=H100, image="x/y:1", start_cmd="sleep 60"
+        )
+    )
     time.sleep(0.5)  # booted
     fake.advance(7 * 3600)  # the provider's clock: this pod has run for seven hours
-    young = be.create(PodSpec(name=f"{pod_prefix('away')}{other}-def456-1", gpu_type=H100, image="x/y:1",
-                              start_cmd="sleep 60"))
+    young = be.create(
+        PodSpec(
+            name=f"{pod_prefix('away')}{other}-def456-1", gpu_type=H100, image="x/y:1", start_cmd="sleep 60"
+        )
+    )
     ledger = Ledger(tmp_path / "ledger.jsonl")
     assert reap(be, live=set(), ledger=ledger, log=lambda s: None) == [old.id]
     assert {p.id for p in fake.running()} == {young.id}
@@ -761,11 +947,14 @@ def test_a_session_started_from_a_preset_finals_with_the_preset_on_the_final_tie
     """The session ran the preset on its local tier (its shape keys left to the tier) and kept nothing;
     the final runs the whole preset, the final tier's own keys first, the branch's wins on top."""
     ws = make_ws(tmp_path / "ws", stand_in(sleep=0.1))
-    (ws / "presets.toml").write_text('[preset.big]\ndescription = "x"\n'
-                                     'env = { HELLO = "preset", NUM_LAYERS = 11, VOCAB_SIZE = 8192 }\n')
+    (ws / "presets.toml").write_text(
+        '[preset.big]\ndescription = "x"\nenv = { HELLO = "preset", NUM_LAYERS = 11, VOCAB_SIZE = 8192 }\n'
+    )
     ledger = Ledger(Workspace.at(ws).ledger)
     ledger.append(EventRecord(session="s1", event="session_start"))
-    ledger.append(EventRecord(session="s1", event="start_preset", detail={"name": "big", "env": {"HELLO": "preset"}}))
+    ledger.append(
+        EventRecord(session="s1", event="start_preset", detail={"name": "big", "env": {"HELLO": "preset"}})
+    )
     plan = plan_final(request(ws), backend_for(fake))
     assert plan.env["NUM_LAYERS"] == "11" and plan.env["VOCAB_SIZE"] == "8192"
     assert plan.env["HELLO"] == "tier"  # a key the final tier sets is the tier's

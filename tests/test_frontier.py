@@ -43,8 +43,10 @@ def do_sync(ws: Path, gh: FakeGitHub, **kw) -> S.SyncReport:
 
 
 def test_phrases_map_to_trainer_ids_and_removals_are_read():
-    m = F.map_techniques("sp4096; MLP 4x; WD 0.085; GPTQ; brotli; removed TTT, QAT, gated attention, "
-                         "value residual, BigramHash, SmearGate")
+    m = F.map_techniques(
+        "sp4096; MLP 4x; WD 0.085; GPTQ; brotli; removed TTT, QAT, gated attention, "
+        "value residual, BigramHash, SmearGate"
+    )
     assert m.techniques == ["sp4096", "mlp4x", "muon_wd", "gptq", "brotli"]
     assert m.removed == ["ttt", "qat_int6", "gated_attention", "value_residual", "bigram_hash", "smear_gate"]
     assert m.unknown == []
@@ -103,17 +105,27 @@ def test_shipped_snapshot_flags_illegal_ttt_and_invalid_byte_count():
 
 def test_rule_checks_use_the_data_not_the_status():
     base = dict(date="2026-04-10", author="x", raw_techniques="", source="pr")
-    entries = F.annotate([
-        FrontierEntry(val_bpb=1.08, pr="1", status="record", **base),
-        FrontierEntry(val_bpb=1.079, pr="2", status="open-claim", bytes_total=16_000_001, **base),
-        FrontierEntry(val_bpb=1.079, pr="3", status="open-claim", train_time_s=640.0, eval_time_s=601, **base),
-        FrontierEntry(val_bpb=1.02, pr="4", status="open-claim", **{**base, "raw_techniques": "new tokenizer"}),
-        FrontierEntry(val_bpb=1.07, pr="5", status="open-claim", **{**base, "raw_techniques": "vocab 2048"}),
-        FrontierEntry(val_bpb=0.90, pr="6", status="open-claim", **base),
-        FrontierEntry(val_bpb=0.90, pr="7", status="non-record", **base),
-        FrontierEntry(val_bpb=1.05, pr="8", status="open-claim", **{**base, "raw_techniques": "TTT pre-score"}),
-        FrontierEntry(val_bpb=1.079, pr="9", status="open-claim", bytes_total=16_000_000, **base),
-    ])
+    entries = F.annotate(
+        [
+            FrontierEntry(val_bpb=1.08, pr="1", status="record", **base),
+            FrontierEntry(val_bpb=1.079, pr="2", status="open-claim", bytes_total=16_000_001, **base),
+            FrontierEntry(
+                val_bpb=1.079, pr="3", status="open-claim", train_time_s=640.0, eval_time_s=601, **base
+            ),
+            FrontierEntry(
+                val_bpb=1.02, pr="4", status="open-claim", **{**base, "raw_techniques": "new tokenizer"}
+            ),
+            FrontierEntry(
+                val_bpb=1.07, pr="5", status="open-claim", **{**base, "raw_techniques": "vocab 2048"}
+            ),
+            FrontierEntry(val_bpb=0.90, pr="6", status="open-claim", **base),
+            FrontierEntry(val_bpb=0.90, pr="7", status="non-record", **base),
+            FrontierEntry(
+                val_bpb=1.05, pr="8", status="open-claim", **{**base, "raw_techniques": "TTT pre-score"}
+            ),
+            FrontierEntry(val_bpb=1.079, pr="9", status="open-claim", bytes_total=16_000_000, **base),
+        ]
+    )
     flags = {e.pr: e.flags for e in entries}
     assert flags["1"] == [F.MERGED]
     assert flags["2"] == [F.OPEN_CLAIM, F.OVER_CAP]
@@ -132,7 +144,9 @@ def test_rule_checks_use_the_data_not_the_status():
 def test_best_stack_follows_removals_and_exclusive_choices():
     state = F.stack_state(F.shipped_snapshot().entries)
     assert {"sp8192", "mlp4x", "lqer", "depth_recurrence", "parallel_residuals", "ttt"} <= set(state.stack)
-    assert not {"sp4096", "mlp3x", "value_residual", "bigram_hash", "qat_int6", "ttt_prescore"} & set(state.stack)
+    assert not {"sp4096", "mlp3x", "value_residual", "bigram_hash", "qat_int6", "ttt_prescore"} & set(
+        state.stack
+    )
     assert state.dropped["value_residual"] == "1218" and state.dropped["sp4096"] == "1394"
     assert "smear_gate" in state.stack  # removed by #1218, brought back by #1667 and #1851
 
@@ -152,10 +166,20 @@ def test_diff_of_the_shipped_snapshot_marks_the_queue_obsolete_ids():
 
 def test_diff_reports_new_entries_new_best_and_stack_changes():
     old = F.shipped_snapshot()
-    new_rec = FrontierEntry(date="2026-04-29", val_bpb=1.0590, pr="1903", author="Ada", status="merged",
-                            raw_techniques="LQER + Value Residual revival", source="pr")
-    cur = F.FrontierSnapshot(taken_at="2026-05-01T00:00:00+00:00", source="github:o/r",
-                             entries=F.merge_entries(old.entries, [new_rec]))
+    new_rec = FrontierEntry(
+        date="2026-04-29",
+        val_bpb=1.0590,
+        pr="1903",
+        author="Ada",
+        status="merged",
+        raw_techniques="LQER + Value Residual revival",
+        source="pr",
+    )
+    cur = F.FrontierSnapshot(
+        taken_at="2026-05-01T00:00:00+00:00",
+        source="github:o/r",
+        entries=F.merge_entries(old.entries, [new_rec]),
+    )
     d = F.diff(old, cur, QUEUE, base_name="shipped", current_name="frontier-x", now=NOW)
     assert [e.pr for e in d.new_entries] == ["1903"]
     assert d.new_best and d.best.pr == "1903" and d.previous_best.pr == "1855"
@@ -191,13 +215,16 @@ def test_offline_the_shipped_snapshot_is_used_and_its_age_is_told(tmp_path):
 
 def test_the_latest_readable_stored_snapshot_wins(tmp_path):
     d = Workspace.at(tmp_path).frontier_dir
-    older = F.FrontierSnapshot(taken_at="2026-04-30T00:00:00+00:00", source="github:o/r",
-                               entries=F.shipped_snapshot().entries[:3])
+    older = F.FrontierSnapshot(
+        taken_at="2026-04-30T00:00:00+00:00", source="github:o/r", entries=F.shipped_snapshot().entries[:3]
+    )
     F.save_snapshot(d, older)
     (d / "frontier-20260501T000000Z.json").write_text("{ torn")
     cur = F.current(d)
     assert cur.name == "frontier-20260430T000000Z" and len(cur.snapshot.entries) == 3
-    assert "snapshot of github:o/r taken 2026-04-30 00:00 UTC, 2 days old" in F.frontier_show(tmp_path, now=NOW)
+    assert "snapshot of github:o/r taken 2026-04-30 00:00 UTC, 2 days old" in F.frontier_show(
+        tmp_path, now=NOW
+    )
 
 
 def test_snapshots_are_never_overwritten_and_old_ones_are_pruned(tmp_path):
@@ -269,8 +296,17 @@ def test_diff_since_the_last_session_starts_from_the_seen_snapshot(tmp_path, git
     do_sync(tmp_path, github)
     assert "No change since " + seen in F.frontier_diff_text(tmp_path, now=NOW)
 
-    github.pulls.insert(0, {"number": 1910, "title": "Record: LQER + XSA all (val_bpb 1.0570)", "state": "open",
-                            "merged_at": None, "created_at": "2026-05-01T00:00:00Z", "user": {"login": "z"}})
+    github.pulls.insert(
+        0,
+        {
+            "number": 1910,
+            "title": "Record: LQER + XSA all (val_bpb 1.0570)",
+            "state": "open",
+            "merged_at": None,
+            "created_at": "2026-05-01T00:00:00Z",
+            "user": {"login": "z"},
+        },
+    )
     do_sync(tmp_path, github)
     diff = F.frontier_diff_for(tmp_path, now=NOW)
     assert diff.base == seen and [e.pr for e in diff.new_entries] == ["1910"]
@@ -282,15 +318,26 @@ def test_rate_limit_stops_politely_and_keeps_the_old_snapshot(tmp_path, github):
     github.rate_limited = True
     r = do_sync(tmp_path, github)
     assert not r.ok and r.rate_limited and r.requests == 1
-    assert "rate limit reached (HTTP 403); it resets at" in r.message and "kept the shipped snapshot" in r.message
+    assert (
+        "rate limit reached (HTTP 403); it resets at" in r.message
+        and "kept the shipped snapshot" in r.message
+    )
     assert F.list_snapshots(Workspace.at(tmp_path).frontier_dir) == []
     assert "shipped snapshot (offline data)" in r.using
 
 
 def test_rate_limit_mid_sync_keeps_the_previous_stored_snapshot(tmp_path, github):
     first = do_sync(tmp_path, github)
-    github.pulls.insert(0, {"number": 1911, "title": "Record: x 1.0500", "state": "open",
-                            "user": {"login": "z"}, "created_at": "2026-05-01T00:00:00Z"})
+    github.pulls.insert(
+        0,
+        {
+            "number": 1911,
+            "title": "Record: x 1.0500",
+            "state": "open",
+            "user": {"login": "z"},
+            "created_at": "2026-05-01T00:00:00Z",
+        },
+    )
     github.rate_limit_after = len(github.log) + 2
     r = do_sync(tmp_path, github)
     assert r.rate_limited and r.requests == 3
@@ -309,7 +356,9 @@ def test_an_unreachable_github_keeps_the_snapshot(tmp_path):
         url = gh.url  # a port that is closed once the server stops
     r = S.sync(tmp_path, base_url=url, token="", retries=2, retry_wait=0.0, now=NOW)
     assert not r.ok and not r.rate_limited and r.requests == 2
-    assert r.message.startswith("GitHub unreachable (ConnectError") and "kept the shipped snapshot" in r.message
+    assert (
+        r.message.startswith("GitHub unreachable (ConnectError") and "kept the shipped snapshot" in r.message
+    )
 
 
 def test_token_is_sent_but_never_logged_or_stored(tmp_path, github, caplog, monkeypatch):
@@ -344,14 +393,24 @@ def test_api_url_and_repository_are_configurable(tmp_path, monkeypatch):
 def test_readme_tables_with_and_without_rank_are_read():
     text = (FIXTURES / "README.md").read_text()
     rows = S.parse_readme_leaderboard(text)
-    assert [(r.score, r.non_record) for r in rows] == [(1.059, False), (1.0611, False), (1.2244, False), (1.0412, True)]
+    assert [(r.score, r.non_record) for r in rows] == [
+        (1.059, False),
+        (1.0611, False),
+        (1.2244, False),
+        (1.0412, True),
+    ]
     assert rows[0].folder == "records/track_10min_16mb/2026-04-29_LQER_ValueResidualRevival"
     assert rows[0].author == "Ada Tester" and rows[0].date == "2026-04-29"
 
 
 def test_claim_titles_are_parsed_and_cleaned():
-    pr = {"number": 7, "title": "Record: SP8192 + Parallel Residuals — val_bpb 1.0835 (3-seed mean, p<0.01)",
-          "state": "open", "created_at": "2026-04-06T00:00:00Z", "user": {"login": "r"}}
+    pr = {
+        "number": 7,
+        "title": "Record: SP8192 + Parallel Residuals — val_bpb 1.0835 (3-seed mean, p<0.01)",
+        "state": "open",
+        "created_at": "2026-04-06T00:00:00Z",
+        "user": {"login": "r"},
+    }
     entry, login = S.parse_pull(pr)
     assert (entry.val_bpb, entry.status, login) == (1.0835, "open-claim", "r")
     assert F.map_techniques(entry.raw_techniques).techniques == ["sp8192", "parallel_residuals"]

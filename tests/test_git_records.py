@@ -43,8 +43,13 @@ def no_git_identity(tmp_path_factory, monkeypatch):
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=Human", "-c", "user.email=human@example.com", *args],
-                          cwd=root, check=True, capture_output=True, text=True).stdout.rstrip("\n")
+    return subprocess.run(
+        ["git", "-c", "user.name=Human", "-c", "user.email=human@example.com", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.rstrip("\n")
 
 
 @pytest.fixture
@@ -139,8 +144,11 @@ def test_a_repository_without_commits_gets_a_clear_error(tmp_path):
     git(root, "init", "-q")
     (root / "train_gpt.py").write_text("x\n")
     assert dirty_paths(root) == ["train_gpt.py"]
-    for call in (lambda: start_session(root, "s1", allow_dirty=True), lambda: head_sha(root),
-                 lambda: restore_incumbent(root, ["train_gpt.py"])):
+    for call in (
+        lambda: start_session(root, "s1", allow_dirty=True),
+        lambda: head_sha(root),
+        lambda: restore_incumbent(root, ["train_gpt.py"]),
+    ):
         with pytest.raises(GitRecordsError, match="HEAD has no commits yet"):
             call()
 
@@ -209,8 +217,9 @@ def test_discarded_experiment_stays_reachable_and_the_branch_keeps_the_incumbent
 
 def test_a_candidate_that_adds_a_file_is_removed_again_when_discarded(repo):
     started(repo)
-    rec = record_experiment(repo, "s1", "e1", "new helper", False,
-                            {SCRIPT: "import helper\n", "trainer/helper.py": "X = 1\n"}, [])
+    rec = record_experiment(
+        repo, "s1", "e1", "new helper", False, {SCRIPT: "import helper\n", "trainer/helper.py": "X = 1\n"}, []
+    )
     assert script_at(repo, rec.candidate_sha, "trainer/helper.py") == "X = 1\n"
     assert not (repo / "trainer/helper.py").exists()
     assert status(repo) == ""
@@ -222,11 +231,13 @@ def test_rerecording_returns_the_existing_commit(repo):
     first = record_experiment(repo, "s1", "e1", kept=True, **args)
     again = record_experiment(repo, "s1", "e1", kept=True, **args)
     assert again.existing and again.model_dump(exclude={"existing"}) == first.model_dump(exclude={"existing"})
-    d1 = record_experiment(repo, "s1", "e2", kept=False, message="m2", candidate_files={SCRIPT: "LR = 0.09\n"},
-                           also_files=[PLAN])
+    d1 = record_experiment(
+        repo, "s1", "e2", kept=False, message="m2", candidate_files={SCRIPT: "LR = 0.09\n"}, also_files=[PLAN]
+    )
     # A resumed session may not remember the decision exactly: the recorded one stands.
-    d2 = record_experiment(repo, "s1", "e2", kept=True, message="m2", candidate_files={SCRIPT: "LR = 0.09\n"},
-                           also_files=[PLAN])
+    d2 = record_experiment(
+        repo, "s1", "e2", kept=True, message="m2", candidate_files={SCRIPT: "LR = 0.09\n"}, also_files=[PLAN]
+    )
     assert d2.existing and not d2.kept and d2.branch_sha == d1.branch_sha
     assert git(repo, "rev-list", "--count", "main..golf/s1") == "2"
     assert [e for e, _ in list_experiments(repo, "s1")] == ["e1", "e2"]
@@ -304,7 +315,11 @@ def test_experiments_are_listed_in_order_with_their_scripts(repo):
         record_experiment(repo, "s1", f"e{i}", f"try {i}", i != 1, {SCRIPT: f"LR = 0.0{i}\n"}, [])
     listed = list_experiments(repo, "s1")
     assert [e for e, _ in listed] == ["e0", "e1", "e2"]
-    assert [script_at(repo, sha, SCRIPT) for _, sha in listed] == ["LR = 0.00\n", "LR = 0.01\n", "LR = 0.02\n"]
+    assert [script_at(repo, sha, SCRIPT) for _, sha in listed] == [
+        "LR = 0.00\n",
+        "LR = 0.01\n",
+        "LR = 0.02\n",
+    ]
     assert script_at(repo, "HEAD", SCRIPT) == "LR = 0.02\n"
     assert git(repo, "rev-parse", "refs/golf/s1/e2^") == git(repo, "rev-parse", "HEAD~1")  # e1's discard
     assert list_experiments(repo, "other") == [] and experiment_commit(repo, "s1", "nope") is None
@@ -316,7 +331,8 @@ def test_commits_use_the_configured_identity_or_the_pgolf_fallback(repo):
     started(repo)
     rec = record_experiment(repo, "s1", "e1", "m", True, {SCRIPT: "LR = 0.05\n"}, [])
     assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", rec.candidate_sha) == (
-        f"{FALLBACK_NAME} <{FALLBACK_EMAIL}>|{FALLBACK_NAME} <{FALLBACK_EMAIL}>")
+        f"{FALLBACK_NAME} <{FALLBACK_EMAIL}>|{FALLBACK_NAME} <{FALLBACK_EMAIL}>"
+    )
     git(repo, "config", "user.name", "Ada")
     git(repo, "config", "user.email", "ada@example.com")
     rec = record_experiment(repo, "s1", "e2", "m", True, {SCRIPT: "LR = 0.06\n"}, [])
@@ -344,8 +360,9 @@ def test_a_lock_is_left_alone_while_a_git_process_works_in_the_repository(repo):
     from memory.git_records import clear_stale_locks
 
     (repo / ".git/index.lock").write_text("")
-    live = subprocess.Popen(["git", "cat-file", "--batch"], cwd=repo / "trainer", stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    live = subprocess.Popen(
+        ["git", "cat-file", "--batch"], cwd=repo / "trainer", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         with pytest.raises(GitRecordsError, match=rf"held by a running git \(pid {live.pid}: git cat-file"):
             clear_stale_locks(repo)

@@ -29,8 +29,13 @@ def no_git_identity(tmp_path_factory, monkeypatch):
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=Human", "-c", "user.email=human@example.com", *args],
-                          cwd=root, check=True, capture_output=True, text=True).stdout.rstrip("\n")
+    return subprocess.run(
+        ["git", "-c", "user.name=Human", "-c", "user.email=human@example.com", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.rstrip("\n")
 
 
 @pytest.fixture
@@ -51,8 +56,16 @@ def start(session: str, sha: str) -> EventRecord:
 
 
 def kept(session: str, exp: str, env: dict[str, str], keep: bool = True) -> DecisionRecord:
-    return DecisionRecord(session=session, experiment=exp, candidate=exp.split("-", 1)[1], tier="t", hardware="h",
-                          outcome="confirmed" if keep else "rejected", kept=keep, env=env)
+    return DecisionRecord(
+        session=session,
+        experiment=exp,
+        candidate=exp.split("-", 1)[1],
+        tier="t",
+        hardware="h",
+        outcome="confirmed" if keep else "rejected",
+        kept=keep,
+        env=env,
+    )
 
 
 def test_a_new_session_starts_from_the_incumbent_env_committed_on_its_branch(tmp_path):
@@ -99,9 +112,11 @@ def test_in_a_session_the_incumbent_is_heads_script_with_the_ledgers_env(repo):
     inc = incumbent.in_session(repo, records, "s1")
     assert inc.script == "LR = 0.04\n" and inc.rev == git(repo, "rev-parse", "HEAD")
     assert inc.env == {"GATED_ATTENTION": "1"} and inc.experiment is None
-    records += [kept("s1", "e001-mlp", {"GATED_ATTENTION": "1", "MLP_MULT": "3"}),
-                kept("s1", "e002-ema", {"GATED_ATTENTION": "1", "MLP_MULT": "3", "EMA": "1"}, keep=False),
-                kept("other", "e003-x", {"X": "1"})]
+    records += [
+        kept("s1", "e001-mlp", {"GATED_ATTENTION": "1", "MLP_MULT": "3"}),
+        kept("s1", "e002-ema", {"GATED_ATTENTION": "1", "MLP_MULT": "3", "EMA": "1"}, keep=False),
+        kept("other", "e003-x", {"X": "1"}),
+    ]
     inc = incumbent.in_session(repo, records, "s1")
     assert inc.env == {"GATED_ATTENTION": "1", "MLP_MULT": "3"}
     assert (inc.experiment, inc.candidate) == ("e001-mlp", "mlp")
@@ -127,13 +142,23 @@ def test_a_sessions_incumbent_honours_its_branchs_incumbent_json_even_with_no_ke
 
     env = {"GATED_ATTENTION": "1", "MLP_MULT": "3"}
     commit = git_records.record_experiment(
-        repo, "s1", "e001-mlp", "e001-mlp: kept", True,
+        repo,
+        "s1",
+        "e001-mlp",
+        "e001-mlp: kept",
+        True,
         candidate_files={SCRIPT: "LR = 0.05\n", INCUMBENT_FILE: incumbent.file_text(env, "e001-mlp")},
-        also_files=["battle_plan.md"])
+        also_files=["battle_plan.md"],
+    )
     records.append(kept("s1", "e001-mlp", env))
     git(repo, "checkout", "-q", "main")  # a final runs from any checkout: the branch is what counts
     inc = incumbent.of_session(repo, records, "s1")
-    assert (inc.script, inc.env, inc.rev, inc.experiment) == ("LR = 0.05\n", env, commit.branch_sha, "e001-mlp")
+    assert (inc.script, inc.env, inc.rev, inc.experiment) == (
+        "LR = 0.05\n",
+        env,
+        commit.branch_sha,
+        "e001-mlp",
+    )
     # an explicit revision reads script and env from that same commit
     first = git(repo, "rev-parse", "main")
     at_start = incumbent.of_session(repo, records, "s1", rev=first)
@@ -159,5 +184,7 @@ def test_commit_paths_commits_only_the_named_files_and_only_when_they_changed(re
     assert sha == git(repo, "rev-parse", "HEAD")
     assert git(repo, "show", "--name-only", "--format=%an <%ae>|%s", "HEAD").splitlines()[:3] == [
         f"{git_records.FALLBACK_NAME} <{git_records.FALLBACK_EMAIL}>|session s1: battle plan after the session",
-        "", "battle_plan.md"]
+        "",
+        "battle_plan.md",
+    ]
     assert git(repo, "status", "--porcelain") == " M trainer/train_gpt.py"

@@ -28,9 +28,19 @@ SIGMA = NOISE_1XH100
 BASE = 1.2244
 
 
-def sequential(effect: float, n_exp: int, *, seed: int, n_inc: int = 3, seeds_initial: int = 2,
-               seeds_max: int = 5, alpha: float = 0.05, prior: float = SIGMA, naive: bool = False,
-               known_noise: bool = False):
+def sequential(
+    effect: float,
+    n_exp: int,
+    *,
+    seed: int,
+    n_inc: int = 3,
+    seeds_initial: int = 2,
+    seeds_max: int = 5,
+    alpha: float = 0.05,
+    prior: float = SIGMA,
+    naive: bool = False,
+    known_noise: bool = False,
+):
     """Run n_exp experiments the way the session loop does: A/A runs -> noise model, then candidate
     seeds one at a time while the judge asks for more. Returns outcome counts and mean runs spent.
     naive: peek at full alpha after every seed until significant (no alpha spending, no futility
@@ -46,8 +56,15 @@ def sequential(effect: float, n_exp: int, *, seed: int, n_inc: int = 3, seeds_in
         std, df = (SIGMA, 1e6) if known_noise else (nm.std, nm.df)
         n, look = seeds_initial, 1
         while True:
-            v = judge(list(inc), list(cand[:n]), alpha=alpha, noise_std=std, noise_df=df,
-                      seeds_max=n if naive else seeds_max, looks=None if naive else look)
+            v = judge(
+                list(inc),
+                list(cand[:n]),
+                alpha=alpha,
+                noise_std=std,
+                noise_df=df,
+                seeds_max=n if naive else seeds_max,
+                looks=None if naive else look,
+            )
             more = v.need_more or (naive and v.outcome != "confirmed" and n < seeds_max)
             if not more:
                 break
@@ -139,8 +156,9 @@ def test_an_incumbent_outside_the_noise_measurement_brings_its_own_spread():
 def test_ambiguous_candidate_asks_for_more_seeds_then_ends_inconclusive_at_the_cap():
     inc = [1.2244 + d for d in (-0.003, 0.0, 0.003)]
     base = 1.2244 - 0.0015
-    early = judge(inc, [base - 0.002, base + 0.002], alpha=0.05, noise_std=SIGMA, noise_df=4,
-                  seeds_max=5, looks=1)
+    early = judge(
+        inc, [base - 0.002, base + 0.002], alpha=0.05, noise_std=SIGMA, noise_df=4, seeds_max=5, looks=1
+    )
     assert early.outcome == "inconclusive" and early.need_more
     cand = [base + d for d in (-0.004, -0.002, 0.0, 0.002, 0.004)]
     last = judge(inc, cand, alpha=0.05, noise_std=SIGMA, noise_df=4, seeds_max=5, looks=4)
@@ -170,8 +188,16 @@ def test_confirmed_exactly_when_the_interval_clears_the_margin():
         inc = list(BASE + SIGMA * rng.standard_normal(3))
         cand = list(BASE + rng.uniform(-3, 1) * SIGMA + SIGMA * rng.standard_normal(int(rng.integers(1, 6))))
         m = float(rng.choice([0.0, 0.001]))
-        v = judge(inc, cand, alpha=0.05, min_effect=m, noise_std=SIGMA, noise_df=5, seeds_max=5,
-                  looks=max(1, len(cand) - 1))
+        v = judge(
+            inc,
+            cand,
+            alpha=0.05,
+            min_effect=m,
+            noise_std=SIGMA,
+            noise_df=5,
+            seeds_max=5,
+            looks=max(1, len(cand) - 1),
+        )
         assert (v.outcome == "confirmed") == (v.ci_high < -m)
         assert v.ci_low < v.delta < v.ci_high
 
@@ -243,8 +269,13 @@ def test_record_against_frontier_seeds_is_scipys_welch_on_the_shifted_frontier()
     margin = nats_to_bpb(0.005, 1, bpt)
     ref = stats.ttest_ind(cand, np.array(front) - margin, equal_var=False, alternative="less")
     assert v.p_value == pytest.approx(ref.pvalue) and v.df == pytest.approx(ref.df)
-    summary = judge_record(cand, float(np.mean(front)), frontier_std=float(np.std(front, ddof=1)),
-                           frontier_n=3, bytes_per_token=bpt)
+    summary = judge_record(
+        cand,
+        float(np.mean(front)),
+        frontier_std=float(np.std(front, ddof=1)),
+        frontier_n=3,
+        bytes_per_token=bpt,
+    )
     assert summary.p_value == pytest.approx(ref.pvalue)
     single = judge_record(cand, [FRONTIER], bytes_per_token=bpt)
     assert single.p_value == pytest.approx(judge_record(cand, FRONTIER, bytes_per_token=bpt).p_value)
@@ -301,8 +332,9 @@ def test_shrinkage_beats_the_raw_std_of_few_runs():
 
 
 def test_simtrainer_truth_interactions_and_noise():
-    sim = SimTrainer({"a": -0.004, "b": -0.002, "c": 0.003}, {frozenset({"a", "b"}): 0.001},
-                     noise_std=SIGMA, seed=0)
+    sim = SimTrainer(
+        {"a": -0.004, "b": -0.002, "c": 0.003}, {frozenset({"a", "b"}): 0.001}, noise_std=SIGMA, seed=0
+    )
     assert sim.true_bpb({"a", "b"}) == pytest.approx(sim.baseline - 0.005)
     assert sim.effect(frozenset({"a"}), "b") == pytest.approx(-0.001)
     assert sim.run(frozenset({"a"}), 3) == sim.run(frozenset({"a"}), 3)  # seeded runs repeat

@@ -30,8 +30,20 @@ SEED_SD = 0.012  # shared per-seed effect (cpu-smoke A/A std 0.009-0.015)
 RUN_SD = 0.002  # per-run noise: per-seed differences sd about sqrt(2) x 0.002 = 0.0028
 
 
-def loop(effects, *, seed, seeds_initial=2, seeds_max=4, run_sd=RUN_SD, paired=True, alpha=0.05,
-         kinds=None, run_sds=None, pool_by_kind=True, per_incumbent=10):
+def loop(
+    effects,
+    *,
+    seed,
+    seeds_initial=2,
+    seeds_max=4,
+    run_sd=RUN_SD,
+    paired=True,
+    alpha=0.05,
+    kinds=None,
+    run_sds=None,
+    pool_by_kind=True,
+    per_incumbent=10,
+):
     """Experiments the way the session loop runs them: 3 A/A runs of the incumbent on seeds 0..2 give the
     noise model (a new incumbent every per_incumbent experiments: its runs' luck is shared by all the
     experiments compared against it, so a false-win rate is only meaningful over many incumbents); each candidate runs seeds 0, 1, ... through sequential_experiment; the incumbent gets a
@@ -54,8 +66,16 @@ def loop(effects, *, seed, seeds_initial=2, seeds_max=4, run_sd=RUN_SD, paired=T
         cand_noise = sd * rng.standard_normal(seeds_max)
 
         measure = make_measure(rng, seed_fx, dict(inc), effect, cand_noise, kind, paired)
-        v = sequential_experiment(measure, seeds=range(seeds_max), seeds_initial=seeds_initial, seeds_max=seeds_max,
-                                  alpha=alpha, noise_std=nm.std, noise_df=nm.df, diff_prior=prior)
+        v = sequential_experiment(
+            measure,
+            seeds=range(seeds_max),
+            seeds_initial=seeds_initial,
+            seeds_max=seeds_max,
+            alpha=alpha,
+            noise_std=nm.std,
+            noise_df=nm.df,
+            diff_prior=prior,
+        )
         assert v is not None and not v.need_more
         if v.test == "paired":
             pools.setdefault(key, []).append(v.seed_diffs)
@@ -71,8 +91,10 @@ def make_measure(rng, seed_fx, incumbent, effect, cand_noise, kind, paired):
             incumbent.setdefault(s, BASE + seed_fx[s] + RUN_SD * rng.standard_normal())
             # an eval-only change scores the incumbent's own weights: only its scoring noise is new
             cand[s] = (incumbent[s] if kind == "eval" else BASE + seed_fx[s]) + effect + cand_noise[s]
-        return ({s: incumbent[s] for s in cand} if paired else
-                {s: v for s, v in incumbent.items() if s < 3}), dict(cand)
+        return (
+            {s: incumbent[s] for s in cand} if paired else {s: v for s, v in incumbent.items() if s < 3}
+        ), dict(cand)
+
     return measure
 
 
@@ -90,17 +112,22 @@ def test_2000_null_experiments_with_a_shared_seed_effect_keep_false_wins_at_or_b
 def test_peeking_without_alpha_spending_would_break_the_bound():
     """The Pocock level is what holds the bound: at full alpha on every look the same nulls win more often."""
     rng = np.random.default_rng(3)
-    prior = paired_prior([], SEED_SD, 2.0, "architecture").model_copy(update=dict(pool_std=RUN_SD * math.sqrt(2),
-                                                                                 pool_df=1e6))
+    prior = paired_prior([], SEED_SD, 2.0, "architecture").model_copy(
+        update=dict(pool_std=RUN_SD * math.sqrt(2), pool_df=1e6)
+    )
     wins_spent = wins_naive = 0
     for _ in range(2000):
         d = RUN_SD * math.sqrt(2) * rng.standard_normal(4)
         spent = naive = False
         for n in range(1, 5):
-            spent |= judge_paired(d[:n], prior=prior, alpha=0.05, seeds_max=4, looks=n,
-                                  futility_p=None).outcome == "confirmed"
-            naive |= judge_paired(d[:n], prior=prior, alpha=0.05, seeds_max=n, looks=1,
-                                  futility_p=None).outcome == "confirmed"
+            spent |= (
+                judge_paired(d[:n], prior=prior, alpha=0.05, seeds_max=4, looks=n, futility_p=None).outcome
+                == "confirmed"
+            )
+            naive |= (
+                judge_paired(d[:n], prior=prior, alpha=0.05, seeds_max=n, looks=1, futility_p=None).outcome
+                == "confirmed"
+            )
         wins_spent += spent
         wins_naive += naive
     assert wins_spent / 2000 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000)
@@ -147,11 +174,19 @@ def test_the_prior_starts_at_the_unpaired_spread_and_caps_the_pools_weight():
 def test_unmatched_seeds_fall_back_to_welch_and_say_so():
     prior = paired_prior([], 0.01, 4.0, "architecture")
     inc = {1337: 1.70, 1338: 1.71, 1339: 1.72}
-    v = judge_matched(inc, {1337: 1.69, 1400: 1.695}, alpha=0.05, seeds_max=4, diff_prior=prior,
-                      noise_std=0.01, noise_df=4.0)
+    v = judge_matched(
+        inc,
+        {1337: 1.69, 1400: 1.695},
+        alpha=0.05,
+        seeds_max=4,
+        diff_prior=prior,
+        noise_std=0.01,
+        noise_df=4.0,
+    )
     assert v.test == "welch" and v.seed_diffs == []
-    p = judge_matched(inc, {1337: 1.69, 1338: 1.70}, alpha=0.05, seeds_max=4, diff_prior=prior,
-                      noise_std=0.01, noise_df=4.0)
+    p = judge_matched(
+        inc, {1337: 1.69, 1338: 1.70}, alpha=0.05, seeds_max=4, diff_prior=prior, noise_std=0.01, noise_df=4.0
+    )
     assert p.test == "paired" and p.seeds == [1337, 1338]
     assert p.seed_diffs == pytest.approx([-0.01, -0.01]) and p.paired_noise is not None
 
@@ -166,11 +201,25 @@ def test_eval_only_env_changes_are_their_own_kind():
 def test_the_pool_reads_paired_decisions_of_the_same_kind_tier_and_hardware():
     def dec(exp, kind, tier="cpu-smoke", diffs=(0.001, 0.002)):
         nm = paired_prior([], 0.01, 4.0, kind)
-        return DecisionRecord(session="s", experiment=exp, candidate="c", tier=tier, hardware="cpu",
-                              outcome="rejected", kept=False, test="paired", seed_diffs=list(diffs),
-                              paired_noise=nm)
-    ds = [dec("a", "eval"), dec("b", "architecture"), dec("c", "architecture", tier="cpu-tiny"),
-          dec("d", "architecture", diffs=(0.001,))]
+        return DecisionRecord(
+            session="s",
+            experiment=exp,
+            candidate="c",
+            tier=tier,
+            hardware="cpu",
+            outcome="rejected",
+            kept=False,
+            test="paired",
+            seed_diffs=list(diffs),
+            paired_noise=nm,
+        )
+
+    ds = [
+        dec("a", "eval"),
+        dec("b", "architecture"),
+        dec("c", "architecture", tier="cpu-tiny"),
+        dec("d", "architecture", diffs=(0.001,)),
+    ]
     assert paired_pool(ds, tier="cpu-smoke", hardware="cpu", kind="architecture") == [[0.001, 0.002]]
     assert paired_pool(ds, tier="cpu-smoke", hardware="cpu", kind="architecture", exclude="b") == []
 

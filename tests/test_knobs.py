@@ -17,8 +17,10 @@ def test_knobs_are_read_from_the_hyperparameters_class_with_defaults_and_meaning
 
 
 def test_a_knob_added_to_the_script_becomes_allowed():
-    edited = SCRIPT.replace('self.seed = get("SEED", 1337, int)',
-                            'self.seed = get("SEED", 1337, int)\n        self.my_idea = get("MY_IDEA", 0, int)  # new')
+    edited = SCRIPT.replace(
+        'self.seed = get("SEED", 1337, int)',
+        'self.seed = get("SEED", 1337, int)\n        self.my_idea = get("MY_IDEA", 0, int)  # new',
+    )
     assert "MY_IDEA" not in allowed_override_names(SCRIPT)
     assert "MY_IDEA" in allowed_override_names(edited)
 
@@ -29,8 +31,9 @@ def test_loader_variables_and_unknown_names_are_refused(name):
         check_env_allowed({name: "/tmp/x", "NUM_LAYERS": "4"}, SCRIPT)
 
 
-@pytest.mark.parametrize("env", [{n: "x"} for n in sorted(HARNESS_ENV)] + [{"_X": "1"}, {"lower": "1"},
-                                                                           {"NUM_LAYERS": "4\n5"}])
+@pytest.mark.parametrize(
+    "env", [{n: "x"} for n in sorted(HARNESS_ENV)] + [{"_X": "1"}, {"lower": "1"}, {"NUM_LAYERS": "4\n5"}]
+)
 def test_syntax_refuses_harness_names_bad_names_and_control_characters(env):
     with pytest.raises(ValueError):
         check_env_syntax(env)
@@ -38,7 +41,9 @@ def test_syntax_refuses_harness_names_bad_names_and_control_characters(env):
 
 def test_knobs_and_safe_runtime_names_pass():
     assert check_env_allowed({"NUM_LAYERS": 4, "OMP_NUM_THREADS": "1"}, SCRIPT) == {
-        "NUM_LAYERS": "4", "OMP_NUM_THREADS": "1"}
+        "NUM_LAYERS": "4",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def test_a_script_that_does_not_parse_allows_only_runtime_names():

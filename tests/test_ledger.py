@@ -14,16 +14,28 @@ from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult
 
 
 def run(i: int) -> RunRecord:
-    return RunRecord(session="s", run_id=f"r{i}", experiment="e", candidate="c", tier="t", hardware="h", seed=i,
-                     script_sha="x", result=RunResult(status="ok", val_bpb=1.0 + i / 100))
+    return RunRecord(
+        session="s",
+        run_id=f"r{i}",
+        experiment="e",
+        candidate="c",
+        tier="t",
+        hardware="h",
+        seed=i,
+        script_sha="x",
+        result=RunResult(status="ok", val_bpb=1.0 + i / 100),
+    )
 
 
 def test_records_come_back_typed_and_in_order(tmp_path):
     led = Ledger(tmp_path / "l.jsonl")
     led.append(run(1))
     led.append(EventRecord(session="s", event="hello"))
-    led.append(DecisionRecord(session="s", experiment="e", candidate="c", tier="t", hardware="h",
-                              outcome="rejected", kept=False))
+    led.append(
+        DecisionRecord(
+            session="s", experiment="e", candidate="c", tier="t", hardware="h", outcome="rejected", kept=False
+        )
+    )
     recs = Ledger(tmp_path / "l.jsonl").records()
     assert [type(r) for r in recs] == [RunRecord, EventRecord, DecisionRecord]
     assert [r.run_id for r in led.records(RunRecord)] == ["r1"]
@@ -45,7 +57,7 @@ def test_a_torn_last_line_is_set_aside_not_dropped_and_not_fatal(tmp_path):
 
 def test_a_corrupt_line_in_the_middle_is_an_error_that_names_the_line(tmp_path):
     path = tmp_path / "l.jsonl"
-    path.write_text(run(1).model_dump_json() + "\n{\"kind\": \"nonsense\"}\n" + run(2).model_dump_json() + "\n")
+    path.write_text(run(1).model_dump_json() + '\n{"kind": "nonsense"}\n' + run(2).model_dump_json() + "\n")
     with pytest.raises(LedgerError, match=r"l.jsonl:2"):
         Ledger(path).records()
 

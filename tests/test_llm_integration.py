@@ -32,7 +32,14 @@ from tools.context import ToolContext
 
 pytestmark = pytest.mark.integration
 
-SERVER_MODULES = ("llama_cpp", "fastapi", "uvicorn", "sse_starlette", "pydantic_settings", "starlette_context")
+SERVER_MODULES = (
+    "llama_cpp",
+    "fastapi",
+    "uvicorn",
+    "sse_starlette",
+    "pydantic_settings",
+    "starlette_context",
+)
 
 
 def gguf_path() -> Path | None:
@@ -62,9 +69,24 @@ def llama_server():
     port = free_port()
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama_server_{port}.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--chat_format",
-         "chatml-function-calling", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--chat_format",
+            "chatml-function-calling",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "8192",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 180
@@ -91,20 +113,34 @@ def llama_server():
 def test_a_small_local_model_goes_through_the_tool_loop(llama_server, tmp_path):
     ws = Workspace.at(tmp_path)
     ws.script.parent.mkdir(parents=True)
-    ws.script.write_text("import os\n\n\ndef get(n, d, c=str):\n    return c(os.environ.get(n, d))\n\n\n"
-                         "class Hyperparameters:\n    slope = get(\"MLP_ACT_SLOPE\", 0.0, float)  # leaky slope\n\n\n"
-                         "# === PROTECTED: METRIC BEGIN ===\nB = 1\n# === PROTECTED: METRIC END ===\n")
+    ws.script.write_text(
+        "import os\n\n\ndef get(n, d, c=str):\n    return c(os.environ.get(n, d))\n\n\n"
+        'class Hyperparameters:\n    slope = get("MLP_ACT_SLOPE", 0.0, float)  # leaky slope\n\n\n'
+        "# === PROTECTED: METRIC BEGIN ===\nB = 1\n# === PROTECTED: METRIC END ===\n"
+    )
     tier = Tier(name="cpu-tiny", hardware="cpu")
     ctx = ToolContext(ws=ws, ledger=Ledger(ws.ledger), session="it", tier=tier, tiers={"cpu-tiny": tier})
-    state = PlannerState(session="it", tier="cpu-tiny", hardware="cpu", budget_left=Budget(experiments=2),
-                         directives=["test leaky_relu2 first"],
-                         queue=[{"technique": "leaky_relu2", "env": {"MLP_ACT_SLOPE": "0.5"}, "state": "todo",
-                                 "priority": 1}],
-                         incumbent={"script_sha": "abc", "mean_bpb": 2.4, "n": 2}, noise={"std": 0.01, "n": 2})
+    state = PlannerState(
+        session="it",
+        tier="cpu-tiny",
+        hardware="cpu",
+        budget_left=Budget(experiments=2),
+        directives=["test leaky_relu2 first"],
+        queue=[{"technique": "leaky_relu2", "env": {"MLP_ACT_SLOPE": "0.5"}, "state": "todo", "priority": 1}],
+        incumbent={"script_sha": "abc", "mean_bpb": 2.4, "n": 2},
+        noise={"std": 0.01, "n": 2},
+    )
     # a 135M model rarely chooses a tool unprompted: force the sweep, which llama.cpp then constrains to
     # the schema by grammar; the decision still goes through validation, interception and feedback
-    planner = LLMPlanner("smollm2", base_url=llama_server, max_retries=0, timeout_s=300, max_turns_per_decision=3,
-                         digest_chars=2500, tool_choice={"type": "function", "function": {"name": "launch_local_sweep"}})
+    planner = LLMPlanner(
+        "smollm2",
+        base_url=llama_server,
+        max_retries=0,
+        timeout_s=300,
+        max_turns_per_decision=3,
+        digest_chars=2500,
+        tool_choice={"type": "function", "function": {"name": "launch_local_sweep"}},
+    )
     first = planner.propose(state, ctx)
     assert first.tokens_used > 0
     assert not first.reason.startswith("playbook fallback"), first.reason  # the model's own decision

@@ -21,7 +21,7 @@ from memory.workspace import Workspace
 from testing.fakes.fake_openai import FakeOpenAI, call, http_error, text_reply, tool_reply
 from tools.context import ToolContext
 
-SCRIPT = '''import os
+SCRIPT = """import os
 
 
 def get(name, default, cast=str):
@@ -45,10 +45,14 @@ def activation(x):
 
 
 print("val_bpb", bpb(1.0, 10, 20))
-'''
+"""
 
-SWEEP = {"name": "smear_gate", "technique": "smear_gate", "env": [{"name": "SMEAR_GATE", "value": "1"}],
-         "hypothesis": "smearing the previous token helps early layers"}
+SWEEP = {
+    "name": "smear_gate",
+    "technique": "smear_gate",
+    "env": [{"name": "SMEAR_GATE", "value": "1"}],
+    "hypothesis": "smearing the previous token helps early layers",
+}
 FINISH = {"reason": "queue exhausted"}
 
 
@@ -66,11 +70,25 @@ def ctx(tmp_path: Path) -> ToolContext:
 
 
 def state(**kw) -> PlannerState:
-    base = dict(session="s1", tier="cpu-tiny", hardware="cpu", budget_left=Budget(experiments=3),
-                queue=[{"technique": "smear_gate", "env": {"SMEAR_GATE": "1"}, "state": "todo", "priority": 1,
-                        "decided": None, "tries": 0, "notes": ""}],
-                incumbent={"script_sha": "abc123", "mean_bpb": 2.41, "n": 3, "env": {}},
-                noise={"std": 0.004, "n": 3, "source": "measured"})
+    base = dict(
+        session="s1",
+        tier="cpu-tiny",
+        hardware="cpu",
+        budget_left=Budget(experiments=3),
+        queue=[
+            {
+                "technique": "smear_gate",
+                "env": {"SMEAR_GATE": "1"},
+                "state": "todo",
+                "priority": 1,
+                "decided": None,
+                "tries": 0,
+                "notes": "",
+            }
+        ],
+        incumbent={"script_sha": "abc123", "mean_bpb": 2.41, "n": 3, "env": {}},
+        noise={"std": 0.004, "n": 3, "source": "measured"},
+    )
     return PlannerState(**(base | kw))
 
 
@@ -104,9 +122,12 @@ def user_prompt(body: dict) -> str:
 
 # -- the happy path ----------------------------------------------------------------------------------
 
+
 def test_a_sweep_call_becomes_the_proposal_and_ends_the_decision(ctx):
     edit = {"rationale": "higher LR", "edits": [{"search": "0.04", "replace": "0.05"}]}
-    with FakeOpenAI([tool_reply(call("edit_train_script", edit)), tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [tool_reply(call("edit_train_script", edit)), tool_reply(call("launch_local_sweep", SWEEP))]
+    ) as fake:
         p = planner(fake).propose(state(), ctx)
     assert p.action == "experiment"
     assert p.experiment.name == "smear_gate" and p.experiment.technique == "smear_gate"
@@ -116,38 +137,60 @@ def test_a_sweep_call_becomes_the_proposal_and_ends_the_decision(ctx):
     bodies = fake.chat_requests()
     assert len(bodies) == 2  # the sweep ended the decision: no third request
     offered = {t["function"]["name"] for t in bodies[0]["tools"]}
-    assert {"view_script", "grep_script", "edit_train_script", "launch_local_sweep", "query_findings",
-            "read_logs", "finish"} <= offered
+    assert {
+        "view_script",
+        "grep_script",
+        "edit_train_script",
+        "launch_local_sweep",
+        "query_findings",
+        "read_logs",
+        "finish",
+    } <= offered
     assert "launch_runpod_final" not in offered
     assert "+" in tool_messages(bodies[1])[0] and "0.05" in tool_messages(bodies[1])[0]  # the diff came back
     assert_well_formed(bodies[1]["messages"])
 
 
 def test_each_decision_is_one_stateless_prompt_with_the_journal_and_the_last_verdict(ctx):
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]
+    ) as fake:
         pl = planner(fake)
         assert pl.propose(state(), ctx).action == "experiment"
-        pl.observe({"outcome": "confirmed", "kept": True, "delta": -0.012345678912, "p_value": 0.0021234,
-                    "n_candidate": 3, "candidate_runs": ["smear-s1", "smear-s2"], "script_sha": "f" * 64})
+        pl.observe(
+            {
+                "outcome": "confirmed",
+                "kept": True,
+                "delta": -0.012345678912,
+                "p_value": 0.0021234,
+                "n_candidate": 3,
+                "candidate_runs": ["smear-s1", "smear-s2"],
+                "script_sha": "f" * 64,
+            }
+        )
         p = pl.propose(state(decisions_so_far=1), ctx)
     assert p.action == "stop" and "queue exhausted" in p.reason
     second = fake.chat_requests()[1]["messages"]
     assert [m["role"] for m in second] == ["system", "user"]  # no growing chat
     prompt = second[1]["content"]
     assert "Decision 2" in prompt
-    journal = prompt[prompt.index("## Your journal"):prompt.index("## Last result")]
+    journal = prompt[prompt.index("## Your journal") : prompt.index("## Last result")]
     assert "d1 smear_gate" in journal and "SMEAR_GATE=1" in journal and "confirmed kept d=-0.0123" in journal
-    last = prompt[prompt.index("## Last result"):]
+    last = prompt[prompt.index("## Last result") :]
     assert "confirmed" in last and "-0.0123" in last and "smear-s2" in last
     assert "0.012345678912" not in prompt and "f" * 64 not in prompt  # rounded, no long shas
 
 
 def test_tokens_used_per_decision_come_from_the_servers_usage(ctx):
-    u1, u2 = {"prompt_tokens": 900, "completion_tokens": 100, "total_tokens": 1000}, \
-        {"prompt_tokens": 1200, "completion_tokens": 34, "total_tokens": 1234}
-    script = [tool_reply(call("read_logs", {"run_id": "nope"}), usage=u1),
-              tool_reply(call("launch_local_sweep", SWEEP), usage=u2),
-              tool_reply(call("finish", FINISH), usage=u1)]
+    u1, u2 = (
+        {"prompt_tokens": 900, "completion_tokens": 100, "total_tokens": 1000},
+        {"prompt_tokens": 1200, "completion_tokens": 34, "total_tokens": 1234},
+    )
+    script = [
+        tool_reply(call("read_logs", {"run_id": "nope"}), usage=u1),
+        tool_reply(call("launch_local_sweep", SWEEP), usage=u2),
+        tool_reply(call("finish", FINISH), usage=u1),
+    ]
     with FakeOpenAI(script) as fake:
         pl = planner(fake)
         first = pl.propose(state(), ctx)
@@ -158,8 +201,12 @@ def test_tokens_used_per_decision_come_from_the_servers_usage(ctx):
 
 def test_the_token_budget_stops_the_session_before_the_next_request(ctx):
     big = {"prompt_tokens": 5000, "completion_tokens": 10, "total_tokens": 5010}
-    with FakeOpenAI([tool_reply(call("read_logs", {"run_id": "a"}), usage=big),
-                     tool_reply(call("read_logs", {"run_id": "b"}), usage=big)]) as fake:
+    with FakeOpenAI(
+        [
+            tool_reply(call("read_logs", {"run_id": "a"}), usage=big),
+            tool_reply(call("read_logs", {"run_id": "b"}), usage=big),
+        ]
+    ) as fake:
         p = planner(fake, max_tokens_per_session=5000).propose(state(), ctx)
     assert p.action == "stop" and "token budget" in p.reason and p.tokens_used == 5010
     assert len(fake.chat_requests()) == 1
@@ -167,8 +214,12 @@ def test_the_token_budget_stops_the_session_before_the_next_request(ctx):
 
 def test_a_decision_over_its_own_token_budget_goes_to_the_playbook(ctx):
     big = {"prompt_tokens": 3000, "completion_tokens": 10, "total_tokens": 3010}
-    with FakeOpenAI([tool_reply(call("read_logs", {"run_id": "a"}), usage=big),
-                     tool_reply(call("read_logs", {"run_id": "b"}), usage=big)]) as fake:
+    with FakeOpenAI(
+        [
+            tool_reply(call("read_logs", {"run_id": "a"}), usage=big),
+            tool_reply(call("read_logs", {"run_id": "b"}), usage=big),
+        ]
+    ) as fake:
         p = planner(fake, max_tokens_per_decision=5000).propose(state(), ctx)
     assert p.action == "experiment" and p.reason.startswith("playbook fallback (the decision's token budget")
     assert p.experiment.technique == "smear_gate" and len(fake.chat_requests()) == 2
@@ -176,10 +227,16 @@ def test_a_decision_over_its_own_token_budget_goes_to_the_playbook(ctx):
 
 # -- steering and the digest -------------------------------------------------------------------------
 
+
 def test_a_human_directive_is_the_first_thing_in_the_decision_prompt(ctx):
-    s = state(directives=["Test BigramHash before anything else"], frontier="PR #999 new record 1.0500",
-              findings=[{"technique": "ema", "outcome": "rejected", "delta": 0.01, "ci": [0.0, 0.02], "p": 0.4, "n": 3}],
-              plan_changed=True)
+    s = state(
+        directives=["Test BigramHash before anything else"],
+        frontier="PR #999 new record 1.0500",
+        findings=[
+            {"technique": "ema", "outcome": "rejected", "delta": 0.01, "ci": [0.0, 0.02], "p": 0.4, "n": 3}
+        ],
+        plan_changed=True,
+    )
     with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
         planner(fake).propose(s, ctx)
     user = fake.chat_requests()[0]["messages"][1]["content"]
@@ -191,7 +248,9 @@ def test_a_human_directive_is_the_first_thing_in_the_decision_prompt(ctx):
 
 
 def test_a_directive_edited_between_decisions_is_read_at_the_next_one(ctx):
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]
+    ) as fake:
         pl = planner(fake)
         pl.propose(state(directives=["old directive"]), ctx)
         pl.observe({"outcome": "inconclusive"})
@@ -201,14 +260,17 @@ def test_a_directive_edited_between_decisions_is_read_at_the_next_one(ctx):
 
 
 def test_the_research_context_gives_the_tier_cost_calibration_and_record_rule(ctx):
-    ctx.tier = Tier(name="cpu-tiny", hardware="cpu", env={"NUM_LAYERS": "2", "MODEL_DIM": "64",
-                                                        "MAX_WALLCLOCK_SECONDS": "20"},
-                    notional_price_per_hour=0.36)
+    ctx.tier = Tier(
+        name="cpu-tiny",
+        hardware="cpu",
+        env={"NUM_LAYERS": "2", "MODEL_DIM": "64", "MAX_WALLCLOCK_SECONDS": "20"},
+        notional_price_per_hour=0.36,
+    )
     frontier = "Best legal record: 1.0611\nObsolete in the queue: smear_gate (superseded by PR #1855)."
     with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
         planner(fake).propose(state(frontier=frontier), ctx)
     prompt = user_prompt(fake.chat_requests()[0])
-    ctx_part = prompt[prompt.index("## Research context"):prompt.index("## Your journal")]
+    ctx_part = prompt[prompt.index("## Research context") : prompt.index("## Your journal")]
     assert "NUM_LAYERS=2 MODEL_DIM=64" in ctx_part and "~20s/run" in ctx_part and "$0.002/run" in ctx_part
     assert "calibration " in ctx_part and "0.005 nats" in ctx_part
     assert "smear_gate [priority 1, todo, OBSOLETE per frontier]" in prompt
@@ -217,9 +279,11 @@ def test_the_research_context_gives_the_tier_cost_calibration_and_record_rule(ct
 
 # -- containment of hostile or broken replies ----------------------------------------------------------
 
+
 def test_malformed_json_arguments_are_answered_with_the_parse_error_and_the_decision_goes_on(ctx):
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", '{"name": ')),
-                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [tool_reply(call("launch_local_sweep", '{"name": ')), tool_reply(call("launch_local_sweep", SWEEP))]
+    ) as fake:
         p = planner(fake).propose(state(), ctx)
     assert p.action == "experiment"
     second = fake.chat_requests()[1]["messages"]
@@ -232,8 +296,13 @@ def test_malformed_json_arguments_are_answered_with_the_parse_error_and_the_deci
 def test_a_validation_error_comes_back_verbatim_enough_to_fix(ctx):
     bad = SWEEP | {"name": "Not A Slug!"}
     harness = SWEEP | {"env": [{"name": "DATA_PATH", "value": "/etc"}]}
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", bad)), tool_reply(call("launch_local_sweep", harness)),
-                     tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [
+            tool_reply(call("launch_local_sweep", bad)),
+            tool_reply(call("launch_local_sweep", harness)),
+            tool_reply(call("finish", FINISH)),
+        ]
+    ) as fake:
         planner(fake).propose(state(), ctx)
     first, second = tool_messages(fake.chat_requests()[2])
     assert "name" in first and "slug" in first
@@ -241,7 +310,9 @@ def test_a_validation_error_comes_back_verbatim_enough_to_fix(ctx):
 
 
 def test_an_unknown_tool_is_refused_logged_and_answered(ctx):
-    with FakeOpenAI([tool_reply(call("run_shell", {"cmd": "rm -rf /"})), tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [tool_reply(call("run_shell", {"cmd": "rm -rf /"})), tool_reply(call("finish", FINISH))]
+    ) as fake:
         p = planner(fake).propose(state(), ctx)
     assert p.action == "stop"
     answer = tool_messages(fake.chat_requests()[1])[0]
@@ -252,7 +323,9 @@ def test_an_unknown_tool_is_refused_logged_and_answered(ctx):
 
 def test_a_registered_tool_that_is_not_offered_cannot_be_called(ctx):
     offered = ["launch_local_sweep", "finish"]  # read_logs is registered, but not offered here
-    with FakeOpenAI([tool_reply(call("read_logs", {"run_id": "r1"})), tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [tool_reply(call("read_logs", {"run_id": "r1"})), tool_reply(call("finish", FINISH))]
+    ) as fake:
         planner(fake, tools=offered).propose(state(), ctx)
     assert {t["function"]["name"] for t in fake.chat_requests()[0]["tools"]} == set(offered)
     assert "unknown tool 'read_logs'" in tool_messages(fake.chat_requests()[1])[0]
@@ -262,9 +335,13 @@ def test_a_one_megabyte_argument_is_refused_and_not_carried_in_the_history(ctx):
     huge = {"rationale": "x" * 1_000_000, "edits": [{"search": "a", "replace": "b"}]}
     before = ctx.ws.script.read_text()
     small = {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}  # here the size is the attack
-    with FakeOpenAI([tool_reply(call("edit_train_script", huge), usage=small),
-                     tool_reply(call("launch_local_sweep", huge), usage=small),
-                     tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [
+            tool_reply(call("edit_train_script", huge), usage=small),
+            tool_reply(call("launch_local_sweep", huge), usage=small),
+            tool_reply(call("finish", FINISH)),
+        ]
+    ) as fake:
         p = planner(fake).propose(state(), ctx)
     assert p.action == "stop" and ctx.ws.script.read_text() == before
     answers = tool_messages(fake.chat_requests()[2])
@@ -277,8 +354,12 @@ def test_a_path_outside_the_workspace_is_refused_by_the_edit_tool(ctx, tmp_path)
     outside.write_text("x = 1\n")
     edit = {"rationale": "escape", "path": str(outside), "edits": [{"search": "x = 1", "replace": "x = 2"}]}
     rel = edit | {"path": "../victim.py"}
-    with FakeOpenAI([tool_reply(call("edit_train_script", edit), call("edit_train_script", rel)),
-                     tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [
+            tool_reply(call("edit_train_script", edit), call("edit_train_script", rel)),
+            tool_reply(call("finish", FINISH)),
+        ]
+    ) as fake:
         planner(fake).propose(state(), ctx)
     assert outside.read_text() == "x = 1\n" and ctx.ws.script.read_text() == SCRIPT
     answers = tool_messages(fake.chat_requests()[1])
@@ -312,8 +393,12 @@ def test_a_nudged_model_that_recovers_goes_on(ctx):
 
 
 def test_a_reply_cut_at_the_token_limit_is_answered_with_what_happened(ctx):
-    with FakeOpenAI([text_reply("Let me think step by step about", finish_reason="length"),
-                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [
+            text_reply("Let me think step by step about", finish_reason="length"),
+            tool_reply(call("launch_local_sweep", SWEEP)),
+        ]
+    ) as fake:
         p = planner(fake, max_completion_tokens=64).propose(state(), ctx)
     assert p.action == "experiment"
     assert "cut at the completion token limit" in fake.chat_requests()[1]["messages"][-1]["content"]
@@ -338,8 +423,14 @@ def test_calls_after_the_sweep_in_the_same_reply_are_answered_not_run(ctx):
 
 def test_prompts_stay_bounded_over_many_decisions(ctx):
     n = 30
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP | {"name": f"idea_{i}", "hypothesis": f"h{i} " + "y" * 900}))
-                     for i in range(n)]) as fake:
+    with FakeOpenAI(
+        [
+            tool_reply(
+                call("launch_local_sweep", SWEEP | {"name": f"idea_{i}", "hypothesis": f"h{i} " + "y" * 900})
+            )
+            for i in range(n)
+        ]
+    ) as fake:
         pl = planner(fake, max_repeats=99)
         for i in range(n):
             assert pl.propose(state(directives=["d" * 3000], decisions_so_far=i), ctx).action == "experiment"
@@ -347,7 +438,9 @@ def test_prompts_stay_bounded_over_many_decisions(ctx):
     sizes = [len(json.dumps(b["messages"])) for b in fake.chat_requests()]
     assert max(sizes) < 12_000 and sizes[-1] <= sizes[12] + 200  # flat once the journal is full
     last = user_prompt(fake.chat_requests()[-1])
-    assert "earlier decisions: use query_findings" in last and "d29 idea_28" in last and "d1 idea_0 " not in last
+    assert (
+        "earlier decisions: use query_findings" in last and "d29 idea_28" in last and "d1 idea_0 " not in last
+    )
 
 
 def test_the_api_key_never_reaches_the_model_or_the_ledger(ctx, monkeypatch):
@@ -356,16 +449,33 @@ def test_the_api_key_never_reaches_the_model_or_the_ledger(ctx, monkeypatch):
     run_dir = ctx.ws.runs_dir / "s1" / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "stdout.log").write_text(f"step 1 loss 7.0\nOPENAI_API_KEY={key}\n")
-    ctx.ledger.append(RunRecord(session="s1", run_id="r1", experiment="e", candidate="c", tier="cpu-tiny",
-                                hardware="cpu", seed=1, script_sha="x", run_dir=str(run_dir),
-                                result=RunResult(status="crashed", error="exit code 1")))
-    with FakeOpenAI([tool_reply(call("read_logs", {"run_id": "r1"})),
-                     tool_reply(call("run_shell", {"key": key})),
-                     tool_reply(call("finish", {"reason": f"done {key}"}))]) as fake:
+    ctx.ledger.append(
+        RunRecord(
+            session="s1",
+            run_id="r1",
+            experiment="e",
+            candidate="c",
+            tier="cpu-tiny",
+            hardware="cpu",
+            seed=1,
+            script_sha="x",
+            run_dir=str(run_dir),
+            result=RunResult(status="crashed", error="exit code 1"),
+        )
+    )
+    with FakeOpenAI(
+        [
+            tool_reply(call("read_logs", {"run_id": "r1"})),
+            tool_reply(call("run_shell", {"key": key})),
+            tool_reply(call("finish", {"reason": f"done {key}"})),
+        ]
+    ) as fake:
         env = {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake.base_url}
         pl = LLMPlanner.from_env(env, max_retries=0)
         p = pl.propose(state(directives=[f"my key is {key}, do not share"]), ctx)
-    assert {k.lower(): v for k, v in fake.requests[0]["headers"].items()}["authorization"] == f"Bearer {key}"  # the client did use it
+    assert {k.lower(): v for k, v in fake.requests[0]["headers"].items()}[
+        "authorization"
+    ] == f"Bearer {key}"  # the client did use it
     for r in fake.requests:
         assert key not in json.dumps(r["body"]["messages"])
     assert "redacted" in tool_messages(fake.chat_requests()[1])[0]
@@ -374,6 +484,7 @@ def test_the_api_key_never_reaches_the_model_or_the_ledger(ctx, monkeypatch):
 
 
 # -- configuration -----------------------------------------------------------------------------------
+
 
 def test_auto_picks_the_llm_when_an_endpoint_or_key_is_configured():
     assert choose_planner("auto", {})[0] == "playbook"
@@ -387,13 +498,30 @@ def test_auto_picks_the_llm_when_an_endpoint_or_key_is_configured():
 
 
 def test_model_and_limits_come_from_the_environment():
-    cfg = LLMConfig.from_env({"PGOLF_LLM_MODEL": "qwen", "OPENAI_BASE_URL": "http://h/v1", "PGOLF_LLM_MAX_TURNS": "5",
-                              "PGOLF_LLM_MAX_TOKENS": "9000", "PGOLF_LLM_STRICT": "false",
-                              "PGOLF_LLM_REASONING_EFFORT": "minimal", "PGOLF_LLM_TOKEN_PARAM": "max_completion_tokens",
-                              "PGOLF_LLM_MAX_COMPLETION_TOKENS": "800"})
-    assert (cfg.model, cfg.base_url, cfg.max_turns_per_decision, cfg.max_tokens_per_session, cfg.strict_tools) == \
-        ("qwen", "http://h/v1", 5, 9000, False)
-    assert (cfg.reasoning_effort, cfg.token_param, cfg.max_completion_tokens) == ("minimal", "max_completion_tokens", 800)
+    cfg = LLMConfig.from_env(
+        {
+            "PGOLF_LLM_MODEL": "qwen",
+            "OPENAI_BASE_URL": "http://h/v1",
+            "PGOLF_LLM_MAX_TURNS": "5",
+            "PGOLF_LLM_MAX_TOKENS": "9000",
+            "PGOLF_LLM_STRICT": "false",
+            "PGOLF_LLM_REASONING_EFFORT": "minimal",
+            "PGOLF_LLM_TOKEN_PARAM": "max_completion_tokens",
+            "PGOLF_LLM_MAX_COMPLETION_TOKENS": "800",
+        }
+    )
+    assert (
+        cfg.model,
+        cfg.base_url,
+        cfg.max_turns_per_decision,
+        cfg.max_tokens_per_session,
+        cfg.strict_tools,
+    ) == ("qwen", "http://h/v1", 5, 9000, False)
+    assert (cfg.reasoning_effort, cfg.token_param, cfg.max_completion_tokens) == (
+        "minimal",
+        "max_completion_tokens",
+        800,
+    )
     default = LLMConfig.from_env({})
     assert default.model == "gpt-5-mini"
     # a 500-experiment session fits the default caps at the measured ~4K tokens a request
@@ -408,19 +536,28 @@ def test_model_and_limits_come_from_the_environment():
 
 def test_against_openai_the_schemas_are_strict_and_parallel_calls_off(ctx):
     with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
-        planner(fake, strict_tools=True, reasoning_effort="low", max_completion_tokens=500).propose(state(), ctx)
+        planner(fake, strict_tools=True, reasoning_effort="low", max_completion_tokens=500).propose(
+            state(), ctx
+        )
     body = fake.chat_requests()[0]
     assert all(t["function"]["strict"] is True for t in body["tools"])
     assert body["parallel_tool_calls"] is False and body["reasoning_effort"] == "low"
     assert body["max_tokens"] == 500  # a local server's name for it; OpenAI's is max_completion_tokens
-    sweep = next(t for t in body["tools"] if t["function"]["name"] == "launch_local_sweep")["function"]["parameters"]
+    sweep = next(t for t in body["tools"] if t["function"]["name"] == "launch_local_sweep")["function"][
+        "parameters"
+    ]
     names = sweep["properties"]["env"]["items"]["properties"]["name"]["enum"]
     assert {"MATRIX_LR", "SMEAR_GATE", "MLP_ACT_SLOPE"} <= set(names) and "PYTHONPATH" not in names
 
 
 def test_a_strict_schema_refusal_is_read_from_the_400_and_retried_plain_in_the_same_decision(ctx):
-    with FakeOpenAI([http_error(400, "Invalid schema for function 'finish': strict mode is not supported"),
-                     tool_reply(call("finish", FINISH)), tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [
+            http_error(400, "Invalid schema for function 'finish': strict mode is not supported"),
+            tool_reply(call("finish", FINISH)),
+            tool_reply(call("finish", FINISH)),
+        ]
+    ) as fake:
         pl = planner(fake, strict_tools=True)
         assert pl.propose(state(), ctx).action == "stop"
         pl.propose(state(), ctx)
@@ -436,10 +573,13 @@ def test_a_decision_record_can_hold_the_tokens_used():
 
 
 def test_render_state_is_bounded_and_keeps_directives_and_budget():
-    s = state(directives=["D" * 5000] * 10, frontier="F\n" * 5000,
-              findings=[{"technique": f"t{i}", "outcome": "rejected", "delta": 0.01} for i in range(500)],
-              recent=[{"experiment": f"e{i}", "outcome": "rejected"} for i in range(500)],
-              queue=[{"technique": f"q{i}", "state": "todo"} for i in range(500)])
+    s = state(
+        directives=["D" * 5000] * 10,
+        frontier="F\n" * 5000,
+        findings=[{"technique": f"t{i}", "outcome": "rejected", "delta": 0.01} for i in range(500)],
+        recent=[{"experiment": f"e{i}", "outcome": "rejected"} for i in range(500)],
+        queue=[{"technique": f"q{i}", "state": "todo"} for i in range(500)],
+    )
     for budget in (1500, 3000, 6000):
         text = P.render_state(s, max_chars=budget)
         assert len(text) <= budget
@@ -448,29 +588,83 @@ def test_render_state_is_bounded_and_keeps_directives_and_budget():
 
 # -- the digest as the ledger grows ----------------------------------------------------------------------
 
+
 def ledger_records(n: int) -> list:
     """A session's ledger after n experiments: 3 runs and a decision each, findings for a few techniques."""
     from memory.records import FindingRecord, NoiseRecord
 
-    techs = ["smear_gate", "ema", "xsa", "bigram_hash", "value_residual", "gated_attention", "partial_rope",
-             "leaky_relu2", "mlp3x", "layers10", "qat_int6", "zstd"]
-    out: list = [NoiseRecord(session="s1", tier="cpu-tiny", hardware="cpu", script_sha="abc", values=[2.41, 2.42, 2.40],
-                             std=0.004, mean=2.41)]
+    techs = [
+        "smear_gate",
+        "ema",
+        "xsa",
+        "bigram_hash",
+        "value_residual",
+        "gated_attention",
+        "partial_rope",
+        "leaky_relu2",
+        "mlp3x",
+        "layers10",
+        "qat_int6",
+        "zstd",
+    ]
+    out: list = [
+        NoiseRecord(
+            session="s1",
+            tier="cpu-tiny",
+            hardware="cpu",
+            script_sha="abc",
+            values=[2.41, 2.42, 2.40],
+            std=0.004,
+            mean=2.41,
+        )
+    ]
     for i in range(n):
         tech = f"{techs[i % len(techs)]}" if i < 40 else f"idea_{i:03d}"
         runs = [f"e{i}-{tech}-s{s}-{10**7 + i:08d}" for s in range(3)]
         for s, run in enumerate(runs):
-            out.append(RunRecord(session="s1", run_id=run, experiment=f"e{i}", candidate=tech, technique=tech,
-                                 tier="cpu-tiny", hardware="cpu", seed=s, script_sha="abc", env={"X": str(i)},
-                                 hypothesis="h" * 300, result=RunResult(status="ok", val_bpb=2.4 + 0.001 * s)))
+            out.append(
+                RunRecord(
+                    session="s1",
+                    run_id=run,
+                    experiment=f"e{i}",
+                    candidate=tech,
+                    technique=tech,
+                    tier="cpu-tiny",
+                    hardware="cpu",
+                    seed=s,
+                    script_sha="abc",
+                    env={"X": str(i)},
+                    hypothesis="h" * 300,
+                    result=RunResult(status="ok", val_bpb=2.4 + 0.001 * s),
+                )
+            )
         outcome = ["rejected", "inconclusive", "confirmed"][i % 3]
-        out.append(DecisionRecord(session="s1", experiment=f"e{i}", candidate=tech, technique=tech,
-                                  hypothesis="h" * 300, tier="cpu-tiny", hardware="cpu", outcome=outcome,
-                                  kept=outcome == "confirmed", delta=-0.003 + 0.0001 * i, ci_low=-0.01, ci_high=0.004,
-                                  p_value=0.03, n_candidate=3, n_incumbent=3, env={"X": str(i)}, candidate_runs=runs,
-                                  reason="judge: " + "r" * 150))
+        out.append(
+            DecisionRecord(
+                session="s1",
+                experiment=f"e{i}",
+                candidate=tech,
+                technique=tech,
+                hypothesis="h" * 300,
+                tier="cpu-tiny",
+                hardware="cpu",
+                outcome=outcome,
+                kept=outcome == "confirmed",
+                delta=-0.003 + 0.0001 * i,
+                ci_low=-0.01,
+                ci_high=0.004,
+                p_value=0.03,
+                n_candidate=3,
+                n_incumbent=3,
+                env={"X": str(i)},
+                candidate_runs=runs,
+                reason="judge: " + "r" * 150,
+            )
+        )
         if outcome != "inconclusive":
-            out.append(FindingRecord(session="s1", technique=tech, status=outcome, tier="cpu-tiny", note="n" * 200))
+            out.append(
+                FindingRecord(session="s1", technique=tech, status=outcome, tier="cpu-tiny", note="n" * 200)
+            )
     return out
 
 
@@ -480,9 +674,16 @@ def digest_for(n: int) -> str:
     from testing.shipped import shipped_text
 
     plan = parse_plan(shipped_text("battle_plan.md"))  # not the checkout's: a session fills in its blocks
-    s = build_state(records=ledger_records(n), plan=plan, session="s1", tier="cpu-tiny", hardware="cpu",
-                    script_sha="abc", budget_left=Budget(experiments=10, minutes=30.0),
-                    frontier="2026-04-29 1.0611 PR #1855 merged: phased LoRA TTT, GPTQ, MLP 4x")
+    s = build_state(
+        records=ledger_records(n),
+        plan=plan,
+        session="s1",
+        tier="cpu-tiny",
+        hardware="cpu",
+        script_sha="abc",
+        budget_left=Budget(experiments=10, minutes=30.0),
+        frontier="2026-04-29 1.0611 PR #1855 merged: phased LoRA TTT, GPTQ, MLP 4x",
+    )
     return P.decision_prompt(s)
 
 
@@ -516,9 +717,11 @@ def scientist(body: dict, n: int):
     msgs = body["messages"]
     prompt = msgs[1]["content"]
     decision = int(prompt.split()[1])
-    done = [c["function"]["name"] for m in msgs[2:] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    done = [
+        c["function"]["name"] for m in msgs[2:] if m["role"] == "assistant" for c in m.get("tool_calls", [])
+    ]
     last_tool = next((m["content"] for m in reversed(msgs) if m["role"] == "tool"), "")
-    verdict = prompt[prompt.index("## Last result"):]
+    verdict = prompt[prompt.index("## Last result") :]
     outcome = _field(verdict, "outcome")
     if decision == 1:
         if not done:
@@ -529,22 +732,67 @@ def scientist(body: dict, n: int):
         if done[-1] == "view_script":
             rows = [r.split("| ", 1)[1] for r in json.loads(last_tool)["text"].splitlines()]
             seen = next(r for r in rows if r.startswith("    return "))
-            return tool_reply(call("edit_train_script", {"rationale": "SiLU squared: a smooth relu^2", "path": None,
-                                                         "edits": [{"search": seen, "replace": ACT_NEW}]}))
-        return tool_reply(call("launch_local_sweep", {"name": "silu2", "technique": "silu2", "env": [],
-                                                      "hypothesis": "a smooth squared activation trains faster"}))
+            return tool_reply(
+                call(
+                    "edit_train_script",
+                    {
+                        "rationale": "SiLU squared: a smooth relu^2",
+                        "path": None,
+                        "edits": [{"search": seen, "replace": ACT_NEW}],
+                    },
+                )
+            )
+        return tool_reply(
+            call(
+                "launch_local_sweep",
+                {
+                    "name": "silu2",
+                    "technique": "silu2",
+                    "env": [],
+                    "hypothesis": "a smooth squared activation trains faster",
+                },
+            )
+        )
     if decision == 2:
         if "read_logs" not in done:
-            return tool_reply(call("read_logs", {"run_id": _field(verdict, "candidate_runs"), "tail_lines": 5}))
+            return tool_reply(
+                call("read_logs", {"run_id": _field(verdict, "candidate_runs"), "tail_lines": 5})
+            )
         if "record_finding" not in done:
-            return tool_reply(call("record_finding", {"technique": "silu2", "status": outcome, "experiment": None,
-                                                      "note": "from the model: SiLU^2 MLP on cpu-tiny"}))
-        return tool_reply(call("launch_local_sweep", {
-            "name": "leaky_relu2", "env": [{"name": "MLP_ACT_SLOPE", "value": "0.5"}],
-            "technique": "leaky_relu2", "hypothesis": "the directive says cheap flags first"}))
+            return tool_reply(
+                call(
+                    "record_finding",
+                    {
+                        "technique": "silu2",
+                        "status": outcome,
+                        "experiment": None,
+                        "note": "from the model: SiLU^2 MLP on cpu-tiny",
+                    },
+                )
+            )
+        return tool_reply(
+            call(
+                "launch_local_sweep",
+                {
+                    "name": "leaky_relu2",
+                    "env": [{"name": "MLP_ACT_SLOPE", "value": "0.5"}],
+                    "technique": "leaky_relu2",
+                    "hypothesis": "the directive says cheap flags first",
+                },
+            )
+        )
     if "record_finding" not in done:
-        return tool_reply(call("record_finding", {"technique": "leaky_relu2", "status": outcome, "experiment": None,
-                                                  "note": "from the model: leaky slope 0.5"}))
+        return tool_reply(
+            call(
+                "record_finding",
+                {
+                    "technique": "leaky_relu2",
+                    "status": outcome,
+                    "experiment": None,
+                    "note": "from the model: leaky slope 0.5",
+                },
+            )
+        )
     return tool_reply(call("finish", {"reason": "both ideas judged; nothing cheap left worth the budget"}))
 
 
@@ -561,8 +809,14 @@ def test_a_whole_session_driven_by_a_scripted_model(tmp_path, tiny_dataset, monk
     ws = make_workspace(tmp_path, tiny_dataset)
     with FakeOpenAI(scientist) as fake:
         pl = LLMPlanner.from_env({"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake.base_url}, max_retries=0)
-        summary = run_session(ws, planner=pl, tier="cpu-tiny", budget=Budget(experiments=3), session="llm1",
-                              progress=Progress.quiet())
+        summary = run_session(
+            ws,
+            planner=pl,
+            tier="cpu-tiny",
+            budget=Budget(experiments=3),
+            session="llm1",
+            progress=Progress.quiet(),
+        )
     assert summary.decisions == 2 and "the model finished" in summary.stopped_because
     ledger = check_consistent(ws, "llm1")
     decisions = ledger.records(DecisionRecord)
@@ -596,13 +850,18 @@ def test_the_planner_benchmark_runs_the_researcher_on_the_real_trainer():
     assert report["decisions_run"] == 6 and not report["stopped"]
     first = report["first_10"]
     assert first["fallbacks"] == 0 and first["requests_per_decision"] > 1  # code decisions take several steps
-    assert 0 < first["code_edit_share"] < 1 and first["input_tokens_per_edit_decision"] > first["first_request_tokens"]
+    assert (
+        0 < first["code_edit_share"] < 1
+        and first["input_tokens_per_edit_decision"] > first["first_request_tokens"]
+    )
 
 
 def test_frontier_lines_new_since_the_last_decision_are_marked_first(ctx):
     old = "Best legal record: 1.0611 (PR #1855, alice, 2026-04-27)"
     new = "New: 1.0570 (PR #1901, bob, 2026-05-02) [open-claim]: xsa, ttt"
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]) as fake:
+    with FakeOpenAI(
+        [tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]
+    ) as fake:
         pl = planner(fake)
         pl.propose(state(frontier=old), ctx)
         pl.observe({"outcome": "rejected"})
@@ -615,18 +874,24 @@ def test_frontier_lines_new_since_the_last_decision_are_marked_first(ctx):
 
 
 def test_the_tiers_fidelity_and_projection_have_their_place_in_the_research_context(ctx):
-    lines = ["fidelity cpu-tiny: rank correlation 0.71 with 8xH100 over 9 pairs",
-             "projection: incumbent -> 1.0592 at 8xH100 (95% 1.0571..1.0613)"]
+    lines = [
+        "fidelity cpu-tiny: rank correlation 0.71 with 8xH100 over 9 pairs",
+        "projection: incumbent -> 1.0592 at 8xH100 (95% 1.0571..1.0613)",
+    ]
     with FakeOpenAI([tool_reply(call("finish", FINISH))]) as fake:
         planner(fake, fidelity=lambda c: lines).propose(state(), ctx)
     prompt = user_prompt(fake.chat_requests()[0])
-    context = prompt[prompt.index("## Research context"):prompt.index("## Your journal")]
+    context = prompt[prompt.index("## Research context") : prompt.index("## Your journal")]
     assert all(ln in context for ln in lines)
 
 
 def test_arguments_the_session_would_ignore_are_refused_not_dropped(ctx):
-    with FakeOpenAI([tool_reply(call("launch_local_sweep", SWEEP | {"seeds": [1, 2]})),
-                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [
+            tool_reply(call("launch_local_sweep", SWEEP | {"seeds": [1, 2]})),
+            tool_reply(call("launch_local_sweep", SWEEP)),
+        ]
+    ) as fake:
         p = planner(fake).propose(state(), ctx)
     assert p.action == "experiment"
     error = tool_messages(fake.chat_requests()[1])[0]

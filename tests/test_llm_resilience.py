@@ -30,13 +30,20 @@ def ctx(tmp_path):
 
 
 def planner(fake: FakeOpenAI, **kw) -> LLMPlanner:
-    return LLMPlanner("fake-model", base_url=fake.base_url,
-                      **({"max_retries": 3, "timeout_s": 10, "retry_base_s": 0.01, "retry_max_s": 2.0} | kw))
+    return LLMPlanner(
+        "fake-model",
+        base_url=fake.base_url,
+        **({"max_retries": 3, "timeout_s": 10, "retry_base_s": 0.01, "retry_max_s": 2.0} | kw),
+    )
 
 
 def test_a_429_is_retried_after_the_servers_retry_after(ctx):
-    with FakeOpenAI([http_error(429, "rate limited", headers={"Retry-After": "0.3"}),
-                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [
+            http_error(429, "rate limited", headers={"Retry-After": "0.3"}),
+            tool_reply(call("launch_local_sweep", SWEEP)),
+        ]
+    ) as fake:
         t0 = time.monotonic()
         p = planner(fake).propose(state(), ctx)
         waited = time.monotonic() - t0
@@ -46,8 +53,13 @@ def test_a_429_is_retried_after_the_servers_retry_after(ctx):
 
 
 def test_a_500_and_a_timeout_are_retried_and_the_decision_is_the_models(ctx):
-    with FakeOpenAI([http_error(500, "model crashed"), slow_reply(3.0, tool_reply(call("finish", {"reason": "x"}))),
-                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [
+            http_error(500, "model crashed"),
+            slow_reply(3.0, tool_reply(call("finish", {"reason": "x"}))),
+            tool_reply(call("launch_local_sweep", SWEEP)),
+        ]
+    ) as fake:
         p = planner(fake, timeout_s=0.5).propose(state(), ctx)
     assert p.action == "experiment" and not p.reason.startswith("playbook")
     assert len(fake.chat_requests()) == 3
@@ -58,7 +70,10 @@ def test_retries_are_bounded_and_then_the_playbook_decides(ctx):
         p = planner(fake, max_retries=2).propose(state(), ctx)
     assert len(fake.chat_requests()) == 3
     assert p.action == "experiment" and p.experiment.technique == "smear_gate"
-    assert p.reason.startswith("playbook fallback (the LLM server answered HTTP 503 after 2 retries") and "overloaded" in p.reason
+    assert (
+        p.reason.startswith("playbook fallback (the LLM server answered HTTP 503 after 2 retries")
+        and "overloaded" in p.reason
+    )
     events = [e for e in ctx.ledger.records(EventRecord) if e.event == "llm_fallback"]
     assert len(events) == 1 and "503" in events[0].detail["why"]
 
@@ -66,8 +81,13 @@ def test_retries_are_bounded_and_then_the_playbook_decides(ctx):
 def test_a_context_length_error_shrinks_the_prompt_and_retries(ctx):
     with FakeOpenAI([context_length_error(), tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
         pl = planner(fake)
-        p = pl.propose(state(directives=["d" * 2000], findings=[
-            {"technique": f"t{i}", "outcome": "rejected", "delta": 0.01} for i in range(80)]), ctx)
+        p = pl.propose(
+            state(
+                directives=["d" * 2000],
+                findings=[{"technique": f"t{i}", "outcome": "rejected", "delta": 0.01} for i in range(80)],
+            ),
+            ctx,
+        )
     assert p.action == "experiment" and not p.reason.startswith("playbook")
     first, second = fake.chat_requests()
     assert len(user_prompt(second)) < len(user_prompt(first)) * 0.8
@@ -87,16 +107,24 @@ def test_a_400_is_read_for_its_cause_not_taken_for_a_schema_refusal(ctx):
 
 
 def test_reasoning_effort_is_dropped_when_the_model_does_not_take_it(ctx):
-    with FakeOpenAI([http_error(400, "Unrecognized request argument supplied: reasoning_effort"),
-                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [
+            http_error(400, "Unrecognized request argument supplied: reasoning_effort"),
+            tool_reply(call("launch_local_sweep", SWEEP)),
+        ]
+    ) as fake:
         assert planner(fake, reasoning_effort="high").propose(state(), ctx).action == "experiment"
     first, second = fake.chat_requests()
     assert first["reasoning_effort"] == "high" and "reasoning_effort" not in second
 
 
 def test_an_unexplained_400_goes_to_the_playbook_for_that_decision_only(ctx):
-    with FakeOpenAI([http_error(400, "Invalid value for 'model': no such model"),
-                     tool_reply(call("launch_local_sweep", SWEEP))]) as fake:
+    with FakeOpenAI(
+        [
+            http_error(400, "Invalid value for 'model': no such model"),
+            tool_reply(call("launch_local_sweep", SWEEP)),
+        ]
+    ) as fake:
         pl = planner(fake)
         first = pl.propose(state(), ctx)
         pl.observe({"outcome": "rejected", "kept": False, "delta": 0.002})
@@ -108,10 +136,27 @@ def test_an_unexplained_400_goes_to_the_playbook_for_that_decision_only(ctx):
 
 
 def test_a_dead_provider_hands_decisions_to_the_playbook_and_the_session_goes_on(ctx):
-    pl = LLMPlanner("m", base_url="http://127.0.0.1:9/v1", max_retries=1, timeout_s=2, retry_base_s=0.01,
-                    failures_before_pause=2, pause_decisions=3)
-    queue = [{"technique": t, "env": {"SMEAR_GATE": str(i + 1)}, "state": "todo", "priority": i, "decided": None,
-              "tries": 0, "notes": ""} for i, t in enumerate(["smear_gate", "smear_gate2", "smear_gate3"])]
+    pl = LLMPlanner(
+        "m",
+        base_url="http://127.0.0.1:9/v1",
+        max_retries=1,
+        timeout_s=2,
+        retry_base_s=0.01,
+        failures_before_pause=2,
+        pause_decisions=3,
+    )
+    queue = [
+        {
+            "technique": t,
+            "env": {"SMEAR_GATE": str(i + 1)},
+            "state": "todo",
+            "priority": i,
+            "decided": None,
+            "tries": 0,
+            "notes": "",
+        }
+        for i, t in enumerate(["smear_gate", "smear_gate2", "smear_gate3"])
+    ]
     s = state(queue=queue)
     proposals = []
     for i in range(5):

@@ -58,7 +58,9 @@ def test_the_pristine_trainer_passes():
 
 def test_an_ordinary_change_after_the_fence_passes():
     text = edited("def mlp_gate(x):\n    y = x * 2\n    return y\n")
-    text = text.replace("self.tie_embeddings = bool(", "self.extra = 1\n        self.tie_embeddings = bool(", 1)
+    text = text.replace(
+        "self.tie_embeddings = bool(", "self.extra = 1\n        self.tie_embeddings = bool(", 1
+    )
     assert violations(text, TRAINER) == []
 
 
@@ -74,7 +76,9 @@ def test_each_way_around_the_fence_is_refused(name):
 
 def test_a_changed_or_missing_fence_is_refused():
     assert violations(TRAINER.replace(PROTECTED_END, ""), TRAINER)
-    changed = TRAINER.replace("(loss_sum_nats / token_count) / math.log(2.0)", "(loss_sum_nats / token_count) / 9")
+    changed = TRAINER.replace(
+        "(loss_sum_nats / token_count) / math.log(2.0)", "(loss_sum_nats / token_count) / 9"
+    )
     assert "differs" in violations(changed, TRAINER)[0]
 
 
@@ -84,19 +88,30 @@ def ctx(tmp_path):
     (tmp_path / "trainer" / "train_gpt.py").write_text(TRAINER)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
     subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=tmp_path,
-                   check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+        cwd=tmp_path,
+        check=True,
+    )
     load_tools()
     ws = Workspace.at(tmp_path)
     tier = Tier(name="cpu-tiny", hardware="cpu")
     return ToolContext(ws=ws, ledger=Ledger(ws.ledger), session="s1", tier=tier, tiers={"cpu-tiny": tier})
 
 
-@pytest.mark.parametrize("name", ["def", "globals_split_name", "setattr_split_name", "wrapper", "decorator",
-                                  "monkeypatch_math_log"])
+@pytest.mark.parametrize(
+    "name",
+    ["def", "globals_split_name", "setattr_split_name", "wrapper", "decorator", "monkeypatch_math_log"],
+)
 def test_the_edit_tool_refuses_an_edit_that_rebinds_wraps_or_monkeypatches_the_bpb_function(ctx, name):
-    out = registry.call("edit_train_script", {"rationale": "a better score", "edits": [
-        {"search": AFTER_FENCE, "replace": AFTER_FENCE + "\n" + BYPASSES[name]}]}, ctx)
+    out = registry.call(
+        "edit_train_script",
+        {
+            "rationale": "a better score",
+            "edits": [{"search": AFTER_FENCE, "replace": AFTER_FENCE + "\n" + BYPASSES[name]}],
+        },
+        ctx,
+    )
     assert not out.ok and "protected metric" in out.error
     assert ctx.ws.script.read_text() == TRAINER
 
@@ -116,7 +131,9 @@ def test_an_experiment_on_a_guarded_script_is_refused_and_recorded_before_any_ru
 
     ctx.ws.script.write_text(edited(BYPASSES["setattr_split_name"]))
     spec = ExperimentSpec(name="fast_bpb", hypothesis="a better score")
-    out = ExperimentRunner(ctx, Progress.quiet()).run_experiment(Proposal(action="experiment", experiment=spec))
+    out = ExperimentRunner(ctx, Progress.quiet()).run_experiment(
+        Proposal(action="experiment", experiment=spec)
+    )
     assert out["outcome"] == "refused" and "protected metric" in out["reason"]
     assert not ctx.ledger.records(RunRecord)
     assert ctx.ledger.records(EventRecord)[-1].event == "proposal_refused"

@@ -16,14 +16,35 @@ TIER = "cpu-smoke"
 
 
 def kept(exp: str, technique: str, delta: float, session: str = "s") -> DecisionRecord:
-    return DecisionRecord(session=session, experiment=exp, candidate=technique, technique=technique, tier=TIER,
-                          hardware="cpu@x", outcome="confirmed", kept=True, delta=delta, ci_low=delta - 0.004,
-                          ci_high=delta + 0.004, n_candidate=3, n_incumbent=3, noise_std=0.003)
+    return DecisionRecord(
+        session=session,
+        experiment=exp,
+        candidate=technique,
+        technique=technique,
+        tier=TIER,
+        hardware="cpu@x",
+        outcome="confirmed",
+        kept=True,
+        delta=delta,
+        ci_low=delta - 0.004,
+        ci_high=delta + 0.004,
+        n_candidate=3,
+        n_incumbent=3,
+        noise_std=0.003,
+    )
 
 
 def pair(technique: str, lower: float, upper: float, kind: str = "architecture") -> CalibrationPairRecord:
-    return CalibrationPairRecord(session="f", tier=TIER, hardware="cpu@x", technique=technique,
-                                 technique_kind=kind, lower_delta=lower, lower_se=0.001, upper_delta=upper)
+    return CalibrationPairRecord(
+        session="f",
+        tier=TIER,
+        hardware="cpu@x",
+        technique=technique,
+        technique_kind=kind,
+        lower_delta=lower,
+        lower_se=0.001,
+        upper_delta=upper,
+    )
 
 
 def test_the_projection_starts_at_the_baseline_and_moves_with_a_kept_change():
@@ -40,7 +61,9 @@ def test_the_projection_moves_with_a_new_calibration_pair():
     records = [kept("e1", "leaky_relu2", -0.01)]
     before = project(records, TIER)
     # golf fidelity measured the tier: two own pairs replace the published proxy prior's slope
-    after = project(records + [pair("sliding_eval", -0.06, -0.0319), pair("value_residual", -0.002, -0.001)], TIER)
+    after = project(
+        records + [pair("sliding_eval", -0.06, -0.0319), pair("value_residual", -0.002, -0.001)], TIER
+    )
     assert after.terms[0].full_mean != pytest.approx(before.terms[0].full_mean)
     assert after.mean != pytest.approx(before.mean)
 
@@ -57,9 +80,18 @@ def test_a_final_is_proposed_only_when_the_projection_likely_beats_the_frontier_
 
 
 def test_a_finals_real_score_becomes_a_calibration_pair_and_the_new_base():
-    records = [kept("e1", "leaky_relu2", -0.01),
-               FinalRecord(session="s", final_id="f1", experiment="e1", script_sha="x", seeds=[1, 2, 3],
-                           val_bpbs=[1.2200, 1.2206, 1.2203], status="ok")]
+    records = [
+        kept("e1", "leaky_relu2", -0.01),
+        FinalRecord(
+            session="s",
+            final_id="f1",
+            experiment="e1",
+            script_sha="x",
+            seeds=[1, 2, 3],
+            val_bpbs=[1.2200, 1.2206, 1.2203],
+            status="ok",
+        ),
+    ]
     pairs = pairs_from_ledger(records, TIER, "h100x8-final")
     assert len(pairs) == 1 and pairs[0].lower_delta == pytest.approx(-0.01)
     assert pairs[0].upper_delta == pytest.approx(1.2203 - BASELINE_BPB)
@@ -70,8 +102,12 @@ def test_a_finals_real_score_becomes_a_calibration_pair_and_the_new_base():
 
 
 def test_fidelity_per_kind_and_a_technique_the_tier_cannot_see_needs_a_gpu_tier():
-    records = [pair("sliding_eval", -0.06, -0.0319), pair("leaky_relu2", -0.01, -0.0025),
-               pair("value_residual", -0.004, -0.001), pair("gated_attention", 0.003, -0.00075)]
+    records = [
+        pair("sliding_eval", -0.06, -0.0319),
+        pair("leaky_relu2", -0.01, -0.0025),
+        pair("value_residual", -0.004, -0.001),
+        pair("gated_attention", 0.003, -0.00075),
+    ]
     trust = kind_trust(records, TIER)
     assert trust["architecture"].pairs == 4 and trust["training"].level == "unmeasured"
     assert "opposite sign" in (needs_gpu_tier(records, TIER, "gated_attention", "architecture") or "")
@@ -82,14 +118,35 @@ def test_fidelity_per_kind_and_a_technique_the_tier_cannot_see_needs_a_gpu_tier(
 
 
 def test_the_playbook_ranks_what_the_tier_cannot_see_last_rather_than_dropping_it():
-    queue = [{"technique": t, "env": {f"{t.upper()}": "1"}, "state": "todo", "decided": None, "tries": 0,
-              "notes": ""} for t in ("gated_attention", "leaky_relu2")]
-    options = [{"action": "test", "technique": "gated_attention", "gain_per_dollar": 9.0,
-                "needs_gpu_tier": "opposite sign"},
-               {"action": "test", "technique": "leaky_relu2", "gain_per_dollar": 1.0, "needs_gpu_tier": None}]
-    state = PlannerState(session="s", tier=TIER, hardware="cpu", budget_left=Budget(), incumbent={"env": {}},
-                         queue=queue,
-                         options=options)
+    queue = [
+        {
+            "technique": t,
+            "env": {f"{t.upper()}": "1"},
+            "state": "todo",
+            "decided": None,
+            "tries": 0,
+            "notes": "",
+        }
+        for t in ("gated_attention", "leaky_relu2")
+    ]
+    options = [
+        {
+            "action": "test",
+            "technique": "gated_attention",
+            "gain_per_dollar": 9.0,
+            "needs_gpu_tier": "opposite sign",
+        },
+        {"action": "test", "technique": "leaky_relu2", "gain_per_dollar": 1.0, "needs_gpu_tier": None},
+    ]
+    state = PlannerState(
+        session="s",
+        tier=TIER,
+        hardware="cpu",
+        budget_left=Budget(),
+        incumbent={"env": {}},
+        queue=queue,
+        options=options,
+    )
     first = PlaybookPlanner().propose(state)
     assert first.experiment is not None and first.experiment.technique == "leaky_relu2"
     state.queue = queue[:1]
@@ -97,12 +154,33 @@ def test_the_playbook_ranks_what_the_tier_cannot_see_last_rather_than_dropping_i
 
 
 def test_the_playbook_gives_no_second_look_on_this_tier_to_what_needs_a_gpu_tier():
-    queue = [{"technique": "ema", "env": {"EMA_DECAY": "0.99"}, "state": "todo", "decided": "inconclusive",
-              "tries": 1, "notes": ""}]
-    options = [{"action": "test", "technique": "ema", "gain_per_dollar": 1.0,
-                "needs_gpu_tier": "training changes do not transfer"}]
-    state = PlannerState(session="s", tier=TIER, hardware="cpu", budget_left=Budget(), incumbent={"env": {}},
-                         queue=queue, options=options)
+    queue = [
+        {
+            "technique": "ema",
+            "env": {"EMA_DECAY": "0.99"},
+            "state": "todo",
+            "decided": "inconclusive",
+            "tries": 1,
+            "notes": "",
+        }
+    ]
+    options = [
+        {
+            "action": "test",
+            "technique": "ema",
+            "gain_per_dollar": 1.0,
+            "needs_gpu_tier": "training changes do not transfer",
+        }
+    ]
+    state = PlannerState(
+        session="s",
+        tier=TIER,
+        hardware="cpu",
+        budget_left=Budget(),
+        incumbent={"env": {}},
+        queue=queue,
+        options=options,
+    )
     assert PlaybookPlanner().propose(state).action == "stop"
     state.options[0]["needs_gpu_tier"] = None
     assert PlaybookPlanner().propose(state).experiment.technique == "ema"

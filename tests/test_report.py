@@ -72,11 +72,18 @@ def test_every_picture_is_a_valid_png_of_the_planned_size(rendered):
 def test_val_bpb_plot_has_one_point_per_decision_and_the_frontier(tmp_path):
     data = report.collect(report.read_records(FIXTURE))
     fig = report.plot_val_bpb(data, tmp_path / "v.png")
-    drawn = [tuple(xy) for ax in fig.axes for c in ax.collections if c.get_gid() == "decisions"
-             for xy in c.get_offsets()]
+    drawn = [
+        tuple(xy)
+        for ax in fig.axes
+        for c in ax.collections
+        if c.get_gid() == "decisions"
+        for xy in c.get_offsets()
+    ]
     expected = [(p["index"], p["candidate_bpb"]) for p in data["decisions"]]
     assert len(drawn) == len(expected)
-    for got, want in zip(sorted(drawn), sorted(expected), strict=True):  # flat approx: pytest 9.2 refuses nesting
+    for got, want in zip(
+        sorted(drawn), sorted(expected), strict=True
+    ):  # flat approx: pytest 9.2 refuses nesting
         assert list(got) == pytest.approx(list(want))
     assert len(drawn) == 7
     frontier = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid() == "frontier"]
@@ -101,7 +108,7 @@ def test_calibration_plot_draws_the_ledger_pair_and_the_fit(tmp_path):
 def test_decision_table_lists_every_decision(rendered):
     _, path = rendered
     text = path.read_text()
-    table = text[text.index("## Every decision"):]
+    table = text[text.index("## Every decision") :]
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| #")]
     assert len(rows) == 7
     for exp in ["e1", "e2", "e3", "e4", "h1", "e6", "e7"]:
@@ -121,8 +128,15 @@ def test_report_handles_an_empty_ledger_and_no_frontier_file(tmp_path):
 
 def test_frontier_falls_back_to_the_finals_and_a_torn_tail_is_skipped(tmp_path):
     ledger = tmp_path / "ledger.jsonl"
-    final = FinalRecord(session="s", final_id="f", script_sha="x", seeds=[1], val_bpbs=[1.10], status="ok",
-                        frontier_bpb=1.0700)
+    final = FinalRecord(
+        session="s",
+        final_id="f",
+        script_sha="x",
+        seeds=[1],
+        val_bpbs=[1.10],
+        status="ok",
+        frontier_bpb=1.0700,
+    )
     torn = final.model_dump_json() + "\n" + '{"kind": "decision", "sess'
     ledger.write_text(torn)
     path = report.write_report(ledger, tmp_path / "out", leaderboard=None)

@@ -17,10 +17,18 @@ from testing.invariants import check_records
 from testing.workspace import git, golf, make_workspace
 
 
-def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judged_wins(tmp_path, tiny_dataset):
+def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judged_wins(
+    tmp_path, tiny_dataset
+):
     ws = make_workspace(tmp_path, tiny_dataset)
-    summary = run_session(ws, planner=PlaybookPlanner(), tier="cpu-tiny", budget=Budget(experiments=4),
-                          session="e2e", progress=Progress.quiet())
+    summary = run_session(
+        ws,
+        planner=PlaybookPlanner(),
+        tier="cpu-tiny",
+        budget=Budget(experiments=4),
+        session="e2e",
+        progress=Progress.quiet(),
+    )
     assert summary.decisions == 4
     ledger = check_records(ws, "e2e")
     decisions = ledger.records(DecisionRecord)
@@ -50,7 +58,9 @@ def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judge
         assert "Hypothesis:" in note and "Result:" in note and "Decision:" in note
     # the branch's script is the incumbent: the committed script equals the worktree's, and the branch's
     # incumbent.json holds the env of the last kept candidate (or none)
-    assert git(ws, "show", "HEAD:trainer/train_gpt.py") == (ws / "trainer/train_gpt.py").read_text().rstrip("\n")
+    assert git(ws, "show", "HEAD:trainer/train_gpt.py") == (ws / "trainer/train_gpt.py").read_text().rstrip(
+        "\n"
+    )
     kept = [d for d in decisions if d.kept]
     committed = git(ws, "show", "HEAD:incumbent.json") if kept else "{}"
     assert json.loads(committed).get("env", {}) == (kept[-1].env if kept else {})
@@ -64,7 +74,9 @@ def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judge
 
 # a torn decision and a kill after the commit: tests/test_crash_safety.py
 @pytest.mark.parametrize("point", ["during_run"])
-def test_sigkill_at_any_point_then_resume_loses_nothing_and_records_nothing_twice(tmp_path, tiny_dataset, point):
+def test_sigkill_at_any_point_then_resume_loses_nothing_and_records_nothing_twice(
+    tmp_path, tiny_dataset, point
+):
     ws = make_workspace(tmp_path, tiny_dataset)
     args = ["--tier", "cpu-tiny", "--experiments", "1", "--session", "crash", "--planner", "playbook"]
     died = golf(ws, "run", *args, env={"PGOLF_CRASH_AT": point})
@@ -80,5 +92,3 @@ def test_sigkill_at_any_point_then_resume_loses_nothing_and_records_nothing_twic
     if point == "during_run":
         aborted = [r for r in ledger.records(RunRecord) if r.result.status == "aborted"]
         assert len(aborted) == 1
-
-

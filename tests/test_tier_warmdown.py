@@ -21,8 +21,10 @@ def test_every_step_matched_tier_runs_without_a_wallclock_cap():
 
 def test_a_step_matched_tier_with_a_wallclock_cap_is_refused_with_the_reason(tmp_path):
     bad = tmp_path / "tiers.toml"
-    bad.write_text('[tier.x]\nhardware = "cpu"\nstep_matched = true\nenv = { ITERATIONS = 40, '
-                   'MAX_WALLCLOCK_SECONDS = 120 }\n')
+    bad.write_text(
+        '[tier.x]\nhardware = "cpu"\nstep_matched = true\nenv = { ITERATIONS = 40, '
+        "MAX_WALLCLOCK_SECONDS = 120 }\n"
+    )
     with pytest.raises(TiersError, match="without a wallclock cap"):
         load_tiers(bad)
 

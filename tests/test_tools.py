@@ -50,8 +50,11 @@ def ctx(tmp_path):
     (tmp_path / "battle_plan.md").write_text(PLAN)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
     subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=tmp_path,
-                   check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+        cwd=tmp_path,
+        check=True,
+    )
     load_tools()
     ws = Workspace.at(tmp_path)
     tier = Tier(name="cpu-tiny", hardware="cpu")
@@ -65,8 +68,9 @@ def test_every_tool_has_an_openai_schema_generated_from_its_model():
         params = schemas[name]["function"]["parameters"]
         assert params["type"] == "object" and params["properties"]
     # long limits are validated, not exported: llama.cpp cannot compile them into a grammar
-    assert "maxLength" not in json.dumps(schemas["launch_local_sweep"]["function"]["parameters"]["properties"]
-                                         ["hypothesis"])
+    assert "maxLength" not in json.dumps(
+        schemas["launch_local_sweep"]["function"]["parameters"]["properties"]["hypothesis"]
+    )
     strict = registry.openai_schemas(["edit_train_script"], strict=True)[0]["function"]
     assert strict["strict"] is True
     assert strict["parameters"]["additionalProperties"] is False
@@ -82,26 +86,33 @@ def test_invalid_arguments_come_back_as_readable_errors_not_crashes(ctx):
     assert not out.ok and "unknown tool" in out.error
     out = registry.call("read_logs", "x" * (registry.MAX_ARGUMENT_CHARS + 1), ctx)
     assert not out.ok and "limit" in out.error
-    out = registry.call("launch_local_sweep", {"candidates": [{"name": "a", "env": {"DATA_PATH": "/etc"}}],
-                                               "seeds": [1]}, ctx)
+    out = registry.call(
+        "launch_local_sweep", {"candidates": [{"name": "a", "env": {"DATA_PATH": "/etc"}}], "seeds": [1]}, ctx
+    )
     assert not out.ok and "DATA_PATH" in out.error
 
 
 def test_edit_applies_exact_replacement_and_returns_the_diff(ctx):
-    out = registry.call("edit_train_script", {"rationale": "a higher LR", "edits": [
-        {"search": "LR = 0.04", "replace": "LR = 0.06"}]}, ctx)
+    out = registry.call(
+        "edit_train_script",
+        {"rationale": "a higher LR", "edits": [{"search": "LR = 0.04", "replace": "LR = 0.06"}]},
+        ctx,
+    )
     assert out.ok, out.error
     assert "-LR = 0.04" in out.result["diff"] and "+LR = 0.06" in out.result["diff"]
     assert "LR = 0.06" in ctx.ws.script.read_text()
 
 
-@pytest.mark.parametrize("edit, expect", [
-    ({"search": "LR = 0.99", "replace": "x"}, "not found"),
-    ({"search": "return", "replace": "yield"}, "ambiguous"),
-    ({"search": "WIDTH = 512", "replace": "WIDTH = (512"}, "does not compile"),
-    ({"search": "loss / math.log(2)", "replace": "loss / math.log(2) * 0.5"}, "protected"),
-    ({"search": PROTECTED_END, "replace": ""}, "protected"),
-])
+@pytest.mark.parametrize(
+    "edit, expect",
+    [
+        ({"search": "LR = 0.99", "replace": "x"}, "not found"),
+        ({"search": "return", "replace": "yield"}, "ambiguous"),
+        ({"search": "WIDTH = 512", "replace": "WIDTH = (512"}, "does not compile"),
+        ({"search": "loss / math.log(2)", "replace": "loss / math.log(2) * 0.5"}, "protected"),
+        ({"search": PROTECTED_END, "replace": ""}, "protected"),
+    ],
+)
 def test_bad_or_hostile_edits_are_refused_and_leave_the_script_untouched(ctx, edit, expect):
     before = ctx.ws.script.read_text()
     out = registry.call("edit_train_script", {"rationale": "r", "edits": [edit]}, ctx)
@@ -111,8 +122,11 @@ def test_bad_or_hostile_edits_are_refused_and_leave_the_script_untouched(ctx, ed
 
 def test_edits_outside_the_script_are_refused(ctx):
     for path in ("battle_plan.md", "../etc/passwd", "/tmp/x.py", "trainer/prepare_data.py"):
-        out = registry.call("edit_train_script", {"rationale": "r", "path": path,
-                                                  "edits": [{"search": "a", "replace": "b"}]}, ctx)
+        out = registry.call(
+            "edit_train_script",
+            {"rationale": "r", "path": path, "edits": [{"search": "a", "replace": "b"}]},
+            ctx,
+        )
         assert not out.ok and "only trainer/train_gpt.py" in out.error
 
 
@@ -120,11 +134,23 @@ def test_read_logs_is_bounded_and_finds_runs_only_through_the_ledger(ctx, tmp_pa
     run_dir = tmp_path / "r1"
     run_dir.mkdir()
     (run_dir / "stdout.log").write_text("\n".join(f"line {i} " + "x" * 300 for i in range(5000)))
-    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps({"step": i, "train_loss": 5 - i / 100})
-                                                     for i in range(200)))
-    ctx.ledger.append(RunRecord(session="s1", run_id="r1", experiment="e1", candidate="c", tier="t", hardware="h",
-                                seed=1, script_sha="x", result=RunResult(status="ok", val_bpb=1.5),
-                                run_dir=str(run_dir)))
+    (run_dir / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": i, "train_loss": 5 - i / 100}) for i in range(200))
+    )
+    ctx.ledger.append(
+        RunRecord(
+            session="s1",
+            run_id="r1",
+            experiment="e1",
+            candidate="c",
+            tier="t",
+            hardware="h",
+            seed=1,
+            script_sha="x",
+            result=RunResult(status="ok", val_bpb=1.5),
+            run_dir=str(run_dir),
+        )
+    )
     out = registry.call("read_logs", {"run_id": "r1", "tail_lines": 40}, ctx)
     assert out.ok
     assert len(out.text()) < 8000
@@ -135,16 +161,34 @@ def test_read_logs_is_bounded_and_finds_runs_only_through_the_ledger(ctx, tmp_pa
 def test_a_finding_cannot_be_confirmed_without_the_judges_decision(ctx):
     out = registry.call("record_finding", {"technique": "smear_gate", "status": "confirmed"}, ctx)
     assert not out.ok and "no decision" in out.error
-    ctx.ledger.append(DecisionRecord(session="s1", experiment="e001-smear_gate", candidate="smear_gate",
-                                     technique="smear_gate", tier="cpu-tiny", hardware="h", outcome="rejected",
-                                     kept=False, delta=0.01, ci_low=0.001, ci_high=0.02, p_value=0.9))
+    ctx.ledger.append(
+        DecisionRecord(
+            session="s1",
+            experiment="e001-smear_gate",
+            candidate="smear_gate",
+            technique="smear_gate",
+            tier="cpu-tiny",
+            hardware="h",
+            outcome="rejected",
+            kept=False,
+            delta=0.01,
+            ci_low=0.001,
+            ci_high=0.02,
+            p_value=0.9,
+        )
+    )
     out = registry.call("record_finding", {"technique": "smear_gate", "status": "confirmed"}, ctx)
     assert not out.ok and "'rejected'" in out.error
-    out = registry.call("record_finding", {"technique": "smear_gate", "status": "rejected", "note": "worse"}, ctx)
+    out = registry.call(
+        "record_finding", {"technique": "smear_gate", "status": "rejected", "note": "worse"}, ctx
+    )
     assert out.ok and out.result["delta"] == 0.01  # statistics copied from the decision, not the caller
     assert [f.status for f in ctx.ledger.records(FindingRecord)] == ["rejected"]
     plan = ctx.ws.battle_plan.read_text()
     dead_ends = plan.split("<!-- golf:begin dead_ends -->")[1].split("<!-- golf:end dead_ends -->")[0]
     assert "| smear_gate |" in dead_ends and "+0.0100" in dead_ends
-    assert "smear_gate" not in plan.split("<!-- golf:begin confirmed -->")[1].split("<!-- golf:end confirmed -->")[0]
+    assert (
+        "smear_gate"
+        not in plan.split("<!-- golf:begin confirmed -->")[1].split("<!-- golf:end confirmed -->")[0]
+    )
     assert "- be careful" in plan  # the human's part survives

@@ -27,8 +27,11 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
     double = data.env(RUN_DIR=str(tmp_path / "ddp"), GRAD_ACCUM_STEPS=2, **shape)  # 2 ranks x 2 micro-steps
     one = launch([sys.executable, str(TRAINER)], single, tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                  str(TRAINER)], double, tmp_path)
+    two = launch(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAINER)],
+        double,
+        tmp_path,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
 
     a = json.loads((tmp_path / "single" / "results.json").read_text())

@@ -16,8 +16,15 @@ from testing.trainer_fixtures import BOS, ROOT, build_tiny_dataset, read_metrics
 
 CPU = torch.device("cpu")
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
-LORA = dict(TTT_ENABLE=1, TTT_MODE="lora", TTT_LORA_RANK=4, TTT_LORA_LR=0.01, TTT_LORA_CHUNK=16,
-            TTT_LORA_BATCH=8, TTT_PHASE_DOCS=0)
+LORA = dict(
+    TTT_ENABLE=1,
+    TTT_MODE="lora",
+    TTT_LORA_RANK=4,
+    TTT_LORA_LR=0.01,
+    TTT_LORA_CHUNK=16,
+    TTT_LORA_BATCH=8,
+    TTT_PHASE_DOCS=0,
+)
 
 # flag -> (env overrides, where the change must show: train losses or the roundtrip score)
 FLAGS = {
@@ -58,8 +65,9 @@ def losses(run_dir) -> list[float]:
 
 
 @pytest.mark.parametrize("flag", list(FLAGS))
-def test_flag_runs_changes_the_computation_and_survives_the_roundtrip(tg, tiny_data, tmp_path, baseline,
-                                                                     flag):
+def test_flag_runs_changes_the_computation_and_survives_the_roundtrip(
+    tg, tiny_data, tmp_path, baseline, flag
+):
     env, where = FLAGS[flag]
     base, base_metrics = baseline
     result = run_in_process(tg, tiny_data, tmp_path / "run", **env)  # the roundtrip reloads strictly
@@ -94,8 +102,10 @@ def test_newton_schulz_variants_orthogonalise_and_row_norm_equalises(tg):
         s = torch.linalg.svdvals(tg.zeropower_via_newtonschulz5(G, 5, polar=polar))
         assert 0.3 < s.min() and s.max() < 1.3  # every direction pushed towards unit singular value
     # Polar Express gets closer to orthogonal than the fixed quintic in the same 5 steps
-    err = [(torch.linalg.svdvals(tg.zeropower_via_newtonschulz5(G, 5, polar=p)) - 1).abs().max()
-           for p in (False, True)]
+    err = [
+        (torch.linalg.svdvals(tg.zeropower_via_newtonschulz5(G, 5, polar=p)) - 1).abs().max()
+        for p in (False, True)
+    ]
     assert err[1] < err[0]
     p = torch.nn.Parameter(torch.randn(6, 4))
     p.grad = torch.randn(6, 4) * torch.arange(1, 7)[:, None]
@@ -120,8 +130,9 @@ def test_depth_recurrence_schedule_and_switch_on(tg, tiny_data, tmp_path):
     enc, dec = tg.layer_schedule(args, looping=True)
     assert enc + dec == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10] and len(enc) == 8
     assert tg.layer_schedule(args, looping=False) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10])
-    run_in_process(tg, tiny_data, tmp_path / "r", NUM_LAYERS=3, NUM_LOOPS=1, LOOP_START=1, LOOP_END=1,
-                   LOOP_FROM_FRAC=0.5)
+    run_in_process(
+        tg, tiny_data, tmp_path / "r", NUM_LAYERS=3, NUM_LOOPS=1, LOOP_START=1, LOOP_END=1, LOOP_FROM_FRAC=0.5
+    )
     assert "step:2 depth recurrence on" in (tmp_path / "r" / "train.log").read_text()
 
 
@@ -220,8 +231,15 @@ def test_gptq_reserves_its_calibration_time_out_of_the_training_wallclock(tg, ti
     assert args.train_seconds == 580
     no_gptq = tg.Hyperparameters(tiny_data.env(MAX_WALLCLOCK_SECONDS=600, GPTQ_RESERVE_SECONDS=20))
     assert no_gptq.train_seconds == 600
-    args = tg.Hyperparameters(tiny_data.env(MAX_WALLCLOCK_SECONDS=600, ITERATIONS=20000, GPTQ=1,
-                                            GPTQ_RESERVE_SECONDS=20, WARMDOWN_MODE="time_fraction"))
+    args = tg.Hyperparameters(
+        tiny_data.env(
+            MAX_WALLCLOCK_SECONDS=600,
+            ITERATIONS=20000,
+            GPTQ=1,
+            GPTQ_RESERVE_SECONDS=20,
+            WARMDOWN_MODE="time_fraction",
+        )
+    )
     assert tg.lr_scale(args, 10, 580_000.0) == 0.0  # the warmdown ends where training must stop
 
 
@@ -236,8 +254,9 @@ def test_gptq_artifact_does_not_depend_on_the_validation_split(tg, tiny_data, tm
     a = run_in_process(tg, tiny_data, tmp_path / "a", **env)
     b = run_in_process(tg, tiny_data, tmp_path / "b", DATA_PATH=str(other), **env)
     assert a["val_bpb"] != b["val_bpb"]  # the runs did score different validation tokens
-    assert (tmp_path / "a" / "final_model.int5.ptz").read_bytes() == \
-        (tmp_path / "b" / "final_model.int5.ptz").read_bytes()
+    assert (tmp_path / "a" / "final_model.int5.ptz").read_bytes() == (
+        tmp_path / "b" / "final_model.int5.ptz"
+    ).read_bytes()
 
 
 # --- TTT stays score-first ---------------------------------------------------------------------------------
@@ -251,25 +270,31 @@ def luts_for(tg, args):
 
 
 def ttt_eval(tg, args, model, tokens):
-    return tg.evaluate_ttt(copy.deepcopy(model), tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST,
-                           batch_seqs=2)
+    return tg.evaluate_ttt(
+        copy.deepcopy(model), tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST, batch_seqs=2
+    )
 
 
-@pytest.mark.parametrize("env", [
-    dict(TTT_ENABLE=1, TTT_CHUNK_TOKENS=64, TTT_LR=0.05, TTT_EPOCHS=2, QAT_BITS=6),
-    dict(LORA, TTT_LORA_LR=0.05),
-    dict(LORA, TTT_LORA_LR=0.05, TTT_PHASE_DOCS=6, TTT_PHASES=2, TTT_PHASE_LR=0.05),
-], ids=["sgd-cosine-qat", "lora", "lora-phased"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        dict(TTT_ENABLE=1, TTT_CHUNK_TOKENS=64, TTT_LR=0.05, TTT_EPOCHS=2, QAT_BITS=6),
+        dict(LORA, TTT_LORA_LR=0.05),
+        dict(LORA, TTT_LORA_LR=0.05, TTT_PHASE_DOCS=6, TTT_PHASES=2, TTT_PHASE_LR=0.05),
+    ],
+    ids=["sgd-cosine-qat", "lora", "lora-phased"],
+)
 def test_ttt_score_of_a_target_never_depends_on_later_tokens(tg, tiny_data, env):
     """Changing token t can change no score of a chunk whose targets all come before t (score first), and
     does change later ones (the adaptation is real)."""
     args = tg.Hyperparameters(tiny_data.env(**env))
     torch.manual_seed(0)
     model = randomised(tg.build_model(args, CPU))
-    tokens = torch.from_numpy(tiny_data.val_tokens[:32 * 12 + 1].copy())
+    tokens = torch.from_numpy(tiny_data.val_tokens[: 32 * 12 + 1].copy())
     out = ttt_eval(tg, args, model, tokens)
-    plain = tg.evaluate(copy.deepcopy(model), tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST,
-                        batch_seqs=2)
+    plain = tg.evaluate(
+        copy.deepcopy(model), tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST, batch_seqs=2
+    )
     assert (out["tokens"], out["bytes"]) == (plain["tokens"], plain["bytes"])  # the same targets, all once
     assert out["val_bpb"] != plain["val_bpb"]
     t = 200
@@ -285,10 +310,20 @@ def test_ttt_score_of_a_target_never_depends_on_later_tokens(tg, tiny_data, env)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
-def test_sgd_ttt_trains_on_non_overlapping_scored_sequences_with_a_cosine_lr(tg, tiny_data, monkeypatch,
-                                                                            schedule):
-    args = tg.Hyperparameters(tiny_data.env(TTT_ENABLE=1, TTT_CHUNK_TOKENS=64, TTT_LR=0.05, TTT_EPOCHS=1,
-                                            EVAL_STRIDE=16, QAT_BITS=6, TTT_LR_SCHEDULE=schedule))
+def test_sgd_ttt_trains_on_non_overlapping_scored_sequences_with_a_cosine_lr(
+    tg, tiny_data, monkeypatch, schedule
+):
+    args = tg.Hyperparameters(
+        tiny_data.env(
+            TTT_ENABLE=1,
+            TTT_CHUNK_TOKENS=64,
+            TTT_LR=0.05,
+            TTT_EPOCHS=1,
+            EVAL_STRIDE=16,
+            QAT_BITS=6,
+            TTT_LR_SCHEDULE=schedule,
+        )
+    )
     torch.manual_seed(0)
     model = randomised(tg.build_model(args, CPU))
     calls, trained = [], []
@@ -305,7 +340,7 @@ def test_sgd_ttt_trains_on_non_overlapping_scored_sequences_with_a_cosine_lr(tg,
 
     monkeypatch.setattr(tg, "sgd_on_scored", spy_sgd)
     monkeypatch.setattr(tg, "window_batch", spy_batch)
-    tokens = torch.from_numpy(tiny_data.val_tokens[:32 * 10 + 1].copy())
+    tokens = torch.from_numpy(tiny_data.val_tokens[: 32 * 10 + 1].copy())
     out = tg.evaluate_ttt(model, tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST, batch_seqs=2)
     n = len(out["spans"])
     cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * k / (n - 1))) for k in range(n - 1)]
@@ -322,7 +357,7 @@ def test_lora_ttt_documents_are_independent_without_phases(tg, tiny_data):
     args = tg.Hyperparameters(tiny_data.env(**dict(LORA, TTT_LORA_LR=0.05)))
     torch.manual_seed(0)
     model = randomised(tg.build_model(args, CPU))
-    tokens = torch.from_numpy(tiny_data.val_tokens[:32 * 12 + 1].copy())
+    tokens = torch.from_numpy(tiny_data.val_tokens[: 32 * 12 + 1].copy())
     starts = tg.document_starts(tokens, 32 * 12, BOS)
     assert len(starts) >= 3
     out = ttt_eval(tg, args, model, tokens)
@@ -336,8 +371,15 @@ def test_lora_ttt_documents_are_independent_without_phases(tg, tiny_data):
 
 # --- composition and vocabularies -------------------------------------------------------------------------
 
-TINY_SHAPE = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "TRAIN_SEQ_LEN",
-              "TRAIN_BATCH_TOKENS")
+TINY_SHAPE = (
+    "VOCAB_SIZE",
+    "NUM_LAYERS",
+    "MODEL_DIM",
+    "NUM_HEADS",
+    "NUM_KV_HEADS",
+    "TRAIN_SEQ_LEN",
+    "TRAIN_BATCH_TOKENS",
+)
 
 
 def frontier_env() -> dict:
@@ -353,8 +395,18 @@ def test_frontier_preset_is_the_trainers_knobs_and_runs_end_to_end_at_a_tiny_sha
     check_env_allowed(env, (ROOT / "trainer" / "train_gpt.py").read_text())
     assert env["VOCAB_SIZE"] == "8192" and env["NUM_LAYERS"] == "11" and env["MLP_MULT"] == "4"
     tiny = {k: v for k, v in env.items() if k not in TINY_SHAPE}
-    tiny.update(NUM_LAYERS=4, LOOP_START=1, LOOP_END=2, PARALLEL_START=3, ITERATIONS=6, TTT_LORA_RANK=4,
-                TTT_LORA_CHUNK=16, TTT_LORA_BATCH=8, TTT_PHASE_DOCS=4, GPTQ_CALIB_BATCHES=2)
+    tiny.update(
+        NUM_LAYERS=4,
+        LOOP_START=1,
+        LOOP_END=2,
+        PARALLEL_START=3,
+        ITERATIONS=6,
+        TTT_LORA_RANK=4,
+        TTT_LORA_CHUNK=16,
+        TTT_LORA_BATCH=8,
+        TTT_PHASE_DOCS=4,
+        GPTQ_CALIB_BATCHES=2,
+    )
     result = run_in_process(tg, tiny_data, tmp_path / "frontier", **tiny)
     assert result["status"] == "ok", result["error"]
     assert math.isfinite(result["val_bpb"]) and result["bytes_model"] > 0
@@ -365,7 +417,8 @@ def test_frontier_preset_is_the_trainers_knobs_and_runs_end_to_end_at_a_tiny_sha
 def test_larger_vocabularies_run_end_to_end(tg, tmp_path, vocab):
     data = build_tiny_dataset(vocab)
     assert int(data.val_tokens.max()) >= 1024
-    result = run_in_process(tg, data, tmp_path / "v", VOCAB_SIZE=vocab, ITERATIONS=2, EMBED_BITS=7,
-                            **dict(LORA, TTT_PHASE_DOCS=2))
+    result = run_in_process(
+        tg, data, tmp_path / "v", VOCAB_SIZE=vocab, ITERATIONS=2, EMBED_BITS=7, **dict(LORA, TTT_PHASE_DOCS=2)
+    )
     assert result["status"] == "ok", result["error"]
     assert math.isfinite(result["val_bpb"]) and result["hyperparameters"]["vocab_size"] == vocab

@@ -108,8 +108,9 @@ def test_evaluate_bpb_agrees_with_independent_computation(tg, tiny_data):
     assert got["val_loss"] == pytest.approx(nats / n, rel=1e-6)
 
 
-@pytest.mark.parametrize("n_tokens,seq_len,stride", [(257, 32, 0), (257, 32, 8), (321, 32, 24), (65, 32, 31),
-                                                     (97, 16, 5)])
+@pytest.mark.parametrize(
+    "n_tokens,seq_len,stride", [(257, 32, 0), (257, 32, 8), (321, 32, 24), (65, 32, 31), (97, 16, 5)]
+)
 def test_eval_windows_score_every_target_exactly_once(tg, n_tokens, seq_len, stride):
     windows = tg.eval_windows(n_tokens, seq_len, stride)
     scored = [s + j for s, first in windows for j in range(first, seq_len)]
@@ -128,7 +129,7 @@ def test_sliding_window_gives_more_context_but_same_bytes(tg, tiny_data):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    tokens = torch.from_numpy(tiny_data.val_tokens[:32 * 12 + 1])
+    tokens = torch.from_numpy(tiny_data.val_tokens[: 32 * 12 + 1])
     luts = tg.build_sentencepiece_luts(sp, 1024, CPU)
     plain = tg.evaluate(model, tokens, args, luts, CPU, torch.autocast("cpu", enabled=False), batch_seqs=4)
     slide = tg.evaluate(model, tokens, strided, luts, CPU, torch.autocast("cpu", enabled=False), batch_seqs=4)
@@ -167,12 +168,15 @@ def test_shard_holds_full_uint16_range(tg, tmp_path):
     assert tg.load_data_shard(tmp_path / "s.bin").tolist() == [0, 1, 65535, 40000]
 
 
-@pytest.mark.parametrize("corrupt,message", [
-    (dict(magic=20240521), "bad magic 20240521"),
-    (dict(version=2), "bad version 2"),
-    (dict(num_tokens=11), "size mismatch"),
-    (dict(num_tokens=9), "size mismatch"),
-])
+@pytest.mark.parametrize(
+    "corrupt,message",
+    [
+        (dict(magic=20240521), "bad magic 20240521"),
+        (dict(version=2), "bad version 2"),
+        (dict(num_tokens=11), "size mismatch"),
+        (dict(num_tokens=9), "size mismatch"),
+    ],
+)
 def test_corrupt_shards_are_rejected_naming_file_and_problem(tg, tmp_path, corrupt, message):
     path = tmp_path / "fineweb_val_000000.bin"
     write_shard(path, list(range(10)), **corrupt)
@@ -202,6 +206,7 @@ def test_a_run_on_a_corrupt_shard_reports_the_file(tg, tiny_data, tmp_path):
     with pytest.raises(ValueError):
         run_in_process(tg, tiny_data, tmp_path / "run", DATA_PATH=str(data))
     import json
+
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert result["status"] == "error" and "fineweb_val_000000.bin" in result["error"]
     assert "size mismatch" in result["error"]

@@ -138,8 +138,16 @@ def test_smear_gate_alone_leaks_without_mask(tg, tiny_data):
 def ttt_trace(tg, args, model, tokens):
     """Weights in force when each chunk was scored, and the chunk sums."""
     snaps = []
-    out = tg.evaluate_ttt(model, tokens, args, luts_for(tg, args), CPU, NO_AUTOCAST, batch_seqs=2,
-                          before_score=lambda k, m: snaps.append(copy.deepcopy(m.state_dict())))
+    out = tg.evaluate_ttt(
+        model,
+        tokens,
+        args,
+        luts_for(tg, args),
+        CPU,
+        NO_AUTOCAST,
+        batch_seqs=2,
+        before_score=lambda k, m: snaps.append(copy.deepcopy(m.state_dict())),
+    )
     return snaps, out
 
 
@@ -151,12 +159,13 @@ def luts_for(tg, args):
 
 @pytest.mark.parametrize("stride", [0, 16])
 def test_ttt_never_scores_a_chunk_with_weights_trained_on_it(tg, tiny_data, stride):
-    args = tg.Hyperparameters(tiny_data.env(TTT_ENABLE=1, TTT_CHUNK_TOKENS=64, TTT_LR=0.05, TTT_EPOCHS=2,
-                                            EVAL_STRIDE=stride))
+    args = tg.Hyperparameters(
+        tiny_data.env(TTT_ENABLE=1, TTT_CHUNK_TOKENS=64, TTT_LR=0.05, TTT_EPOCHS=2, EVAL_STRIDE=stride)
+    )
     torch.manual_seed(0)
     model = randomised(tg.build_model(args, CPU))
     initial = copy.deepcopy(model.state_dict())
-    tokens = torch.from_numpy(tiny_data.val_tokens[:32 * 8 + 1].copy())
+    tokens = torch.from_numpy(tiny_data.val_tokens[: 32 * 8 + 1].copy())
     snaps, out = ttt_trace(tg, args, copy.deepcopy(model), tokens)
     assert len(out["chunks"]) == 4 and sum(c[1] for c in out["chunks"]) == 32 * 8
 
@@ -181,7 +190,7 @@ def test_ttt_never_scores_a_chunk_with_weights_trained_on_it(tg, tiny_data, stri
 
     # changing chunk 2's tokens cannot change the weights that scored chunk 2 ... but does change chunk 3's
     altered = tokens.clone()
-    altered[2 * 64 + 2:3 * 64] = (altered[2 * 64 + 2:3 * 64] * 7 + 5) % 1024
+    altered[2 * 64 + 2 : 3 * 64] = (altered[2 * 64 + 2 : 3 * 64] * 7 + 5) % 1024
     snaps2, _ = ttt_trace(tg, args, copy.deepcopy(model), altered)
     for k in (0, 1, 2):
         assert all(torch.equal(snaps[k][n], snaps2[k][n]) for n in snaps[k])
@@ -223,6 +232,7 @@ def test_run_result_matches_record_and_artifact(tg, tiny_data, tmp_path, baselin
     assert result["bytes_total"] == result["bytes_code"] + result["bytes_model"]
     assert result["over_cap"] is False
     import hashlib
+
     assert result["script_sha256"] == hashlib.sha256(source).hexdigest()
     assert (run_dir / "train.log").read_text().startswith(source.decode())
     assert result["steps"] == 4 and result["train_tokens"] == 4 * 256 and result["world_size"] == 1
@@ -256,8 +266,11 @@ def test_warmdown_modes(tg, tiny_data):
     slow = tg.Hyperparameters(tiny_data.env(ITERATIONS=20000, WARMDOWN_ITERS=1200, MAX_WALLCLOCK_SECONDS=600))
     # 1 s per step: the challenge rule's warmdown estimate (1200 s) exceeds the 600 s budget from step one
     assert tg.lr_scale(slow, 10, 10_000.0) < 1.0
-    fixed = tg.Hyperparameters(tiny_data.env(ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600,
-                                             WARMDOWN_MODE="time_fraction", WARMDOWN_FRAC=0.2))
+    fixed = tg.Hyperparameters(
+        tiny_data.env(
+            ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600, WARMDOWN_MODE="time_fraction", WARMDOWN_FRAC=0.2
+        )
+    )
     assert tg.lr_scale(fixed, 10, 10_000.0) == 1.0
     assert tg.lr_scale(fixed, 500, 540_000.0) == pytest.approx(0.5)
     assert tg.lr_scale(fixed, 600, 600_000.0) == 0.0
@@ -268,13 +281,20 @@ def test_warmdown_modes(tg, tiny_data):
 def trainer_subprocess(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     full.update(env)
-    return subprocess.run([sys.executable, str(TRAINER)], env=full, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(TRAINER)], env=full, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_exploding_loss_ends_the_run_as_diverged_with_exit_code_0(tiny_data, tmp_path):
-    env = tiny_data.env(RUN_DIR=str(tmp_path / "div"), ITERATIONS=8, TIED_EMBED_LR=1e3, MATRIX_LR=30,
-                        SCALAR_LR=1e3, DIVERGE_GRACE_STEPS=0)  # no grace for early spikes in an 8-step run
+    env = tiny_data.env(
+        RUN_DIR=str(tmp_path / "div"),
+        ITERATIONS=8,
+        TIED_EMBED_LR=1e3,
+        MATRIX_LR=30,
+        SCALAR_LR=1e3,
+        DIVERGE_GRACE_STEPS=0,
+    )  # no grace for early spikes in an 8-step run
     proc = trainer_subprocess(env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "div" / "results.json").read_text())

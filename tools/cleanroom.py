@@ -41,8 +41,16 @@ HOST_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 ROOM_ENV = ("HOME", "TMPDIR", "PYTHONUSERBASE", "PYTHONUNBUFFERED")
 
 LAUNCHER = Path(__file__).with_name("cleanroom_launch.py")  # loopback up, read-only mounts, then exec
-UNSHARE_USERNS = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc",
-                  "--kill-child")
+UNSHARE_USERNS = (
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--net",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--kill-child",
+)
 UNSHARE_ROOTNS = ("unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child")
 
 
@@ -64,8 +72,12 @@ def _works(prefix: tuple[str, ...], python: str, read_only: bool) -> bool:
     with tempfile.TemporaryDirectory(prefix="cleanroom-probe-") as tmp:
         launch = [python, "-I", str(LAUNCHER), *(["--read-only", tmp] if read_only else []), "--"]
         try:
-            r = subprocess.run([*prefix, *launch, python, "-I", "-c", "pass"], capture_output=True, timeout=30,
-                               env={"PATH": os.environ.get("PATH", os.defpath)})
+            r = subprocess.run(
+                [*prefix, *launch, python, "-I", "-c", "pass"],
+                capture_output=True,
+                timeout=30,
+                env={"PATH": os.environ.get("PATH", os.defpath)},
+            )
             return r.returncode == 0
         except (OSError, subprocess.SubprocessError):
             return False
@@ -89,21 +101,39 @@ def probe(python: str = sys.executable) -> Isolation:
             if not _works(prefix, python, read_only=False):
                 continue
             ro = _works(prefix, python, read_only=True)
-            what = ("user, network and PID namespaces" if mode == "userns" else
-                    "no user namespaces here: network and PID namespaces as root")
-            return Isolation(mode, (*prefix, "--"), True, True,
-                             f"{what}: no network, golf's process not visible, "
-                             + ("the filesystem read-only outside the run directory" if ro else
-                                "but the filesystem stays WRITABLE (the trainer could alter data or the project)"),
-                             read_only_fs=ro)
+            what = (
+                "user, network and PID namespaces"
+                if mode == "userns"
+                else "no user namespaces here: network and PID namespaces as root"
+            )
+            return Isolation(
+                mode,
+                (*prefix, "--"),
+                True,
+                True,
+                f"{what}: no network, golf's process not visible, "
+                + (
+                    "the filesystem read-only outside the run directory"
+                    if ro
+                    else "but the filesystem stays WRITABLE (the trainer could alter data or the project)"
+                ),
+                read_only_fs=ro,
+            )
     dumpable_off = make_non_dumpable()
     root = os.geteuid() == 0
-    return Isolation("none", (), False, dumpable_off and not root,
-                     "this machine cannot isolate the trainer (no usable `unshare`): it runs with the "
-                     "allow-listed environment only, WITH network access"
-                     + ("; golf's process is non-dumpable, so its environ is unreadable to the trainer"
-                        if dumpable_off and not root else
-                        "; as root the trainer could still read golf's /proc/<pid>/environ"))
+    return Isolation(
+        "none",
+        (),
+        False,
+        dumpable_off and not root,
+        "this machine cannot isolate the trainer (no usable `unshare`): it runs with the "
+        "allow-listed environment only, WITH network access"
+        + (
+            "; golf's process is non-dumpable, so its environ is unreadable to the trainer"
+            if dumpable_off and not root
+            else "; as root the trainer could still read golf's /proc/<pid>/environ"
+        ),
+    )
 
 
 def command(iso: Isolation, python: str, argv: list[str], writable: Path) -> list[str]:
@@ -115,8 +145,9 @@ def command(iso: Isolation, python: str, argv: list[str], writable: Path) -> lis
     return [*iso.prefix, python, "-I", str(LAUNCHER), *ro, "--", *argv]
 
 
-def trainer_env(host: Mapping[str, str], trainer: Mapping[str, str], run_dir: Path,
-                passthrough: Iterable[str] = ()) -> dict[str, str]:
+def trainer_env(
+    host: Mapping[str, str], trainer: Mapping[str, str], run_dir: Path, passthrough: Iterable[str] = ()
+) -> dict[str, str]:
     """The whole environment of a trainer process: host PATH/LANG (+ the safe runtime names in
     `passthrough` the host sets), a home and temp dir of its own, then the trainer's names."""
     env = {k: host[k] for k in (*HOST_ENV, *passthrough) if k in host}

@@ -24,8 +24,15 @@ import sys
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 1 << 21, 1 << 24
-KEEP_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-              "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+KEEP_FLAGS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+    "strictatime": MS_STRICTATIME,
+}
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 KERNEL_FS = ("/proc", "/sys", "/dev")
 
@@ -42,8 +49,12 @@ def loopback_up() -> None:
 
 
 def mount(src: str | None, dst: str, flags: int, fstype: str | None = None) -> None:
-    if libc.mount(src.encode() if src else None, dst.encode(), fstype.encode() if fstype else None, flags,
-                  None) != 0:
+    if (
+        libc.mount(
+            src.encode() if src else None, dst.encode(), fstype.encode() if fstype else None, flags, None
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         raise OSError(err, f"mount {dst}: {os.strerror(err)}")
 
@@ -80,8 +91,11 @@ def read_only_except(writable: list[str], hide: list[str]) -> None:
     uid, gid = os.getuid(), os.getgid()
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare")
-    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
-                       ("/proc/self/gid_map", f"{gid} {gid} 1")):
+    for path, text in (
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/uid_map", f"{uid} {uid} 1"),
+        ("/proc/self/gid_map", f"{gid} {gid} 1"),
+    ):
         with open(path, "w") as f:
             f.write(text)
 

@@ -39,8 +39,11 @@ class ViewResult(BaseModel):
     text: str
 
 
-@tool("view_script", f"Show lines start_line..end_line of trainer/train_gpt.py, numbered (at most "
-      f"{MAX_VIEW_LINES} lines).", ViewArgs)
+@tool(
+    "view_script",
+    f"Show lines start_line..end_line of trainer/train_gpt.py, numbered (at most {MAX_VIEW_LINES} lines).",
+    ViewArgs,
+)
 def view_script(args: ViewArgs, ctx: ToolContext) -> ViewResult:
     lines = ctx.ws.script.read_text(encoding="utf-8").splitlines()
     if args.start_line > len(lines):
@@ -48,8 +51,11 @@ def view_script(args: ViewArgs, ctx: ToolContext) -> ViewResult:
     if args.end_line < args.start_line:
         raise ToolError("end_line must not be before start_line")
     end = min(args.end_line, len(lines), args.start_line + MAX_VIEW_LINES - 1)
-    return ViewResult(total_lines=len(lines), shown=f"{args.start_line}-{end}",
-                      text=numbered(lines[args.start_line - 1:end], args.start_line))
+    return ViewResult(
+        total_lines=len(lines),
+        shown=f"{args.start_line}-{end}",
+        text=numbered(lines[args.start_line - 1 : end], args.start_line),
+    )
 
 
 class GrepArgs(BaseModel):
@@ -63,8 +69,11 @@ class GrepResult(BaseModel):
     text: str
 
 
-@tool("grep_script", f"Regex search of trainer/train_gpt.py: up to {MAX_MATCHES} numbered matches in context.",
-      GrepArgs)
+@tool(
+    "grep_script",
+    f"Regex search of trainer/train_gpt.py: up to {MAX_MATCHES} numbered matches in context.",
+    GrepArgs,
+)
 def grep_script(args: GrepArgs, ctx: ToolContext) -> GrepResult:
     try:
         rx = re.compile(args.pattern, re.IGNORECASE if args.ignore_case else 0)
@@ -81,5 +90,8 @@ def grep_script(args: GrepArgs, ctx: ToolContext) -> GrepResult:
             blocks.append("  ...")
         blocks.append(numbered(lines[lo:hi], lo + 1))
         last = hi - 1
-    return GrepResult(matches=len(hits), shown=min(len(hits), MAX_MATCHES),
-                      text="\n".join(blocks) if blocks else "(no match)")
+    return GrepResult(
+        matches=len(hits),
+        shown=min(len(hits), MAX_MATCHES),
+        text="\n".join(blocks) if blocks else "(no match)",
+    )

@@ -29,7 +29,9 @@ PROTECTED_END = "# === PROTECTED: METRIC END ==="
 MAX_SCRIPT_LINES = 2_000
 MAX_SCRIPT_BYTES = 120_000
 # the project's own packages: a trainer importing them would no longer be a standalone single file
-PROJECT_PACKAGES = frozenset({"agent", "tools", "memory", "trainer", "tests", "benchmarks", "testing", "pgolf"})
+PROJECT_PACKAGES = frozenset(
+    {"agent", "tools", "memory", "trainer", "tests", "benchmarks", "testing", "pgolf"}
+)
 NEAREST_CONTEXT = 2  # lines shown either side of the nearest region
 
 
@@ -88,7 +90,7 @@ def nearest_region(text: str, search: str) -> str:
     matcher.set_seq2(needle)
     best, best_i = -1.0, 0
     for i in range(0, max(1, len(lines) - k + 1)):
-        matcher.set_seq1("\n".join(x.strip() for x in lines[i:i + k]))
+        matcher.set_seq1("\n".join(x.strip() for x in lines[i : i + k]))
         if matcher.real_quick_ratio() <= best or matcher.quick_ratio() <= best:
             continue
         r = matcher.ratio()
@@ -135,8 +137,10 @@ def check_edited_script(old: str, new: str) -> None:
         raise ToolError("the edit reaches around the protected metric code: " + "; ".join(guard_problems[:6]))
     n_lines, n_bytes = new.count("\n") + 1, len(new.encode("utf-8"))
     if n_lines > MAX_SCRIPT_LINES or n_bytes > MAX_SCRIPT_BYTES:
-        raise ToolError(f"the edited script has {n_lines} lines and {n_bytes} bytes; the budget is "
-                        f"{MAX_SCRIPT_LINES} lines and {MAX_SCRIPT_BYTES} bytes")
+        raise ToolError(
+            f"the edited script has {n_lines} lines and {n_bytes} bytes; the budget is "
+            f"{MAX_SCRIPT_LINES} lines and {MAX_SCRIPT_BYTES} bytes"
+        )
 
 
 def apply_edits(text: str, edits: list[Edit]) -> str:
@@ -146,16 +150,20 @@ def apply_edits(text: str, edits: list[Edit]) -> str:
     for i, e in enumerate(edits, 1):
         n = text.count(e.search)
         if n == 0:
-            raise ToolError(f"edit {i}: search text not found in {SCRIPT_RELPATH} (it must match exactly, "
-                            f"whitespace included; copy it from view_script). {nearest_region(text, e.search)}")
+            raise ToolError(
+                f"edit {i}: search text not found in {SCRIPT_RELPATH} (it must match exactly, "
+                f"whitespace included; copy it from view_script). {nearest_region(text, e.search)}"
+            )
         if n > 1:
             raise ToolError(f"edit {i}: search text is ambiguous ({n} matches); include more context")
         start = text.index(e.search)
         r_start = text.index(PROTECTED_BEGIN)
         r_end = text.index(PROTECTED_END) + len(PROTECTED_END)
         if start < r_end and start + len(e.search) > r_start:
-            raise ToolError(f"edit {i}: touches the protected metric region (byte accounting and the bpb "
-                            "formula); that code is not editable")
+            raise ToolError(
+                f"edit {i}: touches the protected metric region (byte accounting and the bpb "
+                "formula); that code is not editable"
+            )
         text = text.replace(e.search, e.replace, 1)
     check_edited_script(original, text)
     return text
@@ -180,7 +188,9 @@ def edit_train_script(args: EditArgs, ctx: ToolContext) -> EditResult:
     vs_inc = unified_diff(incumbent, new)
     return EditResult(
         diff=unified_diff(old, new),
-        diff_vs_incumbent_lines=sum(1 for ln in vs_inc.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")),
+        diff_vs_incumbent_lines=sum(
+            1 for ln in vs_inc.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")
+        ),
         script_sha=sha256_text(new)[:12],
         lines=new.count("\n") + 1,
     )

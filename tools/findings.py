@@ -59,27 +59,44 @@ def rewrite_plan_blocks(ctx: ToolContext) -> list[str]:
     FindingArgs,
 )
 def record_finding(args: FindingArgs, ctx: ToolContext) -> FindingResult:
-    decisions = [d for d in ctx.ledger.records(DecisionRecord)
-                 if d.technique == args.technique and (args.experiment is None or d.experiment == args.experiment)]
+    decisions = [
+        d
+        for d in ctx.ledger.records(DecisionRecord)
+        if d.technique == args.technique and (args.experiment is None or d.experiment == args.experiment)
+    ]
     backing = decisions[-1] if decisions else None
     if args.status != "inconclusive":
         if backing is None:
             raise ToolError(f"no decision recorded for {args.technique!r}; run it through a sweep first")
         if backing.outcome != args.status:
-            raise ToolError(f"the judge's latest decision on {args.technique!r} is {backing.outcome!r} "
-                            f"(delta {backing.delta}, p {backing.p_value}); cannot record {args.status!r}")
+            raise ToolError(
+                f"the judge's latest decision on {args.technique!r} is {backing.outcome!r} "
+                f"(delta {backing.delta}, p {backing.p_value}); cannot record {args.status!r}"
+            )
     f = FindingRecord(
-        session=ctx.session, technique=args.technique, status=args.status,
+        session=ctx.session,
+        technique=args.technique,
+        status=args.status,
         tier=backing.tier if backing else ctx.tier.name,
-        delta=backing.delta if backing else None, ci_low=backing.ci_low if backing else None,
-        ci_high=backing.ci_high if backing else None, p_value=backing.p_value if backing else None,
-        n=backing.n_candidate if backing else 0, note=args.note,
+        delta=backing.delta if backing else None,
+        ci_low=backing.ci_low if backing else None,
+        ci_high=backing.ci_high if backing else None,
+        p_value=backing.p_value if backing else None,
+        n=backing.n_candidate if backing else 0,
+        note=args.note,
         experiment=backing.experiment if backing else args.experiment,
     )
     ctx.ledger.append(f)
     written = rewrite_plan_blocks(ctx)
-    return FindingResult(technique=f.technique, status=f.status, delta=f.delta, ci_low=f.ci_low,
-                         ci_high=f.ci_high, p_value=f.p_value, blocks_written=written)
+    return FindingResult(
+        technique=f.technique,
+        status=f.status,
+        delta=f.delta,
+        ci_low=f.ci_low,
+        ci_high=f.ci_high,
+        p_value=f.p_value,
+        blocks_written=written,
+    )
 
 
 # -- query_findings: the whole history, so nothing falls off a bounded prompt ---------------------------
@@ -96,7 +113,9 @@ class QueryArgs(BaseModel):
     technique: str | None = Field(default=None, max_length=64, description="substring of the technique id")
     outcome: Literal["confirmed", "rejected", "inconclusive"] | None = None
     tier: str | None = Field(default=None, max_length=64)
-    newest: int = Field(default=10, ge=1, le=MAX_QUERY_ROWS, description=f"rows, newest first (<= {MAX_QUERY_ROWS})")
+    newest: int = Field(
+        default=10, ge=1, le=MAX_QUERY_ROWS, description=f"rows, newest first (<= {MAX_QUERY_ROWS})"
+    )
 
 
 class QueryResult(BaseModel):
@@ -107,9 +126,11 @@ class QueryResult(BaseModel):
 def decision_row(d: DecisionRecord) -> str:
     ci = f"[{sig(d.ci_low)},{sig(d.ci_high)}]" if d.ci_low is not None or d.ci_high is not None else "-"
     env = " ".join(f"{k}={v}" for k, v in sorted(d.env.items()))[:80]
-    return (f"{d.experiment} {d.technique or d.candidate} {d.outcome}{' kept' if d.kept else ''} "
-            f"d={sig(d.delta)} ci={ci} p={sig(d.p_value, 2)} n={d.n_candidate} {d.tier}"
-            f"{' env ' + env if env else ''}")
+    return (
+        f"{d.experiment} {d.technique or d.candidate} {d.outcome}{' kept' if d.kept else ''} "
+        f"d={sig(d.delta)} ci={ci} p={sig(d.p_value, 2)} n={d.n_candidate} {d.tier}"
+        f"{' env ' + env if env else ''}"
+    )
 
 
 @tool(
@@ -119,8 +140,11 @@ def decision_row(d: DecisionRecord) -> str:
 )
 def query_findings(args: QueryArgs, ctx: ToolContext) -> QueryResult:
     want = (args.technique or "").lower()
-    hits = [d for d in ctx.ledger.records(DecisionRecord)
-            if (not want or want in (d.technique or d.candidate).lower())
-            and (args.outcome is None or d.outcome == args.outcome)
-            and (args.tier is None or d.tier == args.tier)]
-    return QueryResult(matches=len(hits), rows=[decision_row(d) for d in reversed(hits[-args.newest:])])
+    hits = [
+        d
+        for d in ctx.ledger.records(DecisionRecord)
+        if (not want or want in (d.technique or d.candidate).lower())
+        and (args.outcome is None or d.outcome == args.outcome)
+        and (args.tier is None or d.tier == args.tier)
+    ]
+    return QueryResult(matches=len(hits), rows=[decision_row(d) for d in reversed(hits[-args.newest :])])

@@ -75,24 +75,40 @@ def _rate_limit_message(r: httpx.Response) -> str:
 class GitHubClient:
     """A small REST client: conditional requests with an on-disk ETag cache, transient retries."""
 
-    def __init__(self, owner: str, repo: str, *, base_url: str | None = None, token: str | None = None,
-                 cache_dir: str | Path | None = None, timeout: float = 20.0, retries: int = 3,
-                 retry_wait: float = 1.0):
+    def __init__(
+        self,
+        owner: str,
+        repo: str,
+        *,
+        base_url: str | None = None,
+        token: str | None = None,
+        cache_dir: str | Path | None = None,
+        timeout: float = 20.0,
+        retries: int = 3,
+        retry_wait: float = 1.0,
+    ):
         self.owner, self.repo = owner, repo
         self.base_url = (base_url or os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
-        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
-                   "User-Agent": USER_AGENT}
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": USER_AGENT,
+        }
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.authenticated = bool(token)
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, follow_redirects=True)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, follow_redirects=True
+        )
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.retries, self.retry_wait = retries, retry_wait
         self.requests = 0
         self.not_modified = 0
 
     def __repr__(self) -> str:  # no headers: the token must not reach a log through a repr
-        return f"GitHubClient({self.owner}/{self.repo} at {self.base_url}, authenticated={self.authenticated})"
+        return (
+            f"GitHubClient({self.owner}/{self.repo} at {self.base_url}, authenticated={self.authenticated})"
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -129,16 +145,20 @@ class GitHubClient:
         def once() -> httpx.Response:
             self.requests += 1
             r = self._http.get(path, params=params, headers=headers)
-            if r.status_code in (403, 429) and (r.headers.get("x-ratelimit-remaining") == "0"
-                                                or "retry-after" in r.headers):
+            if r.status_code in (403, 429) and (
+                r.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in r.headers
+            ):
                 raise RateLimited(_rate_limit_message(r))
             if r.status_code >= 500:
                 raise _Transient(f"HTTP {r.status_code} from {path}")
             return r
 
-        retrying = Retrying(stop=stop_after_attempt(self.retries), reraise=True,
-                            wait=wait_exponential(multiplier=self.retry_wait, max=30),
-                            retry=retry_if_exception_type((_Transient, httpx.TransportError)))
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries),
+            reraise=True,
+            wait=wait_exponential(multiplier=self.retry_wait, max=30),
+            retry=retry_if_exception_type((_Transient, httpx.TransportError)),
+        )
         r = retrying(once)
         if r.status_code == 304 and cached is not None:
             self.not_modified += 1
@@ -208,15 +228,29 @@ def parse_readme_leaderboard(text: str) -> list[ReadmeRow]:
                     continue
                 cell = {name: re.sub(r"\*\*|__", "", cells[j]) for name, j in col.items()}
                 info = _INFO.search(cell.get("info", "")) or _INFO.search(lines[i - 1])
-                rows.append(ReadmeRow(run=cell["run"], score=float(m.group()), author=cell.get("author", ""),
-                                      summary=cell.get("summary", ""), date=cell.get("date", "")[:10],
-                                      folder=info.group(1) if info else None, non_record=non_record))
+                rows.append(
+                    ReadmeRow(
+                        run=cell["run"],
+                        score=float(m.group()),
+                        author=cell.get("author", ""),
+                        summary=cell.get("summary", ""),
+                        date=cell.get("date", "")[:10],
+                        folder=info.group(1) if info else None,
+                        non_record=non_record,
+                    )
+                )
             continue
         i += 1
     return rows
 
 
-_TRAIN_KEYS = ("train_time_s", "training_time_seconds", "train_seconds", "wallclock_seconds", "train_time_seconds")
+_TRAIN_KEYS = (
+    "train_time_s",
+    "training_time_seconds",
+    "train_seconds",
+    "wallclock_seconds",
+    "train_time_seconds",
+)
 _EVAL_KEYS = ("eval_time_s", "eval_seconds", "eval_time_seconds", "evaluation_seconds")
 
 
@@ -242,12 +276,17 @@ def parse_submission(text: str, path: str) -> tuple[FrontierEntry, str | None]:
     track = m.group(1) if m else ""
     bytes_total = data.get("bytes_total")
     entry = FrontierEntry(
-        date=str(data.get("date") or "")[:10], val_bpb=float(bpb),
-        pr=path.rsplit("/", 1)[0], author=str(data.get("author") or data.get("github_id") or ""),
+        date=str(data.get("date") or "")[:10],
+        val_bpb=float(bpb),
+        pr=path.rsplit("/", 1)[0],
+        author=str(data.get("author") or data.get("github_id") or ""),
         status="non-record" if "non_record" in track or "non-record" in track else "record",
-        raw_techniques=str(data.get("name") or ""), source="records",
+        raw_techniques=str(data.get("name") or ""),
+        source="records",
         bytes_total=int(bytes_total) if isinstance(bytes_total, int | float) and bytes_total > 0 else None,
-        train_time_s=_first_number(data, _TRAIN_KEYS), eval_time_s=_first_number(data, _EVAL_KEYS))
+        train_time_s=_first_number(data, _TRAIN_KEYS),
+        eval_time_s=_first_number(data, _EVAL_KEYS),
+    )
     gid = data.get("github_id")
     return entry, str(gid) if gid else None
 
@@ -256,7 +295,9 @@ _CLAIM = re.compile(r"\b(record|sota|new best|leaderboard|val_bpb|bpb)\b", re.IG
 _NON_RECORD = re.compile(r"non[- _]?record", re.IGNORECASE)
 _BPB_NEAR = re.compile(r"(?:val_)?bpb\W{0,3}([0-2]\.\d{3,8})|([0-2]\.\d{3,8})\s*(?:val_)?bpb", re.IGNORECASE)
 _BPB_ANY = re.compile(r"(?<![\d.])([0-2]\.\d{3,8})(?![\d.])")
-_BODY_BYTES = re.compile(r"(?:bytes_total|artifact|total)[^\n\d]{0,40}(\d{1,2},?\d{3},?\d{3})\b", re.IGNORECASE)
+_BODY_BYTES = re.compile(
+    r"(?:bytes_total|artifact|total)[^\n\d]{0,40}(\d{1,2},?\d{3},?\d{3})\b", re.IGNORECASE
+)
 
 
 def _title_bpb(title: str) -> float | None:
@@ -272,8 +313,15 @@ def clean_title(title: str) -> str:
     t = re.sub(r"\([^)]*\d\.\d{3}[^)]*\)", " ", title)
     t = _BPB_NEAR.sub(" ", t)
     t = _BPB_ANY.sub(" ", t)
-    t = re.sub(r"\b(?:\d+[- ]seeds?(?: mean)?|mean of \d+ seeds|p\s*[<=]\s*0?\.\d+)\b", " ", t, flags=re.IGNORECASE)
-    t = re.sub(r"^\W*(?:\[?(?:non[- _]?)?record\]?|new sota|sota|submission)\b\W*", "", t.strip(), flags=re.IGNORECASE)
+    t = re.sub(
+        r"\b(?:\d+[- ]seeds?(?: mean)?|mean of \d+ seeds|p\s*[<=]\s*0?\.\d+)\b", " ", t, flags=re.IGNORECASE
+    )
+    t = re.sub(
+        r"^\W*(?:\[?(?:non[- _]?)?record\]?|new sota|sota|submission)\b\W*",
+        "",
+        t.strip(),
+        flags=re.IGNORECASE,
+    )
     t = re.sub(r"\s*:\s*", "; ", t)
     t = re.sub(r"\s{2,}", " ", t)
     return t.strip(" ;-—–|,")
@@ -299,9 +347,16 @@ def parse_pull(pr: dict[str, Any]) -> tuple[FrontierEntry, str | None] | None:
     sizes = [int(m.replace(",", "")) for m in _BODY_BYTES.findall(body)]
     login = (pr.get("user") or {}).get("login")
     date = str(pr.get("merged_at") or pr.get("created_at") or "")[:10]
-    entry = FrontierEntry(date=date, val_bpb=bpb, pr=str(pr.get("number")), author=str(login or ""),
-                          status=status, raw_techniques=clean_title(title), source="pr",
-                          bytes_total=max(sizes) if sizes else None)
+    entry = FrontierEntry(
+        date=date,
+        val_bpb=bpb,
+        pr=str(pr.get("number")),
+        author=str(login or ""),
+        status=status,
+        raw_techniques=clean_title(title),
+        source="pr",
+        bytes_total=max(sizes) if sizes else None,
+    )
     return entry, login
 
 
@@ -335,8 +390,9 @@ def _readme_text(gh: GitHubClient) -> str:
     return body
 
 
-def fetch_frontier(gh: GitHubClient, *, max_pages: int = 5, max_new_records: int = 40,
-                   blob_cache: Path | None = None) -> FetchResult:
+def fetch_frontier(
+    gh: GitHubClient, *, max_pages: int = 5, max_new_records: int = 40, blob_cache: Path | None = None
+) -> FetchResult:
     """Everything the repository says about the frontier, joined into entries (not yet merged)."""
     out = FetchResult()
 
@@ -356,8 +412,11 @@ def fetch_frontier(gh: GitHubClient, *, max_pages: int = 5, max_new_records: int
         tree = gh.get_json(f"{gh.prefix}/git/trees/{branch}", {"recursive": "1"})
         if tree.get("truncated"):
             out.warnings.append("tree listing truncated by GitHub: some records may be missing")
-        blobs = [(t["path"], t["sha"]) for t in tree.get("tree", [])
-                 if t.get("type") == "blob" and SUBMISSION_PATH.match(str(t.get("path")))]
+        blobs = [
+            (t["path"], t["sha"])
+            for t in tree.get("tree", [])
+            if t.get("type") == "blob" and SUBMISSION_PATH.match(str(t.get("path")))
+        ]
         fetched_new = 0
         for path, sha in blobs:
             cached = blob_cache / f"{sha}.json" if blob_cache else None
@@ -379,8 +438,10 @@ def fetch_frontier(gh: GitHubClient, *, max_pages: int = 5, max_new_records: int
                 continue
             submissions[entry.pr] = (entry, gid)
         if out.deferred_records:
-            out.warnings.append(f"{out.deferred_records} new submission.json files left for the next sync "
-                                f"(at most {max_new_records} per sync)")
+            out.warnings.append(
+                f"{out.deferred_records} new submission.json files left for the next sync "
+                f"(at most {max_new_records} per sync)"
+            )
     except GitHubError as e:
         if isinstance(e, RateLimited):
             raise
@@ -390,8 +451,10 @@ def fetch_frontier(gh: GitHubClient, *, max_pages: int = 5, max_new_records: int
     pulls: list[tuple[FrontierEntry, str | None]] = []
     try:
         for page in range(1, max_pages + 1):
-            batch = gh.get_json(f"{gh.prefix}/pulls", {"state": "all", "sort": "created", "direction": "desc",
-                                                        "per_page": 100, "page": page})
+            batch = gh.get_json(
+                f"{gh.prefix}/pulls",
+                {"state": "all", "sort": "created", "direction": "desc", "per_page": 100, "page": page},
+            )
             if not isinstance(batch, list):
                 raise GitHubError("pull request listing is not a list")
             pulls += [p for pr in batch if isinstance(pr, dict) and (p := parse_pull(pr)) is not None]
@@ -410,18 +473,33 @@ def fetch_frontier(gh: GitHubClient, *, max_pages: int = 5, max_new_records: int
         text = "; ".join(x for x in (row.run, re.sub(r"^On PR #\d+:\s*", "", row.summary)) if x)
         base, gid = submissions.pop(row.folder, (None, None)) if row.folder else (None, None)
         entry = FrontierEntry(
-            date=row.date or (base.date if base else ""), val_bpb=row.score, author=row.author,
-            pr=row.folder or f"readme:{row.run[:60]}", status="non-record" if row.non_record else "record",
-            raw_techniques=text, source="readme+records" if base else "readme",
-            bytes_total=base.bytes_total if base else None, train_time_s=base.train_time_s if base else None,
-            eval_time_s=base.eval_time_s if base else None)
+            date=row.date or (base.date if base else ""),
+            val_bpb=row.score,
+            author=row.author,
+            pr=row.folder or f"readme:{row.run[:60]}",
+            status="non-record" if row.non_record else "record",
+            raw_techniques=text,
+            source="readme+records" if base else "readme",
+            bytes_total=base.bytes_total if base else None,
+            train_time_s=base.train_time_s if base else None,
+            eval_time_s=base.eval_time_s if base else None,
+        )
         entries.append((entry, gid))
     entries += list(submissions.values())
     for pr_entry, login in pulls:
         for i, (entry, gid) in enumerate(entries):
-            if (pr_entry.status == "merged" and login and gid and login.lower() == gid.lower()
-                    and abs(entry.val_bpb - pr_entry.val_bpb) <= 6e-4 and not entry.pr.isdigit()):
-                entries[i] = (entry.model_copy(update={"pr": pr_entry.pr, "source": entry.source + "+pr"}), gid)
+            if (
+                pr_entry.status == "merged"
+                and login
+                and gid
+                and login.lower() == gid.lower()
+                and abs(entry.val_bpb - pr_entry.val_bpb) <= 6e-4
+                and not entry.pr.isdigit()
+            ):
+                entries[i] = (
+                    entry.model_copy(update={"pr": pr_entry.pr, "source": entry.source + "+pr"}),
+                    gid,
+                )
                 break
         else:
             entries.append((pr_entry, login))
@@ -452,17 +530,28 @@ class SyncReport(BaseModel):
     def text(self) -> str:
         lines = [self.message, f"using: {self.using}"]
         if self.ok:
-            lines.append(f"{self.requests} requests ({self.not_modified} not modified); README rows "
-                         f"{self.readme_rows}, records {self.records}, claiming PRs {self.pull_requests}; "
-                         f"{self.entries} entries, {self.new_entries} new")
+            lines.append(
+                f"{self.requests} requests ({self.not_modified} not modified); README rows "
+                f"{self.readme_rows}, records {self.records}, claiming PRs {self.pull_requests}; "
+                f"{self.entries} entries, {self.new_entries} new"
+            )
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
-def sync(ws_root: str | Path, owner: str = DEFAULT_OWNER, repo: str = DEFAULT_REPO, *,
-         token: str | None = None, base_url: str | None = None, max_pages: int = 5,
-         max_new_records: int | None = None, retries: int = 3, retry_wait: float = 1.0,
-         now: dt.datetime | None = None) -> SyncReport:
+def sync(
+    ws_root: str | Path,
+    owner: str = DEFAULT_OWNER,
+    repo: str = DEFAULT_REPO,
+    *,
+    token: str | None = None,
+    base_url: str | None = None,
+    max_pages: int = 5,
+    max_new_records: int | None = None,
+    retries: int = 3,
+    retry_wait: float = 1.0,
+    now: dt.datetime | None = None,
+) -> SyncReport:
     """Fetch the frontier from GitHub and write a dated snapshot; on any stop, keep the old one."""
     ws = Workspace.at(ws_root)
     d = ws.frontier_dir
@@ -472,11 +561,23 @@ def sync(ws_root: str | Path, owner: str = DEFAULT_OWNER, repo: str = DEFAULT_RE
     limit = max_new_records if max_new_records is not None else (300 if token else 40)
 
     def kept(msg: str, **kw: Any) -> SyncReport:
-        return SyncReport(ok=False, repo=name, message=f"{msg}; kept the {prev.name} snapshot",
-                          using=age_text(prev.snapshot, now), **kw)
+        return SyncReport(
+            ok=False,
+            repo=name,
+            message=f"{msg}; kept the {prev.name} snapshot",
+            using=age_text(prev.snapshot, now),
+            **kw,
+        )
 
-    gh = GitHubClient(owner, repo, base_url=base_url, token=token, cache_dir=d / "http_cache",
-                      retries=retries, retry_wait=retry_wait)
+    gh = GitHubClient(
+        owner,
+        repo,
+        base_url=base_url,
+        token=token,
+        cache_dir=d / "http_cache",
+        retries=retries,
+        retry_wait=retry_wait,
+    )
     try:
         got = fetch_frontier(gh, max_pages=max_pages, max_new_records=limit, blob_cache=d / "blobs")
     except RateLimited as e:
@@ -492,15 +593,29 @@ def sync(ws_root: str | Path, owner: str = DEFAULT_OWNER, repo: str = DEFAULT_RE
 
     before = len(prev.snapshot.entries)
     entries = merge_entries(prev.snapshot.entries, annotate(got.entries))
-    snap = FrontierSnapshot(taken_at=(now.isoformat(timespec="seconds") if now else utcnow()),
-                            source=f"github:{name}", entries=entries,
-                            note=f"merged onto {prev.name}; {len(got.entries)} fetched entries")
+    snap = FrontierSnapshot(
+        taken_at=(now.isoformat(timespec="seconds") if now else utcnow()),
+        source=f"github:{name}",
+        entries=entries,
+        note=f"merged onto {prev.name}; {len(got.entries)} fetched entries",
+    )
     path = save_snapshot(d, snap)
     log.info("frontier sync %s: %d requests, %d entries", name, gh.requests, len(entries))
-    return SyncReport(ok=True, repo=name, message=f"synced {name} -> {path.name}", snapshot=str(path),
-                      using=age_text(snap, now), requests=gh.requests, not_modified=gh.not_modified,
-                      readme_rows=got.readme_rows, records=got.records, pull_requests=got.pull_requests,
-                      entries=len(entries), new_entries=len(entries) - before, warnings=got.warnings)
+    return SyncReport(
+        ok=True,
+        repo=name,
+        message=f"synced {name} -> {path.name}",
+        snapshot=str(path),
+        using=age_text(snap, now),
+        requests=gh.requests,
+        not_modified=gh.not_modified,
+        readme_rows=got.readme_rows,
+        records=got.records,
+        pull_requests=got.pull_requests,
+        entries=len(entries),
+        new_entries=len(entries) - before,
+        warnings=got.warnings,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -508,8 +623,10 @@ def sync(ws_root: str | Path, owner: str = DEFAULT_OWNER, repo: str = DEFAULT_RE
 
 
 class FrontierDiffArgs(BaseModel):
-    queue: list[str] = Field(default_factory=list, description=(
-        "technique ids to check for obsolescence (default: the session's battle-plan queue)"))
+    queue: list[str] = Field(
+        default_factory=list,
+        description=("technique ids to check for obsolescence (default: the session's battle-plan queue)"),
+    )
     max_chars: int = Field(default=3000, ge=200, le=12000, description="bound on the digest's length")
 
 
@@ -537,19 +654,26 @@ def _queue_from(ctx: Any) -> list[str]:
 LIST_CAP = 20
 
 
-@tool("frontier_diff",
-      "The current Parameter Golf frontier and what changed since the last session: best legal record, "
-      "its technique stack, techniques that entered or left it, queue ids the frontier made obsolete, and "
-      "entries flagged by rule checks (never build on a flagged entry without saying so). No network.",
-      FrontierDiffArgs)
+@tool(
+    "frontier_diff",
+    "The current Parameter Golf frontier and what changed since the last session: best legal record, "
+    "its technique stack, techniques that entered or left it, queue ids the frontier made obsolete, and "
+    "entries flagged by rule checks (never build on a flagged entry without saying so). No network.",
+    FrontierDiffArgs,
+)
 def frontier_diff_tool(args: FrontierDiffArgs, ctx: Any) -> FrontierDiffResult:
     ws = getattr(ctx, "ws", None)
     root = ws.root if ws is not None else Path(ctx)
     d = frontier_diff_for(root, args.queue or _queue_from(ctx))
     best = f"{d.best.val_bpb:.4f} (#{d.best.pr}, {d.best.author}, {d.best.date[:10]})" if d.best else None
     return FrontierDiffResult(
-        age=d.age, best=best, stack=d.stack[:60], entered=d.entered[:LIST_CAP], left=d.left[:LIST_CAP],
+        age=d.age,
+        best=best,
+        stack=d.stack[:60],
+        entered=d.entered[:LIST_CAP],
+        left=d.left[:LIST_CAP],
         obsolete=[f"{n.technique}: {n.reason}" for n in d.obsolete][:LIST_CAP],
         flagged=[f"{e.pr} {e.val_bpb:.4f}: {', '.join(e.flags)}" for e in d.rule_flagged][:LIST_CAP],
         new_entries=[f"{e.pr} {e.val_bpb:.4f} {e.status}" for e in d.new_entries][:LIST_CAP],
-        digest=frontier_digest(d, args.max_chars))
+        digest=frontier_digest(d, args.max_chars),
+    )

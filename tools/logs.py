@@ -52,10 +52,14 @@ def digest(rec: RunRecord, tail_lines: int = 10) -> LogDigest:
     milestones = [f"status {res.status}"]
     if metrics:
         first, last = metrics[0], metrics[-1]
-        milestones.append(f"train_loss {first.get('train_loss')} at step {first.get('step')} -> "
-                          f"{last.get('train_loss')} at step {last.get('step')}")
+        milestones.append(
+            f"train_loss {first.get('train_loss')} at step {first.get('step')} -> "
+            f"{last.get('train_loss')} at step {last.get('step')}"
+        )
     if res.val_bpb is not None:
-        milestones.append(f"val_bpb {res.val_bpb:.4f} (pre-quant {res.val_bpb_prequant}), holdout {res.holdout_bpb}")
+        milestones.append(
+            f"val_bpb {res.val_bpb:.4f} (pre-quant {res.val_bpb_prequant}), holdout {res.holdout_bpb}"
+        )
     if res.bytes_total is not None:
         milestones.append(f"artifact {res.bytes_total:,} bytes{' OVER THE CAP' if res.over_cap else ''}")
     tail = ""
@@ -67,12 +71,21 @@ def digest(rec: RunRecord, tail_lines: int = 10) -> LogDigest:
             tail = ""
     if res.error:
         tail = (res.error + "\n" + tail).strip()
-    return LogDigest(run_id=rec.run_id, status=res.status, val_bpb=res.val_bpb, milestones=milestones,
-                     last_metrics=metrics[-3:], error_tail=tail[-MAX_TAIL_CHARS:])
+    return LogDigest(
+        run_id=rec.run_id,
+        status=res.status,
+        val_bpb=res.val_bpb,
+        milestones=milestones,
+        last_metrics=metrics[-3:],
+        error_tail=tail[-MAX_TAIL_CHARS:],
+    )
 
 
-@tool("read_logs", "A bounded digest of one run by its run_id: status, milestones, last metrics, error tail.",
-      ReadLogsArgs)
+@tool(
+    "read_logs",
+    "A bounded digest of one run by its run_id: status, milestones, last metrics, error tail.",
+    ReadLogsArgs,
+)
 def read_logs(args: ReadLogsArgs, ctx: ToolContext) -> LogDigest:
     for rec in reversed(ctx.ledger.records(RunRecord)):
         if rec.run_id == args.run_id:

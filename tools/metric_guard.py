@@ -27,16 +27,70 @@ import ast
 PROTECTED_BEGIN = "# === PROTECTED: METRIC BEGIN ==="
 PROTECTED_END = "# === PROTECTED: METRIC END ==="
 
-FORBIDDEN_CALLS = frozenset({"exec", "eval", "compile", "globals", "locals", "setattr", "delattr", "__import__",
-                             "breakpoint"})
-FORBIDDEN_MODULES = frozenset({"builtins", "importlib", "ctypes", "gc", "inspect", "pickle", "marshal", "runpy",
-                               "__main__", "dill", "cloudpickle", "code", "codeop"})
-ALLOWED_DUNDERS = frozenset({"__init__", "__name__", "__version__", "__file__", "__doc__", "__qualname__",
-                             "__module__", "__enter__", "__exit__", "__len__", "__call__", "__repr__"})
-FRAME_ATTRS = frozenset({"f_globals", "f_locals", "f_builtins", "f_back", "f_code", "tb_frame", "gi_frame",
-                         "cr_frame", "ag_frame", "func_globals"})
-SYS_ALLOWED = frozenset({"argv", "version", "version_info", "exit", "stdout", "stderr", "executable", "platform",
-                         "maxsize", "float_info"})
+FORBIDDEN_CALLS = frozenset(
+    {"exec", "eval", "compile", "globals", "locals", "setattr", "delattr", "__import__", "breakpoint"}
+)
+FORBIDDEN_MODULES = frozenset(
+    {
+        "builtins",
+        "importlib",
+        "ctypes",
+        "gc",
+        "inspect",
+        "pickle",
+        "marshal",
+        "runpy",
+        "__main__",
+        "dill",
+        "cloudpickle",
+        "code",
+        "codeop",
+    }
+)
+ALLOWED_DUNDERS = frozenset(
+    {
+        "__init__",
+        "__name__",
+        "__version__",
+        "__file__",
+        "__doc__",
+        "__qualname__",
+        "__module__",
+        "__enter__",
+        "__exit__",
+        "__len__",
+        "__call__",
+        "__repr__",
+    }
+)
+FRAME_ATTRS = frozenset(
+    {
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_back",
+        "f_code",
+        "tb_frame",
+        "gi_frame",
+        "cr_frame",
+        "ag_frame",
+        "func_globals",
+    }
+)
+SYS_ALLOWED = frozenset(
+    {
+        "argv",
+        "version",
+        "version_info",
+        "exit",
+        "stdout",
+        "stderr",
+        "executable",
+        "platform",
+        "maxsize",
+        "float_info",
+    }
+)
 # attribute writes on an imported module are monkeypatching, except torch's configuration flags
 MODULE_CONFIG_PREFIXES = ("torch.backends.", "torch._dynamo.config.", "torch._inductor.config.")
 
@@ -70,14 +124,40 @@ def protected_names(tree: ast.Module, lo: int, hi: int) -> tuple[set[str], set[s
     """(the region's top-level definitions, the global names its code reads, the attributes it reads)."""
     inside = [n for n in tree.body if lo <= n.lineno <= hi]
     defined = {n.name for n in inside if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    defined |= {t.id for n in inside if isinstance(n, (ast.Assign, ast.AnnAssign))
-                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    defined |= {
+        t.id
+        for n in inside
+        if isinstance(n, (ast.Assign, ast.AnnAssign))
+        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+        if isinstance(t, ast.Name)
+    }
     local = set().union(*(_bound_in(n) for n in inside)) if inside else set()
-    reads = {n.id for node in inside for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    hints = {id(x) for node in inside for n in ast.walk(node)
-             for h in ([n.annotation] if isinstance(n, ast.arg) else [n.returns] if isinstance(n, ast.FunctionDef) else [])
-             if h is not None for x in ast.walk(h)}
-    attrs = {n.attr for node in inside for n in ast.walk(node) if isinstance(n, ast.Attribute) and id(n) not in hints}
+    reads = {
+        n.id
+        for node in inside
+        for n in ast.walk(node)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+    hints = {
+        id(x)
+        for node in inside
+        for n in ast.walk(node)
+        for h in (
+            [n.annotation]
+            if isinstance(n, ast.arg)
+            else [n.returns]
+            if isinstance(n, ast.FunctionDef)
+            else []
+        )
+        if h is not None
+        for x in ast.walk(h)
+    }
+    attrs = {
+        n.attr
+        for node in inside
+        for n in ast.walk(node)
+        if isinstance(n, ast.Attribute) and id(n) not in hints
+    }
     return defined, (reads - local) | (reads & defined), attrs
 
 
@@ -130,7 +210,7 @@ def violations(text: str, reference: str | None = None) -> list[str]:
     lo, hi = bounds
     if reference is not None:
         ref = region_bounds(reference)
-        if ref is None or text.splitlines()[lo - 1:hi] != reference.splitlines()[ref[0] - 1:ref[1]]:
+        if ref is None or text.splitlines()[lo - 1 : hi] != reference.splitlines()[ref[0] - 1 : ref[1]]:
             return ["the protected metric region differs from the incumbent's"]
     try:
         tree = ast.parse(text)
@@ -157,7 +237,9 @@ def violations(text: str, reference: str | None = None) -> list[str]:
     top_imports = {id(n) for n in tree.body if isinstance(n, ast.Import)}
     for name in protected & set(module_aliases):
         if len(module_aliases[name]) > 1:
-            problems.append(f"{name!r} is imported from more than one module ({', '.join(sorted(module_aliases[name]))})")
+            problems.append(
+                f"{name!r} is imported from more than one module ({', '.join(sorted(module_aliases[name]))})"
+            )
 
     for node in ast.walk(tree):
         if id(node) in in_region:
@@ -177,12 +259,18 @@ def violations(text: str, reference: str | None = None) -> list[str]:
             f = node.func.id
             if f in FORBIDDEN_CALLS:
                 bad(node, f"call of {f}() (reaches globals or code)")
-            elif f == "vars" and not (len(node.args) == 1 and isinstance(node.args[0], ast.Name)
-                                      and node.args[0].id == "self"):
+            elif f == "vars" and not (
+                len(node.args) == 1 and isinstance(node.args[0], ast.Name) and node.args[0].id == "self"
+            ):
                 bad(node, "vars() of anything but self")
-            elif f == "getattr" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) \
-                    and isinstance(node.args[1].value, str) and node.args[1].value.startswith("__") \
-                    and node.args[1].value not in ALLOWED_DUNDERS:
+            elif (
+                f == "getattr"
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+                and node.args[1].value.startswith("__")
+                and node.args[1].value not in ALLOWED_DUNDERS
+            ):
                 bad(node, f"getattr of {node.args[1].value!r}")
         elif isinstance(node, ast.Name) and node.id == "__builtins__":
             bad(node, "use of __builtins__")
@@ -191,8 +279,12 @@ def violations(text: str, reference: str | None = None) -> list[str]:
                 bad(node, f"attribute {node.attr!r} (reflection)")
             elif node.attr in FRAME_ATTRS:
                 bad(node, f"frame attribute {node.attr!r}")
-            elif isinstance(node.value, ast.Name) and node.value.id in module_aliases \
-                    and "sys" in module_aliases[node.value.id] and node.attr not in SYS_ALLOWED:
+            elif (
+                isinstance(node.value, ast.Name)
+                and node.value.id in module_aliases
+                and "sys" in module_aliases[node.value.id]
+                and node.attr not in SYS_ALLOWED
+            ):
                 bad(node, f"sys.{node.attr} (interpreter internals)")
             if isinstance(node.ctx, (ast.Store, ast.Del)):
                 dotted = _dotted(node) or ""
@@ -200,12 +292,13 @@ def violations(text: str, reference: str | None = None) -> list[str]:
                 on_self = isinstance(root, ast.Name) and root.id in ("self", "cls")
                 if node.attr in protected or (node.attr in region_attrs and not on_self):
                     bad(node, f"writes attribute {node.attr!r}, which the protected metric code uses")
-                elif isinstance(root, ast.Name) and root.id in module_aliases \
-                        and not dotted.startswith(MODULE_CONFIG_PREFIXES):
+                elif (
+                    isinstance(root, ast.Name)
+                    and root.id in module_aliases
+                    and not dotted.startswith(MODULE_CONFIG_PREFIXES)
+                ):
                     bad(node, f"monkeypatches the imported module attribute {dotted or node.attr!r}")
     return sorted(set(problems), key=lambda p: (len(p.split(":")[0]), p))
-
-
 
 
 def check_script(text: str, reference: str | None = None) -> None:

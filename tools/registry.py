@@ -67,8 +67,9 @@ def names() -> list[str]:
 # sets additionalProperties false; an optional field is a required one that may be null; no default,
 # minLength, maxLength, pattern, numeric or item-count limits, no $ref, allOf or title. Those limits stay in
 # the pydantic models, which validate every call. The same schemas go to servers without strict mode.
-STRICT_KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum", "anyOf",
-                             "description"})
+STRICT_KEYWORDS = frozenset(
+    {"type", "properties", "required", "additionalProperties", "items", "enum", "anyOf", "description"}
+)
 STRICT_TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 
 
@@ -111,8 +112,13 @@ def _subset(node: Any) -> Any:
     if "anyOf" in node:  # pydantic's Optional[X]: anyOf [X, null]; flatten a single simple alternative
         alts = [_subset(a) for a in node["anyOf"]]
         simple = [a for a in alts if a.get("type") != "null"]
-        if len(simple) == 1 and len(alts) == 2 and isinstance(simple[0].get("type"), str) and "enum" not in simple[0] \
-                and simple[0]["type"] not in ("object", "array"):
+        if (
+            len(simple) == 1
+            and len(alts) == 2
+            and isinstance(simple[0].get("type"), str)
+            and "enum" not in simple[0]
+            and simple[0]["type"] not in ("object", "array")
+        ):
             alt: dict[str, Any] = {"type": [simple[0]["type"], "null"]}
         else:
             alt = {"anyOf": alts}
@@ -126,8 +132,10 @@ def _subset(node: Any) -> Any:
         props: dict[str, Any] = out.get("properties", {})
         required = set(node.get("required", []))
         out["type"] = "object"
-        out["properties"] = {name: (_subset(sub) if name in required else _nullable(_subset(sub)))
-                             for name, sub in props.items()}
+        out["properties"] = {
+            name: (_subset(sub) if name in required else _nullable(_subset(sub)))
+            for name, sub in props.items()
+        }
         out["required"] = list(props)
         out["additionalProperties"] = False
     return out
@@ -205,8 +213,9 @@ def nullable_defaults(model: type[BaseModel]) -> set[str]:
     return {name for name, f in model.model_fields.items() if not f.is_required()}
 
 
-def openai_schemas(only: list[str] | None = None, strict: bool = False,
-                   env_names: list[str] | None = None) -> list[dict[str, Any]]:
+def openai_schemas(
+    only: list[str] | None = None, strict: bool = False, env_names: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Chat Completions `tools=` entries for the registered tools (optionally a subset). The parameters are
     always in the strict subset (local servers take them too); `strict` adds the flag OpenAI reads."""
     out = []
@@ -241,7 +250,11 @@ def drop_null_defaults(model: type[BaseModel], arguments: Any) -> Any:
         field = model.model_fields.get(k)
         inner = _models_in(field.annotation) if field is not None else []
         if len(inner) == 1:
-            v = [drop_null_defaults(inner[0], x) for x in v] if isinstance(v, list) else drop_null_defaults(inner[0], v)
+            v = (
+                [drop_null_defaults(inner[0], x) for x in v]
+                if isinstance(v, list)
+                else drop_null_defaults(inner[0], v)
+            )
         out[k] = v
     return out
 
@@ -257,16 +270,23 @@ def format_validation_error(e: ValidationError) -> str:
 def call(name: str, arguments: str | dict[str, Any] | None, ctx: Any) -> ToolOutcome:
     """Validate and run one tool call. Never raises for bad input or a tool's refusal."""
     if name not in _TOOLS:
-        return ToolOutcome(tool=name[:80], ok=False, error=f"unknown tool {name[:80]!r}; known: {', '.join(names())}")
+        return ToolOutcome(
+            tool=name[:80], ok=False, error=f"unknown tool {name[:80]!r}; known: {', '.join(names())}"
+        )
     t = _TOOLS[name]
     if isinstance(arguments, str):
         if len(arguments) > MAX_ARGUMENT_CHARS:
-            return ToolOutcome(tool=name, ok=False,
-                               error=f"arguments are {len(arguments)} characters; the limit is {MAX_ARGUMENT_CHARS}")
+            return ToolOutcome(
+                tool=name,
+                ok=False,
+                error=f"arguments are {len(arguments)} characters; the limit is {MAX_ARGUMENT_CHARS}",
+            )
         try:
             arguments = json.loads(arguments or "{}")
         except json.JSONDecodeError as e:
-            return ToolOutcome(tool=name, ok=False, error=f"arguments are not valid JSON: {e.msg} at char {e.pos}")
+            return ToolOutcome(
+                tool=name, ok=False, error=f"arguments are not valid JSON: {e.msg} at char {e.pos}"
+            )
     if not isinstance(arguments, dict):
         return ToolOutcome(tool=name, ok=False, error="arguments must be a JSON object")
     try:

@@ -45,8 +45,12 @@ _cache: dict[tuple, object] = {}
 def read_shard(path: str) -> np.ndarray:
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     n = int(header[2]) if header.size == HEADER_INTS else -1
-    if header.size != HEADER_INTS or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION \
-            or os.path.getsize(path) != HEADER_INTS * 4 + 2 * n:
+    if (
+        header.size != HEADER_INTS
+        or header[0] != SHARD_MAGIC
+        or header[1] != SHARD_VERSION
+        or os.path.getsize(path) != HEADER_INTS * 4 + 2 * n
+    ):
         raise ValueError(f"{path}: not a valid shard")
     return np.fromfile(path, dtype="<u2", count=n, offset=HEADER_INTS * 4).astype(np.int64)
 
@@ -96,18 +100,19 @@ def expected_totals(env: dict[str, str], reference_script: str) -> tuple[int, in
     k = knob_values(env, reference_script)
     tokens = validation_tokens(env["DATA_PATH"])
     holdout, cap, seq = int(k["VAL_HOLDOUT_TOKENS"]), int(k["VAL_MAX_TOKENS"]), int(k["TRAIN_SEQ_LEN"])
-    val = tokens[:tokens.size - holdout] if holdout > 0 else tokens
+    val = tokens[: tokens.size - holdout] if holdout > 0 else tokens
     if cap > 0:
         val = val[:cap]
     n_targets = ((val.size - 1) // seq) * seq
     base, space, boundary = byte_tables(env["TOKENIZER_PATH"], int(k["VOCAB_SIZE"]))
-    prev, tgt = val[:n_targets], val[1:n_targets + 1]
+    prev, tgt = val[:n_targets], val[1 : n_targets + 1]
     nbytes = int(base[tgt].sum() + (space[tgt] & ~boundary[prev]).sum())
     return n_targets, nbytes
 
 
-def check_totals(result: RunResult, env: dict[str, str], script_text: str, reference_script: str,
-                 run_dir: Path) -> RunResult:
+def check_totals(
+    result: RunResult, env: dict[str, str], script_text: str, reference_script: str, run_dir: Path
+) -> RunResult:
     """The result, or a copy marked invalid when its token/byte/artifact totals are not what trusted code
     derives (the bpb formula's inputs and the cap are what a miscounting script would fake)."""
     if result.status != "ok":
@@ -116,8 +121,10 @@ def check_totals(result: RunResult, env: dict[str, str], script_text: str, refer
     try:
         tokens, nbytes = expected_totals(env, reference_script)
         if result.val_tokens != tokens or result.val_bytes != nbytes:
-            problems.append(f"scored {result.val_tokens} tokens / {result.val_bytes} bytes, trusted count "
-                            f"{tokens} / {nbytes}")
+            problems.append(
+                f"scored {result.val_tokens} tokens / {result.val_bytes} bytes, trusted count "
+                f"{tokens} / {nbytes}"
+            )
     except (OSError, ValueError, KeyError) as e:
         problems.append(f"the trusted token count failed: {e}")
     artifacts = sorted(run_dir.glob("final_model.*.ptz"))
@@ -127,15 +134,20 @@ def check_totals(result: RunResult, env: dict[str, str], script_text: str, refer
     else:
         model = artifacts[0].stat().st_size
         if (result.bytes_code, result.bytes_model, result.bytes_total) != (code, model, code + model):
-            problems.append(f"reported bytes code/model/total {result.bytes_code}/{result.bytes_model}/"
-                            f"{result.bytes_total}, on disk {code}/{model}/{code + model}")
+            problems.append(
+                f"reported bytes code/model/total {result.bytes_code}/{result.bytes_model}/"
+                f"{result.bytes_total}, on disk {code}/{model}/{code + model}"
+            )
         elif bool(result.over_cap) != (code + model > ARTIFACT_CAP_BYTES):
             problems.append(f"over_cap={result.over_cap} but the artifact is {code + model:,} bytes")
     if not problems:
         return result
-    return result.model_copy(update={"status": "invalid",
-                                     "error": "invalid: the reported totals disagree with trusted counts: "
-                                              + "; ".join(problems)})
+    return result.model_copy(
+        update={
+            "status": "invalid",
+            "error": "invalid: the reported totals disagree with trusted counts: " + "; ".join(problems),
+        }
+    )
 
 
 # -- before a change is kept ---------------------------------------------------------------------------------
@@ -143,13 +155,16 @@ def implausible(candidate_bpb: float, incumbent_bpb: float | None) -> str | None
     if not math.isfinite(candidate_bpb) or candidate_bpb < PHYSICAL_FLOOR_BPB:
         return f"val_bpb {candidate_bpb:.4f} is below the physical floor {PHYSICAL_FLOOR_BPB}"
     if incumbent_bpb and incumbent_bpb - candidate_bpb > MAX_GAIN_FRACTION * incumbent_bpb:
-        return (f"a gain of {incumbent_bpb - candidate_bpb:.4f} bpb ({incumbent_bpb:.4f} -> {candidate_bpb:.4f}) "
-                f"is more than {MAX_GAIN_FRACTION:.0%} of the incumbent's score in one change")
+        return (
+            f"a gain of {incumbent_bpb - candidate_bpb:.4f} bpb ({incumbent_bpb:.4f} -> {candidate_bpb:.4f}) "
+            f"is more than {MAX_GAIN_FRACTION:.0%} of the incumbent's score in one change"
+        )
     return None
 
 
-def rescore_run(run: RunRecord, candidate_script: str, incumbent_script: str, python: str,
-                timeout_s: float = 900) -> dict:
+def rescore_run(
+    run: RunRecord, candidate_script: str, incumbent_script: str, python: str, timeout_s: float = 900
+) -> dict:
     """The trusted score of one run's artifact: {"val_bpb", "tokens", "bytes"} or {"error"}."""
     run_dir = Path(run.run_dir or "")
     artifacts = sorted(run_dir.glob("final_model.*.ptz"))
@@ -169,24 +184,46 @@ def rescore_run(run: RunRecord, candidate_script: str, incumbent_script: str, py
         names["RUN_DIR"] = str(room / "run")
         (room / "env.json").write_text(json.dumps(names))
         iso = cleanroom.probe(python)
-        argv = [python, str(WORKER), "--incumbent", str(room / "incumbent.py"), "--artifact", str(artifacts[0]),
-                "--env", str(room / "env.json")]
+        argv = [
+            python,
+            str(WORKER),
+            "--incumbent",
+            str(room / "incumbent.py"),
+            "--artifact",
+            str(artifacts[0]),
+            "--env",
+            str(room / "env.json"),
+        ]
         if not same_code:  # the candidate's code will turn ids into logits, in a process of its own
-            argv += ["--candidate", str(room / "candidate.py")] + (["--nested"] if iso.mode == "userns" else [])
+            argv += ["--candidate", str(room / "candidate.py")] + (
+                ["--nested"] if iso.mode == "userns" else []
+            )
         full_env = cleanroom.trainer_env(os.environ, names, room)
         try:  # the result comes back on the worker's stdout, which no process of the candidate holds
-            r = subprocess.run(cleanroom.command(iso, python, argv, writable=room), cwd=room, env=full_env,
-                               capture_output=True, text=True, timeout=timeout_s)
+            r = subprocess.run(
+                cleanroom.command(iso, python, argv, writable=room),
+                cwd=room,
+                env=full_env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
         except subprocess.TimeoutExpired:
             return {"error": f"the trusted re-score took over {timeout_s:.0f} s"}
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
         if not lines:
             return {"error": f"the trusted re-score failed (exit {r.returncode}): {(r.stderr or '')[-600:]}"}
-        return json.loads(lines[-1][len("RESULT "):])
+        return json.loads(lines[-1][len("RESULT ") :])
 
 
-def verify_before_keep(ctx: ToolContext, runs: list[RunRecord], incumbent_bpb: list[float], candidate_script: str,
-                       incumbent_script: str, reason: str) -> tuple[bool, str]:
+def verify_before_keep(
+    ctx: ToolContext,
+    runs: list[RunRecord],
+    incumbent_bpb: list[float],
+    candidate_script: str,
+    incumbent_script: str,
+    reason: str,
+) -> tuple[bool, str]:
     """(may be kept, reason). Called only for a confirmed change: quarantine, then the trusted re-score."""
     ok = [r for r in runs if r.result.status == "ok" and r.result.val_bpb is not None]
     if not ok:
@@ -195,29 +232,59 @@ def verify_before_keep(ctx: ToolContext, runs: list[RunRecord], incumbent_bpb: l
     mean_i = sum(incumbent_bpb) / len(incumbent_bpb) if incumbent_bpb else None
     why = implausible(mean_c, mean_i)
     if why:
-        ctx.ledger.append(EventRecord(session=ctx.session, event="result_quarantined", detail={
-            "runs": [r.run_id for r in ok], "why": why}))
+        ctx.ledger.append(
+            EventRecord(
+                session=ctx.session,
+                event="result_quarantined",
+                detail={"runs": [r.run_id for r in ok], "why": why},
+            )
+        )
         return False, f"quarantined, never kept: {why}"
     for r in ok:
         got = rescore_run(r, candidate_script, incumbent_script, ctx.python)
         reported = float(r.result.val_bpb)  # type: ignore[arg-type]
         if "error" in got:
             why = f"run {r.run_id} could not be re-scored by trusted code: {got['error']}"
-        elif abs(got["val_bpb"] - reported) > TOLERANCE_BPB or got.get("tokens") != r.result.val_tokens \
-                or got.get("bytes") != r.result.val_bytes:
-            why = (f"run {r.run_id} reported val_bpb {reported:.6f} ({r.result.val_tokens} tokens, "
-                   f"{r.result.val_bytes} bytes); the trusted re-score of its artifact gives {got['val_bpb']:.6f} "
-                   f"({got.get('tokens')} tokens, {got.get('bytes')} bytes)")
+        elif (
+            abs(got["val_bpb"] - reported) > TOLERANCE_BPB
+            or got.get("tokens") != r.result.val_tokens
+            or got.get("bytes") != r.result.val_bytes
+        ):
+            why = (
+                f"run {r.run_id} reported val_bpb {reported:.6f} ({r.result.val_tokens} tokens, "
+                f"{r.result.val_bytes} bytes); the trusted re-score of its artifact gives {got['val_bpb']:.6f} "
+                f"({got.get('tokens')} tokens, {got.get('bytes')} bytes)"
+            )
         else:
-            ctx.ledger.append(EventRecord(session=ctx.session, event="run_rescored", detail={
-                "run_id": r.run_id, "reported": reported, "trusted": got["val_bpb"], "mode": got.get("mode")}))
+            ctx.ledger.append(
+                EventRecord(
+                    session=ctx.session,
+                    event="run_rescored",
+                    detail={
+                        "run_id": r.run_id,
+                        "reported": reported,
+                        "trusted": got["val_bpb"],
+                        "mode": got.get("mode"),
+                    },
+                )
+            )
             continue
-        ctx.ledger.append(EventRecord(session=ctx.session, event="run_invalid", detail={
-            "run_id": r.run_id, "why": why, "trusted": got}))
+        ctx.ledger.append(
+            EventRecord(
+                session=ctx.session,
+                event="run_invalid",
+                detail={"run_id": r.run_id, "why": why, "trusted": got},
+            )
+        )
         return False, f"invalid, never kept: {why}"
     return True, reason
 
 
 if __name__ == "__main__":  # pragma: no cover - a manual check: python -m tools.rescore RUN_DIR INCUMBENT.py
-    print(json.dumps(expected_totals(json.loads((Path(sys.argv[1]) / "env.json").read_text()),
-                                     Path(sys.argv[2]).read_text())))
+    print(
+        json.dumps(
+            expected_totals(
+                json.loads((Path(sys.argv[1]) / "env.json").read_text()), Path(sys.argv[2]).read_text()
+            )
+        )
+    )

@@ -29,7 +29,16 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-HOST_PREFIX = ("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child", "--")
+HOST_PREFIX = (
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--kill-child",
+    "--",
+)
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cleanroom_launch.py")
 
 
@@ -65,8 +74,11 @@ def host(script: str, artifact: str, env: dict) -> None:
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda and args.dtype == "bf16"
-                else nullcontext())  # the precision the trainer evaluated in
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if cuda and args.dtype == "bf16"
+        else nullcontext()
+    )  # the precision the trainer evaluated in
     model = mod.build_model(args, device, bos_id=sp.bos_id())
     model.load_state_dict(mod.load_exported(Path(artifact), args), strict=True)
     model.eval()
@@ -101,13 +113,15 @@ class RemoteModel:
         import torch
 
         ids = ids.to(torch.int64).contiguous()
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # opened with PIPE
         self.proc.stdin.write(struct.pack("<ii", *ids.shape) + ids.numpy().tobytes())
         self.proc.stdin.flush()
         b, t, v = struct.unpack("<iii", read_exact(self.proc.stdout, 12))
         if (b, t) != tuple(ids.shape):
             raise ValueError(f"the model host answered shape {(b, t)} for {tuple(ids.shape)}")
-        return torch.frombuffer(bytearray(read_exact(self.proc.stdout, b * t * v * 4)),
-                                dtype=torch.float32).view(b, t, v)
+        return torch.frombuffer(
+            bytearray(read_exact(self.proc.stdout, b * t * v * 4)), dtype=torch.float32
+        ).view(b, t, v)
 
     def token_losses(self, ids, targets):
         import torch.nn.functional as F
@@ -116,6 +130,7 @@ class RemoteModel:
         return F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets).float()
 
     def close(self):
+        assert self.proc.stdin is not None  # opened with PIPE
         self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
@@ -134,8 +149,12 @@ def causal(model: RemoteModel, tokens, seq_len: int) -> str | None:
     y[:, k:] = torch.randint(0, int(tokens.max()) + 1, (1, seq_len - k), generator=g)
     a, b = model.logits(x)[:, :k], model.logits(y)[:, :k]
     gap = float((a - b).abs().max())
-    return None if gap <= 1e-4 * max(1.0, float(a.abs().max())) else f"logits before position {k} change by " \
+    return (
+        None
+        if gap <= 1e-4 * max(1.0, float(a.abs().max()))
+        else f"logits before position {k} change by "
         f"{gap:.3g} when only later tokens change: the model sees its targets"
+    )
 
 
 def rescore(a) -> dict:
@@ -148,12 +167,18 @@ def rescore(a) -> dict:
 
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda and a.candidate is None else "cpu")  # with a host: logits arrive on cpu
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if args.dtype == "bf16" and device.type == "cuda" else nullcontext())
+    device = torch.device(
+        "cuda" if cuda and a.candidate is None else "cpu"
+    )  # with a host: logits arrive on cpu
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if args.dtype == "bf16" and device.type == "cuda"
+        else nullcontext()
+    )
     luts = inc.build_sentencepiece_luts(sp, args.vocab_size, device)
-    val, _ = inc.split_validation(inc.load_validation_tokens(args.val_files), args.val_max_tokens,
-                                  args.val_holdout_tokens)
+    val, _ = inc.split_validation(
+        inc.load_validation_tokens(args.val_files), args.val_max_tokens, args.val_holdout_tokens
+    )
     batch_seqs = max(1, args.val_batch_size // (args.grad_accum_steps or 8) // args.train_seq_len)
     if a.candidate is None:
         model = inc.build_model(args, device, bos_id=sp.bos_id())
@@ -162,15 +187,47 @@ def rescore(a) -> dict:
             out = inc.evaluate_ttt(model, val, args, luts, device, autocast, 0, 1, batch_seqs)
         else:
             out = inc.evaluate(model, val, args, luts, device, autocast, 0, 1, batch_seqs)
-        return {"val_bpb": out["val_bpb"], "tokens": out["tokens"], "bytes": out["bytes"], "mode": "incumbent-model"}
+        return {
+            "val_bpb": out["val_bpb"],
+            "tokens": out["tokens"],
+            "bytes": out["bytes"],
+            "mode": "incumbent-model",
+        }
     if args.ttt_enable:
-        return {"error": "test-time training with a changed script cannot be re-scored without running the "
-                         "candidate's training code in the trusted evaluation"}
+        return {
+            "error": "test-time training with a changed script cannot be re-scored without running the "
+            "candidate's training code in the trusted evaluation"
+        }
     # nested: the host sees neither this process nor the validation data, and can write nothing
-    prefix = [*HOST_PREFIX, sys.executable, "-I", LAUNCHER, "--hide", args.data_path, "--read-only",
-              os.path.dirname(os.path.abspath(a.env)), "--"] if a.nested else []
-    model = RemoteModel([*prefix, sys.executable, os.path.abspath(__file__), "--host", "--candidate", a.candidate,
-                         "--artifact", a.artifact, "--env", a.env])
+    prefix = (
+        [
+            *HOST_PREFIX,
+            sys.executable,
+            "-I",
+            LAUNCHER,
+            "--hide",
+            args.data_path,
+            "--read-only",
+            os.path.dirname(os.path.abspath(a.env)),
+            "--",
+        ]
+        if a.nested
+        else []
+    )
+    model = RemoteModel(
+        [
+            *prefix,
+            sys.executable,
+            os.path.abspath(__file__),
+            "--host",
+            "--candidate",
+            a.candidate,
+            "--artifact",
+            a.artifact,
+            "--env",
+            a.env,
+        ]
+    )
     try:
         peek = causal(model, val, args.train_seq_len)
         if peek:
@@ -178,7 +235,12 @@ def rescore(a) -> dict:
         out = inc.evaluate(model, val, args, luts, device, nullcontext(), 0, 1, batch_seqs)
     finally:
         model.close()
-    return {"val_bpb": out["val_bpb"], "tokens": out["tokens"], "bytes": out["bytes"], "mode": "candidate-logits"}
+    return {
+        "val_bpb": out["val_bpb"],
+        "tokens": out["tokens"],
+        "bytes": out["bytes"],
+        "mode": "candidate-logits",
+    }
 
 
 def main() -> int:
@@ -188,7 +250,9 @@ def main() -> int:
     p.add_argument("--artifact", required=True)
     p.add_argument("--env", required=True)
     p.add_argument("--host", action="store_true")
-    p.add_argument("--nested", action="store_true", help="run the candidate's model host in its own namespaces")
+    p.add_argument(
+        "--nested", action="store_true", help="run the candidate's model host in its own namespaces"
+    )
     a = p.parse_args()
     if a.host:
         host(a.candidate, a.artifact, json.loads(open(a.env).read()))

@@ -38,10 +38,14 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # Overrides travel as a list of {name, value} pairs: a free-form object is outside OpenAI's strict subset,
 # and a list lets the schema give `name` an enum of the script's knobs (registry.with_env_names).
 ENV_PAIRS_SCHEMA = {
-    "type": "array", "description": "trainer environment overrides: knobs of trainer/train_gpt.py",
-    "items": {"type": "object", "properties": {"name": {"type": "string"},
-                                                "value": {"type": "string"}},
-              "required": ["name", "value"], "additionalProperties": False},
+    "type": "array",
+    "description": "trainer environment overrides: knobs of trainer/train_gpt.py",
+    "items": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+        "required": ["name", "value"],
+        "additionalProperties": False,
+    },
 }
 
 
@@ -65,7 +69,8 @@ class Candidate(BaseModel):
     name: str = Field(description="short slug, e.g. smear_gate")
     env: Annotated[dict[str, str], WithJsonSchema(ENV_PAIRS_SCHEMA)] = Field(default_factory=dict)
     script_revision: Literal["working", "incumbent"] = Field(
-        default="working", description="'working' = the script as edited now; 'incumbent' = as committed")
+        default="working", description="'working' = the script as edited now; 'incumbent' = as committed"
+    )
 
     @field_validator("env", mode="before")
     @classmethod
@@ -133,8 +138,12 @@ def host_fingerprint() -> str:
         pass
     gpu = ""
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if r.returncode == 0 and r.stdout.strip():
             gpu = "|" + r.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError):
@@ -186,8 +195,16 @@ def _diverging(metrics_path: Path, first_loss: list[float]) -> bool:
     return False
 
 
-def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: int, timeout_s: float,
-                python: str = sys.executable, on_start: Callable[[int], None] | None = None) -> tuple[RunResult, float]:
+def run_trainer(
+    script_text: str,
+    env: dict[str, str],
+    run_dir: Path,
+    *,
+    nproc: int,
+    timeout_s: float,
+    python: str = sys.executable,
+    on_start: Callable[[int], None] | None = None,
+) -> tuple[RunResult, float]:
     """Run one training job in the clean room (tools/cleanroom.py), in its own process group; `env` holds
     the trainer's own names (tier, overrides, harness). Returns its result and wall seconds."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,12 +216,26 @@ def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: 
     results.unlink(missing_ok=True)
     cmd = [python, str(script)]
     if nproc > 1:
-        cmd = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+        cmd = [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(script),
+        ]
     cmd = cleanroom.command(cleanroom.probe(python), python, cmd, writable=run_dir)
     t0 = time.time()
     with open(run_dir / "stdout.log", "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=run_dir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         if on_start:
             on_start(proc.pid)
         if crash_point("during_run"):
@@ -239,14 +270,25 @@ def run_trainer(script_text: str, env: dict[str, str], run_dir: Path, *, nproc: 
 def note_isolation(ctx: ToolContext) -> None:
     """Say once per session how the trainer is isolated; a machine that cannot isolate is said loudly."""
     iso = cleanroom.probe(ctx.python)
-    if any(e.session == ctx.session and e.event in ("cleanroom", "cleanroom_degraded")
-           for e in ctx.ledger.records(EventRecord)):
+    if any(
+        e.session == ctx.session and e.event in ("cleanroom", "cleanroom_degraded")
+        for e in ctx.ledger.records(EventRecord)
+    ):
         return
     event = "cleanroom_degraded" if iso.degraded else "cleanroom"
-    ctx.ledger.append(EventRecord(session=ctx.session, event=event, detail={
-        "mode": iso.mode, "network_isolated": iso.network_isolated, "golf_hidden": iso.golf_hidden,
-        "read_only_fs": iso.read_only_fs,
-        "note": iso.note}))
+    ctx.ledger.append(
+        EventRecord(
+            session=ctx.session,
+            event=event,
+            detail={
+                "mode": iso.mode,
+                "network_isolated": iso.network_isolated,
+                "golf_hidden": iso.golf_hidden,
+                "read_only_fs": iso.read_only_fs,
+                "note": iso.note,
+            },
+        )
+    )
     if iso.degraded:
         print(f"WARNING: trainer isolation degraded ({iso.mode}): {iso.note}", file=sys.stderr, flush=True)
 
@@ -259,22 +301,39 @@ def data_env(ctx: ToolContext, env: dict[str, str] | None = None) -> dict[str, s
     return {"DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tokenizer_path)}
 
 
-def find_reusable(ctx: ToolContext, experiment: str, candidate: str, seed: int, sha: str,
-                  env: dict[str, str], tier: str) -> RunRecord | None:
+def find_reusable(
+    ctx: ToolContext, experiment: str, candidate: str, seed: int, sha: str, env: dict[str, str], tier: str
+) -> RunRecord | None:
     for r in ctx.ledger.records(RunRecord):
-        if (r.session == ctx.session and r.experiment == experiment and r.candidate == candidate
-                and r.seed == seed and r.script_sha == sha and r.env == env and r.tier == tier
-                and r.result.status != "aborted"):
+        if (
+            r.session == ctx.session
+            and r.experiment == experiment
+            and r.candidate == candidate
+            and r.seed == seed
+            and r.script_sha == sha
+            and r.env == env
+            and r.tier == tier
+            and r.result.status != "aborted"
+        ):
             return r
     return None
 
 
 def summarize(rec: RunRecord, reused: bool = False) -> RunSummary:
     res = rec.result
-    return RunSummary(run_id=rec.run_id, candidate=rec.candidate, seed=rec.seed, status=res.status,
-                      val_bpb=res.val_bpb, holdout_bpb=res.holdout_bpb, steps=res.steps,
-                      train_time_s=res.train_time_s, bytes_total=res.bytes_total,
-                      error_tail=(res.error or "")[-800:] or None, reused=reused)
+    return RunSummary(
+        run_id=rec.run_id,
+        candidate=rec.candidate,
+        seed=rec.seed,
+        status=res.status,
+        val_bpb=res.val_bpb,
+        holdout_bpb=res.holdout_bpb,
+        steps=res.steps,
+        train_time_s=res.train_time_s,
+        bytes_total=res.bytes_total,
+        error_tail=(res.error or "")[-800:] or None,
+        reused=reused,
+    )
 
 
 def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecord]]:
@@ -300,7 +359,9 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
             raise ToolError(f"candidate {cand.name}: {e}") from None
         problems = metric_guard.violations(text, reference=incumbent)
         if problems:
-            raise ToolError(f"candidate {cand.name}: the script may not touch the metric: " + "; ".join(problems))
+            raise ToolError(
+                f"candidate {cand.name}: the script may not touch the metric: " + "; ".join(problems)
+            )
     hardware = hardware_id(ctx, tier.hardware)
     note_isolation(ctx)
     base_env = {k: str(v) for k, v in tier.env.items()}
@@ -318,25 +379,51 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
                 continue
             run_id = f"{experiment}-{cand.name}-s{seed}-{int(time.time() * 1000) % 10**8:08d}"
             run_dir = ctx.ws.runs_dir / ctx.session / run_id
-            env = base_env | data_env(ctx, base_env | overrides) | overrides | {
-                "RUN_ID": run_id, "RUN_DIR": str(run_dir), "SEED": str(seed)}
+            env = (
+                base_env
+                | data_env(ctx, base_env | overrides)
+                | overrides
+                | {"RUN_ID": run_id, "RUN_DIR": str(run_dir), "SEED": str(seed)}
+            )
             if on_run:
                 on_run("start", run_id, None)
 
             def started(pid: int, run_id: str = run_id) -> None:
-                ctx.ledger.append(EventRecord(session=ctx.session, event="run_started",
-                                              detail={"run_id": run_id, "pid": pid}))
+                ctx.ledger.append(
+                    EventRecord(
+                        session=ctx.session, event="run_started", detail={"run_id": run_id, "pid": pid}
+                    )
+                )
 
-            result, wall = run_trainer(text, env, run_dir, nproc=tier.nproc, timeout_s=tier.run_timeout_s,
-                                       python=ctx.python, on_start=started)
-            result = rescore.check_totals(result, env, text, incumbent, run_dir)  # its results.json is not trusted
+            result, wall = run_trainer(
+                text,
+                env,
+                run_dir,
+                nproc=tier.nproc,
+                timeout_s=tier.run_timeout_s,
+                python=ctx.python,
+                on_start=started,
+            )
+            result = rescore.check_totals(
+                result, env, text, incumbent, run_dir
+            )  # its results.json is not trusted
             dollars = tier.price_per_hour * wall / 3600 if tier.price_per_hour else None
             rec = RunRecord(
-                session=ctx.session, run_id=run_id, experiment=experiment, candidate=cand.name,
-                technique=args.technique, hypothesis=args.hypothesis, tier=tier.name, hardware=hardware,
-                seed=seed, env=overrides, script_sha=sha, result=result,
+                session=ctx.session,
+                run_id=run_id,
+                experiment=experiment,
+                candidate=cand.name,
+                technique=args.technique,
+                hypothesis=args.hypothesis,
+                tier=tier.name,
+                hardware=hardware,
+                seed=seed,
+                env=overrides,
+                script_sha=sha,
+                result=result,
                 cost=Cost(device_seconds=wall * tier.nproc, dollars=dollars),
-                log_path=str(run_dir / "train.log"), run_dir=str(run_dir),
+                log_path=str(run_dir / "train.log"),
+                run_dir=str(run_dir),
                 git_commit=ctx.head_sha,
             )
             ctx.ledger.append(rec)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-TOOL_MODULES = ["tools.edit_script", "tools.sweep", "tools.logs", "tools.findings", "tools.frontier_sync",
-                "tools.code_view"]
+TOOL_MODULES = [
+    "tools.edit_script",
+    "tools.sweep",
+    "tools.logs",
+    "tools.findings",
+    "tools.frontier_sync",
+    "tools.code_view",
+]
 
 
 def load_tools() -> list[str]:

@@ -22,6 +22,24 @@ from agent.finals.naming import host_tag, live_sessions, pod_prefix
 from agent.finals.reaper import list_pods, reap, reap_pods, settle_stale_pods
 from agent.finals.verdict import judge_final, missing_imports
 
-__all__ = ["Budget", "FinalConfig", "FinalPlan", "FinalRefused", "FinalRequest", "Rung", "Submission", "host_tag",
-           "judge_final", "list_pods", "live_sessions", "missing_imports", "plan_final", "pod_prefix", "reap",
-           "reap_pods", "resolve_budget", "run_final", "settle_stale_pods"]
+__all__ = [
+    "Budget",
+    "FinalConfig",
+    "FinalPlan",
+    "FinalRefused",
+    "FinalRequest",
+    "Rung",
+    "Submission",
+    "host_tag",
+    "judge_final",
+    "list_pods",
+    "live_sessions",
+    "missing_imports",
+    "plan_final",
+    "pod_prefix",
+    "reap",
+    "reap_pods",
+    "resolve_budget",
+    "run_final",
+    "settle_stale_pods",
+]

@@ -7,8 +7,18 @@ from pydantic import BaseModel, Field
 
 DEFAULT_SEEDS = [1337, 42, 2025, 7, 31337, 1234, 4242, 9001]
 # the challenge's requirements.txt, less torch (the image's) and wandb (never used on a final)
-CHALLENGE_PACKAGES = ("numpy", "brotli", "tqdm", "huggingface-hub", "kernels", "setuptools", "datasets", "tiktoken",
-                      "sentencepiece", "zstandard")
+CHALLENGE_PACKAGES = (
+    "numpy",
+    "brotli",
+    "tqdm",
+    "huggingface-hub",
+    "kernels",
+    "setuptools",
+    "datasets",
+    "tiktoken",
+    "sentencepiece",
+    "zstandard",
+)
 
 
 class FinalRefused(Exception):
@@ -23,10 +33,12 @@ class Rung(BaseModel):
 class FinalConfig(BaseModel):
     """Everything a final needs to know about hardware, time and limits. Defaults: the real challenge."""
 
-    ladder: list[Rung] = Field(default_factory=lambda: [
-        Rung(gpu_type="NVIDIA H100 80GB HBM3", cloud_type="SECURE"),
-        Rung(gpu_type="NVIDIA H100 80GB HBM3", cloud_type="COMMUNITY"),
-    ])
+    ladder: list[Rung] = Field(
+        default_factory=lambda: [
+            Rung(gpu_type="NVIDIA H100 80GB HBM3", cloud_type="SECURE"),
+            Rung(gpu_type="NVIDIA H100 80GB HBM3", cloud_type="COMMUNITY"),
+        ]
+    )
     gpu_count: int = 8
     image: str = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
     # hosts whose driver runs CUDA 12.8 images; an older driver never starts the container but bills
@@ -59,13 +71,31 @@ class FinalConfig(BaseModel):
     ladder_pause_s: float = 60.0
     # the job on the pod (run in the uploaded directory `job/`)
     train_shards: int = 80
-    setup_cmd: str = ("python3 -m pip install --quiet " + " ".join(CHALLENGE_PACKAGES) + " 2>&1 | tail -n 3; "
-                      "python3 prepare_data.py --variant fineweb --vocab {vocab} --out data "
-                      "--train-shards {train_shards} --if-missing")
+    setup_cmd: str = (
+        "python3 -m pip install --quiet " + " ".join(CHALLENGE_PACKAGES) + " 2>&1 | tail -n 3; "
+        "python3 prepare_data.py --variant fineweb --vocab {vocab} --out data "
+        "--train-shards {train_shards} --if-missing"
+    )
     # what a script may import on the pod besides the standard library: the image's and setup's
-    pod_modules: list[str] = Field(default_factory=lambda: [
-        "torch", "triton", "numpy", "sentencepiece", "zstandard", "zstd", "brotli", "tqdm", "huggingface_hub",
-        "kernels", "setuptools", "datasets", "tiktoken", "typing_extensions", "pkg_resources"])
+    pod_modules: list[str] = Field(
+        default_factory=lambda: [
+            "torch",
+            "triton",
+            "numpy",
+            "sentencepiece",
+            "zstandard",
+            "zstd",
+            "brotli",
+            "tqdm",
+            "huggingface_hub",
+            "kernels",
+            "setuptools",
+            "datasets",
+            "tiktoken",
+            "typing_extensions",
+            "pkg_resources",
+        ]
+    )
     launcher: str = "torchrun --standalone --nproc_per_node={gpu_count}"
     # the shards and tokenizer of the run's VOCAB_SIZE (the incumbent's; 1024 when it sets none)
     data_path: str = "data/datasets/fineweb10B_sp{vocab}"
@@ -150,19 +180,25 @@ class FinalPlan(BaseModel):
 
     def text(self) -> str:
         h = self.pod_lifetime_s / 3600
-        lines = [f"final {self.final_id} for session {self.session}: {len(self.seeds)} seed(s) {self.seeds}",
-                 f"  script: {self.script_from} sha256 {self.script_sha[:12]}",
-                 f"  env: {self.env}",
-                 f"  image: {self.image}" + (f" (template {self.template_id})" if self.template_id else ""),
-                 f"  CUDA drivers allowed: {', '.join(self.allowed_cuda_versions)}",
-                 f"  pod: {self.gpu_count} GPUs, at most {h:.2f} h each (bounded duration + dead man's grace)"]
+        lines = [
+            f"final {self.final_id} for session {self.session}: {len(self.seeds)} seed(s) {self.seeds}",
+            f"  script: {self.script_from} sha256 {self.script_sha[:12]}",
+            f"  env: {self.env}",
+            f"  image: {self.image}" + (f" (template {self.template_id})" if self.template_id else ""),
+            f"  CUDA drivers allowed: {', '.join(self.allowed_cuda_versions)}",
+            f"  pod: {self.gpu_count} GPUs, at most {h:.2f} h each (bounded duration + dead man's grace)",
+        ]
         for r in self.rungs:
             price = "unpriced" if r.price_per_hour is None else f"${r.price_per_hour:.2f}/h"
             cost = "" if r.worst_case_dollars is None else f" -> worst case ${r.worst_case_dollars:.2f}"
-            lines.append(f"  rung {r.gpu_type} / {r.cloud_type}: {price}{cost}{' (' + r.note + ')' if r.note else ''}")
+            lines.append(
+                f"  rung {r.gpu_type} / {r.cloud_type}: {price}{cost}{' (' + r.note + ')' if r.note else ''}"
+            )
         cap = "none given" if self.cap_dollars is None else f"${self.cap_dollars:.2f}"
-        lines.append(f"  worst case: ${self.worst_case_dollars:.2f}; cap: {cap}; approval: "
-                     f"{self.granted_by or 'not given'}")
+        lines.append(
+            f"  worst case: ${self.worst_case_dollars:.2f}; cap: {cap}; approval: "
+            f"{self.granted_by or 'not given'}"
+        )
         lines += [f"  would be refused: {p}" for p in self.problems] or ["  would run"]
         return "\n".join(lines)
 

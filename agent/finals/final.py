@@ -84,8 +84,14 @@ def branch_incumbent(ws: Workspace, ledger: Ledger, session: str, script_rev: st
     branch = f"{git_records.BRANCH_PREFIX}{session}"
     label = script_rev or (branch if git_records.rev_parse(ws.root, branch) == inc.rev else "HEAD")
     where = f"git {label} ({inc.rev[:12]})" if inc.rev else "working tree"
-    return {"script": inc.script, "prepare": prep or "", "rev": inc.rev, "where": where, "env": inc.env,
-            "experiment": inc.experiment}
+    return {
+        "script": inc.script,
+        "prepare": prep or "",
+        "rev": inc.rev,
+        "where": where,
+        "env": inc.env,
+        "experiment": inc.experiment,
+    }
 
 
 def start_preset_env(ws: Workspace, ledger: Ledger, session: str, tier_env: dict[str, str]) -> dict[str, str]:
@@ -143,19 +149,33 @@ def _price_rungs(req: FinalRequest, backend: PodBackend | None, n_seeds: int) ->
                 note = f"price check failed: {str(e)[:120]}"
         if price is not None and price > cfg.max_price_per_hour:
             note = f"over the ${cfg.max_price_per_hour:.2f}/h ceiling: never used"
-        out.append(RungPrice(gpu_type=rung.gpu_type, cloud_type=rung.cloud_type, price_per_hour=price,
-                             worst_case_dollars=None if price is None else round(price * hours, 2), note=note))
+        out.append(
+            RungPrice(
+                gpu_type=rung.gpu_type,
+                cloud_type=rung.cloud_type,
+                price_per_hour=price,
+                worst_case_dollars=None if price is None else round(price * hours, 2),
+                note=note,
+            )
+        )
     return out
 
 
-def plan_final(req: FinalRequest, backend: PodBackend | None = None, *, session: str | None = None,
-               final_id: str | None = None) -> ResolvedFinal:
+def plan_final(
+    req: FinalRequest,
+    backend: PodBackend | None = None,
+    *,
+    session: str | None = None,
+    final_id: str | None = None,
+) -> ResolvedFinal:
     """Everything a final would do, resolved with read-only calls (prices). `problems` lists each reason
     it would be refused; empty means it would run. Raises FinalRefused only for an unreadable script."""
     ws = Workspace.at(req.workspace)
     ledger = Ledger(ws.ledger)
     cfg = req.config
-    session = session or req.session or last_session(ledger) or f"final-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    session = (
+        session or req.session or last_session(ledger) or f"final-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    )
     final_id = final_id or f"final-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     seeds = seed_list(req.seeds)
     inc = branch_incumbent(ws, ledger, session, req.script_rev)
@@ -163,49 +183,87 @@ def plan_final(req: FinalRequest, backend: PodBackend | None = None, *, session:
     env = {**tier_env, **start_preset_env(ws, ledger, session, tier_env), **inc["env"], **req.env}
     rungs = _price_rungs(req, backend, len(seeds))
     hours = cfg.pod_lifetime_s(len(seeds)) / 3600
-    usable = [r.worst_case_dollars for r in rungs if r.worst_case_dollars is not None
-              and (r.price_per_hour or 0) <= cfg.max_price_per_hour]
+    usable = [
+        r.worst_case_dollars
+        for r in rungs
+        if r.worst_case_dollars is not None and (r.price_per_hour or 0) <= cfg.max_price_per_hour
+    ]
     worst = max(usable) if usable else round(cfg.max_price_per_hour * hours, 2)
     cheapest = min(usable) if usable else worst
     problems: list[str] = []
     budget = None
     try:
-        budget = resolve_budget(ws, ledger, session, req.approve, req.dollars, req.session_dollars, need=cheapest)
+        budget = resolve_budget(
+            ws, ledger, session, req.approve, req.dollars, req.session_dollars, need=cheapest
+        )
     except FinalRefused as e:
         problems.append(str(e))
     if backend is None:
-        problems.append(f"no RUNPOD_API_KEY: the rungs are unpriced; at the ${cfg.max_price_per_hour:.2f}/h ceiling "
-                        f"a pod costs at most ${worst:.2f}")
+        problems.append(
+            f"no RUNPOD_API_KEY: the rungs are unpriced; at the ${cfg.max_price_per_hour:.2f}/h ceiling "
+            f"a pod costs at most ${worst:.2f}"
+        )
     elif not usable:
-        problems.append("no rung has a usable price: " + "; ".join(f"{r.gpu_type}/{r.cloud_type}: {r.note}"
-                                                                   for r in rungs))
+        problems.append(
+            "no rung has a usable price: "
+            + "; ".join(f"{r.gpu_type}/{r.cloud_type}: {r.note}" for r in rungs)
+        )
     elif budget is not None and budget.cap < cheapest:
         why = []
         if budget.per_final is not None and budget.per_final < cheapest:
             why.append(f"--dollars {budget.per_final:g}")
         if budget.session_remaining is not None and budget.session_remaining < cheapest:
-            held = f", ${budget.open_pods_dollars:.2f} held for pods that may still bill" if budget.open_pods_dollars else ""
-            why.append(f"the session's finals money left: ${budget.session_remaining:.2f} (battle_plan.md "
-                       f"final_dollars less ${budget.session_spent:.2f} spent{held})")
+            held = (
+                f", ${budget.open_pods_dollars:.2f} held for pods that may still bill"
+                if budget.open_pods_dollars
+                else ""
+            )
+            why.append(
+                f"the session's finals money left: ${budget.session_remaining:.2f} (battle_plan.md "
+                f"final_dollars less ${budget.session_spent:.2f} spent{held})"
+            )
         need = int(cheapest) + 1
-        per_rung = "; ".join(f"{r.gpu_type}/{r.cloud_type} ${r.price_per_hour:.2f}/h x {hours:.2f} h = "
-                             f"${r.worst_case_dollars:.2f}" for r in rungs if r.worst_case_dollars is not None)
-        problems.append(f"budget: {len(seeds)} seed(s) need up to ${cheapest:.2f} (price x the pod's bounded "
-                        f"lifetime, per rung: {per_rung}), but this final may spend ${budget.cap:.2f} "
-                        f"({'; '.join(why)}); give `--dollars {need}` or more, with `final_dollars: {need}` or "
-                        f"more in battle_plan.md's Budget")
+        per_rung = "; ".join(
+            f"{r.gpu_type}/{r.cloud_type} ${r.price_per_hour:.2f}/h x {hours:.2f} h = "
+            f"${r.worst_case_dollars:.2f}"
+            for r in rungs
+            if r.worst_case_dollars is not None
+        )
+        problems.append(
+            f"budget: {len(seeds)} seed(s) need up to ${cheapest:.2f} (price x the pod's bounded "
+            f"lifetime, per rung: {per_rung}), but this final may spend ${budget.cap:.2f} "
+            f"({'; '.join(why)}); give `--dollars {need}` or more, with `final_dollars: {need}` or "
+            f"more in battle_plan.md's Budget"
+        )
     missing = missing_imports(inc["script"], cfg.pod_modules)
     if missing:
-        problems.append(f"the script imports {', '.join(missing)}, which the pod ({cfg.image}) will not have: "
-                        f"add it to FinalConfig.pod_modules and setup_cmd, or guard the import")
+        problems.append(
+            f"the script imports {', '.join(missing)}, which the pod ({cfg.image}) will not have: "
+            f"add it to FinalConfig.pod_modules and setup_cmd, or guard the import"
+        )
     return ResolvedFinal(
-        session=session, final_id=final_id, seeds=seeds, image=cfg.image, template_id=cfg.template_id,
-        allowed_cuda_versions=cfg.allowed_cuda_versions, gpu_count=cfg.gpu_count, rungs=rungs,
-        pod_lifetime_s=cfg.pod_lifetime_s(len(seeds)), worst_case_dollars=worst,
+        session=session,
+        final_id=final_id,
+        seeds=seeds,
+        image=cfg.image,
+        template_id=cfg.template_id,
+        allowed_cuda_versions=cfg.allowed_cuda_versions,
+        gpu_count=cfg.gpu_count,
+        rungs=rungs,
+        pod_lifetime_s=cfg.pod_lifetime_s(len(seeds)),
+        worst_case_dollars=worst,
         cap_dollars=None if budget is None else round(budget.cap, 2),
-        granted_by="" if budget is None else budget.granted_by, script_from=inc["where"], script_rev=inc["rev"],
-        script_sha=sha256(inc["script"]), env=env, experiment=inc["experiment"], problems=problems,
-        script=inc["script"], prepare=inc["prepare"], budget=budget)
+        granted_by="" if budget is None else budget.granted_by,
+        script_from=inc["where"],
+        script_rev=inc["rev"],
+        script_sha=sha256(inc["script"]),
+        env=env,
+        experiment=inc["experiment"],
+        problems=problems,
+        script=inc["script"],
+        prepare=inc["prepare"],
+        budget=budget,
+    )
 
 
 # --------------------------------------------------------------------------------------- the run
@@ -234,8 +292,9 @@ def _signals_to_stop(log: Callable[[str], None]):
             signal.signal(s, h)
 
 
-def run_final(req: FinalRequest, backend: PodBackend | None = None,
-              log: Callable[[str], None] | None = None) -> FinalRecord:
+def run_final(
+    req: FinalRequest, backend: PodBackend | None = None, log: Callable[[str], None] | None = None
+) -> FinalRecord:
     """Run one final. Always returns a FinalRecord that is also in the ledger; re-raises
     KeyboardInterrupt/SystemExit after cleanup when stopped by a signal."""
     ws = Workspace.at(req.workspace)
@@ -276,14 +335,38 @@ def run_final(req: FinalRequest, backend: PodBackend | None = None,
         return refused(" | ".join(plan.problems), plan.script_sha, **recorded)
     assert plan.budget is not None
     frontier = req.frontier if req.frontier is not None else current_frontier(ws)
-    ledger.append(EventRecord(session=session, event="final_start", detail={
-        "final_id": final_id, "seeds": seeds, "script_sha": plan.script_sha, "script_from": plan.script_from,
-        "cap_dollars": plan.budget.cap, "per_final": plan.budget.per_final,
-        "session_remaining": plan.budget.session_remaining, "granted_by": plan.budget.granted_by,
-        "pod_lifetime_s": plan.pod_lifetime_s, "worst_case_dollars": plan.worst_case_dollars, "env": plan.env}))
+    ledger.append(
+        EventRecord(
+            session=session,
+            event="final_start",
+            detail={
+                "final_id": final_id,
+                "seeds": seeds,
+                "script_sha": plan.script_sha,
+                "script_from": plan.script_from,
+                "cap_dollars": plan.budget.cap,
+                "per_final": plan.budget.per_final,
+                "session_remaining": plan.budget.session_remaining,
+                "granted_by": plan.budget.granted_by,
+                "pod_lifetime_s": plan.pod_lifetime_s,
+                "worst_case_dollars": plan.worst_case_dollars,
+                "env": plan.env,
+            },
+        )
+    )
 
-    run = PodRun(ws=ws, ledger=ledger, backend=backend, cfg=cfg, session=session, final_id=final_id, seeds=seeds,
-                 budget=plan.budget, env=plan.env, log=log)
+    run = PodRun(
+        ws=ws,
+        ledger=ledger,
+        backend=backend,
+        cfg=cfg,
+        session=session,
+        final_id=final_id,
+        seeds=seeds,
+        budget=plan.budget,
+        env=plan.env,
+        log=log,
+    )
     outcomes, failure, stopped, unexpected, status = _run_seeds(run, plan, log)
     rec = _judge_and_record(req, plan, run, outcomes, failure, status, frontier)
     log(f"final {final_id}: {rec.status}, ${rec.dollars:.2f}, val_bpb {rec.val_bpbs}; {rec.note[:300]}")
@@ -296,26 +379,58 @@ def run_final(req: FinalRequest, backend: PodBackend | None = None,
     return rec
 
 
-def _judge_and_record(req: FinalRequest, plan: ResolvedFinal, run: PodRun, outcomes: list[SeedOutcome],
-                      failure: str | None, status: Status, frontier: list[float] | float | None) -> FinalRecord:
+def _judge_and_record(
+    req: FinalRequest,
+    plan: ResolvedFinal,
+    run: PodRun,
+    outcomes: list[SeedOutcome],
+    failure: str | None,
+    status: Status,
+    frontier: list[float] | float | None,
+) -> FinalRecord:
     """The runs, the verdict, the submission folder when the rule is cleared, and the FinalRecord."""
-    ws, ledger, cfg, seeds, final_id, session = run.ws, run.ledger, run.cfg, plan.seeds, plan.final_id, plan.session
+    ws, ledger, cfg, seeds, final_id, session = (
+        run.ws,
+        run.ledger,
+        run.cfg,
+        plan.seeds,
+        plan.final_id,
+        plan.session,
+    )
     ok_vals = [o.result.val_bpb for o in outcomes if o.result.status == "ok" and o.result.val_bpb is not None]
     for o in outcomes:
-        ledger.append(RunRecord(session=session, run_id=f"{final_id}-seed{o.seed}",
-                                experiment=plan.experiment or final_id, candidate="final", tier=cfg.tier,
-                                hardware=cfg.hardware, seed=o.seed, env=plan.env, script_sha=plan.script_sha,
-                                git_commit=plan.script_rev, result=o.result,
-                                log_path=next((f for f in o.files if f.endswith("train.log")), None),
-                                run_dir=str((run.out_dir / f"seed_{o.seed}").relative_to(ws.root))))
+        ledger.append(
+            RunRecord(
+                session=session,
+                run_id=f"{final_id}-seed{o.seed}",
+                experiment=plan.experiment or final_id,
+                candidate="final",
+                tier=cfg.tier,
+                hardware=cfg.hardware,
+                seed=o.seed,
+                env=plan.env,
+                script_sha=plan.script_sha,
+                git_commit=plan.script_rev,
+                result=o.result,
+                log_path=next((f for f in o.files if f.endswith("train.log")), None),
+                run_dir=str((run.out_dir / f"seed_{o.seed}").relative_to(ws.root)),
+            )
+        )
     if status != "refused":
-        status = "ok" if failure is None and len(ok_vals) == len(seeds) else ("partial" if ok_vals else "failed")
+        status = (
+            "ok" if failure is None and len(ok_vals) == len(seeds) else ("partial" if ok_vals else "failed")
+        )
     comp = compliance(outcomes, plan.script, cfg) if outcomes else {"passed": False, "seeds": {}}
     verdict: dict[str, Any] = {}
     if len(ok_vals) >= 2:
-        verdict = judge_final(ok_vals, frontier, frontier_std=req.frontier_std,
-                              bytes_per_token=bytes_per_token(outcomes),
-                              incumbent=incumbent_finals(ledger, exclude=final_id), cfg=cfg)
+        verdict = judge_final(
+            ok_vals,
+            frontier,
+            frontier_std=req.frontier_std,
+            bytes_per_token=bytes_per_token(outcomes),
+            incumbent=incumbent_finals(ledger, exclude=final_id),
+            cfg=cfg,
+        )
     record = verdict.get("record", {})
     claim = bool(status == "ok" and comp.get("passed", False) and record.get("outcome") == "confirmed")
     note_parts = [failure or "all seeds finished"]
@@ -323,25 +438,57 @@ def _judge_and_record(req: FinalRequest, plan: ResolvedFinal, run: PodRun, outco
         note_parts.append(f"record rule: {record['outcome']} ({record['reason']})")
     if "vs_incumbent" in verdict:
         vi = verdict["vs_incumbent"]
-        note_parts.append(f"vs incumbent final {vi['final_id']}: {vi['outcome']} delta {vi['delta']:+.5f} "
-                          f"p={vi['p_value']:.3g}")
-    frontier_bpb = frontier if isinstance(frontier, float) else (statistics.fmean(frontier) if frontier else None)
-    rec = FinalRecord(session=session, final_id=final_id, seeds=seeds, script_rev=plan.script_rev, env=plan.env,
-                      experiment=plan.experiment, script_sha=plan.script_sha, val_bpbs=ok_vals, status=status,
-                      frontier_bpb=frontier_bpb, p_value=record.get("p_value"), record_claim=claim, compliance=comp,
-                      dollars=round(run.meter.total, 6), note=" | ".join(note_parts)[:2000])
+        note_parts.append(
+            f"vs incumbent final {vi['final_id']}: {vi['outcome']} delta {vi['delta']:+.5f} "
+            f"p={vi['p_value']:.3g}"
+        )
+    frontier_bpb = (
+        frontier if isinstance(frontier, float) else (statistics.fmean(frontier) if frontier else None)
+    )
+    rec = FinalRecord(
+        session=session,
+        final_id=final_id,
+        seeds=seeds,
+        script_rev=plan.script_rev,
+        env=plan.env,
+        experiment=plan.experiment,
+        script_sha=plan.script_sha,
+        val_bpbs=ok_vals,
+        status=status,
+        frontier_bpb=frontier_bpb,
+        p_value=record.get("p_value"),
+        record_claim=claim,
+        compliance=comp,
+        dollars=round(run.meter.total, 6),
+        note=" | ".join(note_parts)[:2000],
+    )
     if claim:
         sub = req.submission
-        hardware = f"8xH100 SXM on RunPod ({run.rung.gpu_type}, {run.rung.cloud_type})" if run.rung else "8xH100 SXM"
+        hardware = (
+            f"8xH100 SXM on RunPod ({run.rung.gpu_type}, {run.rung.cloud_type})" if run.rung else "8xH100 SXM"
+        )
         folder = write_submission(
-            ws, rec, outcomes, plan.script, verdict, name=sub.name or plan.experiment or "pgolf", hardware=hardware,
+            ws,
+            rec,
+            outcomes,
+            plan.script,
+            verdict,
+            name=sub.name or plan.experiment or "pgolf",
+            hardware=hardware,
             author=sub.author or os.environ.get("GOLF_AUTHOR", "unknown"),
             github_id=sub.github_id or os.environ.get("GOLF_GITHUB_ID", "unknown"),
-            blurb=sub.blurb or f"pgolf final {final_id}: {plan.experiment or 'incumbent'} ({len(ok_vals)} seeds)",
-            what_changed=json.dumps(plan.env) if plan.env else "")
+            blurb=sub.blurb
+            or f"pgolf final {final_id}: {plan.experiment or 'incumbent'} ({len(ok_vals)} seeds)",
+            what_changed=json.dumps(plan.env) if plan.env else "",
+        )
         rec.submission_dir = str(folder.relative_to(ws.root))
-    ledger.append(EventRecord(session=session, event="final_judged", detail={
-        "final_id": final_id, **verdict, "compliance_passed": comp.get("passed")}))
+    ledger.append(
+        EventRecord(
+            session=session,
+            event="final_judged",
+            detail={"final_id": final_id, **verdict, "compliance_passed": comp.get("passed")},
+        )
+    )
     ledger.append(rec)
     return rec
 
@@ -349,8 +496,9 @@ def _judge_and_record(req: FinalRequest, plan: ResolvedFinal, run: PodRun, outco
 Status = Literal["ok", "failed", "refused", "partial"]
 
 
-def _run_seeds(run: PodRun, plan: ResolvedFinal, log: Callable[[str], None]
-               ) -> tuple[list[SeedOutcome], str | None, _Stop | None, Exception | None, Status]:
+def _run_seeds(
+    run: PodRun, plan: ResolvedFinal, log: Callable[[str], None]
+) -> tuple[list[SeedOutcome], str | None, _Stop | None, Exception | None, Status]:
     """The pod's part: acquire, upload, setup, seeds; release and sweep on every path."""
     outcomes: list[SeedOutcome] = []
     failure: str | None = None

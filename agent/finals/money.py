@@ -47,7 +47,9 @@ class OpenPod(BaseModel):
     deadline_unix: float  # its dead man's switch ends it then
     idle_s: float  # ... or this long after our last contact
     slack_s: float  # how long the switch may take
-    contact_gap_s: float = 600.0  # our last contact with its agent is at most this long after our last booking
+    contact_gap_s: float = (
+        600.0  # our last contact with its agent is at most this long after our last booking
+    )
     booked_dollars: float = 0.0
     booked_seconds: float = 0.0
     last_booked_unix: float | None = None
@@ -83,12 +85,18 @@ def open_pods(records: Iterable[Any]) -> list[OpenPod]:
         elif isinstance(r, EventRecord):
             d = r.detail
             if r.event == "pod_opened":
-                pods[d["name"]] = OpenPod(session=r.session, final_id=d["final_id"], name=d["name"],
-                                          gpu_type=d.get("gpu_type"), price_per_hour=float(d["price_per_hour"]),
-                                          created_unix=float(d["created_unix"]),
-                                          deadline_unix=float(d["deadline_unix"]), idle_s=float(d["idle_s"]),
-                                          slack_s=float(d.get("slack_s", 150.0)),
-                                          contact_gap_s=float(d.get("contact_gap_s", 600.0)))
+                pods[d["name"]] = OpenPod(
+                    session=r.session,
+                    final_id=d["final_id"],
+                    name=d["name"],
+                    gpu_type=d.get("gpu_type"),
+                    price_per_hour=float(d["price_per_hour"]),
+                    created_unix=float(d["created_unix"]),
+                    deadline_unix=float(d["deadline_unix"]),
+                    idle_s=float(d["idle_s"]),
+                    slack_s=float(d.get("slack_s", 150.0)),
+                    contact_gap_s=float(d.get("contact_gap_s", 600.0)),
+                )
             elif r.event == "final_pod_created" and d.get("name") in pods:
                 pods[d["name"]].pod_id = d.get("pod_id")
                 by_id[str(d.get("pod_id"))] = d["name"]
@@ -105,14 +113,33 @@ def open_pods(records: Iterable[Any]) -> list[OpenPod]:
 
 
 def open_pod(ledger: Ledger, pod: OpenPod) -> None:
-    ledger.append(EventRecord(session=pod.session, event="pod_opened", detail=pod.model_dump(
-        include={"final_id", "name", "gpu_type", "price_per_hour", "created_unix", "deadline_unix", "idle_s",
-                 "slack_s", "contact_gap_s"})))
+    ledger.append(
+        EventRecord(
+            session=pod.session,
+            event="pod_opened",
+            detail=pod.model_dump(
+                include={
+                    "final_id",
+                    "name",
+                    "gpu_type",
+                    "price_per_hour",
+                    "created_unix",
+                    "deadline_unix",
+                    "idle_s",
+                    "slack_s",
+                    "contact_gap_s",
+                }
+            ),
+        )
+    )
 
 
 def close_pod(ledger: Ledger, session: str, name: str, pod_id: str | None, how: str, **detail: Any) -> None:
-    ledger.append(EventRecord(session=session, event="pod_closed",
-                              detail={"name": name, "pod_id": pod_id, "how": how, **detail}))
+    ledger.append(
+        EventRecord(
+            session=session, event="pod_closed", detail={"name": name, "pod_id": pod_id, "how": how, **detail}
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------- the meter
@@ -122,7 +149,9 @@ class SpendMeter:
     """Books pod time as money, incrementally, while it accrues. Conservative: the clock starts before
     the create call and stops after the terminate is confirmed, at the higher of quoted and billed price."""
 
-    def __init__(self, ledger: Ledger, session: str, final_id: str, interval_s: float, spent_before: float = 0.0):
+    def __init__(
+        self, ledger: Ledger, session: str, final_id: str, interval_s: float, spent_before: float = 0.0
+    ):
         self.ledger, self.session, self.final_id = ledger, session, final_id
         self.interval_s = interval_s
         self.total = spent_before  # this final's booked dollars (previous pods included)
@@ -168,10 +197,19 @@ class SpendMeter:
             if not force and secs < self.interval_s:
                 return
             dollars = secs * self.price / 3600.0
-            self.ledger.append(SpendRecord(session=self.session, final_id=self.final_id, pod_id=self.pod_id,
-                                           pod_name=self.pod_name, gpu_type=self.gpu_type,
-                                           dollars=round(dollars, 6), seconds=round(secs, 3),
-                                           price_per_hour=self.price, note=note))
+            self.ledger.append(
+                SpendRecord(
+                    session=self.session,
+                    final_id=self.final_id,
+                    pod_id=self.pod_id,
+                    pod_name=self.pod_name,
+                    gpu_type=self.gpu_type,
+                    dollars=round(dollars, 6),
+                    seconds=round(secs, 3),
+                    price_per_hour=self.price,
+                    note=note,
+                )
+            )
             self.total += dollars
             self._since = None if stop else now
 
@@ -194,18 +232,32 @@ def _plan_budget(ws: Workspace):
         return None
 
 
-def resolve_budget(ws: Workspace, ledger: Ledger, session: str, approve: bool, budget_dollars: float | None,
-                   session_budget_dollars: float | None, need: float | None = None) -> Budget:
+def resolve_budget(
+    ws: Workspace,
+    ledger: Ledger,
+    session: str,
+    approve: bool,
+    budget_dollars: float | None,
+    session_budget_dollars: float | None,
+    need: float | None = None,
+) -> Budget:
     """The cap this final may spend: the least of --dollars and the session's finals money left (the
     plan's final_dollars less what the session spent and what its open pods may still cost). `need`:
     the final's worst case, named in a refusal so the user learns what to ask for."""
-    need_text = (f" (this final needs up to ${need:.2f}: see `golf final --dry-run`)" if need is not None
-                 else " (`golf final --dry-run` prints what it would cost)")
+    need_text = (
+        f" (this final needs up to ${need:.2f}: see `golf final --dry-run`)"
+        if need is not None
+        else " (`golf final --dry-run` prints what it would cost)"
+    )
     plan = _plan_budget(ws)
-    granted = "--approve" if approve else ("battle_plan approve_finals" if plan and plan.approve_finals else "")
+    granted = (
+        "--approve" if approve else ("battle_plan approve_finals" if plan and plan.approve_finals else "")
+    )
     if not granted:
-        raise FinalRefused("not approved: finals spend money; run `golf final --approve` or set "
-                           f"`approve_finals: yes` in battle_plan.md's Budget section{need_text}")
+        raise FinalRefused(
+            "not approved: finals spend money; run `golf final --approve` or set "
+            f"`approve_finals: yes` in battle_plan.md's Budget section{need_text}"
+        )
     spent = session_spend(ledger, session)
     exposure = sum(p.worst_unbooked() for p in open_pods(ledger.records()) if p.session == session)
     session_caps = [session_budget_dollars] if session_budget_dollars is not None else []
@@ -218,5 +270,11 @@ def resolve_budget(ws: Workspace, ledger: Ledger, session: str, approve: bool, b
     if not caps:
         raise FinalRefused(f"no budget: give --dollars or set final_dollars in battle_plan.md{need_text}")
     cap = max(0.0, min(caps))
-    return Budget(cap=cap, per_final=per_final, session_remaining=session_remaining, session_spent=spent,
-                  open_pods_dollars=round(exposure, 6), granted_by=granted)
+    return Budget(
+        cap=cap,
+        per_final=per_final,
+        session_remaining=session_remaining,
+        session_spent=spent,
+        open_pods_dollars=round(exposure, 6),
+        granted_by=granted,
+    )

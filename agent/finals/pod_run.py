@@ -47,8 +47,11 @@ class SeedOutcome(BaseModel):
     digest: list[str] = Field(default_factory=list)
 
 
-_DIGEST_KEEP = re.compile(r"(val_bpb|val_loss|error|Error|Traceback|step[: ]\s*\d+|artifact|bytes|"
-                          r"stopping|warn|OOM|Killed|results)", re.I)
+_DIGEST_KEEP = re.compile(
+    r"(val_bpb|val_loss|error|Error|Traceback|step[: ]\s*\d+|artifact|bytes|"
+    r"stopping|warn|OOM|Killed|results)",
+    re.I,
+)
 
 
 class Digest:
@@ -79,15 +82,26 @@ class Digest:
             if line not in seen:
                 seen.add(line)
                 out.append(line)
-        return out[-2 * self.n:]
+        return out[-2 * self.n :]
 
 
 class PodRun:
     """One final's lifecycle on one backend. All pod-touching state lives here so `finally` sees it."""
 
-    def __init__(self, *, ws: Workspace, ledger: Ledger, backend: PodBackend, cfg: FinalConfig, session: str,
-                 final_id: str, seeds: list[int], budget: Budget, env: dict[str, str],
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        *,
+        ws: Workspace,
+        ledger: Ledger,
+        backend: PodBackend,
+        cfg: FinalConfig,
+        session: str,
+        final_id: str,
+        seeds: list[int],
+        budget: Budget,
+        env: dict[str, str],
+        log: Callable[[str], None],
+    ):
         self.ws, self.ledger, self.backend, self.cfg = ws, ledger, backend, cfg
         self.session, self.final_id, self.seeds, self.budget = session, final_id, seeds, budget
         self.env, self.log = env, log
@@ -110,8 +124,9 @@ class PodRun:
         return self.pod.id
 
     def event(self, event: str, **detail: Any) -> None:
-        self.ledger.append(EventRecord(session=self.session, event=event,
-                                       detail={"final_id": self.final_id, **detail}))
+        self.ledger.append(
+            EventRecord(session=self.session, event=event, detail={"final_id": self.final_id, **detail})
+        )
 
     # -- money guard
 
@@ -127,8 +142,10 @@ class PodRun:
         """Refuse to go on if finishing `what` (extra_s more of pod time) could cross the cap."""
         projected = self.meter.projected(extra_s)
         if projected > self.budget.cap:
-            raise FinalRefused(f"budget: {what} would bring this final to ${projected:.2f} "
-                               f"(at ${self.meter.price:.2f}/h), over its cap ${self.budget.cap:.2f}")
+            raise FinalRefused(
+                f"budget: {what} would bring this final to ${projected:.2f} "
+                f"(at ${self.meter.price:.2f}/h), over its cap ${self.budget.cap:.2f}"
+            )
 
     # -- acquiring a pod
 
@@ -148,15 +165,19 @@ class PodRun:
                     misses.append(f"{rung.gpu_type}/{rung.cloud_type}: no price or no stock reported")
                     continue
                 if price > self.cfg.max_price_per_hour:
-                    misses.append(f"{rung.gpu_type}/{rung.cloud_type}: ${price:.2f}/h over the "
-                                  f"${self.cfg.max_price_per_hour:.2f}/h ceiling")
+                    misses.append(
+                        f"{rung.gpu_type}/{rung.cloud_type}: ${price:.2f}/h over the "
+                        f"${self.cfg.max_price_per_hour:.2f}/h ceiling"
+                    )
                     continue
                 worst_s = self.lifetime_s()  # the most a pod can live, even if we die
                 need = self.meter.total + price * worst_s / 3600.0
                 if need > self.budget.cap:
-                    misses.append(f"{rung.gpu_type}/{rung.cloud_type}: ${price:.2f}/h x "
-                                  f"{worst_s / 3600:.2f} h bounded = ${price * worst_s / 3600:.2f} "
-                                  f"(+ ${self.meter.total:.2f} spent) > cap ${self.budget.cap:.2f}")
+                    misses.append(
+                        f"{rung.gpu_type}/{rung.cloud_type}: ${price:.2f}/h x "
+                        f"{worst_s / 3600:.2f} h bounded = ${price * worst_s / 3600:.2f} "
+                        f"(+ ${self.meter.total:.2f} spent) > cap ${self.budget.cap:.2f}"
+                    )
                     continue
                 if self._try_rung(rung, price, misses):
                     return
@@ -172,22 +193,45 @@ class PodRun:
         # the pod's own deadline, from the moment we create it: the budget check above priced exactly this
         # (whole seconds, rounded down: the pod and the ledger hold the same moment)
         deadline = float(math.floor(created + self.lifetime_s()))
-        spec = PodSpec(name=name, gpu_type=rung.gpu_type, gpu_count=self.cfg.gpu_count, cloud_type=rung.cloud_type,
-                       image=self.cfg.image, start_cmd=agent_start_cmd(), ports=f"{self.cfg.agent_port}/http",
-                       container_disk_gb=self.cfg.container_disk_gb,
-                       allowed_cuda_versions=self.cfg.allowed_cuda_versions or None, template_id=self.cfg.template_id,
-                       env={"PGOLF_AGENT_TOKEN": token, "PGOLF_AGENT_B64": agent_payload(),
-                            "PGOLF_AGENT_PORT": str(self.cfg.agent_port),
-                            "PGOLF_AGENT_DEADLINE_UNIX": f"{deadline:.0f}",
-                            "PGOLF_AGENT_IDLE_S": f"{self.cfg.agent_idle_s:.0f}"})
-        self.log(f"final {self.final_id}: creating {name} ({rung.gpu_type} x{self.cfg.gpu_count}, "
-                 f"{rung.cloud_type}, ${price:.2f}/h)")
+        spec = PodSpec(
+            name=name,
+            gpu_type=rung.gpu_type,
+            gpu_count=self.cfg.gpu_count,
+            cloud_type=rung.cloud_type,
+            image=self.cfg.image,
+            start_cmd=agent_start_cmd(),
+            ports=f"{self.cfg.agent_port}/http",
+            container_disk_gb=self.cfg.container_disk_gb,
+            allowed_cuda_versions=self.cfg.allowed_cuda_versions or None,
+            template_id=self.cfg.template_id,
+            env={
+                "PGOLF_AGENT_TOKEN": token,
+                "PGOLF_AGENT_B64": agent_payload(),
+                "PGOLF_AGENT_PORT": str(self.cfg.agent_port),
+                "PGOLF_AGENT_DEADLINE_UNIX": f"{deadline:.0f}",
+                "PGOLF_AGENT_IDLE_S": f"{self.cfg.agent_idle_s:.0f}",
+            },
+        )
+        self.log(
+            f"final {self.final_id}: creating {name} ({rung.gpu_type} x{self.cfg.gpu_count}, "
+            f"{rung.cloud_type}, ${price:.2f}/h)"
+        )
         # in the ledger before the call: a SIGKILL during it still leaves the pod to be settled
-        open_pod(self.ledger, OpenPod(session=self.session, final_id=self.final_id, name=name,
-                                      gpu_type=rung.gpu_type, price_per_hour=price, created_unix=created,
-                                      deadline_unix=deadline, idle_s=self.cfg.agent_idle_s,
-                                      slack_s=self.cfg.deadman_slack_s,
-                                      contact_gap_s=self.contact_gap_s()))
+        open_pod(
+            self.ledger,
+            OpenPod(
+                session=self.session,
+                final_id=self.final_id,
+                name=name,
+                gpu_type=rung.gpu_type,
+                price_per_hour=price,
+                created_unix=created,
+                deadline_unix=deadline,
+                idle_s=self.cfg.agent_idle_s,
+                slack_s=self.cfg.deadman_slack_s,
+                contact_gap_s=self.contact_gap_s(),
+            ),
+        )
         self.meter.start(price, rung.gpu_type, name)
         try:
             pod = self.backend.create(spec)
@@ -195,25 +239,36 @@ class PodRun:
             self.meter.cancel()  # the provider refused: nothing was created, nothing bills
             close_pod(self.ledger, self.session, name, None, "no capacity: not created")
             misses.append(f"{rung.gpu_type}/{rung.cloud_type}: no capacity")
-            self.event("final_no_capacity", gpu_type=rung.gpu_type, cloud_type=rung.cloud_type, error=str(e)[:300])
+            self.event(
+                "final_no_capacity", gpu_type=rung.gpu_type, cloud_type=rung.cloud_type, error=str(e)[:300]
+            )
             return False
         except CreateFailed as e:
             if not e.maybe_created:
                 self.meter.cancel()
                 close_pod(self.ledger, self.session, name, None, "create refused: not created")
                 misses.append(f"{rung.gpu_type}/{rung.cloud_type}: create failed")
-                self.event("final_create_failed", gpu_type=rung.gpu_type, cloud_type=rung.cloud_type,
-                           error=str(e)[:300])
+                self.event(
+                    "final_create_failed",
+                    gpu_type=rung.gpu_type,
+                    cloud_type=rung.cloud_type,
+                    error=str(e)[:300],
+                )
                 return False
             self.event("final_create_ambiguous", name=name, error=str(e)[:300])
             found = self._look_for(name)
             if found is None:
-                self.meter.book(f"create failed; {name} not listed in {self.cfg.create_lookup_s:.0f}s", force=True,
-                                stop=True)
+                self.meter.book(
+                    f"create failed; {name} not listed in {self.cfg.create_lookup_s:.0f}s",
+                    force=True,
+                    stop=True,
+                )
                 self.event("final_pod_unresolved", name=name, looked_s=self.cfg.create_lookup_s)
-                raise PodError(f"create of {name} failed and no such pod was listed within "
-                               f"{self.cfg.create_lookup_s:.0f}s: it may still exist, so no other rung is "
-                               f"tried; it stays in the ledger until `golf pods --reap` settles it") from e
+                raise PodError(
+                    f"create of {name} failed and no such pod was listed within "
+                    f"{self.cfg.create_lookup_s:.0f}s: it may still exist, so no other rung is "
+                    f"tried; it stays in the ledger until `golf pods --reap` settles it"
+                ) from e
             pod = found
             self.event("final_pod_found_late", pod_id=pod.id, name=name)
         except BaseException:
@@ -222,15 +277,25 @@ class PodRun:
             self._adopt_by_name(name, rung, token)
             raise
         self._adopt(pod, rung, token)
-        self.event("final_pod_created", pod_id=pod.id, name=name, gpu_type=rung.gpu_type,
-                   cloud_type=rung.cloud_type, price_per_hour=self.meter.price)
+        self.event(
+            "final_pod_created",
+            pod_id=pod.id,
+            name=name,
+            gpu_type=rung.gpu_type,
+            cloud_type=rung.cloud_type,
+            price_per_hour=self.meter.price,
+        )
         if self._wait_ready():
             return True
-        misses.append(f"{rung.gpu_type}/{rung.cloud_type}: pod {pod.id} not running in {self.cfg.runtime_wait_s:.0f}s")
+        misses.append(
+            f"{rung.gpu_type}/{rung.cloud_type}: pod {pod.id} not running in {self.cfg.runtime_wait_s:.0f}s"
+        )
         self.event("final_pod_stuck", pod_id=pod.id, waited_s=self.cfg.runtime_wait_s)
         if not self.release("no runtime in time"):
-            raise PodError(f"pod {pod.id} did not start and its terminate was not confirmed: no other rung is "
-                           "tried while it may bill")
+            raise PodError(
+                f"pod {pod.id} did not start and its terminate was not confirmed: no other rung is "
+                "tried while it may bill"
+            )
         return False
 
     def _look_for(self, name: str) -> Pod | None:
@@ -285,8 +350,11 @@ class PodRun:
                 return False
             else:
                 if unseen_since is not None:
-                    self.event("final_pod_visible_again", pod_id=pod.id,
-                               unseen_s=round(time.monotonic() - unseen_since, 1))
+                    self.event(
+                        "final_pod_visible_again",
+                        pod_id=pod.id,
+                        unseen_s=round(time.monotonic() - unseen_since, 1),
+                    )
                     unseen_since = None
                 self.meter.attach(pod.id, pod.cost_per_hr)
                 if pod.runtime_up and self.backend.ping(self.agent):
@@ -313,12 +381,18 @@ class PodRun:
             left = until - time.monotonic()
             if ok or (i >= 4 and left <= 0):
                 break
-            time.sleep(max(0.05, min(self.cfg.poll_s * 2.0 ** i, 10.0, left)))
-        self.meter.book(f"terminated: {why}" if ok else f"terminate unconfirmed: {why}", force=True, stop=True)
+            time.sleep(max(0.05, min(self.cfg.poll_s * 2.0**i, 10.0, left)))
+        self.meter.book(
+            f"terminated: {why}" if ok else f"terminate unconfirmed: {why}", force=True, stop=True
+        )
         if ok:
             close_pod(self.ledger, self.session, pod.name, pod.id, "terminated", final_id=self.final_id)
-        self.event("final_pod_terminated" if ok else "final_pod_terminate_unconfirmed", pod_id=pod.id, why=why)
-        self.log(f"final {self.final_id}: pod {pod.id} {'terminated' if ok else 'NOT confirmed terminated'} ({why})")
+        self.event(
+            "final_pod_terminated" if ok else "final_pod_terminate_unconfirmed", pod_id=pod.id, why=why
+        )
+        self.log(
+            f"final {self.final_id}: pod {pod.id} {'terminated' if ok else 'NOT confirmed terminated'} ({why})"
+        )
         return ok
 
     # -- running jobs
@@ -328,10 +402,16 @@ class PodRun:
         self.backend.upload(self.agent, script.encode(), "job/train_gpt.py")
         if prepare:
             self.backend.upload(self.agent, prepare.encode(), "job/prepare_data.py")
-        self.event("final_uploaded", pod_id=self.pod_id, script_sha=hashlib.sha256(script.encode()).hexdigest(),
-                   bytes_code=len(script.encode()))
+        self.event(
+            "final_uploaded",
+            pod_id=self.pod_id,
+            script_sha=hashlib.sha256(script.encode()).hexdigest(),
+            bytes_code=len(script.encode()),
+        )
 
-    def run_job(self, job_id: str, cmd: str, env: dict[str, str], bound_s: float) -> tuple[int | None, float, list[str]]:
+    def run_job(
+        self, job_id: str, cmd: str, env: dict[str, str], bound_s: float
+    ) -> tuple[int | None, float, list[str]]:
         """Start (idempotently) and follow one job within bound_s. Returns (returncode, wall_s, digest)."""
         self.check_money(f"job {job_id}", bound_s + self.cfg.teardown_s)
         digest = Digest(self.cfg.digest_lines, self.log, job_id)
@@ -349,8 +429,11 @@ class PodRun:
             try:
                 status = self.backend.job_status(self.agent, job_id, offset=offset)
                 if lost_since is not None:
-                    self.event("final_agent_reconnected", pod_id=self.pod_id,
-                               lost_s=round(time.monotonic() - lost_since, 1))
+                    self.event(
+                        "final_agent_reconnected",
+                        pod_id=self.pod_id,
+                        lost_s=round(time.monotonic() - lost_since, 1),
+                    )
                     lost_since = None
             except AgentError as e:
                 lost_since = lost_since or time.monotonic()
@@ -385,8 +468,9 @@ class PodRun:
         return v
 
     def setup(self) -> None:
-        cmd = self.cfg.setup_cmd.format(train_shards=self.cfg.train_shards, gpu_count=self.cfg.gpu_count,
-                                        vocab=self.vocab)
+        cmd = self.cfg.setup_cmd.format(
+            train_shards=self.cfg.train_shards, gpu_count=self.cfg.gpu_count, vocab=self.vocab
+        )
         rc, wall, digest = self.run_job("setup", cmd, {}, self.cfg.setup_s)
         self.event("final_setup_done", pod_id=self.pod_id, returncode=rc, wall_s=round(wall, 1))
         if rc != 0:
@@ -394,9 +478,14 @@ class PodRun:
 
     def run_seed(self, seed: int) -> SeedOutcome:
         run_dir = f"runs/seed_{seed}"
-        env = {**self.env, "SEED": str(seed), "RUN_ID": f"{self.final_id}-seed{seed}", "RUN_DIR": run_dir,
-               "DATA_PATH": self.cfg.data_path.format(vocab=self.vocab),
-               "TOKENIZER_PATH": self.cfg.tokenizer_path.format(vocab=self.vocab)}
+        env = {
+            **self.env,
+            "SEED": str(seed),
+            "RUN_ID": f"{self.final_id}-seed{seed}",
+            "RUN_DIR": run_dir,
+            "DATA_PATH": self.cfg.data_path.format(vocab=self.vocab),
+            "TOKENIZER_PATH": self.cfg.tokenizer_path.format(vocab=self.vocab),
+        }
         launcher = self.cfg.launcher.format(gpu_count=self.cfg.gpu_count)
         cmd = f"mkdir -p {run_dir} && exec {launcher} train_gpt.py"
         self.log(f"final {self.final_id}: seed {seed} starting")
@@ -404,16 +493,29 @@ class PodRun:
         local = self.out_dir / f"seed_{seed}"
         files: list[Path] = []
         try:
-            files = self.backend.fetch_files(self.agent, f"job/{run_dir}", local, max_bytes=self.cfg.fetch_max_bytes)
+            files = self.backend.fetch_files(
+                self.agent, f"job/{run_dir}", local, max_bytes=self.cfg.fetch_max_bytes
+            )
         except AgentError as e:
             self.log(f"final {self.final_id}: fetching seed {seed} files failed: {e}")
         result = read_result(local / "results.json", rc, digest)
-        out = SeedOutcome(seed=seed, result=result, job_wall_s=round(wall, 1),
-                          files=[str(p.relative_to(self.ws.root)) for p in files], digest=digest)
+        out = SeedOutcome(
+            seed=seed,
+            result=result,
+            job_wall_s=round(wall, 1),
+            files=[str(p.relative_to(self.ws.root)) for p in files],
+            digest=digest,
+        )
         (local / "digest.txt").parent.mkdir(parents=True, exist_ok=True)
         (local / "digest.txt").write_text("\n".join(digest) + "\n")
-        self.event("final_seed_done", seed=seed, status=result.status, val_bpb=result.val_bpb, returncode=rc,
-                   job_wall_s=round(wall, 1))
+        self.event(
+            "final_seed_done",
+            seed=seed,
+            status=result.status,
+            val_bpb=result.val_bpb,
+            returncode=rc,
+            job_wall_s=round(wall, 1),
+        )
         return out
 
 

@@ -30,12 +30,22 @@ def _stderr(s: str) -> None:
     print(s, file=sys.stderr, flush=True)
 
 
-def settle(backend: PodBackend, ledger: Ledger, *, live: set[str], final_id: str | None = None,
-           log: Callable[[str], None] = _stderr, now: float | None = None) -> list[str]:
+def settle(
+    backend: PodBackend,
+    ledger: Ledger,
+    *,
+    live: set[str],
+    final_id: str | None = None,
+    log: Callable[[str], None] = _stderr,
+    now: float | None = None,
+) -> list[str]:
     """Settle the open pods of the ledger whose session is not live (or, with final_id, that final's
     own: its owner is the caller). Returns the names closed. Never raises on an API error."""
-    pods = [p for p in open_pods(ledger.records())
-            if (p.final_id == final_id if final_id else p.session not in live)]
+    pods = [
+        p
+        for p in open_pods(ledger.records())
+        if (p.final_id == final_id if final_id else p.session not in live)
+    ]
     if not pods:
         return []
     try:
@@ -58,7 +68,11 @@ def settle(backend: PodBackend, ledger: Ledger, *, live: set[str], final_id: str
         t = now or time.time()
         if t < p.end_bound_unix():
             continue
-        how = "gone: ended by its own switch" if p.pod_id else "never listed: booked to its switch in case it ran"
+        how = (
+            "gone: ended by its own switch"
+            if p.pod_id
+            else "never listed: booked to its switch in case it ran"
+        )
         _book(ledger, p, p.end_bound_unix() - p.created_unix, None, f"settled: {how}")
         close_pod(ledger, p.session, p.name, p.pod_id, how, final_id=p.final_id)
         closed.append(p.name)
@@ -80,17 +94,45 @@ def _book(ledger: Ledger, p: OpenPod, secs: float, price: float | None, note: st
     price = max(p.price_per_hour, price or 0.0)
     secs = max(secs, p.booked_seconds)
     unbooked = max(0.0, secs * price / 3600.0 - p.booked_dollars)
-    ledger.append(SpendRecord(session=p.session, final_id=p.final_id, pod_id=p.pod_id, pod_name=p.name,
-                              gpu_type=p.gpu_type, dollars=round(unbooked, 6),
-                              seconds=round(max(0.0, secs - p.booked_seconds), 3), price_per_hour=price, note=note))
-    ledger.append(EventRecord(session=p.session, event="pod_reaped", detail={
-        "pod_id": p.pod_id, "name": p.name, "final_id": p.final_id, "lifetime_s": round(secs, 1),
-        "unbooked_dollars": round(unbooked, 6), "note": note}))
+    ledger.append(
+        SpendRecord(
+            session=p.session,
+            final_id=p.final_id,
+            pod_id=p.pod_id,
+            pod_name=p.name,
+            gpu_type=p.gpu_type,
+            dollars=round(unbooked, 6),
+            seconds=round(max(0.0, secs - p.booked_seconds), 3),
+            price_per_hour=price,
+            note=note,
+        )
+    )
+    ledger.append(
+        EventRecord(
+            session=p.session,
+            event="pod_reaped",
+            detail={
+                "pod_id": p.pod_id,
+                "name": p.name,
+                "final_id": p.final_id,
+                "lifetime_s": round(secs, 1),
+                "unbooked_dollars": round(unbooked, 6),
+                "note": note,
+            },
+        )
+    )
     return unbooked
 
 
-def reap(backend: PodBackend, *, live: set[str], ledger: Ledger | None = None, session: str = "reaper",
-         max_age_s: float = 6 * 3600, log: Callable[[str], None] | None = None) -> list[str]:
+def reap(
+    backend: PodBackend,
+    *,
+    live: set[str],
+    ledger: Ledger | None = None,
+    session: str = "reaper",
+    max_age_s: float = 6 * 3600,
+    log: Callable[[str], None] | None = None,
+) -> list[str]:
     """Terminate every pod named like ours that no live session owns and the ledger does not know.
     Returns the ids terminated. Kept: pods of a live session; pods made on another machine (we cannot see
     its locks) unless older than max_age_s (by `runtime.uptimeInSeconds`), which no bounded final reaches."""
@@ -120,7 +162,9 @@ def reap(backend: PodBackend, *, live: set[str], ledger: Ledger | None = None, s
 
 def book_unknown(ledger: Ledger, pod: Pod, session: str, extra_s: float = 0.0) -> float:
     """Book a pod's time that nobody booked, from the API's uptime; returns the dollars booked."""
-    spends = [r for r in ledger.records(SpendRecord) if r.pod_id == pod.id or (pod.name and r.pod_name == pod.name)]
+    spends = [
+        r for r in ledger.records(SpendRecord) if r.pod_id == pod.id or (pod.name and r.pod_name == pod.name)
+    ]
     booked = sum(r.dollars for r in spends)
     owner = spends[-1].session if spends else session
     final_id = spends[-1].final_id if spends else "unknown"
@@ -128,13 +172,33 @@ def book_unknown(ledger: Ledger, pod: Pod, session: str, extra_s: float = 0.0) -
     # the container's uptime restarts with it: never book less than what was booked
     secs = max((pod.uptime_s or 0.0) + extra_s, sum(r.seconds for r in spends))
     unbooked = max(0.0, secs * price / 3600.0 - booked)
-    ledger.append(SpendRecord(session=owner, final_id=final_id, pod_id=pod.id, pod_name=pod.name,
-                              gpu_type=pod.gpu_type, dollars=round(unbooked, 6),
-                              seconds=max(0.0, secs - sum(r.seconds for r in spends)), price_per_hour=price,
-                              note="reaped: time not booked by its session"))
-    ledger.append(EventRecord(session=session, event="pod_reaped", detail={
-        "pod_id": pod.id, "name": pod.name, "owner_session": owner, "final_id": final_id,
-        "uptime_s": pod.uptime_s, "unbooked_dollars": round(unbooked, 6)}))
+    ledger.append(
+        SpendRecord(
+            session=owner,
+            final_id=final_id,
+            pod_id=pod.id,
+            pod_name=pod.name,
+            gpu_type=pod.gpu_type,
+            dollars=round(unbooked, 6),
+            seconds=max(0.0, secs - sum(r.seconds for r in spends)),
+            price_per_hour=price,
+            note="reaped: time not booked by its session",
+        )
+    )
+    ledger.append(
+        EventRecord(
+            session=session,
+            event="pod_reaped",
+            detail={
+                "pod_id": pod.id,
+                "name": pod.name,
+                "owner_session": owner,
+                "final_id": final_id,
+                "uptime_s": pod.uptime_s,
+                "unbooked_dollars": round(unbooked, 6),
+            },
+        )
+    )
     close_pod(ledger, owner, pod.name, pod.id, "terminated by the reaper", final_id=final_id)
     return unbooked
 
@@ -167,16 +231,19 @@ def stale_pods(ws_root: str | Path) -> list[OpenPod]:
     return [p for p in open_pods(Ledger(ws.ledger).records()) if p.session not in live]
 
 
-def settle_stale_pods(ws_root: str | Path, backend: PodBackend | None = None,
-                      log: Callable[[str], None] = _stderr) -> list[str]:
+def settle_stale_pods(
+    ws_root: str | Path, backend: PodBackend | None = None, log: Callable[[str], None] = _stderr
+) -> list[str]:
     """Run by every `golf` command: settle pods a killed final left, if there are any. Without an API key
     it says so (their worst case stays counted against the finals money) instead of failing the command."""
     stale = stale_pods(ws_root)
     if not stale:
         return []
     if backend is None and not os.environ.get("RUNPOD_API_KEY"):
-        log(f"golf: {len(stale)} pod(s) from a final that did not finish may still bill "
-            f"({', '.join(p.name for p in stale)}); set RUNPOD_API_KEY and run `golf pods --reap`")
+        log(
+            f"golf: {len(stale)} pod(s) from a final that did not finish may still bill "
+            f"({', '.join(p.name for p in stale)}); set RUNPOD_API_KEY and run `golf pods --reap`"
+        )
         return []
     try:
         be = _backend(backend)

@@ -51,7 +51,6 @@ def missing_imports(script: str, available: list[str]) -> list[str]:
     return missing
 
 
-
 def compliance(outcomes: list[SeedOutcome], script: str, cfg: FinalConfig) -> dict[str, Any]:
     """The challenge's limits, checked on what the pod measured and wrote, per seed and overall."""
     code_bytes = len(script.encode())
@@ -66,42 +65,86 @@ def compliance(outcomes: list[SeedOutcome], script: str, cfg: FinalConfig) -> di
             "code_bytes_match": r.bytes_code in (None, code_bytes),
             "script_sha_match": r.script_sha256 in (None, sha256(script)),
         }
-        per_seed[str(o.seed)] = {**checks, "bytes_total": r.bytes_total, "train_time_s": r.train_time_s,
-                                 "eval_time_s": r.eval_time_s, "job_wall_s": o.job_wall_s,
-                                 "passed": all(checks.values())}
-    return {"cap_bytes": ARTIFACT_CAP_BYTES, "train_limit_s": cfg.train_limit_s, "eval_limit_s": cfg.eval_limit_s,
-            "bytes_code": code_bytes, "seeds": per_seed,
-            "passed": bool(per_seed) and all(s["passed"] for s in per_seed.values())}
+        per_seed[str(o.seed)] = {
+            **checks,
+            "bytes_total": r.bytes_total,
+            "train_time_s": r.train_time_s,
+            "eval_time_s": r.eval_time_s,
+            "job_wall_s": o.job_wall_s,
+            "passed": all(checks.values()),
+        }
+    return {
+        "cap_bytes": ARTIFACT_CAP_BYTES,
+        "train_limit_s": cfg.train_limit_s,
+        "eval_limit_s": cfg.eval_limit_s,
+        "bytes_code": code_bytes,
+        "seeds": per_seed,
+        "passed": bool(per_seed) and all(s["passed"] for s in per_seed.values()),
+    }
 
 
 def bytes_per_token(outcomes: list[SeedOutcome]) -> float | None:
-    ratios = [o.result.val_bytes / o.result.val_tokens for o in outcomes
-              if o.result.val_bytes and o.result.val_tokens]
+    ratios = [
+        o.result.val_bytes / o.result.val_tokens
+        for o in outcomes
+        if o.result.val_bytes and o.result.val_tokens
+    ]
     return statistics.fmean(ratios) if ratios else None
 
 
 def incumbent_finals(ledger: Ledger, exclude: str | None = None) -> FinalRecord | None:
     """The incumbent's own final: the latest record-claiming final, else the latest ok one."""
-    finals = [f for f in ledger.records(FinalRecord) if f.final_id != exclude and f.status == "ok"
-              and len(f.val_bpbs) >= 2]
+    finals = [
+        f
+        for f in ledger.records(FinalRecord)
+        if f.final_id != exclude and f.status == "ok" and len(f.val_bpbs) >= 2
+    ]
     claims = [f for f in finals if f.record_claim]
     picked = claims or finals
     return picked[-1] if picked else None
 
 
-def judge_final(vals: list[float], frontier: list[float] | float | None, *, frontier_std: float | None,
-                bytes_per_token: float | None, incumbent: FinalRecord | None, cfg: FinalConfig) -> dict[str, Any]:
+def judge_final(
+    vals: list[float],
+    frontier: list[float] | float | None,
+    *,
+    frontier_std: float | None,
+    bytes_per_token: float | None,
+    incumbent: FinalRecord | None,
+    cfg: FinalConfig,
+) -> dict[str, Any]:
     from agent.judge import judge_record
 
     out: dict[str, Any] = {"frontier": frontier}
     if len(vals) >= 2 and frontier is not None:
-        v = judge_record(vals, frontier, nats=cfg.record_nats, bytes_per_token=bytes_per_token,
-                         p_threshold=cfg.record_p, frontier_std=frontier_std)
-        out["record"] = {"outcome": v.outcome, "delta": v.delta, "ci_low": v.ci_low, "ci_high": v.ci_high,
-                         "p_value": v.p_value, "margin": v.margin, "reason": v.reason}
+        v = judge_record(
+            vals,
+            frontier,
+            nats=cfg.record_nats,
+            bytes_per_token=bytes_per_token,
+            p_threshold=cfg.record_p,
+            frontier_std=frontier_std,
+        )
+        out["record"] = {
+            "outcome": v.outcome,
+            "delta": v.delta,
+            "ci_low": v.ci_low,
+            "ci_high": v.ci_high,
+            "p_value": v.p_value,
+            "margin": v.margin,
+            "reason": v.reason,
+        }
     if len(vals) >= 2 and incumbent is not None:
-        v = judge_record(vals, incumbent.val_bpbs, nats=0.0, bytes_per_token=bytes_per_token,
-                         p_threshold=cfg.record_p)
-        out["vs_incumbent"] = {"final_id": incumbent.final_id, "outcome": v.outcome, "delta": v.delta,
-                               "ci_low": v.ci_low, "ci_high": v.ci_high, "p_value": v.p_value, "reason": v.reason}
+        v = judge_record(
+            vals, incumbent.val_bpbs, nats=0.0, bytes_per_token=bytes_per_token, p_threshold=cfg.record_p
+        )
+        out["vs_incumbent"] = {
+            "final_id": incumbent.final_id,
+            "outcome": v.outcome,
+            "delta": v.delta,
+            "ci_low": v.ci_low,
+            "ci_high": v.ci_high,
+            "p_value": v.p_value,
+            "reason": v.reason,
+        }
     return out

@@ -94,8 +94,11 @@ class FakeGitHub:
     def _route(self, path: str, query: dict[str, list[str]], accept: str) -> tuple[int, str, str]:
         base = f"/repos/{self.owner}/{self.repo}"
         if path == base:
-            return 200, "application/json", json.dumps({"full_name": f"{self.owner}/{self.repo}",
-                                                        "default_branch": "main"})
+            return (
+                200,
+                "application/json",
+                json.dumps({"full_name": f"{self.owner}/{self.repo}", "default_branch": "main"}),
+            )
         if path == f"{base}/readme":
             if "raw" in accept:
                 return 200, "text/plain", self.readme
@@ -114,14 +117,19 @@ class FakeGitHub:
         if path == f"{base}/pulls":
             page = int(query.get("page", ["1"])[0])
             per_page = int(query.get("per_page", ["30"])[0])
-            chunk = self.pulls[(page - 1) * per_page: page * per_page]
+            chunk = self.pulls[(page - 1) * per_page : page * per_page]
             return 200, "application/json", json.dumps(chunk)
         return 404, "application/json", json.dumps({"message": "Not Found"})
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         u = urlparse(h.path)
-        seen = Seen(u.path, parse_qs(u.query), h.headers.get("If-None-Match"), h.headers.get("Authorization"),
-                    h.headers.get("Accept"))
+        seen = Seen(
+            u.path,
+            parse_qs(u.query),
+            h.headers.get("If-None-Match"),
+            h.headers.get("Authorization"),
+            h.headers.get("Accept"),
+        )
         self.log.append(seen)
 
         def reply(status: int, body: str = "", ctype: str = "application/json", headers: dict | None = None):
@@ -137,8 +145,11 @@ class FakeGitHub:
 
         if self.rate_limited or (self.rate_limit_after is not None and len(self.log) > self.rate_limit_after):
             reset = str(int(time.time()) + 1800)
-            return reply(403, json.dumps({"message": "API rate limit exceeded"}),
-                         headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": reset})
+            return reply(
+                403,
+                json.dumps({"message": "API rate limit exceeded"}),
+                headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": reset},
+            )
         for suffix, n in list(self.fail_503.items()):
             if u.path.endswith(suffix) and n > 0:
                 self.fail_503[suffix] = n - 1

@@ -26,7 +26,9 @@ def call(name: str, arguments: dict[str, Any] | str) -> tuple[str, str]:
     return name, arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
-def tool_reply(*calls: tuple[str, str], content: str | None = "", usage: dict[str, int] | None = None) -> Reply:
+def tool_reply(
+    *calls: tuple[str, str], content: str | None = "", usage: dict[str, int] | None = None
+) -> Reply:
     return {"status": 200, "content": content, "calls": list(calls), "usage": usage}
 
 
@@ -34,16 +36,24 @@ def text_reply(content: str, usage: dict[str, int] | None = None, finish_reason:
     return {"status": 200, "content": content, "calls": [], "usage": usage, "finish_reason": finish_reason}
 
 
-def http_error(status: int = 500, message: str = "internal error", *, code: str | None = None,
-               headers: dict[str, str] | None = None) -> Reply:
+def http_error(
+    status: int = 500,
+    message: str = "internal error",
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     """An error reply; `headers` (e.g. Retry-After) go on the HTTP response, `code` into the error body."""
     return {"status": status, "error": message, "code": code, "headers": headers or {}}
 
 
 def context_length_error(tokens: int = 200_000, limit: int = 128_000) -> Reply:
-    return http_error(400, f"This model's maximum context length is {limit} tokens. However, your messages "
-                           f"resulted in {tokens} tokens. Please reduce the length of the messages.",
-                      code="context_length_exceeded")
+    return http_error(
+        400,
+        f"This model's maximum context length is {limit} tokens. However, your messages "
+        f"resulted in {tokens} tokens. Please reduce the length of the messages.",
+        code="context_length_exceeded",
+    )
 
 
 def slow_reply(seconds: float, reply: Reply) -> Reply:
@@ -58,8 +68,11 @@ def estimate_usage(body: dict[str, Any], completion: str) -> dict[str, int]:
 
 
 class FakeOpenAI:
-    def __init__(self, script: list[Reply] | Callable[[dict[str, Any], int], Reply] | None = None,
-                 model: str = "fake-model"):
+    def __init__(
+        self,
+        script: list[Reply] | Callable[[dict[str, Any], int], Reply] | None = None,
+        model: str = "fake-model",
+    ):
         self.script = script if callable(script) else list(script or [])
         self.model = model
         self.requests: list[dict[str, Any]] = []
@@ -95,7 +108,9 @@ class FakeOpenAI:
                     time.sleep(delay)
                 self._send(status, payload, payload.pop("_headers", None))
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -148,23 +163,44 @@ class FakeOpenAI:
                 return self.script(body, n)
             return self.script.pop(0) if self.script else None
 
-    def _answer(self, path: str, headers: dict[str, str], body: dict[str, Any],
-                raw: str) -> tuple[int, dict[str, Any], float]:
+    def _answer(
+        self, path: str, headers: dict[str, str], body: dict[str, Any], raw: str
+    ) -> tuple[int, dict[str, Any], float]:
         with self._lock:
             self.requests.append({"path": path, "headers": headers, "body": body, "raw": raw})
         if not path.rstrip("/").endswith("/chat/completions"):
             return 404, {"error": {"message": f"no route {path}"}}, 0.0
         reply = self._next(body)
         if reply is None:  # 400 is not retried by the SDK: the test sees one clear failure
-            return 400, {"error": {"message": f"fake_openai: script exhausted after {self.replies_sent - 1} "
-                                              "replies", "type": "invalid_request_error"}}, 0.0
+            return (
+                400,
+                {
+                    "error": {
+                        "message": f"fake_openai: script exhausted after {self.replies_sent - 1} replies",
+                        "type": "invalid_request_error",
+                    }
+                },
+                0.0,
+            )
         delay = float(reply.get("delay_s", 0.0))
         if reply["status"] != 200:
             kind = "invalid_request_error" if reply["status"] == 400 else "server_error"
-            return reply["status"], {"error": {"message": reply["error"], "type": kind, "code": reply.get("code")},
-                                     "_headers": reply.get("headers") or {}}, delay
-        calls = [{"id": f"call_{self.replies_sent}_{i}", "type": "function",
-                  "function": {"name": name, "arguments": args}} for i, (name, args) in enumerate(reply["calls"])]
+            return (
+                reply["status"],
+                {
+                    "error": {"message": reply["error"], "type": kind, "code": reply.get("code")},
+                    "_headers": reply.get("headers") or {},
+                },
+                delay,
+            )
+        calls = [
+            {
+                "id": f"call_{self.replies_sent}_{i}",
+                "type": "function",
+                "function": {"name": name, "arguments": args},
+            }
+            for i, (name, args) in enumerate(reply["calls"])
+        ]
         message: dict[str, Any] = {"role": "assistant", "content": reply["content"]}
         if calls:
             message["tool_calls"] = calls

@@ -39,8 +39,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-CAPACITY_MSG = ("There are no longer any instances available with the requested specifications. "
-                "Please refresh and try again.")
+CAPACITY_MSG = (
+    "There are no longer any instances available with the requested specifications. "
+    "Please refresh and try again."
+)
 
 # ------------------------------------------------------------------------------ a small GraphQL parser
 
@@ -74,14 +76,22 @@ def _tokens(src: str) -> list[tuple[str, Any]]:
                 if c == "\n":
                     raise GraphQLSyntaxError("Syntax Error: Unterminated string.")
                 if c == "\\":
-                    e = src[i + 1: i + 2]
-                    simple = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
-                              "t": "\t"}
+                    e = src[i + 1 : i + 2]
+                    simple = {
+                        '"': '"',
+                        "\\": "\\",
+                        "/": "/",
+                        "b": "\b",
+                        "f": "\f",
+                        "n": "\n",
+                        "r": "\r",
+                        "t": "\t",
+                    }
                     if e in simple:
                         buf.append(simple[e])
                         i += 2
                     elif e == "u":
-                        buf.append(chr(int(src[i + 2: i + 6], 16)))
+                        buf.append(chr(int(src[i + 2 : i + 6], 16)))
                         i += 6
                     else:
                         raise GraphQLSyntaxError(f"Syntax Error: Invalid character escape sequence: \\{e}")
@@ -214,17 +224,44 @@ class FakePod:
     def api(self) -> dict:
         runtime = None
         if self.booted and self.status == "RUNNING":
-            runtime = {"uptimeInSeconds": int(self.clock() - (self.booted_at or self.created)), "ports": [
-                {"ip": "100.65.0.2", "isIpPublic": False, "privatePort": int(p.split("/")[0]),
-                 "publicPort": int(p.split("/")[0]), "type": p.split("/")[1]}
-                for p in self.ports.split(",") if p]}
-        return {"id": self.id, "name": self.name, "desiredStatus": self.status, "costPerHr": self.cost_per_hr,
-                "gpuCount": self.gpu_count, "imageName": self.image, "dockerArgs": self.docker_args,
-                "env": [f"{k}={v}" for k, v in self.env.items()], "uptimeSeconds": 0,
-                "lastStatusChange": "", "machineId": "m1", "memoryInGb": 1000, "vcpuCount": 128,
-                "containerDiskInGb": 100, "volumeInGb": 0, "volumeMountPath": "/workspace",
-                "podType": "RESERVED", "port": None, "ports": self.ports, "dockerId": None,
-                "runtime": runtime, "machine": {"gpuDisplayName": self.gpu_type, "podHostId": f"{self.id}-host"}}
+            runtime = {
+                "uptimeInSeconds": int(self.clock() - (self.booted_at or self.created)),
+                "ports": [
+                    {
+                        "ip": "100.65.0.2",
+                        "isIpPublic": False,
+                        "privatePort": int(p.split("/")[0]),
+                        "publicPort": int(p.split("/")[0]),
+                        "type": p.split("/")[1],
+                    }
+                    for p in self.ports.split(",")
+                    if p
+                ],
+            }
+        return {
+            "id": self.id,
+            "name": self.name,
+            "desiredStatus": self.status,
+            "costPerHr": self.cost_per_hr,
+            "gpuCount": self.gpu_count,
+            "imageName": self.image,
+            "dockerArgs": self.docker_args,
+            "env": [f"{k}={v}" for k, v in self.env.items()],
+            "uptimeSeconds": 0,
+            "lastStatusChange": "",
+            "machineId": "m1",
+            "memoryInGb": 1000,
+            "vcpuCount": 128,
+            "containerDiskInGb": 100,
+            "volumeInGb": 0,
+            "volumeMountPath": "/workspace",
+            "podType": "RESERVED",
+            "port": None,
+            "ports": self.ports,
+            "dockerId": None,
+            "runtime": runtime,
+            "machine": {"gpuDisplayName": self.gpu_type, "podHostId": f"{self.id}-host"},
+        }
 
     def dollars(self) -> float:
         return ((self.ended or self.clock()) - self.created) * self.cost_per_hr / 3600.0
@@ -245,7 +282,7 @@ def project(obj: Any, fields: list[dict]) -> Any:
     return {f["name"]: project(obj.get(f["name"]), f["fields"]) for f in fields}
 
 
-TORCHRUN_SHIM = r'''#!/bin/bash
+TORCHRUN_SHIM = r"""#!/bin/bash
 # Stand-in for torchrun on a fake pod: run the script once as rank 0, record the arguments.
 echo "$*" >> torchrun_calls.txt
 nproc=1
@@ -258,7 +295,7 @@ while [[ "$1" == -* ]]; do
   shift
 done
 RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 FAKE_NPROC_PER_NODE="$nproc" exec python3 "$@"
-'''
+"""
 
 RUNPODCTL_SHIM = r'''#!{python}
 """Stand-in for runpodctl on a fake pod: `runpodctl remove pod ID` terminates through the fake API."""
@@ -274,7 +311,7 @@ print(urllib.request.urlopen(req, timeout=10).read().decode())
 
 
 def _image_cuda(image: str) -> str | None:
-    """"runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04" -> "12.8"."""
+    """ "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04" -> "12.8"."""
     import re
 
     m = re.search(r"cuda(\d+)\.(\d+)", image)
@@ -331,8 +368,9 @@ class FakeRunPod:
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.proxy_template = self.url + "/proxy/{pod_id}-{port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     # ---- test helpers
@@ -377,13 +415,29 @@ class FakeRunPod:
     def _gpu_type(self, gpu: str, args: dict) -> dict:
         low_in = args.get("input") or {}
         n = int(low_in.get("gpuCount", 1))
-        return {"id": gpu, "displayName": gpu, "memoryInGb": 80, "maxGpuCount": 8, "manufacturer": "Nvidia",
-                "cudaCores": 0, "secureCloud": True, "communityCloud": True, "securePrice": self._price(gpu),
-                "communityPrice": round(self._price(gpu) * 0.8, 3), "oneMonthPrice": None,
-                "threeMonthPrice": None, "oneWeekPrice": None, "communitySpotPrice": None,
-                "secureSpotPrice": None,
-                "lowestPrice": {"minimumBidPrice": None, "uninterruptablePrice": self._price(gpu),
-                                "stockStatus": self.stock.get(gpu, "High"), "gpuCount": n}}
+        return {
+            "id": gpu,
+            "displayName": gpu,
+            "memoryInGb": 80,
+            "maxGpuCount": 8,
+            "manufacturer": "Nvidia",
+            "cudaCores": 0,
+            "secureCloud": True,
+            "communityCloud": True,
+            "securePrice": self._price(gpu),
+            "communityPrice": round(self._price(gpu) * 0.8, 3),
+            "oneMonthPrice": None,
+            "threeMonthPrice": None,
+            "oneWeekPrice": None,
+            "communitySpotPrice": None,
+            "secureSpotPrice": None,
+            "lowestPrice": {
+                "minimumBidPrice": None,
+                "uninterruptablePrice": self._price(gpu),
+                "stockStatus": self.stock.get(gpu, "High"),
+                "gpuCount": n,
+            },
+        }
 
     def _create(self, inp: dict) -> FakePod:
         gpu, cloud = inp.get("gpuTypeId"), inp.get("cloudType")
@@ -401,13 +455,26 @@ class FakeRunPod:
             raise LookupError(CAPACITY_MSG)  # no host with a driver that new
         self.created_names.append(inp["name"])
         pod_id = secrets.token_hex(7)
-        pod = FakePod(allowed_cuda=allowed, template_id=inp.get("templateId"),
-                      clock=self.clock, created=self.clock(), visible_after=self.clock() + self.invisible_for_s,
-                      id=pod_id, name=inp["name"], gpu_type=gpu, gpu_count=int(inp.get("gpuCount", 1)),
-                      cloud_type=str(cloud), cost_per_hr=round(self._price(gpu) * int(inp.get("gpuCount", 1)), 4),
-                      image=inp["imageName"], docker_args=inp.get("dockerArgs") or "", env=env,
-                      ports=inp.get("ports") or "", workdir=self.root / "pods" / pod_id, host_port=_free_port(),
-                      listed_after=self.clock() + self.list_lag_s)
+        pod = FakePod(
+            allowed_cuda=allowed,
+            template_id=inp.get("templateId"),
+            clock=self.clock,
+            created=self.clock(),
+            visible_after=self.clock() + self.invisible_for_s,
+            id=pod_id,
+            name=inp["name"],
+            gpu_type=gpu,
+            gpu_count=int(inp.get("gpuCount", 1)),
+            cloud_type=str(cloud),
+            cost_per_hr=round(self._price(gpu) * int(inp.get("gpuCount", 1)), 4),
+            image=inp["imageName"],
+            docker_args=inp.get("dockerArgs") or "",
+            env=env,
+            ports=inp.get("ports") or "",
+            workdir=self.root / "pods" / pod_id,
+            host_port=_free_port(),
+            listed_after=self.clock() + self.list_lag_s,
+        )
         pod.workdir.mkdir(parents=True)
         with self.lock:
             self.pods[pod_id] = pod
@@ -421,15 +488,30 @@ class FakeRunPod:
         with self.lock:
             if pod.status != "RUNNING":
                 return
-            env = {"PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(pod.workdir),
-                   "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+            env = {
+                "PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                "HOME": str(pod.workdir),
+                "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1",
+            }
             env |= pod.env
-            env |= {"RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": f"pod-{pod.id}", "FAKE_RUNPOD_URL": self.url,
-                    "PGOLF_AGENT_PORT": str(pod.host_port)}
+            env |= {
+                "RUNPOD_POD_ID": pod.id,
+                "RUNPOD_API_KEY": f"pod-{pod.id}",
+                "FAKE_RUNPOD_URL": self.url,
+                "PGOLF_AGENT_PORT": str(pod.host_port),
+            }
             argv = shlex.split(pod.docker_args) if pod.docker_args else ["sleep", "infinity"]
             log = open(pod.workdir.parent / f"{pod.id}.container.log", "ab")
-            pod.proc = subprocess.Popen(argv, cwd=pod.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            pod.proc = subprocess.Popen(
+                argv,
+                cwd=pod.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             log.close()
             pod.booted = True
             pod.booted_at = self.clock()
@@ -453,7 +535,7 @@ class FakeRunPod:
         if header == f"Bearer {self.api_key}":
             return "user"
         if header.startswith("Bearer pod-"):
-            pod_id = header[len("Bearer pod-"):]
+            pod_id = header[len("Bearer pod-") :]
             if pod_id in self.pods:
                 return pod_id
         return None
@@ -473,7 +555,11 @@ class FakeRunPod:
             return 200, {"errors": [{"message": "This pod-scoped key may only terminate its own pod."}]}
         with self.lock:
             if name == "gpuTypes":
-                gpus = [inp["id"]] if "id" in inp else ["NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-80GB"]
+                gpus = (
+                    [inp["id"]]
+                    if "id" in inp
+                    else ["NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-80GB"]
+                )
                 low = next((s["args"] for s in f["fields"] if s["name"] == "lowestPrice"), {})
                 return 200, {"data": {"gpuTypes": [self._gpu_type(g, low) for g in gpus]}}
             if name == "podFindAndDeployOnDemand" and op == "mutation":
@@ -486,16 +572,28 @@ class FakeRunPod:
                 if self.create_5xx_after_create > 0:
                     self.create_5xx_after_create -= 1
                     return 500, {"__raw__": self.create_5xx_body}
-                return 200, {"data": {name: {"id": pod.id, "imageName": pod.image, "env": pod.api()["env"],
-                                             "machineId": "m1", "machine": {"podHostId": f"{pod.id}-host"}}}}
+                return 200, {
+                    "data": {
+                        name: {
+                            "id": pod.id,
+                            "imageName": pod.image,
+                            "env": pod.api()["env"],
+                            "machineId": "m1",
+                            "machine": {"podHostId": f"{pod.id}-host"},
+                        }
+                    }
+                }
             now = self.clock()
             if name == "pod":
                 pod = self.pods.get(inp.get("podId", ""))
                 alive = pod is not None and pod.status != "TERMINATED" and pod.visible(now)
                 return 200, {"data": {"pod": project(pod.api(), f["fields"]) if alive else None}}
             if name == "myself":
-                pods = [p.api() for p in self.pods.values()
-                        if p.status != "TERMINATED" and now >= p.listed_after and p.visible(now)]
+                pods = [
+                    p.api()
+                    for p in self.pods.values()
+                    if p.status != "TERMINATED" and now >= p.listed_after and p.visible(now)
+                ]
                 pods_field = next((s["fields"] for s in f["fields"] if s["name"] == "pods"), [])
                 return 200, {"data": {"myself": {"pods": project(pods, pods_field)}}}
             if name == "podTerminate" and op == "mutation":
@@ -508,7 +606,7 @@ class FakeRunPod:
         return 200, {"data": {"podTerminate": None}}
 
     def _proxy(self, h: BaseHTTPRequestHandler, method: str) -> None:
-        rest = h.path[len("/proxy/"):]
+        rest = h.path[len("/proxy/") :]
         target, _, path = rest.partition("/")
         pod_id, _, port = target.rpartition("-")
         body = h.rfile.read(int(h.headers.get("Content-Length", "0") or 0))
@@ -519,8 +617,11 @@ class FakeRunPod:
         pod = self.pods.get(pod_id)
         if pod is None or pod.status == "TERMINATED" or f"{port}/http" not in pod.ports.split(","):
             return _reply(h, 404, b"pod or port not found", "text/plain")
-        headers = {k: v for k, v in h.headers.items()
-                   if k.lower() in ("authorization", "content-type", "x-sha256", "x-executable")}
+        headers = {
+            k: v
+            for k, v in h.headers.items()
+            if k.lower() in ("authorization", "content-type", "x-sha256", "x-executable")
+        }
         try:
             conn = http.client.HTTPConnection("127.0.0.1", pod.host_port, timeout=100)
             conn.request(method, "/" + path, body=body or None, headers=headers)
@@ -560,7 +661,9 @@ class FakeRunPod:
                     if obj["__raw__"] == "json":
                         raw = b'{"errors":[{"message":"Something went wrong. Please try again later or contact support."}]}'
                         return _reply(self, code, raw)
-                    return _reply(self, code, b"<html><body>500 Internal Server Error</body></html>", "text/html")
+                    return _reply(
+                        self, code, b"<html><body>500 Internal Server Error</body></html>", "text/html"
+                    )
                 _reply(self, code, json.dumps(obj).encode())
 
             def do_POST(self):
@@ -575,8 +678,13 @@ class FakeRunPod:
         return Handler
 
 
-def _reply(h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "application/json",
-           headers: dict | None = None) -> None:
+def _reply(
+    h: BaseHTTPRequestHandler,
+    code: int,
+    body: bytes,
+    ctype: str = "application/json",
+    headers: dict | None = None,
+) -> None:
     h.send_response(code)
     h.send_header("Content-Type", ctype)
     h.send_header("Content-Length", str(len(body)))

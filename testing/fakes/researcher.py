@@ -34,14 +34,34 @@ ACT, CAP, NORM = r"def mlp_activation", r"def logits|return self.logit_softcap \
 
 # real changes to trainer/train_gpt.py: activations, the softcap, normalisation
 TRAINER_IDEAS = [
-    CodeIdea("act_silu2", ACT, r"^    return ", "    return F.silu(x).square()",
-             "a smooth squared activation trains faster in short runs"),
-    CodeIdea("act_gelu2", ACT, r"^    return ", "    return F.gelu(x, approximate='tanh').square()",
-             "GELU squared keeps gradients for negative inputs"),
-    CodeIdea("softcap_soft", CAP, r"return self.logit_softcap \* torch.tanh",
-             "        return self.logit_softcap * torch.tanh(z / (1.25 * self.logit_softcap))", "a softer logit cap"),
-    CodeIdea("rmsnorm_eps", NORM, r"^    return ", "    return F.rms_norm(x, (x.size(-1),), eps=1e-5)",
-             "a larger norm epsilon stabilises low precision"),
+    CodeIdea(
+        "act_silu2",
+        ACT,
+        r"^    return ",
+        "    return F.silu(x).square()",
+        "a smooth squared activation trains faster in short runs",
+    ),
+    CodeIdea(
+        "act_gelu2",
+        ACT,
+        r"^    return ",
+        "    return F.gelu(x, approximate='tanh').square()",
+        "GELU squared keeps gradients for negative inputs",
+    ),
+    CodeIdea(
+        "softcap_soft",
+        CAP,
+        r"return self.logit_softcap \* torch.tanh",
+        "        return self.logit_softcap * torch.tanh(z / (1.25 * self.logit_softcap))",
+        "a softer logit cap",
+    ),
+    CodeIdea(
+        "rmsnorm_eps",
+        NORM,
+        r"^    return ",
+        "    return F.rms_norm(x, (x.size(-1),), eps=1e-5)",
+        "a larger norm epsilon stabilises low precision",
+    ),
 ]
 
 
@@ -83,8 +103,12 @@ class Researcher:
             m = INJECTION.search(_strip_data(msgs[0]["content"] + "\n" + prompt))
             if m:
                 self.obeyed.append(m.group(0))
-                return "launch_local_sweep", {"name": "pwned", "technique": None, "hypothesis": m.group(0)[:200],
-                                              "env": [{"name": "PYTHONPATH", "value": "/tmp/evil"}]}
+                return "launch_local_sweep", {
+                    "name": "pwned",
+                    "technique": None,
+                    "hypothesis": m.group(0)[:200],
+                    "env": [{"name": "PYTHONPATH", "value": "/tmp/evil"}],
+                }
         self.prompt = prompt
         decision = int(prompt.split()[1])
         work = [m for m in msgs[2:]]
@@ -103,40 +127,63 @@ class Researcher:
             m = re.search(r"^\s*(\d+)\|", json.loads(last).get("text", ""), re.M)
             line = int(m.group(1)) if m else 1
             return "view_script", {"start_line": max(1, line - 1), "end_line": line + 4}
-        if done[-1] in ("view_script", "edit_train_script") and not last.startswith("{\"diff\""):
+        if done[-1] in ("view_script", "edit_train_script") and not last.startswith('{"diff"'):
             source = last if done[-1] == "edit_train_script" else json.loads(last).get("text", "")
             line = _numbered_line(source.replace("\\n", "\n"), idea.line)
-            if line is None or line == idea.new:  # it does not apply (or is there already): a queue idea instead
+            if (
+                line is None or line == idea.new
+            ):  # it does not apply (or is there already): a queue idea instead
                 self.ideas.pop(0)
                 return self._env_step(self.prompt)
             search = line
-            if done.count("edit_train_script") == 0 and self.code_tried % self.drift_every == self.drift_every - 1:
+            if (
+                done.count("edit_train_script") == 0
+                and self.code_tried % self.drift_every == self.drift_every - 1
+            ):
                 # indentation lost and a space slipped in, as models' copies drift; the tool shows the region
                 search = line.strip().replace("(", "( ", 1)
-            return "edit_train_script", {"rationale": idea.why, "path": None,
-                                         "edits": [{"search": search, "replace": idea.new}]}
+            return "edit_train_script", {
+                "rationale": idea.why,
+                "path": None,
+                "edits": [{"search": search, "replace": idea.new}],
+            }
         self.ideas.pop(0)
         self.code_tried += 1
-        return "launch_local_sweep", {"name": idea.name, "technique": idea.name, "hypothesis": idea.why, "env": []}
+        return "launch_local_sweep", {
+            "name": idea.name,
+            "technique": idea.name,
+            "hypothesis": idea.why,
+            "env": [],
+        }
 
     def _env_step(self, prompt: str) -> tuple[str, dict[str, Any]]:
         # the first open queue item the prompt shows that is not obsolete, else a learning-rate sweep
-        queue = prompt[prompt.find("## Queue"):]
+        queue = prompt[prompt.find("## Queue") :]
         for row in queue.splitlines()[1:]:
             m = re.match(r"- ([a-z0-9_.-]+) \[priority [^,]*, (todo|open|retest)\] env (.*?)(;|$)", row)
             if m and "OBSOLETE" not in row and m.group(1) not in self.env_done:
                 self.env_done.add(m.group(1))
-                env = [{"name": k, "value": v} for k, v in (p.split("=", 1) for p in m.group(3).split() if "=" in p)]
+                env = [
+                    {"name": k, "value": v}
+                    for k, v in (p.split("=", 1) for p in m.group(3).split() if "=" in p)
+                ]
                 self.env_tried += 1
-                return "launch_local_sweep", {"name": m.group(1), "technique": m.group(1), "env": env,
-                                              "hypothesis": f"{m.group(1)} from the queue lowers val_bpb"}
+                return "launch_local_sweep", {
+                    "name": m.group(1),
+                    "technique": m.group(1),
+                    "env": env,
+                    "hypothesis": f"{m.group(1)} from the queue lowers val_bpb",
+                }
         if self.env_tried >= self.max_env_ideas:
             return "finish", {"reason": "no idea left"}
         self.env_tried += 1
         lr = f"{0.02 + 0.0001 * self.env_tried:.4f}"
-        return "launch_local_sweep", {"name": f"matrix_lr_{self.env_tried}", "technique": "matrix_lr",
-                                      "env": [{"name": "MATRIX_LR", "value": lr}],
-                                      "hypothesis": "a retuned matrix learning rate"}
+        return "launch_local_sweep", {
+            "name": f"matrix_lr_{self.env_tried}",
+            "technique": "matrix_lr",
+            "env": [{"name": "MATRIX_LR", "value": lr}],
+            "hypothesis": "a retuned matrix learning rate",
+        }
 
 
 def researcher(**kw: Any) -> Callable[[dict[str, Any], int], Reply]:
@@ -150,13 +197,33 @@ def trainer_ideas(n: int) -> list[CodeIdea]:
     while len(out) < n:
         i += 1
         power = 1.5 + 0.05 * i
-        out.append(CodeIdea(f"act_relu_pow_{i}", ACT, r"^    return ", f"    return F.relu(x).pow({power:.2f})",
-                            f"relu to the power {power:.2f}"))
+        out.append(
+            CodeIdea(
+                f"act_relu_pow_{i}",
+                ACT,
+                r"^    return ",
+                f"    return F.relu(x).pow({power:.2f})",
+                f"relu to the power {power:.2f}",
+            )
+        )
         scale = 1.0 + 0.02 * i
-        out.append(CodeIdea(f"softcap_scale_{i}", CAP, r"return self.logit_softcap \* torch.tanh",
-                            f"        return self.logit_softcap * torch.tanh(z / ({scale:.2f} * self.logit_softcap))",
-                            f"softcap scaled by {scale:.2f}"))
+        out.append(
+            CodeIdea(
+                f"softcap_scale_{i}",
+                CAP,
+                r"return self.logit_softcap \* torch.tanh",
+                f"        return self.logit_softcap * torch.tanh(z / ({scale:.2f} * self.logit_softcap))",
+                f"softcap scaled by {scale:.2f}",
+            )
+        )
         eps = 10.0 ** (-6 + 0.1 * i)
-        out.append(CodeIdea(f"rmsnorm_eps_{i}", NORM, r"^    return ",
-                            f"    return F.rms_norm(x, (x.size(-1),), eps={eps:.2g})", f"norm epsilon {eps:.2g}"))
+        out.append(
+            CodeIdea(
+                f"rmsnorm_eps_{i}",
+                NORM,
+                r"^    return ",
+                f"    return F.rms_norm(x, (x.size(-1),), eps={eps:.2g})",
+                f"norm epsilon {eps:.2g}",
+            )
+        )
     return out[:n]
