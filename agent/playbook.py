@@ -31,7 +31,7 @@ class PlaybookPlanner:
         for q in state.queue:
             if q["state"] in ("done", "banned") or not q["env"]:
                 continue  # the playbook only tests flag changes; script edits are the LLM's
-            if q["refused"]:
+            if q.get("refused"):
                 continue  # refused as the line stands (recorded in the ledger); an edit of the line lifts it
             if not any(already.get(k) != v for k, v in q["env"].items()):
                 continue  # already part of the incumbent

@@ -73,15 +73,20 @@ def check_records(ws: Path, session: str) -> Ledger:
         assert note.startswith(f"{d.experiment}: {d.candidate} -> {d.outcome} ")
         if d.p_value is not None:
             stats = re.search(
-                r"^Result: delta (\S+) bpb .*p=(\S+), n=(\d+) vs (\d+), noise std (\S+)$", note, re.M
+                r"^Result: delta (\S+) bpb .*p=(\S+), n=(\d+) vs (\d+), "
+                r"(?:\w+ test, )?(?:noise std|sd of differences) (\S+)$",
+                note,
+                re.M,
             )
             assert stats, note
+            # a paired verdict states the spread of its per-seed differences, an unpaired one the A/A noise
+            spread = d.paired_noise.std if d.test == "paired" and d.paired_noise else d.noise_std
             assert stats.groups() == (
                 f"{d.delta:+.5f}",
                 f"{d.p_value:.3g}",
                 str(d.n_candidate),
                 str(d.n_incumbent),
-                f"{d.noise_std:.5f}",
+                f"{spread:.5f}",
             ), f"{d.experiment}: the commit and the ledger disagree on the verdict"
         assert (d.git_commit in branch) == d.kept, (
             f"{d.experiment}: kept={d.kept} but the branch says otherwise"
