@@ -33,14 +33,21 @@ import functools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.judge import noise_model, paired_prior, sequential_experiment  # noqa: E402
+from testing.decision_rules import (  # noqa: E402
+    LOOP,
+    PAIRED,
+    SCREEN,
+    Tally,
+    rule_loop,
+    rule_oracle,
+    rule_single_run,
+)
 from testing.simtrainer import (  # noqa: E402
     NOISE_1XH100,
     NOISE_8XH100,
@@ -49,176 +56,6 @@ from testing.simtrainer import (  # noqa: E402
     make_scenario,
     split_noise,
 )
-
-
-@dataclass
-class LoopConfig:
-    name: str = "unpaired"
-    paired: bool = False
-    noise_runs: int = 3
-    seeds_initial: int = 2
-    seeds_max: int = 5
-    alpha: float = 0.05
-    min_effect: float = 0.0
-    futility_p: float | None = 0.8
-    prior_std: float | None = None  # the tier's typical_noise; None: the trainer's true total seed std
-
-
-# The tier defaults (tiers.toml: 3 A/A runs, 2..5 seeds, alpha 0.05), unpaired and paired; and paired
-# screening (tiers.toml keys seeds_initial, seeds_max, alpha, futility_p, noise_runs): one first seed
-# (the incumbent's run on it is shared by every idea, so an idea costs one run like a greedy rule's), a
-# second only while the evidence is close (p between alpha and 0.2), alpha 0.02 so that the kept
-# changes stay true wins. Chosen on a grid (futility 0.2/0.35/0.5 x seeds_max 2/3/4 x alpha 0.02/0.03,
-# 12 repetitions): the highest true gain at >= 95% kept real on both noise levels.
-LOOP = LoopConfig()
-PAIRED = LoopConfig(name="paired", paired=True)
-SCREEN = LoopConfig(
-    name="screen", paired=True, noise_runs=2, seeds_initial=1, seeds_max=2, alpha=0.02, futility_p=0.2
-)
-
-
-@dataclass
-class Tally:
-    kept: int = 0
-    kept_real: int = 0
-    kept_harmful: int = 0
-    tests: int = 0
-    tested_null: int = 0  # tests of ideas whose true effect on the stack they met is >= 0
-    kept_null: int = 0
-    ideas: set = field(default_factory=set)
-    runs: int = 0
-    true_gain: float = 0.0  # baseline true bpb - final stack true bpb (positive is better)
-    claimed_gain: float = 0.0  # what the rule's own measurements say it gained
-    stack: frozenset = field(default_factory=frozenset)
-
-    def consider(self, sim: SimTrainer, stack: frozenset, idea: str, keep: bool) -> frozenset:
-        effect = sim.effect(stack, idea)
-        self.tests += 1
-        self.ideas.add(idea)
-        self.tested_null += effect >= 0
-        if not keep:
-            return stack
-        self.kept += 1
-        self.kept_real += effect < 0
-        self.kept_harmful += effect > 0
-        self.kept_null += effect >= 0
-        return stack | {idea}
-
-    def close(self, sim: SimTrainer, stack: frozenset, claimed: float) -> Tally:
-        self.runs, self.stack, self.claimed_gain = sim.runs, stack, claimed
-        self.true_gain = sim.true_bpb(frozenset()) - sim.true_bpb(stack)
-        return self
-
-
-def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, repeat: bool) -> Tally:
-    """The session loop's decisions; with `repeat`, inconclusive ideas are re-tested (the playbook does)."""
-    tally, stack = Tally(), frozenset()
-    prior = float(np.hypot(sim.noise_std, sim.seed_sd)) if cfg.prior_std is None else cfg.prior_std
-    pool: list[list[float]] = []  # per-seed differences of earlier paired experiments (one kind here)
-
-    def measure_incumbent(st: frozenset) -> dict[int, float]:
-        # ensure_noise: A/A runs of the (new) incumbent on the first noise_runs seeds
-        return {s: sim.run(st, s) for s in range(min(cfg.noise_runs, max(0, budget - sim.runs)))}
-
-    incumbent = measure_incumbent(stack)
-    if not incumbent:
-        return tally.close(sim, stack, 0.0)
-    baseline_measured = float(np.mean(list(incumbent.values())))
-    pending = list(ideas)
-    while pending:
-        retry = []
-        for idea in pending:
-            if sim.runs + cfg.seeds_initial > budget:
-                return tally.close(sim, stack, baseline_measured - float(np.mean(list(incumbent.values()))))
-            nm = noise_model(list(incumbent.values()), prior, "sim", "sim")
-            cand_stack = stack | {idea}
-            cand: dict[int, float] = {}
-
-            def measure(seeds: list[int], cand=cand, cand_stack=cand_stack, inc=incumbent, st=stack):
-                missing = [s for s in seeds if s not in inc]
-                if sim.runs + len(seeds) + len(missing) > budget:
-                    return None
-                for s in seeds:
-                    cand[s] = sim.run(cand_stack, s)
-                for s in missing:  # matched_incumbent: the incumbent runs the seeds it lacks
-                    inc[s] = sim.run(st, s)
-                return {s: inc[s] for s in cand}, dict(cand)
-
-            diff_prior = paired_prior(pool, nm.std, nm.df, "architecture") if cfg.paired else None
-            v = sequential_experiment(
-                measure,
-                seeds=range(cfg.seeds_max),
-                seeds_initial=cfg.seeds_initial,
-                seeds_max=cfg.seeds_max,
-                alpha=cfg.alpha,
-                min_effect=cfg.min_effect,
-                noise_std=nm.std,
-                noise_df=nm.df,
-                diff_prior=diff_prior,
-                futility_p=cfg.futility_p,
-            )
-            if v is None or v.need_more:  # ran out of budget mid-experiment: no decision
-                pending = []
-                break
-            if v.test == "paired" and len(v.seed_diffs) >= 2:
-                pool.append(v.seed_diffs)
-            keep = v.outcome == "confirmed"
-            stack = tally.consider(sim, stack, idea, keep)
-            if keep:  # the incumbent changed: its winning runs serve on their seeds, A/A runs top up to
-                # noise_runs (agent/experiment.py, incumbent_runs and ensure_noise)
-                incumbent = dict(cand)
-                incumbent |= {
-                    s: sim.run(stack, s)
-                    for s in range(cfg.noise_runs)
-                    if s not in incumbent and sim.runs < budget
-                }
-                if not incumbent:
-                    break
-            elif v.outcome == "inconclusive":
-                retry.append(idea)
-        pending = retry if repeat and pending else []
-    return tally.close(sim, stack, baseline_measured - float(np.mean(list(incumbent.values()))))
-
-
-def rule_single_run(
-    sim: SimTrainer,
-    ideas: list[str],
-    budget: int,
-    repeat: bool,
-    coin: np.random.Generator | None = None,
-    fixed_seed: bool = True,
-) -> Tally:
-    """One run per idea. Autoresearch keeps it if lower than the incumbent's single run; with `coin`,
-    a fair coin decides instead (random choice). With `repeat`, ideas not kept are proposed again.
-    fixed_seed: every run on seed 0, as autoresearch's train.py does (the greedy rule's best case: the
-    seed effect cancels); otherwise a new seed per run."""
-    tally, stack = Tally(), frozenset()
-    first = best = sim.run(stack, 0)
-    pending = list(ideas)
-    while pending and sim.runs < budget:
-        for idea in pending:
-            if sim.runs >= budget:
-                break
-            value = sim.run(stack | {idea}, 0 if fixed_seed else tally.tests + 1)
-            keep = value < best if coin is None else bool(coin.random() < 0.5)
-            stack = tally.consider(sim, stack, idea, keep)
-            best = value if keep else best
-        pending = [i for i in ideas if i not in stack] if repeat else []
-    return tally.close(sim, stack, first - best)
-
-
-def rule_oracle(sim: SimTrainer, ideas: list[str], budget: int) -> Tally:
-    """One run per idea (the cost), keeps exactly the true wins: the ceiling for that compute."""
-    tally, stack = Tally(), frozenset()
-    sim.run(stack, 0)
-    for idea in ideas:
-        if sim.runs >= budget:
-            break
-        sim.run(stack | {idea}, 0)
-        stack = tally.consider(sim, stack, idea, sim.effect(stack, idea) < 0)
-    gain = sim.true_bpb(frozenset()) - sim.true_bpb(stack)
-    return tally.close(sim, stack, gain)
-
 
 RULES = (LOOP.name, PAIRED.name, SCREEN.name, "autoresearch", "greedy-fresh", "random", "oracle")
 

@@ -21,7 +21,7 @@ from agent.judge import (
     nats_to_bpb,
     noise_model,
 )
-from benchmarks.decisions import LOOP, rule_loop, rule_oracle, rule_single_run
+from testing.decision_rules import LOOP, rule_loop, rule_oracle, rule_single_run
 from testing.simtrainer import NOISE_1XH100, SimTrainer, make_scenario
 
 SIGMA = NOISE_1XH100

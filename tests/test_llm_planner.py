@@ -7,6 +7,8 @@ contains a model that misbehaves.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from memory.workspace import Workspace
 from testing.fakes.fake_openai import FakeOpenAI, call, http_error, text_reply, tool_reply
 from tools.context import ToolContext
 
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """import os
 
 
@@ -844,9 +847,24 @@ def test_a_whole_session_driven_by_a_scripted_model(tmp_path, tiny_dataset, monk
 
 
 def test_the_planner_benchmark_runs_the_researcher_on_the_real_trainer():
-    from benchmarks.planner import main
-
-    report = main(["--decisions", "6", "--tokenizer", "chars", "--json"])
+    # run as a user runs it: the benchmark is a script, not a module the tests import
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "planner.py"),
+            "--decisions",
+            "6",
+            "--tokenizer",
+            "chars",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=True,
+    ).stdout
+    report = json.loads(out[out.index("{\n") :])
     assert report["decisions_run"] == 6 and not report["stopped"]
     first = report["first_10"]
     assert first["fallbacks"] == 0 and first["requests_per_decision"] > 1  # code decisions take several steps
