@@ -35,7 +35,13 @@ def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judge
     # every untested queue item once (in queue or cost order), the banned one never
     by_tech = {d.technique: d for d in decisions}
     assert sorted(by_tech) == ["bad_lr", "leaky_relu2", "lzma", "mlp3x"]
-    assert by_tech["bad_lr"].outcome == "rejected" and not by_tech["bad_lr"].kept
+    # a ruinous learning rate is never kept; on a CPU tier a training change the tier may not see is held as
+    # "needs a GPU tier" instead of rejected (agent/fidelity.py), which depends on the pairs measured so far
+    bad_lr = by_tech["bad_lr"]
+    assert not bad_lr.kept and (
+        bad_lr.outcome == "rejected"
+        or (bad_lr.outcome == "inconclusive" and bad_lr.reason.startswith("needs a GPU tier"))
+    ), (bad_lr.outcome, bad_lr.reason)
     # a compressor cannot move the score: matched seeds give identical bpb, and the verdict says why
     assert by_tech["lzma"].outcome == "rejected" and "bytes-only" in by_tech["lzma"].reason
     noise = ledger.records(NoiseRecord)
@@ -67,7 +73,7 @@ def test_a_session_tests_the_queue_records_every_experiment_and_keeps_only_judge
     plan = (ws / "battle_plan.md").read_text()
     assert "- test the cheap flags first" in plan
     dead = plan.split("<!-- golf:begin dead_ends -->")[1].split("<!-- golf:end dead_ends -->")[0]
-    assert "bad_lr" in dead and "lzma" in dead
+    assert "lzma" in dead and ("bad_lr" in dead) == (bad_lr.outcome == "rejected")
     assert "golf:begin queue_status" in plan
     assert summary.trainer_busy_s > 0
 
