@@ -524,11 +524,15 @@ def _live_gits(root: Path, dirs: Sequence[Path]) -> list[tuple[int, str]]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = [a for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
             cwd = Path(os.readlink(entry / "cwd"))
+            # cmdline can be empty or rewritten; the kernel's short name is the fallback
+            name = os.path.basename(argv[0].decode(errors="replace")) if argv else ""
+            if not name:
+                name = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if not argv or os.path.basename(argv[0].decode(errors="replace")) not in ("git", "git-remote-http"):
+        if name not in ("git", "git-remote-http"):
             continue
         if any(cwd == p or p in cwd.parents for p in places):
             out.append((int(entry.name), b" ".join(argv).decode(errors="replace").strip()[:200]))

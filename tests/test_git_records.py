@@ -364,6 +364,10 @@ def test_a_lock_is_left_alone_while_a_git_process_works_in_the_repository(repo):
         ["git", "cat-file", "--batch"], cwd=repo / "trainer", stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
+        # one answered request proves git has started and set itself up in the repository
+        live.stdin.write(b"HEAD\n")
+        live.stdin.flush()
+        assert live.stdout.readline().split()[1] == b"commit"
         with pytest.raises(GitRecordsError, match=rf"held by a running git \(pid {live.pid}: git cat-file"):
             clear_stale_locks(repo)
         assert (repo / ".git/index.lock").exists()
