@@ -1,7 +1,7 @@
 """The incumbent scored against the frontier: a projected 8xH100 val_bpb with its interval.
 
-projection = the published full-scale score of the nearest known configuration (the challenge's
-baseline, 1.2244, or the latest final this ledger ran) + the calibrated full-scale deltas of every change
+projection = the published full-scale score of the nearest known configuration (the latest final this
+ledger ran, else the record of the preset the session started from, else the challenge's baseline 1.2244) + the calibrated full-scale deltas of every change
 kept on top of it (agent/calibration.py, predict: each proxy delta mapped through its kind's fitted
 slope, with the line's scatter, the slope's uncertainty and the proxy's own error). The deltas' errors
 are treated as independent (a stack of redundant techniques will be optimistic; the finals correct the
@@ -31,7 +31,7 @@ from agent.calibration import (
     predict,
 )
 from agent.judge import SP1024_BYTES_PER_TOKEN, nats_to_bpb
-from memory.records import DecisionRecord, FinalRecord, RunRecord
+from memory.records import DecisionRecord, EventRecord, FinalRecord, RunRecord
 
 PROMOTE_PROB = 0.9  # how sure the projection must be of a record before a final is proposed
 RECORD_MARGIN_BPB = nats_to_bpb(0.005, 1.0, SP1024_BYTES_PER_TOKEN)
@@ -89,7 +89,12 @@ def project(
     preset_bpb: float | None = None,
 ) -> Projection:
     """The projected 8xH100 score of the incumbent: base + calibrated deltas of the changes kept since it."""
+    preset_name = None
+    if preset_bpb is None:  # the preset this session started from, as its start_preset event records it
+        preset_bpb, preset_name = start_preset(records, session)
     base, base_sd, source, base_exp = _base(records, preset_bpb)
+    if preset_name and source == "preset record":
+        source = f"preset {preset_name}"
     runs = {r.run_id: r for r in records if isinstance(r, RunRecord)}
     calibs = calibrations_from_ledger(records, tier, FINAL_TIER)
     decisions = [d for d in records if isinstance(d, DecisionRecord) and d.tier == tier]
@@ -166,3 +171,20 @@ def projection_lines(records: Sequence, tier: str, session: str | None = None) -
 
     best, source = frontier_best(list(records))
     return describe_projection(project(records, tier, session, frontier_bpb=best, frontier_source=source))
+
+
+def start_preset(records: Sequence, session: str | None = None) -> tuple[float | None, str | None]:
+    """The published score of the preset the session started from (its `start_preset` event): a session
+    that starts at the frontier's flags is scored from the frontier's record, not from the baseline."""
+    for r in reversed(records):
+        if (
+            isinstance(r, EventRecord)
+            and r.event == "start_preset"
+            and (session is None or r.session == session)
+        ):
+            bpb = r.detail.get("published_bpb")
+            record = r.detail.get("record")
+            name = str(r.detail.get("name") or "")
+            label = f"{name} (PR #{record})" if record else name
+            return (float(bpb), label) if isinstance(bpb, int | float) else (None, None)
+    return None, None

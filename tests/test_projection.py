@@ -184,3 +184,21 @@ def test_the_playbook_gives_no_second_look_on_this_tier_to_what_needs_a_gpu_tier
     assert PlaybookPlanner().propose(state).action == "stop"
     state.options[0]["needs_gpu_tier"] = None
     assert PlaybookPlanner().propose(state).experiment.technique == "ema"
+
+
+def test_a_session_started_from_a_preset_is_projected_from_that_presets_record():
+    from agent.projection import projection_lines
+    from memory.records import EventRecord
+
+    start = EventRecord(
+        session="s",
+        event="start_preset",
+        detail={"name": "frontier", "record": "1855", "published_bpb": 1.0611, "env": {}},
+    )
+    lines = projection_lines([start, kept("e1", "leaky_relu2", -0.01)], TIER, "s")
+    assert "= preset frontier (PR #1855) 1.0611 + 1 kept change(s)" in lines[0]
+    projected = float(lines[0].split(": ")[1].split()[0])
+    assert projected < 1.0611  # the kept change moves it from the record, not from the baseline's 1.2244
+    # another session's start does not move this one's anchor
+    other = projection_lines([start.model_copy(update={"session": "t"})], TIER, "s")
+    assert "challenge baseline 1.2244" in other[0]
