@@ -36,7 +36,7 @@ ARTIFACT_CAP_BYTES = 16_000_000
 TOLERANCE_BPB = 2e-4  # re-score vs reported: same code and data on the same machine agree far closer
 PHYSICAL_FLOOR_BPB = 0.5  # no model of this size compresses natural text anywhere near this (best: ~1.06)
 MAX_GAIN_FRACTION = 0.25  # one change that removes a quarter of the incumbent's bpb is not believed
-SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+SHARD_MAGIC, SHARD_VERSION, HEADER_INTS, BOS_ID = 20240520, 1, 256, 1
 WORKER = Path(__file__).with_name("rescore_worker.py")
 
 _cache: dict[tuple, object] = {}
@@ -82,6 +82,10 @@ def validation_tokens(data_path: str) -> tuple[np.ndarray, np.ndarray | None]:
         counts = np.concatenate([read_shard(s) for s in sides]) if all(present) else None
         if counts is not None and counts.size != tokens.size:
             raise ValueError(f"{data_path}: {counts.size} sidecar byte counts for {tokens.size} tokens")
+        if counts is not None and counts[tokens == BOS_ID].any():  # a document starts with 0 bytes
+            raise ValueError(
+                f"{data_path}: the byte sidecars are shifted against their shards (bytes at a BOS)"
+            )
         _cache[key] = (tokens, counts)
     return _cache[key]  # type: ignore[return-value]
 
