@@ -49,6 +49,8 @@ SP_CASEOPS_SETTINGS: dict[str, object] = {
     "user_defined_symbols": list(MARKERS),
     "normalization_rule_name": "identity",
     "remove_extra_whitespaces": False,
+    # kept whitespace runs (indentation) as one piece each, not one token per space
+    "allow_whitespace_only_pieces": True,
 }
 
 _MARKER_RE = re.compile("[\ue001-\ue004]")

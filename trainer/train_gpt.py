@@ -350,7 +350,7 @@ def build_sentencepiece_luts(sp, vocab_size: int, device: torch.device):
             torch.tensor(is_boundary, device=device))
 
 
-def count_target_bytes(prev_ids: torch.Tensor, target_ids: torch.Tensor, luts, target_pos) -> torch.Tensor:
+def count_target_bytes(prev_ids: torch.Tensor, target_ids: torch.Tensor, luts, target_pos=None) -> torch.Tensor:
     """bytes(t) = base_bytes[t] + (has_leading_space[t] and not is_boundary[prev]), elementwise, int64; with a
     byte sidecar (luts = (bytes per position of the scored tokens,)) its entries at the targets' positions."""
     if len(luts) == 1:
