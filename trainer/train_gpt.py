@@ -298,12 +298,10 @@ def split_validation(tokens: torch.Tensor, max_tokens: int, holdout_tokens: int)
 
 
 # === PROTECTED: METRIC BEGIN ===
-CASEOPS_MARKERS = ("\ue001", "\ue002", "\ue003", "\ue004")  # TITLE ALLCAPS CAPNEXT ESC: trainer/caseops.py
-
-
 def is_caseops(sp) -> bool:
-    """Its pieces spell case-transformed text (markers, lower case): only a byte sidecar counts its bytes."""
-    return any(sp.piece_to_id(m) != sp.unk_id() for m in CASEOPS_MARKERS)
+    """Its pieces spell case-transformed text (markers TITLE ALLCAPS CAPNEXT ESC, lower case; trainer/caseops.py):
+    only a byte sidecar counts its bytes."""
+    return any(sp.piece_to_id(m) != sp.unk_id() for m in "\ue001\ue002\ue003\ue004")
 
 
 def load_byte_sidecar(val_files: str, sp) -> torch.Tensor | None:
@@ -714,11 +712,9 @@ class GPT(nn.Module):
         logits = self.logits(ids)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        z = self.project(ids).flatten(0, 1)
-        if self.fused_ce:  # decided once by the trainer, outside any compiled graph
-            return _fused_softcap_ce(z, targets.flatten(), self.logit_softcap)
-        return torch_softcap_cross_entropy(z, targets.flatten(), self.logit_softcap)
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # fused_ce: set by the trainer
+        return softcap_cross_entropy(self.project(ids).flatten(0, 1), targets.flatten(), self.logit_softcap,
+                                     self.fused_ce)
 
 
 def torch_softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
@@ -796,10 +792,6 @@ def softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float, fu
 
 def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:
     return GPT(args, bos_id).to(device)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
@@ -1539,10 +1531,6 @@ class RunContext:
         return f"{self.world_size}x cpu ({os.cpu_count()} cores)"
 
 
-def script_source() -> str:
-    return Path(__file__).read_text(encoding="utf-8")
-
-
 def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -1761,7 +1749,7 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
 def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
     """One whole run in this process (the caller set up torch.distributed if world_size > 1). Always writes
     results.json; returns the result dict. Exceptions propagate after the error result is written."""
-    source = script_source()
+    source = Path(__file__).read_text(encoding="utf-8")
     try:
         ctx = RunContext(args, rank, world_size, local_rank)
     except BaseException as e:  # bad DEVICE/DTYPE: still leave a result behind
@@ -1810,8 +1798,7 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
         grad_accum = args.grad_accum_steps or max(8 // world_size, 1)
         ctx.val_batch_seqs = max(1, args.val_batch_size // (world_size * grad_accum) // args.train_seq_len)
         model = build_model(args, ctx.device, bos_id=sp.bos_id())
-        n_params = count_params(model)
-        ctx.log(f"model_params:{n_params} flops_per_token:{flops_per_token(args, model):.4e} "
+        ctx.log(f"model_params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(args, model):.4e} "
                 f"world_size:{world_size} grad_accum_steps:{grad_accum} val_tokens:{ctx.val_tokens.numel()} "
                 f"holdout_tokens:{0 if ctx.holdout_tokens is None else ctx.holdout_tokens.numel()}")
         ema = train(ctx, model, result)
