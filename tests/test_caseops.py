@@ -53,7 +53,9 @@ def test_the_transform_round_trips_and_its_byte_weights_count_the_original():
         t = C.encode(text)
         back, weights = C.decode_with_weights(t)
         assert back == text, (text, t)
-        assert weights.size == len(t.encode("utf-8")) and int(weights.sum()) == len(text.encode("utf-8")), text
+        assert weights.size == len(t.encode("utf-8")) and int(weights.sum()) == len(text.encode("utf-8")), (
+            text
+        )
 
 
 def test_the_transform_writes_case_as_markers_and_shares_one_lower_case_form():
@@ -312,3 +314,28 @@ def test_the_harness_picks_the_caseops_data_for_a_caseops_run(tmp_path):
         (8192, False),
         (8192, True),
     )
+
+
+def test_caseops_fineweb_builds_from_the_document_stream_as_the_records_do(tmp_path):
+    texts = [d.text for d in corpus.stdlib_docstring_docs(max_bytes=500_000)] + HOSTILE
+    docs = tmp_path / "docs_selected.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    m = corpus.build_caseops_from_docs(
+        docs, tmp_path / "out", vocab_size=1024, val_docs=12, shard_tokens=20_000
+    )
+    data = tmp_path / "out" / m["data_path"]
+    assert m["docs"] == {"val": 12, "read": len(texts)} and m["train_shards"] >= 3
+    tokens = pd.read_shard(data / "fineweb_val_000000.bin")
+    nbytes = pd.read_shard(data / "fineweb_val_bytes_000000.bin").astype(np.int64)
+    starts = np.flatnonzero(tokens == pd.BOS_ID).tolist() + [tokens.size]
+    assert [int(nbytes[a:b].sum()) for a, b in zip(starts, starts[1:], strict=False)] == [
+        len(t.encode("utf-8")) for t in texts[:12]
+    ]  # the first documents are the val split, each scored on its original bytes
+    sp = corpus.load_tokenizer(tmp_path / "out" / m["tokenizer_path"])
+    train = np.concatenate([pd.read_shard(p) for p in sorted(data.glob("fineweb_train_*.bin"))])
+    assert train.tolist() == corpus.encode_docs(sp, [C.encode(t) for t in texts[12:]]).tolist()
+    # a plain tokenizer cannot encode CaseOps shards: refused before any shard is written
+    plain = corpus.train_tokenizer(texts, tmp_path / "plain" / "p", 1024)
+    with pytest.raises(ValueError, match="not a CaseOps tokenizer"):
+        corpus.build_caseops_from_docs(docs, tmp_path / "out2", vocab_size=1024, tokenizer=plain)
+    assert not list((tmp_path / "out2").rglob("*.bin"))

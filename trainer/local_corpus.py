@@ -46,6 +46,7 @@ from prepare_data import (
     UNK_ID,
     VERSION,
     embedded_names,
+    fineweb_names,
     log,
     sha256_file,
     sibling,
@@ -898,3 +899,89 @@ def summarize(manifest: dict, out_root: Path) -> str:
     if manifest.get("fallback"):
         lines.insert(0, f"FALLBACK CORPUS: {manifest['fallback']}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CaseOps FineWeb built from the documents (the records' alternative to the download)
+
+
+def build_caseops_from_docs(
+    docs_jsonl: str | Path,
+    out_root: str | Path,
+    *,
+    vocab_size: int = 8192,
+    tokenizer: str | Path | None = None,
+    val_docs: int = 50_000,
+    max_train_shards: int = 0,
+    shard_tokens: int = SHARD_TOKENS,
+    max_train_bytes: int = 12_000_000,
+) -> dict:
+    """CaseOps FineWeb shards from the challenge's document stream (data/download_hf_docs_and_tokenize.py's
+    docs_selected.jsonl, one {"text": ...} per line), as the records' prepare script lays them out: the
+    first `val_docs` documents are the val split (shards and byte sidecars), the rest train shards of
+    shard_tokens, all case-transformed by caseops.py. The tokenizer is `tokenizer` (a CaseOps model, e.g.
+    the records' published one) or, without it, one trained here on the first train documents. Streams the
+    file: the val split is held in memory, train shards are written as they fill. Returns a manifest."""
+    out_root = Path(out_root)
+    dataset, stem = fineweb_names(vocab_size, caseops=True)
+    data_dir, tok_path = out_root / "datasets" / dataset, out_root / "tokenizers" / f"{stem}.model"
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    def texts() -> Iterator[str]:
+        with open(docs_jsonl, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)["text"]
+
+    if tokenizer is None:
+        sample = (caseops.encode(t) for i, t in enumerate(texts()) if i >= val_docs)
+        train_tokenizer(
+            sample,
+            tok_path.with_suffix(""),
+            vocab_size,
+            max_train_bytes=max_train_bytes,
+            settings=caseops.SP_CASEOPS_SETTINGS,
+        )
+    elif Path(tokenizer).resolve() != tok_path.resolve():
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tokenizer, tok_path)
+    sp = load_tokenizer(tok_path)
+    if not caseops.is_caseops_tokenizer(sp):
+        raise ValueError(f"{tok_path}: not a CaseOps tokenizer (no case-marker pieces)")
+    val_ids: list[np.ndarray] = []
+    val_bytes: list[np.ndarray] = []
+    train: list[np.ndarray] = []
+    n_train, shards, docs = 0, 0, 0
+    for i, text in enumerate(texts()):
+        docs += 1
+        if i < val_docs:
+            ids, nbytes = sidecar_tokens(sp, [caseops.encode(text)])
+            val_ids.append(ids)
+            val_bytes.append(nbytes)
+            continue
+        if max_train_shards and shards >= max_train_shards:
+            break
+        train.append(encode_docs(sp, [caseops.encode(text)]))
+        n_train += train[-1].size
+        if n_train >= shard_tokens:
+            flat = np.concatenate(train)
+            write_shard(data_dir / f"fineweb_train_{shards:06d}.bin", flat[:shard_tokens])
+            train, n_train, shards = [flat[shard_tokens:]], flat.size - shard_tokens, shards + 1
+    if n_train and not (max_train_shards and shards >= max_train_shards):
+        write_shard(data_dir / f"fineweb_train_{shards:06d}.bin", np.concatenate(train))
+        shards += 1
+    write_shard(data_dir / "fineweb_val_000000.bin", np.concatenate(val_ids))
+    side = write_shard(data_dir / sidecar_name("fineweb_val_000000.bin"), np.concatenate(val_bytes))
+    manifest = {
+        "variant": "fineweb-caseops-built",
+        "dataset": dataset,
+        "data_path": str(data_dir.relative_to(out_root)),
+        "tokenizer_path": str(tok_path.relative_to(out_root)),
+        "docs": {"val": min(docs, val_docs), "read": docs},
+        "train_shards": shards,
+        "val_tokens": int(sum(a.size for a in val_ids)),
+        "val_original_bytes": int(sum(int(b.sum(dtype=np.int64)) for b in val_bytes)),
+        "sidecar": side.name,
+    }
+    (data_dir / "manifest.caseops.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -23,10 +23,12 @@ then num_tokens little-endian uint16 ids; every document starts with BOS (id 1),
     python trainer/prepare_data.py --max-mb 8           # smaller, faster
     python trainer/prepare_data.py --variant fineweb --vocab 8192 --train-shards 10
     python trainer/prepare_data.py --vocab 8192 --caseops   # CaseOps (caseops.py): also for fineweb
+    python trainer/prepare_data.py --variant fineweb --vocab 8192 --caseops --docs docs_selected.jsonl
 
 CaseOps variants (the trainer's CASEOPS=1) hold case-transformed tokens and, beside each val shard, its byte
 sidecar fineweb_val_bytes_%06d.bin (original UTF-8 bytes per token; format in caseops.py): embedded
-datasets/embedded_sp<V>_caseops, and the records' FineWeb download (sp8192 only, CASEOPS_HF_REPO_ID).
+datasets/embedded_sp<V>_caseops, and the records' FineWeb download (sp8192 only, CASEOPS_HF_REPO_ID) or,
+with --docs, FineWeb built here from the challenge's document stream as the records' prepare script does.
 """
 
 import argparse
@@ -435,9 +437,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the CaseOps variant (trainer CASEOPS=1): case-transformed tokens and val byte sidecars",
     )
+    p.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="fineweb --caseops: build from this docs_selected.jsonl instead of downloading (local_corpus.py)",
+    )
+    p.add_argument(
+        "--tokenizer", type=Path, default=None, help="--docs: a CaseOps .model (default: train one)"
+    )
     args = p.parse_args(argv)
     out_root = args.out.resolve()
 
+    if args.variant == "fineweb" and args.docs is not None:
+        if not args.caseops:
+            p.error("--docs builds the CaseOps variant: add --caseops")
+        m = local_corpus().build_caseops_from_docs(
+            args.docs,
+            out_root,
+            vocab_size=args.vocab,
+            tokenizer=args.tokenizer,
+            max_train_shards=args.train_shards,
+        )
+        print(f"DATA_PATH={out_root / m['data_path']}\nTOKENIZER_PATH={out_root / m['tokenizer_path']}")
+        print(f"VOCAB_SIZE={args.vocab}\nCASEOPS=1")
+        return 0
     if args.variant == "fineweb":
         try:
             if args.if_missing:
