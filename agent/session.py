@@ -351,7 +351,9 @@ class Session:
         ensure_data(
             self.ws,
             self.progress,
-            data_variants_in_use(self.ctx.base_env, self.tier.env, [q.env for q in self.plan.queue]),
+            data_variants_in_use(
+                self.ctx.base_env, self.tier.env, [q.env for q in self.plan.queue if q.state != "banned"]
+            ),
         )
         self.ctx.hardware = None
         self.hardware = hardware_id(self.ctx, self.tier.hardware)
