@@ -922,7 +922,7 @@ class Muon(Optimizer):
 
     @torch.no_grad()
     def step(self):
-        distributed = dist.is_available() and dist.is_initialized()
+        distributed = is_distributed()
         world_size = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
         for group in self.param_groups:
@@ -1091,7 +1091,7 @@ def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int
 
 
 def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tuple[float, int, int]:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return values
     t = torch.tensor([float(values[0])], device=device, dtype=torch.float64)
     c = torch.tensor([int(values[1]), int(values[2])], device=device, dtype=torch.int64)
