@@ -339,3 +339,18 @@ def test_caseops_fineweb_builds_from_the_document_stream_as_the_records_do(tmp_p
     with pytest.raises(ValueError, match="not a CaseOps tokenizer"):
         corpus.build_caseops_from_docs(docs, tmp_path / "out2", vocab_size=1024, tokenizer=plain)
     assert not list((tmp_path / "out2").rglob("*.bin"))
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        "\nload_byte_sidecar = lambda *a: None\n",  # skip the sidecar: the piece table would count instead
+        "\ndef is_caseops(sp):\n    return False\n",  # a CaseOps tokenizer passed off as a plain one
+    ],
+)
+def test_the_sidecar_reader_is_inside_the_metric_fence(patch):
+    from tools import metric_guard
+
+    text = TRAINER.read_text()
+    assert metric_guard.violations(text) == []
+    assert any("a name the protected metric code uses" in v for v in metric_guard.violations(text + patch))
