@@ -68,6 +68,15 @@ def test_the_transform_writes_case_as_markers_and_shares_one_lower_case_form():
     assert C.encode(f"a{T}b{E}") == f"a{E}{T}b{E}{E}"
 
 
+def test_a_long_run_of_letters_encodes_in_linear_time():
+    import time
+
+    t0 = time.perf_counter()
+    text = "a" * 200_000 + "B" + "c" * 200_000
+    assert C.decode(C.encode(text)) == text
+    assert time.perf_counter() - t0 < 5.0  # quadratic matching took about 12 s for 20,000 letters
+
+
 @pytest.mark.parametrize(
     "bad", [C.TITLE, C.TITLE + "1", C.CAPNEXT + "ß", C.ALLCAPS + " x", C.ESC, "ok " + C.ALLCAPS]
 )

@@ -54,8 +54,10 @@ SP_CASEOPS_SETTINGS: dict[str, object] = {
 }
 
 _MARKER_RE = re.compile("[\ue001-\ue004]")
-# a run of letters holding at least one that is not a-z: the only places the encoder has work to do
-_WORD_RE = re.compile(r"[^\W\d_]*[^\W\d_a-z][^\W\d_]*")
+# a whole run of letters holding at least one that is not a-z: the only places the encoder has work to do.
+# Anchored at the run's start (the lookbehind): unanchored, a long all-lower-case run is retried from every
+# position inside it, quadratic (12 s for 20,000 letters).
+_WORD_RE = re.compile(r"(?<![^\W\d_])[^\W\d_]*?[^\W\d_a-z][^\W\d_]*")
 
 
 class CaseOpsError(ValueError):
