@@ -304,6 +304,22 @@ def test_a_pod_downloads_the_records_caseops_fineweb_with_its_sidecar(tmp_path, 
     assert res.returncode != 0 and "nonzero bytes at a BOS" in res.stderr
 
 
+def test_a_caseops_final_prepares_and_reads_the_records_caseops_fineweb():
+    from types import SimpleNamespace
+
+    from agent.finals.config import FinalConfig
+    from agent.finals.pod_run import PodRun
+
+    cfg = FinalConfig()
+    for caseops in (False, True):
+        run = SimpleNamespace(env={"VOCAB_SIZE": "8192", "CASEOPS": str(int(caseops))}, vocab="8192")
+        fields = PodRun.data_fields.fget(run)  # type: ignore[attr-defined]
+        dataset, tok = pd.fineweb_names(8192, caseops)  # what prepare_data.py writes on the pod
+        assert cfg.data_path.format(**fields) == f"data/datasets/{dataset}"
+        assert cfg.tokenizer_path.format(**fields) == f"data/tokenizers/{tok}.model"
+        assert ("--caseops" in cfg.setup_cmd.format(train_shards=1, gpu_count=8, **fields)) == caseops
+
+
 def test_the_harness_picks_the_caseops_data_for_a_caseops_run(tmp_path):
     from types import SimpleNamespace
 
