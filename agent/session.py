@@ -29,7 +29,7 @@ from agent.state import build_state
 from memory import git_records, incumbent
 from memory.battle_plan import BattlePlanError, human_fingerprint, load_plan, write_blocks
 from memory.frontier import frontier_block_markdown, frontier_diff_for, frontier_digest, mark_seen
-from memory.knobs import check_env_allowed
+from memory.knobs import caseops_on, check_env_allowed
 from memory.ledger import Ledger
 from memory.presets import PRESETS_FILE, Preset, PresetError, get_preset, starting_env
 from memory.records import DecisionRecord, EventRecord, RunRecord, RunResult, utcnow
@@ -94,16 +94,18 @@ def elapsed_before(records: list, session: str) -> float:
     return total
 
 
-def ensure_data(ws: Workspace, progress: Progress, vocab_sizes: tuple[int, ...] = (1024,)) -> None:
-    """The embedded dataset, at each vocabulary size the session will run, is built on first use (about a
-    minute each), never committed."""
-    for vocab in sorted(set(vocab_sizes)):
-        manifest = ws.embedded_data(vocab)[0] / "manifest.json"
+def ensure_data(
+    ws: Workspace, progress: Progress, variants: tuple[tuple[int, bool], ...] = ((1024, False),)
+) -> None:
+    """The embedded dataset, at each (vocabulary size, CaseOps) the session will run, is built on first use
+    (about a minute each), never committed."""
+    for vocab, caseops in sorted(set(variants)):
+        manifest = ws.embedded_data(vocab, caseops)[0] / "manifest.json"
         if manifest.exists():
             continue
         progress.line(
-            f"preparing the embedded dataset at vocabulary size {vocab} (first run only, about 1-2 "
-            "minutes) ..."
+            f"preparing the embedded dataset at vocabulary size {vocab}{' with CaseOps' * caseops} (first "
+            "run only, about 1-2 minutes) ..."
         )
         proc = subprocess.Popen(
             [
@@ -113,6 +115,7 @@ def ensure_data(ws: Workspace, progress: Progress, vocab_sizes: tuple[int, ...] 
                 str(ws.data_dir),
                 "--vocab",
                 str(vocab),
+                *(["--caseops"] if caseops else []),
             ],
             cwd=ws.root,
             stdout=subprocess.PIPE,
@@ -130,13 +133,15 @@ def ensure_data(ws: Workspace, progress: Progress, vocab_sizes: tuple[int, ...] 
             raise SessionError("data preparation failed:\n" + "\n".join(tail))
 
 
-def vocab_sizes_in_use(
+def data_variants_in_use(
     base_env: dict[str, str], tier_env: dict[str, str], queue_envs: list[dict[str, str]]
-) -> tuple[int, ...]:
-    """Every VOCAB_SIZE a run of this session may use: the starting incumbent's and any queue item's."""
-    values = [(tier_env | base_env).get("VOCAB_SIZE", "1024")]
-    values += [e["VOCAB_SIZE"] for e in queue_envs if "VOCAB_SIZE" in e]
-    return tuple(sorted({int(v) for v in values if str(v).isdigit()}))
+) -> tuple[tuple[int, bool], ...]:
+    """Every (VOCAB_SIZE, CASEOPS) a run of this session may use: the starting incumbent's and any queue
+    item's on top of it."""
+    start = tier_env | base_env
+    envs = [start] + [start | e for e in queue_envs]
+    values = [(str(e.get("VOCAB_SIZE", "1024")), caseops_on(e)) for e in envs]
+    return tuple(sorted({(int(v), c) for v, c in values if v.isdigit()}))
 
 
 def reap_orphans(ledger: Ledger, session: str) -> list[int]:
@@ -346,7 +351,9 @@ class Session:
         ensure_data(
             self.ws,
             self.progress,
-            vocab_sizes_in_use(self.ctx.base_env, self.tier.env, [q.env for q in self.plan.queue]),
+            data_variants_in_use(
+                self.ctx.base_env, self.tier.env, [q.env for q in self.plan.queue if q.state != "banned"]
+            ),
         )
         self.ctx.hardware = None
         self.hardware = hardware_id(self.ctx, self.tier.hardware)

@@ -53,10 +53,11 @@ FRONTIER_AT_TIER = dict(LOOP_START=1, LOOP_END=2, PARALLEL_START=3)
 
 
 def frontier_env(tier: dict[str, str]) -> dict[str, str]:
-    """The frontier preset less what the tier sets (its shape and budget) and less VOCAB_SIZE (the data
-    decides: the benchmark's data is sp1024), with the record's depth plan scaled to the tier's layers."""
+    """The frontier preset less what the tier sets (its shape and budget) and less VOCAB_SIZE and CASEOPS
+    (the data decides: the benchmark's data is plain sp1024), with the record's depth plan scaled to the
+    tier's layers."""
     env = tomllib.loads((ROOT / "presets.toml").read_text())["preset"]["frontier"]["env"]
-    env = {k: str(v) for k, v in env.items() if k not in tier and k != "VOCAB_SIZE"}
+    env = {k: str(v) for k, v in env.items() if k not in tier and k not in ("VOCAB_SIZE", "CASEOPS")}
     return env | ({k: str(v) for k, v in FRONTIER_AT_TIER.items()} if tier.get("NUM_LAYERS") == "4" else {})
 
 

@@ -135,10 +135,11 @@ run_cfg() {  # name, then env assignments
 run_cfg baseline
 run_cfg stack VALUE_RESIDUAL=1 GATED_ATTENTION=1 ROPE_DIMS=16 LN_SCALE=1 BIGRAM_HASH_BUCKETS=4096 SMEAR_GATE=1 \
   XSA_LAST_N=4 MLP_ACT_SLOPE=0.5 QAT_BITS=6 MLP_MULT=3
-# the frontier preset (presets.toml) at the challenge shape, less VOCAB_SIZE (the carried data is sp1024);
+# the frontier preset (presets.toml) at the challenge shape, less VOCAB_SIZE and CASEOPS (the carried data is
+# plain sp1024);
 # 16 micro-steps keep the document-masked attention (SDPA with a mask: no flash kernel) inside 80 GB. Its
 # eval_time_s is the phased LoRA TTT's evaluation time on VAL_MAX_TOKENS.
-FRONTIER_ENV=$($PY -c "import tomllib; e = tomllib.load(open('presets.toml', 'rb'))['preset']['frontier']['env']; print(' '.join(f'{k}={v}' for k, v in e.items() if k != 'VOCAB_SIZE'))")
+FRONTIER_ENV=$($PY -c "import tomllib; e = tomllib.load(open('presets.toml', 'rb'))['preset']['frontier']['env']; print(' '.join(f'{k}={v}' for k, v in e.items() if k not in ('VOCAB_SIZE', 'CASEOPS')))")
 # shellcheck disable=SC2086
 run_cfg frontier $FRONTIER_ENV GRAD_ACCUM_STEPS=16
 

@@ -33,7 +33,7 @@ SAFE_RUNTIME_ENV = frozenset(
     }
 )
 MAX_VALUE_CHARS = 200
-MAX_OVERRIDES = 40
+MAX_OVERRIDES = 48  # the frontier preset alone sets 41 knobs (presets.toml)
 
 
 class Knob(BaseModel):
@@ -118,3 +118,9 @@ def check_env_allowed(env: dict[str, str], script_text: str) -> dict[str, str]:
             f"{', '.join(sorted(SAFE_RUNTIME_ENV))})"
         )
     return env
+
+
+def caseops_on(env: Mapping[str, str] | None) -> bool:
+    """The trainer's CASEOPS knob as it reads it (an integer, 0 = off): which data variant a run needs."""
+    v = str((env or {}).get("CASEOPS", "0")).strip()
+    return v.lstrip("-").isdigit() and int(v) != 0

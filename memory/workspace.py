@@ -56,10 +56,12 @@ class Workspace:
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    def embedded_data(self, vocab_size: int = 1024) -> tuple[Path, Path]:
-        """(DATA_PATH, TOKENIZER_PATH) of the embedded corpus at one vocabulary size, as
-        trainer/prepare_data.py names them (`--vocab V`)."""
+    def embedded_data(self, vocab_size: int = 1024, caseops: bool = False) -> tuple[Path, Path]:
+        """(DATA_PATH, TOKENIZER_PATH) of the embedded corpus at one vocabulary size (CaseOps: the
+        case-transformed variant with its val byte sidecar), as trainer/prepare_data.py names them
+        (`--vocab V [--caseops]`)."""
+        suffix = "_caseops" if caseops else ""
         return (
-            self.data_dir / "datasets" / f"embedded_sp{vocab_size}",
-            self.data_dir / "tokenizers" / f"embedded_{vocab_size}_bpe.model",
+            self.data_dir / "datasets" / f"embedded_sp{vocab_size}{suffix}",
+            self.data_dir / "tokenizers" / f"embedded_{vocab_size}_bpe{suffix}.model",
         )

@@ -41,7 +41,13 @@ def git(ws: Path, *args: str) -> str:
 def make_workspace(tmp: Path, dataset, plan: str = PLAN) -> Path:
     ws = tmp / "ws"
     (ws / "trainer").mkdir(parents=True)
-    for rel in ("trainer/train_gpt.py", "trainer/prepare_data.py", "trainer/local_corpus.py", "tiers.toml"):
+    for rel in (
+        "trainer/train_gpt.py",
+        "trainer/prepare_data.py",
+        "trainer/local_corpus.py",
+        "trainer/caseops.py",
+        "tiers.toml",
+    ):
         shutil.copy(ROOT / rel, ws / rel)
     (ws / "battle_plan.md").write_text(plan)
     (ws / ".gitignore").write_text("/data/\n/.golf/\n/reports/\n__pycache__/\n")

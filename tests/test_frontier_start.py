@@ -353,7 +353,7 @@ def test_the_synonym_flags_are_knobs_of_the_shipped_trainer_where_it_has_them():
 def test_a_run_reads_the_embedded_data_tokenized_at_its_vocabulary_size(tmp_path):
     from types import SimpleNamespace
 
-    from agent.session import vocab_sizes_in_use
+    from agent.session import data_variants_in_use
     from memory.workspace import Workspace
     from tools.sweep import data_env
 
@@ -363,9 +363,9 @@ def test_a_run_reads_the_embedded_data_tokenized_at_its_vocabulary_size(tmp_path
         "TOKENIZER_PATH": str(tmp_path / "data/tokenizers/embedded_8192_bpe.model"),
     }
     assert data_env(ctx, {})["DATA_PATH"].endswith("embedded_sp1024")  # type: ignore[arg-type]
-    # the session builds every size its runs may use: the starting env's and the queue's
-    assert vocab_sizes_in_use({"VOCAB_SIZE": "8192"}, {}, [{"VOCAB_SIZE": "4096"}, {"EMA_DECAY": "0"}]) == (
-        4096,
-        8192,
+    # the session builds every size its runs may use: the starting env's and the queue's (plain: no CASEOPS)
+    assert data_variants_in_use({"VOCAB_SIZE": "8192"}, {}, [{"VOCAB_SIZE": "4096"}, {"EMA_DECAY": "0"}]) == (
+        (4096, False),
+        (8192, False),
     )
-    assert vocab_sizes_in_use({}, {}, []) == (1024,)
+    assert data_variants_in_use({}, {}, []) == ((1024, False),)

@@ -371,8 +371,9 @@ def test_lora_ttt_documents_are_independent_without_phases(tg, tiny_data):
 
 # --- composition and vocabularies -------------------------------------------------------------------------
 
-TINY_SHAPE = (
+TINY_SHAPE = (  # and the data: the tiny set is plain sp1024 (CaseOps runs in tests/test_caseops.py)
     "VOCAB_SIZE",
+    "CASEOPS",
     "NUM_LAYERS",
     "MODEL_DIM",
     "NUM_HEADS",

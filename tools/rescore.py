@@ -36,7 +36,7 @@ ARTIFACT_CAP_BYTES = 16_000_000
 TOLERANCE_BPB = 2e-4  # re-score vs reported: same code and data on the same machine agree far closer
 PHYSICAL_FLOOR_BPB = 0.5  # no model of this size compresses natural text anywhere near this (best: ~1.06)
 MAX_GAIN_FRACTION = 0.25  # one change that removes a quarter of the incumbent's bpb is not believed
-SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+SHARD_MAGIC, SHARD_VERSION, HEADER_INTS, BOS_ID = 20240520, 1, 256, 1
 WORKER = Path(__file__).with_name("rescore_worker.py")
 
 _cache: dict[tuple, object] = {}
@@ -55,19 +55,44 @@ def read_shard(path: str) -> np.ndarray:
     return np.fromfile(path, dtype="<u2", count=n, offset=HEADER_INTS * 4).astype(np.int64)
 
 
-def validation_tokens(data_path: str) -> np.ndarray:
-    files = sorted(glob.glob(os.path.join(data_path, "fineweb_val_*.bin")))
+CASEOPS_MARKERS = ("\ue001", "\ue002", "\ue003", "\ue004")  # pieces of a case-transformed tokenizer
+
+
+def validation_tokens(data_path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(val token ids, original UTF-8 bytes per position from the fineweb_val_bytes_*.bin sidecars, or
+    None when there are none). A sidecar is paired with its shard by name and must match it token for
+    token; a partial set is an error."""
+    files = sorted(glob.glob(os.path.join(data_path, "fineweb_val_[0-9]*.bin")))
     if not files:
         raise ValueError(f"no validation shards in {data_path}")
-    key = ("val", *((f, os.path.getmtime(f), os.path.getsize(f)) for f in files))
+    sides = [
+        os.path.join(data_path, "fineweb_val_bytes_" + os.path.basename(f)[len("fineweb_val_") :])
+        for f in files
+    ]
+    present = [os.path.isfile(s) for s in sides]
+    if any(present) and not all(present):
+        raise ValueError(
+            f"byte sidecars for only {sum(present)} of {len(files)} validation shards in {data_path}"
+        )
+    paths = files + (sides if all(present) else [])
+    key = ("val", *((f, os.path.getmtime(f), os.path.getsize(f)) for f in paths))
     if key not in _cache:
         _cache.clear()  # one dataset at a time: the full validation set is large
-        _cache[key] = np.concatenate([read_shard(f) for f in files])
+        tokens = np.concatenate([read_shard(f) for f in files])
+        counts = np.concatenate([read_shard(s) for s in sides]) if all(present) else None
+        if counts is not None and counts.size != tokens.size:
+            raise ValueError(f"{data_path}: {counts.size} sidecar byte counts for {tokens.size} tokens")
+        if counts is not None and counts[tokens == BOS_ID].any():  # a document starts with 0 bytes
+            raise ValueError(
+                f"{data_path}: the byte sidecars are shifted against their shards (bytes at a BOS)"
+            )
+        _cache[key] = (tokens, counts)
     return _cache[key]  # type: ignore[return-value]
 
 
-def byte_tables(tokenizer_path: str, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(base_bytes, has_leading_space, is_boundary) per token id, as challenge.md defines them."""
+def byte_tables(tokenizer_path: str, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(base_bytes, has_leading_space, is_boundary) per token id, as challenge.md defines them, and whether
+    the tokenizer is a CaseOps one (then only a byte sidecar counts its bytes)."""
     key = ("luts", tokenizer_path, os.path.getmtime(tokenizer_path), vocab_size)
     if key not in _cache:
         import sentencepiece as spm
@@ -85,7 +110,8 @@ def byte_tables(tokenizer_path: str, vocab_size: int) -> tuple[np.ndarray, np.nd
             piece = sp.id_to_piece(i)
             space[i] = piece.startswith("\u2581")
             base[i] = len(piece[1:].encode() if space[i] else piece.encode())
-        _cache[key] = (base, space, boundary)
+        caseops = any(sp.piece_to_id(m) != sp.unk_id() for m in CASEOPS_MARKERS)
+        _cache[key] = (base, space, boundary, caseops)
     return _cache[key]  # type: ignore[return-value]
 
 
@@ -96,16 +122,24 @@ def knob_values(env: dict[str, str], reference_script: str) -> dict[str, str]:
 
 def expected_totals(env: dict[str, str], reference_script: str) -> tuple[int, int]:
     """(scored target tokens, their bytes) of the validation slice this env asks for: every target of
-    the slice (truncated to whole sequences) is scored exactly once, with or without a stride or TTT."""
+    the slice (truncated to whole sequences) is scored exactly once, with or without a stride or TTT.
+    Bytes come from the val byte sidecar when there is one (the original text's, CaseOps), else from the
+    piece table; a CaseOps tokenizer without a sidecar is an error."""
     k = knob_values(env, reference_script)
-    tokens = validation_tokens(env["DATA_PATH"])
+    tokens, sidecar = validation_tokens(env["DATA_PATH"])
     holdout, cap, seq = int(k["VAL_HOLDOUT_TOKENS"]), int(k["VAL_MAX_TOKENS"]), int(k["TRAIN_SEQ_LEN"])
-    val = tokens[: tokens.size - holdout] if holdout > 0 else tokens
+    end = tokens.size - holdout if holdout > 0 else tokens.size
     if cap > 0:
-        val = val[:cap]
-    n_targets = ((val.size - 1) // seq) * seq
-    base, space, boundary = byte_tables(env["TOKENIZER_PATH"], int(k["VOCAB_SIZE"]))
-    prev, tgt = val[:n_targets], val[1 : n_targets + 1]
+        end = min(end, cap)
+    n_targets = ((end - 1) // seq) * seq
+    base, space, boundary, caseops = byte_tables(env["TOKENIZER_PATH"], int(k["VOCAB_SIZE"]))
+    if sidecar is not None:
+        return n_targets, int(sidecar[1 : n_targets + 1].sum())
+    if caseops:
+        raise ValueError(
+            f"{env['TOKENIZER_PATH']} is a CaseOps tokenizer and {env['DATA_PATH']} has no byte sidecar"
+        )
+    prev, tgt = tokens[:n_targets], tokens[1 : n_targets + 1]
     nbytes = int(base[tgt].sum() + (space[tgt] & ~boundary[prev]).sum())
     return n_targets, nbytes
 

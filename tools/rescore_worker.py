@@ -179,6 +179,12 @@ def rescore(a) -> dict:
     val, _ = inc.split_validation(
         inc.load_validation_tokens(args.val_files), args.val_max_tokens, args.val_holdout_tokens
     )
+    if hasattr(inc, "load_byte_sidecar"):  # the incumbent's protected reader: original bytes per position
+        sidecar = inc.load_byte_sidecar(args.val_files, sp)
+        if sidecar is not None:
+            luts = (inc.split_validation(sidecar, args.val_max_tokens, args.val_holdout_tokens)[0],)
+    elif any(sp.piece_to_id(m) != sp.unk_id() for m in ("\ue001", "\ue002", "\ue003", "\ue004")):
+        return {"error": "a CaseOps tokenizer, and the incumbent script predates byte sidecars"}
     batch_seqs = max(1, args.val_batch_size // (args.grad_accum_steps or 8) // args.train_seq_len)
     if a.candidate is None:
         model = inc.build_model(args, device, bos_id=sp.bos_id())

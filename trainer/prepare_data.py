@@ -22,6 +22,13 @@ then num_tokens little-endian uint16 ids; every document starts with BOS (id 1),
     python trainer/prepare_data.py --vocab 8192         # the same corpus with an 8192-piece tokenizer
     python trainer/prepare_data.py --max-mb 8           # smaller, faster
     python trainer/prepare_data.py --variant fineweb --vocab 8192 --train-shards 10
+    python trainer/prepare_data.py --vocab 8192 --caseops   # CaseOps (caseops.py): also for fineweb
+    python trainer/prepare_data.py --variant fineweb --vocab 8192 --caseops --docs docs_selected.jsonl
+
+CaseOps variants (the trainer's CASEOPS=1) hold case-transformed tokens and, beside each val shard, its byte
+sidecar fineweb_val_bytes_%06d.bin (original UTF-8 bytes per token; format in caseops.py): embedded
+datasets/embedded_sp<V>_caseops, and the records' FineWeb download (sp8192 only, CASEOPS_HF_REPO_ID) or,
+with --docs, FineWeb built here from the challenge's document stream as the records' prepare script does.
 """
 
 import argparse
@@ -49,14 +56,38 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 VOCAB_SIZES = (1024, 4096, 8192)
 
 
-def fineweb_names(vocab_size: int = 1024) -> tuple[str, str]:
-    """(dataset folder, tokenizer stem) of the challenge's published FineWeb variant."""
+# CaseOps on FineWeb (PRs #1729, #1736, #1855): the records download pre-tokenized shards, the val byte
+# sidecars and the tokenizer from this dataset, in the layout of the challenge's own.
+CASEOPS_HF_REPO_ID = "romeerp/parameter-golf-caseops-v1"
+CASEOPS_FINEWEB_TAG = "lossless_caps_caseops_v1_reserved"
+CASEOPS_VOCAB_SIZES = (8192,)  # what that dataset publishes
+
+
+def fineweb_names(vocab_size: int = 1024, caseops: bool = False) -> tuple[str, str]:
+    """(dataset folder, tokenizer stem) of the challenge's published FineWeb variant (or the CaseOps one)."""
+    if caseops:
+        return (
+            f"fineweb10B_sp{vocab_size}_{CASEOPS_FINEWEB_TAG}",
+            f"fineweb_{vocab_size}_bpe_{CASEOPS_FINEWEB_TAG}",
+        )
     return f"fineweb10B_sp{vocab_size}", f"fineweb_{vocab_size}_bpe"
 
 
-def embedded_names(vocab_size: int = 1024) -> tuple[str, str]:
-    """(dataset folder, tokenizer stem) of the embedded corpus tokenized at this vocabulary size."""
-    return f"embedded_sp{vocab_size}", f"embedded_{vocab_size}_bpe"
+def embedded_names(vocab_size: int = 1024, caseops: bool = False) -> tuple[str, str]:
+    """(dataset folder, tokenizer stem) of the embedded corpus tokenized at this vocabulary size (CaseOps:
+    case-transformed, with a val byte sidecar)."""
+    suffix = "_caseops" if caseops else ""
+    return f"embedded_sp{vocab_size}{suffix}", f"embedded_{vocab_size}_bpe{suffix}"
+
+
+def sidecar_name(val_shard_name: str) -> str:
+    """fineweb_val_000003.bin -> fineweb_val_bytes_000003.bin (caseops.py documents the format)."""
+    return "fineweb_val_bytes_" + val_shard_name.removeprefix("fineweb_val_")
+
+
+def val_shards(data_dir: Path) -> list[Path]:
+    """The token shards of the val split: fineweb_val_<digits>.bin, never the byte sidecars beside them."""
+    return sorted(data_dir.glob("fineweb_val_[0-9]*.bin"))
 
 
 FINEWEB_DATASET, FINEWEB_TOKENIZER = fineweb_names(1024)
@@ -143,6 +174,17 @@ def read_shard(path: str | Path) -> np.ndarray:
     return tokens
 
 
+def check_sidecar(val_shard: str | Path, sidecar: str | Path) -> int:
+    """A byte sidecar that belongs to its val shard: one entry per token, 0 at every BOS; returns the
+    original UTF-8 bytes it holds."""
+    tokens, nbytes = read_shard(val_shard), read_shard(sidecar)
+    if tokens.size != nbytes.size:
+        raise ShardError(f"{sidecar}: {nbytes.size} byte counts for the {tokens.size} tokens of {val_shard}")
+    if nbytes[tokens == BOS_ID].any():
+        raise ShardError(f"{sidecar}: nonzero bytes at a BOS of {val_shard}: not its sidecar (shifted?)")
+    return int(nbytes.sum(dtype=np.int64))
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -191,25 +233,32 @@ def prepare_fineweb(
     *,
     vocab_size: int = 1024,
     endpoint: str | None = None,
-    repo_id: str = HF_REPO_ID,
+    repo_id: str | None = None,
     remote_root: str = HF_REMOTE_ROOT,
     timeout: float = 60.0,
+    caseops: bool = False,
 ) -> dict:
     """Download the challenge's FineWeb shards at one vocabulary size (all val, the first train_shards
-    train) and their tokenizer.
+    train) and their tokenizer; with caseops, the records' CaseOps shards, tokenizer and val byte sidecars
+    (fineweb_val_bytes_*.bin) from CASEOPS_HF_REPO_ID instead.
 
     Layout as data/cached_challenge_fineweb.py: <out_root>/datasets/fineweb10B_sp<V>/ and
-    <out_root>/tokenizers/fineweb_<V>_bpe.model; the remote manifest.json goes to <out_root>/manifest.json.
-    Uses huggingface_hub when installed, else plain HTTPS. Raises RuntimeError naming the URL when the
-    endpoint cannot be reached."""
+    <out_root>/tokenizers/fineweb_<V>_bpe.model; the remote manifest.json goes to <out_root>/manifest.json
+    (manifest.caseops.json for the CaseOps dataset). Uses huggingface_hub when installed, else plain HTTPS.
+    Raises RuntimeError naming the URL when the endpoint cannot be reached."""
     out_root = Path(out_root)
-    dataset, tokenizer = fineweb_names(vocab_size)
+    if caseops and vocab_size not in CASEOPS_VOCAB_SIZES:
+        raise RuntimeError(
+            f"the CaseOps FineWeb dataset exists at vocabulary sizes {CASEOPS_VOCAB_SIZES} only"
+        )
+    repo_id = repo_id or (CASEOPS_HF_REPO_ID if caseops else HF_REPO_ID)
+    dataset, tokenizer = fineweb_names(vocab_size, caseops)
     endpoint = endpoint or os.environ.get(HF_ENDPOINT_ENV) or HF_DEFAULT_ENDPOINT
     prefix = remote_root.strip("/")
     rel = lambda p: f"{prefix}/{p}" if prefix else p
     fetch = lambda p, dest: _fetch_remote(rel(p), dest, endpoint=endpoint, repo_id=repo_id, timeout=timeout)
     try:
-        manifest_path = out_root / "manifest.json"
+        manifest_path = out_root / ("manifest.caseops.json" if caseops else "manifest.json")
         fetch("manifest.json", manifest_path)
         remote = json.loads(manifest_path.read_text())
         entry = next((d for d in remote.get("datasets", []) if d.get("name") == dataset), None)
@@ -227,11 +276,14 @@ def prepare_fineweb(
         ] or [f"tokenizers/{tokenizer}.model"]
         data_dir = out_root / "datasets" / dataset
         names = [f"fineweb_val_{i:06d}.bin" for i in range(files_val)]
+        sidecars = [sidecar_name(n) for n in names] if caseops else []
         names += [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
-        for name in names:
+        for name in names + sidecars:
             log(f"fetching {name}")
             fetch(f"datasets/{dataset}/{name}", data_dir / name)
             check_shard(data_dir / name)
+        for name in sidecars:  # a sidecar is read position by position against its token shard
+            check_sidecar(data_dir / name.replace("fineweb_val_bytes_", "fineweb_val_"), data_dir / name)
         for t in tok_files:
             fetch(t, out_root / t)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
@@ -245,10 +297,11 @@ def prepare_fineweb(
         raise
     return {
         "variant": "fineweb",
+        "caseops": caseops,
         "vocab_size": vocab_size,
         "data_path": str(data_dir),
         "tokenizer_path": str(out_root / tok_files[0]),
-        "shards": names,
+        "shards": names + sidecars,
     }
 
 
@@ -268,68 +321,86 @@ def validate_dataset(data_dir: str | Path, out_root: str | Path) -> dict:
         n = check_shard(data_dir / s["file"])
         if n != s["tokens"]:
             raise ShardError(f"{data_dir / s['file']}: {n} tokens, manifest says {s['tokens']}")
+        if s["split"] == "val_bytes":
+            check_sidecar(
+                data_dir / s["file"].replace("fineweb_val_bytes_", "fineweb_val_"), data_dir / s["file"]
+            )
+    if "caseops" in manifest and not any(s["split"] == "val_bytes" for s in manifest["shards"]):
+        raise ShardError(f"{manifest_path}: a CaseOps dataset without its val byte sidecar")
     tok = out_root / manifest["tokenizer_path"]
     if not tok.is_file() or sha256_file(tok) != manifest["tokenizer_sha256"]:
         raise FileNotFoundError(f"{tok}: tokenizer missing or not the one the shards were encoded with")
     return manifest
 
 
-def local_corpus():
-    """trainer/local_corpus.py, the embedded corpus builders, loaded on first use.
+def sibling(name: str):
+    """trainer/<name>.py (local_corpus, caseops), loaded on first use and registered under `name`.
 
     Not imported at the top: a pod receives this file alone and only ever runs the fineweb path. The
-    module imports this one back by the name prepare_data, which is registered first, so both share one
+    siblings import this one back by the name prepare_data, which is registered first, so all share one
     copy of the shard format however this file was loaded (as a script, or by path in the tests)."""
-    if "local_corpus" not in sys.modules:
+    if name not in sys.modules:
         sys.modules.setdefault("prepare_data", sys.modules[__name__])
-        path = Path(__file__).with_name("local_corpus.py")
+        path = Path(__file__).with_name(f"{name}.py")
         if not path.is_file():
             raise RuntimeError(
                 f"{path} is missing: the embedded corpus needs it beside prepare_data.py "
                 "(a pod only runs --variant fineweb)"
             )
-        spec = importlib.util.spec_from_file_location("local_corpus", path)
+        spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        sys.modules["local_corpus"] = module
+        sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
         except BaseException:
-            del sys.modules["local_corpus"]
+            del sys.modules[name]
             raise
-    return sys.modules["local_corpus"]
+    return sys.modules[name]
+
+
+def local_corpus():
+    """trainer/local_corpus.py, the embedded corpus builders."""
+    return sibling("local_corpus")
 
 
 def ensure_data(
-    out_root: str | Path, variant: str = "embedded", vocab_size: int = 1024, **kwargs
+    out_root: str | Path, variant: str = "embedded", vocab_size: int = 1024, caseops: bool = False, **kwargs
 ) -> tuple[Path, Path]:
     """(data_path, tokenizer_path) for the trainer's DATA_PATH / TOKENIZER_PATH, building the data only if
-    absent or damaged. kwargs go to local_corpus.prepare_embedded / prepare_fineweb."""
+    absent or damaged (caseops: the CaseOps variant with its val byte sidecars). kwargs go to
+    local_corpus.prepare_embedded / prepare_fineweb."""
     out_root = Path(out_root)
     if vocab_size not in VOCAB_SIZES:
         raise ValueError(f"vocabulary size {vocab_size} is not one the records use ({VOCAB_SIZES})")
     if variant == "embedded":
-        data_dir = out_root / "datasets" / embedded_names(vocab_size)[0]
+        data_dir = out_root / "datasets" / embedded_names(vocab_size, caseops)[0]
         try:
             manifest = validate_dataset(data_dir, out_root)
         except (OSError, ShardError, KeyError, ValueError) as e:
-            log(f"building the embedded dataset at vocabulary size {vocab_size} ({e})")
-            manifest = local_corpus().prepare_embedded(out_root, vocab_size=vocab_size, **kwargs)
+            log(
+                f"building the embedded dataset at vocabulary size {vocab_size}{' (CaseOps)' * caseops} ({e})"
+            )
+            manifest = local_corpus().prepare_embedded(
+                out_root, vocab_size=vocab_size, caseops_transform=caseops, **kwargs
+            )
         return out_root / manifest["data_path"], out_root / manifest["tokenizer_path"]
     if variant == "fineweb":
-        dataset, tokenizer = fineweb_names(vocab_size)
+        dataset, tokenizer = fineweb_names(vocab_size, caseops)
         data_dir = out_root / "datasets" / dataset
         tok = out_root / "tokenizers" / f"{tokenizer}.model"
         try:
-            vals = sorted(data_dir.glob("fineweb_val_*.bin"))
+            vals = val_shards(data_dir)
             trains = sorted(data_dir.glob("fineweb_train_*.bin"))
             if not vals or len(trains) < kwargs.get("train_shards", 1) or not tok.is_file():
                 raise FileNotFoundError(f"{data_dir}: shards or tokenizer missing")
             for p in vals + trains:
                 check_shard(p)
+            for p in vals if caseops else []:
+                check_sidecar(p, p.with_name(sidecar_name(p.name)))
         except (OSError, ShardError) as e:
-            log(f"downloading FineWeb ({e})")
-            prepare_fineweb(out_root, vocab_size=vocab_size, **kwargs)
+            log(f"downloading FineWeb{' (CaseOps)' * caseops} ({e})")
+            prepare_fineweb(out_root, vocab_size=vocab_size, caseops=caseops, **kwargs)
         return data_dir, tok
     raise ValueError(f"unknown variant {variant!r} (embedded | fineweb)")
 
@@ -361,24 +432,60 @@ def main(argv: list[str] | None = None) -> int:
         "--train-shards", type=int, default=1, help="fineweb: number of train shards (10^8 tokens each)"
     )
     p.add_argument("--endpoint", default=None, help=f"fineweb: Hugging Face endpoint (or ${HF_ENDPOINT_ENV})")
+    p.add_argument(
+        "--caseops",
+        action="store_true",
+        help="the CaseOps variant (trainer CASEOPS=1): case-transformed tokens and val byte sidecars",
+    )
+    p.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="fineweb --caseops: build from this docs_selected.jsonl instead of downloading (local_corpus.py)",
+    )
+    p.add_argument(
+        "--tokenizer", type=Path, default=None, help="--docs: a CaseOps .model (default: train one)"
+    )
     args = p.parse_args(argv)
     out_root = args.out.resolve()
 
+    if args.variant == "fineweb" and args.docs is not None:
+        if not args.caseops:
+            p.error("--docs builds the CaseOps variant: add --caseops")
+        m = local_corpus().build_caseops_from_docs(
+            args.docs,
+            out_root,
+            vocab_size=args.vocab,
+            tokenizer=args.tokenizer,
+            max_train_shards=args.train_shards,
+        )
+        print(f"DATA_PATH={out_root / m['data_path']}\nTOKENIZER_PATH={out_root / m['tokenizer_path']}")
+        print(f"VOCAB_SIZE={args.vocab}\nCASEOPS=1")
+        return 0
     if args.variant == "fineweb":
         try:
             if args.if_missing:
                 data, tok = ensure_data(
-                    out_root, "fineweb", args.vocab, train_shards=args.train_shards, endpoint=args.endpoint
+                    out_root,
+                    "fineweb",
+                    args.vocab,
+                    args.caseops,
+                    train_shards=args.train_shards,
+                    endpoint=args.endpoint,
                 )
             else:
                 res = prepare_fineweb(
-                    out_root, args.train_shards, vocab_size=args.vocab, endpoint=args.endpoint
+                    out_root,
+                    args.train_shards,
+                    vocab_size=args.vocab,
+                    endpoint=args.endpoint,
+                    caseops=args.caseops,
                 )
                 data, tok = Path(res["data_path"]), Path(res["tokenizer_path"])
         except RuntimeError as e:
             print(f"[prepare_data] ERROR: {e}", file=sys.stderr)
             return 2
-        print(f"DATA_PATH={data}\nTOKENIZER_PATH={tok}\nVOCAB_SIZE={args.vocab}")
+        print(f"DATA_PATH={data}\nTOKENIZER_PATH={tok}\nVOCAB_SIZE={args.vocab}\nCASEOPS={int(args.caseops)}")
         return 0
 
     corpus = local_corpus()
@@ -390,12 +497,14 @@ def main(argv: list[str] | None = None) -> int:
         apt_packages=[] if args.no_apt else None,
         update_apt=args.apt_update,
     )
-    data_dir = out_root / "datasets" / embedded_names(args.vocab)[0]
+    data_dir = out_root / "datasets" / embedded_names(args.vocab, args.caseops)[0]
     if args.if_missing:
-        ensure_data(out_root, "embedded", args.vocab, **kwargs)
+        ensure_data(out_root, "embedded", args.vocab, args.caseops, **kwargs)
         manifest = json.loads((data_dir / "manifest.json").read_text())
     else:
-        manifest = corpus.prepare_embedded(out_root, vocab_size=args.vocab, **kwargs)
+        manifest = corpus.prepare_embedded(
+            out_root, vocab_size=args.vocab, caseops_transform=args.caseops, **kwargs
+        )
     print(corpus.summarize(manifest, out_root))
     print(f"manifest: {data_dir / 'manifest.json'}")
     return 0

@@ -59,8 +59,9 @@ class Hyperparameters:
         # data and bookkeeping
         self.data_path = get("DATA_PATH", "data/datasets/fineweb10B_sp1024")
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
-        self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
+        self.val_files = os.path.join(self.data_path, "fineweb_val_[0-9]*.bin")  # not the byte sidecars
         self.tokenizer_path = get("TOKENIZER_PATH", "data/tokenizers/fineweb_1024_bpe.model")
+        self.caseops = bool(get("CASEOPS", 0, int))  # case-transformed tokenizer data, scored via byte sidecar
         self.run_id = get("RUN_ID", str(uuid.uuid4()))
         self.run_dir = get("RUN_DIR", os.path.join("runs", self.run_id))
         self.seed = get("SEED", 1337, int)
@@ -297,6 +298,33 @@ def split_validation(tokens: torch.Tensor, max_tokens: int, holdout_tokens: int)
 
 
 # === PROTECTED: METRIC BEGIN ===
+def is_caseops(sp) -> bool:
+    """Its pieces spell case-transformed text (markers TITLE ALLCAPS CAPNEXT ESC, lower case; trainer/caseops.py):
+    only a byte sidecar counts its bytes."""
+    return any(sp.piece_to_id(m) != sp.unk_id() for m in "\ue001\ue002\ue003\ue004")
+
+
+def load_byte_sidecar(val_files: str, sp) -> torch.Tensor | None:
+    """Original UTF-8 bytes per validation position from the fineweb_val_bytes_*.bin beside each val shard
+    (shard format, one uint16 per token; trainer/caseops.py), or None when there are none. A CaseOps
+    tokenizer without a complete sidecar that matches its shards is an error: never the piece-length LUT."""
+    out = []
+    for f in sorted(glob.glob(val_files)):
+        side = os.path.join(os.path.dirname(f), "fineweb_val_bytes_" + os.path.basename(f)[len("fineweb_val_"):])
+        if not os.path.isfile(side):
+            if is_caseops(sp) or out:
+                raise ValueError(f"{side}: byte sidecar missing; a CaseOps tokenizer is scored on original bytes")
+            return None
+        tokens = np.fromfile(f, dtype="<u2", offset=1024)
+        head, counts = np.fromfile(side, dtype="<i4", count=256), np.fromfile(side, dtype="<u2", offset=1024)
+        if head.size < 256 or int(head[0]) != 20240520 or not int(head[2]) == counts.size == tokens.size:
+            raise ValueError(f"{side}: not a byte sidecar of the {tokens.size} tokens of {f}")
+        if counts[tokens == sp.bos_id()].any():
+            raise ValueError(f"{side}: nonzero bytes at a BOS of {f}: the sidecar does not match its shard")
+        out.append(counts.astype(np.int64))
+    return torch.from_numpy(np.concatenate(out)) if out else None
+
+
 def build_sentencepiece_luts(sp, vocab_size: int, device: torch.device):
     """Per-token byte accounting from the SentencePiece model, as the challenge defines it."""
     sp_vocab = int(sp.vocab_size())
@@ -320,8 +348,11 @@ def build_sentencepiece_luts(sp, vocab_size: int, device: torch.device):
             torch.tensor(is_boundary, device=device))
 
 
-def count_target_bytes(prev_ids: torch.Tensor, target_ids: torch.Tensor, luts) -> torch.Tensor:
-    """bytes(t) = base_bytes[t] + (has_leading_space[t] and not is_boundary[prev]), elementwise, int64."""
+def count_target_bytes(prev_ids: torch.Tensor, target_ids: torch.Tensor, luts, target_pos=None) -> torch.Tensor:
+    """bytes(t) = base_bytes[t] + (has_leading_space[t] and not is_boundary[prev]), elementwise, int64; with a
+    byte sidecar (luts = (bytes per position of the scored tokens,)) its entries at the targets' positions."""
+    if len(luts) == 1:
+        return luts[0][target_pos.cpu()].to(target_ids.device)
     base_bytes, has_leading_space, is_boundary = luts
     return base_bytes[target_ids] + (has_leading_space[target_ids] & ~is_boundary[prev_ids]).to(torch.int64)
 
@@ -681,11 +712,9 @@ class GPT(nn.Module):
         logits = self.logits(ids)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        z = self.project(ids).flatten(0, 1)
-        if self.fused_ce:  # decided once by the trainer, outside any compiled graph
-            return _fused_softcap_ce(z, targets.flatten(), self.logit_softcap)
-        return torch_softcap_cross_entropy(z, targets.flatten(), self.logit_softcap)
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # fused_ce: set by the trainer
+        return softcap_cross_entropy(self.project(ids).flatten(0, 1), targets.flatten(), self.logit_softcap,
+                                     self.fused_ce)
 
 
 def torch_softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
@@ -763,10 +792,6 @@ def softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float, fu
 
 def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:
     return GPT(args, bos_id).to(device)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
@@ -897,7 +922,7 @@ class Muon(Optimizer):
 
     @torch.no_grad()
     def step(self):
-        distributed = dist.is_available() and dist.is_initialized()
+        distributed = is_distributed()
         world_size = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
         for group in self.param_groups:
@@ -1060,12 +1085,13 @@ def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int
             losses = model.token_losses(x, y)
         loss_sum += (losses.double() * mask).sum()
         tok_count += mask.sum()
-        byte_count += (count_target_bytes(x, y, luts) * mask).sum()
+        y_pos = torch.tensor([s + 1 for s, _ in batch])[:, None] + pos[None, :]  # targets' stream positions
+        byte_count += (count_target_bytes(x, y, luts, y_pos) * mask).sum()
     return float(loss_sum.item()), int(tok_count.item()), int(byte_count.item())
 
 
 def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tuple[float, int, int]:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return values
     t = torch.tensor([float(values[0])], device=device, dtype=torch.float64)
     c = torch.tensor([int(values[1]), int(values[2])], device=device, dtype=torch.int64)
@@ -1268,7 +1294,8 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                         losses = model.token_losses(x, y)
                     nats = (losses.detach().double() * mask).sum(1)  # recorded before any update on them
                     ntok = mask.sum(1)
-                    nbytes = (count_target_bytes(x, y, luts) * mask).sum(1)
+                    y_pos = (torch.tensor([s for s, _ in batch[k0:]])[:, None] + pos + 1).clamp_max(tokens.numel() - 1)
+                    nbytes = (count_target_bytes(x, y, luts, y_pos) * mask).sum(1)
                     for j, (s, _) in enumerate(batch[k0:]):
                         per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
                         spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[j])))
@@ -1504,10 +1531,6 @@ class RunContext:
         return f"{self.world_size}x cpu ({os.cpu_count()} cores)"
 
 
-def script_source() -> str:
-    return Path(__file__).read_text(encoding="utf-8")
-
-
 def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -1696,21 +1719,21 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
     model.load_state_dict(state, strict=True)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.ttt_enable else None
 
-    def score(tokens):
+    def score(tokens, luts):
         if args.ttt_enable:
             model.load_state_dict(initial, strict=True)  # every slice adapts from the artifact's weights
-            return evaluate_ttt(model, tokens, args, ctx.luts, device, ctx.autocast, ctx.rank, ctx.world_size,
+            return evaluate_ttt(model, tokens, args, luts, device, ctx.autocast, ctx.rank, ctx.world_size,
                                 ctx.val_batch_seqs)
-        return evaluate(model, tokens, args, ctx.luts, device, ctx.autocast, ctx.rank, ctx.world_size,
+        return evaluate(model, tokens, args, luts, device, ctx.autocast, ctx.rank, ctx.world_size,
                         ctx.val_batch_seqs)
 
-    rt = score(ctx.val_tokens)
+    rt = score(ctx.val_tokens, ctx.luts)
     result.update(val_bpb=rt["val_bpb"], val_loss=rt["val_loss"], val_tokens=rt["tokens"],
                   val_bytes=rt["bytes"])
     ctx.log(f"final_roundtrip val_loss:{rt['val_loss']:.8f} val_bpb:{rt['val_bpb']:.8f} "
             f"tokens:{rt['tokens']} bytes:{rt['bytes']}")
     if ctx.holdout_tokens is not None:
-        ho = score(ctx.holdout_tokens)
+        ho = score(ctx.holdout_tokens, ctx.holdout_luts)
         result["holdout_bpb"] = ho["val_bpb"]
         ctx.log(f"holdout val_bpb:{ho['val_bpb']:.8f} tokens:{ho['tokens']}")
     ctx.sync()
@@ -1726,7 +1749,7 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
 def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
     """One whole run in this process (the caller set up torch.distributed if world_size > 1). Always writes
     results.json; returns the result dict. Exceptions propagate after the error result is written."""
-    source = script_source()
+    source = Path(__file__).read_text(encoding="utf-8")
     try:
         ctx = RunContext(args, rank, world_size, local_rank)
     except BaseException as e:  # bad DEVICE/DTYPE: still leave a result behind
@@ -1762,15 +1785,20 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
         if int(sp.vocab_size()) != args.vocab_size:
             raise ValueError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE is "
                              f"{args.vocab_size}")
-        ctx.luts = build_sentencepiece_luts(sp, args.vocab_size, ctx.device)
-        val_all = load_validation_tokens(args.val_files)
+        if args.caseops != is_caseops(sp):  # the data must be the variant the knob asked for
+            raise ValueError(f"CASEOPS={int(args.caseops)} but {args.tokenizer_path} is "
+                             f"{'not ' * args.caseops}a CaseOps (case-marker) tokenizer")
+        ctx.luts = ctx.holdout_luts = build_sentencepiece_luts(sp, args.vocab_size, ctx.device)
+        val_all, side = load_validation_tokens(args.val_files), load_byte_sidecar(args.val_files, sp)
         ctx.val_tokens, ctx.holdout_tokens = split_validation(val_all, args.val_max_tokens,
                                                               args.val_holdout_tokens)
+        if side is not None:  # bytes are the original text's, position by position (CaseOps)
+            ctx.luts, ctx.holdout_luts = ((v,) for v in split_validation(side, args.val_max_tokens,
+                                                                         args.val_holdout_tokens))
         grad_accum = args.grad_accum_steps or max(8 // world_size, 1)
         ctx.val_batch_seqs = max(1, args.val_batch_size // (world_size * grad_accum) // args.train_seq_len)
         model = build_model(args, ctx.device, bos_id=sp.bos_id())
-        n_params = count_params(model)
-        ctx.log(f"model_params:{n_params} flops_per_token:{flops_per_token(args, model):.4e} "
+        ctx.log(f"model_params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(args, model):.4e} "
                 f"world_size:{world_size} grad_accum_steps:{grad_accum} val_tokens:{ctx.val_tokens.numel()} "
                 f"holdout_tokens:{0 if ctx.holdout_tokens is None else ctx.holdout_tokens.numel()}")
         ema = train(ctx, model, result)

@@ -73,7 +73,7 @@ class FinalConfig(BaseModel):
     train_shards: int = 80
     setup_cmd: str = (
         "python3 -m pip install --quiet " + " ".join(CHALLENGE_PACKAGES) + " 2>&1 | tail -n 3; "
-        "python3 prepare_data.py --variant fineweb --vocab {vocab} --out data "
+        "python3 prepare_data.py --variant fineweb --vocab {vocab}{caseops_flag} --out data "
         "--train-shards {train_shards} --if-missing"
     )
     # what a script may import on the pod besides the standard library: the image's and setup's
@@ -97,9 +97,10 @@ class FinalConfig(BaseModel):
         ]
     )
     launcher: str = "torchrun --standalone --nproc_per_node={gpu_count}"
-    # the shards and tokenizer of the run's VOCAB_SIZE (the incumbent's; 1024 when it sets none)
-    data_path: str = "data/datasets/fineweb10B_sp{vocab}"
-    tokenizer_path: str = "data/tokenizers/fineweb_{vocab}_bpe.model"
+    # the shards and tokenizer of the run's VOCAB_SIZE (the incumbent's; 1024 when it sets none), the
+    # records' CaseOps download when it sets CASEOPS (caseops_tag: prepare_data.CASEOPS_FINEWEB_TAG)
+    data_path: str = "data/datasets/fineweb10B_sp{vocab}{caseops_tag}"
+    tokenizer_path: str = "data/tokenizers/fineweb_{vocab}_bpe{caseops_tag}.model"
     tier: str = "h100x8-final"
     hardware: str = "h100x8"
     fetch_max_bytes: int = 64 << 20

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from agent.finals.config import FinalConfig, FinalRefused, Rung
 from agent.finals.money import Budget, OpenPod, SpendMeter, close_pod, open_pod
 from agent.finals.naming import pod_stem
+from memory.knobs import caseops_on
 from memory.ledger import Ledger
 from memory.records import EventRecord, RunResult
 from memory.workspace import Workspace
@@ -467,9 +468,20 @@ class PodRun:
             raise FinalRefused(f"VOCAB_SIZE={v!r} is not a vocabulary size")
         return v
 
+    @property
+    def data_fields(self) -> dict[str, str]:
+        """The format fields of the data paths and setup command: the vocabulary and, when the run sets
+        CASEOPS, the records' CaseOps FineWeb variant (sp8192 only; prepare_data says so otherwise)."""
+        caseops = caseops_on(self.env)
+        return {
+            "vocab": self.vocab,
+            "caseops_flag": " --caseops" if caseops else "",
+            "caseops_tag": "_lossless_caps_caseops_v1_reserved" if caseops else "",
+        }
+
     def setup(self) -> None:
         cmd = self.cfg.setup_cmd.format(
-            train_shards=self.cfg.train_shards, gpu_count=self.cfg.gpu_count, vocab=self.vocab
+            train_shards=self.cfg.train_shards, gpu_count=self.cfg.gpu_count, **self.data_fields
         )
         rc, wall, digest = self.run_job("setup", cmd, {}, self.cfg.setup_s)
         self.event("final_setup_done", pod_id=self.pod_id, returncode=rc, wall_s=round(wall, 1))
@@ -483,8 +495,8 @@ class PodRun:
             "SEED": str(seed),
             "RUN_ID": f"{self.final_id}-seed{seed}",
             "RUN_DIR": run_dir,
-            "DATA_PATH": self.cfg.data_path.format(vocab=self.vocab),
-            "TOKENIZER_PATH": self.cfg.tokenizer_path.format(vocab=self.vocab),
+            "DATA_PATH": self.cfg.data_path.format(**self.data_fields),
+            "TOKENIZER_PATH": self.cfg.tokenizer_path.format(**self.data_fields),
         }
         launcher = self.cfg.launcher.format(gpu_count=self.cfg.gpu_count)
         cmd = f"mkdir -p {run_dir} && exec {launcher} train_gpt.py"
