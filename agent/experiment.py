@@ -19,6 +19,7 @@ from agent import recovery
 from agent.calibration import technique_kind
 from agent.judge import (
     PRIOR_DF,
+    affordable_seeds,
     noise_kind,
     noise_model,
     paired_pool,
@@ -219,7 +220,43 @@ class ExperimentRunner:
         self.progress.line(f"proposal refused: {why}")
         return {"outcome": "refused", "reason": why}
 
-    def run_experiment(self, proposal: Proposal, planner: str = "") -> dict[str, Any]:
+    def expected_run_s(self) -> float:
+        return self.expected_experiment_s() / (self.tier.seeds_initial + 0.5)
+
+    def seeds_max(self, runs_left: float | None, ideas_left: int | None) -> int:
+        """The tier's seeds_max, or on an adaptive tier what the runs left after the untested ideas afford."""
+        if not self.tier.adaptive_seeds:
+            return self.tier.seeds_max
+        return affordable_seeds(
+            runs_left, ideas_left, seeds_initial=self.tier.seeds_initial, seeds_max=self.tier.seeds_max
+        )
+
+    def first_seed(self, spec: ExperimentSpec) -> int:
+        """SEED_BASE; on an adaptive tier, a further look at an idea starts on seeds its earlier looks did not
+        run (tiers.seeds_max apart), because a step-matched trainer repeats a seed's number exactly and
+        a second look on the same seeds against the same incumbent would only buy the same verdict."""
+        if not self.tier.adaptive_seeds:
+            return SEED_BASE
+        name = spec.technique or spec.name
+        tries = sum(
+            1
+            for d in self.ctx.ledger.records(DecisionRecord)
+            if (d.technique or d.candidate) == name
+            and d.tier == self.tier.name
+            and d.hardware == self.hardware
+        )
+        return SEED_BASE + tries * self.tier.seeds_max
+
+    def run_experiment(
+        self,
+        proposal: Proposal,
+        planner: str = "",
+        *,
+        runs_left: float | None = None,
+        ideas_left: int | None = None,
+    ) -> dict[str, Any]:
+        """One experiment; runs_left and ideas_left (the session's budget in runs and the planner's
+        untested ideas, None where unknown) size its seed schedule on an adaptive_seeds tier."""
         spec = proposal.experiment
         if spec is None:
             return self.refuse(None, "an experiment proposal needs an experiment")
@@ -242,7 +279,9 @@ class ExperimentRunner:
         inc_runs: list[RunRecord] = []
         exp_id = self.experiment_id(spec)
         self.progress.line(f"{exp_id}: {spec.hypothesis[:120] or spec.name}")
-        seeds_all = list(range(SEED_BASE, SEED_BASE + self.tier.seeds_max))
+        seeds_max = self.seeds_max(runs_left, ideas_left)
+        first = self.first_seed(spec)
+        seeds_all = list(range(first, first + seeds_max))
         runs: list[RunRecord] = []
         kind = noise_kind(
             spec.technique,
@@ -256,7 +295,14 @@ class ExperimentRunner:
             kind=kind,
             exclude=exp_id,
         )
-        diff_prior = paired_prior(pool, noise.std, noise.df or PRIOR_DF, kind)
+        diff_prior = paired_prior(
+            pool,
+            noise.std,
+            noise.df or PRIOR_DF,
+            kind,
+            tier_std=self.tier.paired_noise,
+            tier_df=self.tier.paired_noise_df,
+        )
 
         def measure(seeds: list[int]) -> tuple[dict[int, float], dict[int, float]] | None:
             nonlocal inc_runs
@@ -285,8 +331,8 @@ class ExperimentRunner:
         verdict = sequential_experiment(
             measure,
             seeds=seeds_all,
-            seeds_initial=self.tier.seeds_initial,
-            seeds_max=self.tier.seeds_max,
+            seeds_initial=min(self.tier.seeds_initial, seeds_max),
+            seeds_max=seeds_max,
             alpha=self.tier.alpha,
             min_effect=self.tier.min_effect,
             noise_std=noise.std,

@@ -400,7 +400,15 @@ def noise_kind(
     return technique_kind(technique, keys, script_changed)
 
 
-def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, kind: str) -> PairedNoise:
+def paired_prior(
+    pool: Sequence[Sequence[float]],
+    aa_std: float,
+    aa_df: float,
+    kind: str,
+    *,
+    tier_std: float | None = None,
+    tier_df: float = PAIRED_POOL_DF_CAP,
+) -> PairedNoise:
     """The prior sd of per-seed differences for a new experiment of `kind`.
 
     Why this pooling. Both arms of an experiment run the same seeds, so a seed's luck (initial weights,
@@ -418,6 +426,13 @@ def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, k
     kind measured on two experiments of two seeds gives a t with 2 df: wide, but honest; mixing in the
     fallback, which can be thirty times the real spread, would bias the estimate instead of widening
     it). It counts for at most PAIRED_POOL_DF_CAP degrees of freedom in the experiment.
+
+    tier_std (the tier's `paired_noise`: the sd of per-seed differences measured on earlier ledgers of
+    this tier, for the noisiest kind) replaces the sqrt(2) x A/A bound: it is an estimate, not a bound,
+    so it enters as tier_df pseudo-degrees of freedom that the kind's pool then updates (conjugate, as
+    noise_model does for A/A runs). This is what lets a one-seed screen decide at its first look: the
+    bound is five times the real spread when the seed effect is shared (1xH100: 0.0048 against 0.0009),
+    and a pool of differences only grows from the experiments that took a second seed.
     """
     if not (aa_std > 0 and math.isfinite(aa_std)):
         raise ValueError(f"paired_prior: the A/A std must be positive, got {aa_std}")
@@ -425,6 +440,20 @@ def paired_prior(pool: Sequence[Sequence[float]], aa_std: float, aa_df: float, k
     ss = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in pool if len(g) >= 2)
     df = sum(len(g) - 1 for g in pool if len(g) >= 2)
     used = sum(1 for g in pool if len(g) >= 2)
+    if tier_std is not None:
+        if not (tier_std > 0 and math.isfinite(tier_std) and tier_df > 0):
+            raise ValueError(f"paired_prior: the tier's paired_noise must be positive, got {tier_std}")
+        var = (tier_df * tier_std**2 + ss) / (tier_df + df)
+        given = min(tier_df + df, max(tier_df, PAIRED_POOL_DF_CAP))
+        return PairedNoise(
+            std=math.sqrt(var),
+            df=given,
+            pool_kind=kind,
+            pool_std=math.sqrt(var),
+            pool_df=given,
+            pool_source="tier" if df == 0 else "kind",
+            pool_experiments=used,
+        )
     if df == 0:
         return PairedNoise(
             std=math.sqrt(fallback),
@@ -582,6 +611,35 @@ def judge_matched(
         futility_p=futility_p,
     )
     return v.model_copy(update={"test": "welch"})
+
+
+def affordable_seeds(
+    runs_left: float | None,
+    ideas_left: int | None,
+    *,
+    seeds_initial: int,
+    seeds_max: int,
+    close_share: float = 0.5,
+) -> int:
+    """How many seeds one experiment may take when its runs compete with ideas not tested yet.
+
+    The value of information, in budget terms: a further seed on a close candidate is worth less than a
+    fresh idea's first seed while fresh ideas outnumber the runs left (benchmarks/decisions.py, 150-idea
+    stream: every second seed there cost true gain), and worth more once the queue is short (the
+    20-idea battle plan with 100 runs: a small win needs several seeds to be seen). So an experiment
+    gets seeds_initial seeds, plus its share of the runs that the untested ideas' first looks leave
+    over; only about close_share of experiments are close enough to ask for them, so each may plan
+    for 1 / close_share times its even share. The result caps the sequential design's looks (its
+    alpha is spent over exactly those), so a short design costs no false wins. Unknown budget or
+    queue (None): the tier's seeds_max.
+    """
+    if runs_left is None or ideas_left is None:
+        return seeds_max
+    surplus = runs_left - max(1, ideas_left) * seeds_initial
+    if surplus <= 0:
+        return seeds_initial
+    extra = surplus / max(1, ideas_left) / close_share
+    return int(max(seeds_initial, min(seeds_max, seeds_initial + math.floor(extra))))
 
 
 Measure = Callable[[list[int]], "tuple[dict[int, float], dict[int, float]] | None"]

@@ -72,6 +72,7 @@ class QueueRow(View):
     notes: str = ""
     decided: Outcome | None = None  # the latest decision's outcome; None: untested
     tries: int = 0
+    ci_low: float | None = None  # the latest decision's interval: how large a win it leaves possible
     refused: str | None = None  # why the loop refused this line as it stands (it is not proposed again)
 
 

@@ -24,9 +24,16 @@ class PlaybookPlanner:
     def observe(self, outcome: dict[str, Any]) -> None:
         self.last_outcome = outcome
 
-    def _eligible(self, state: PlannerState) -> tuple[list[QueueRow], list[QueueRow]]:
+    def _eligible(
+        self, state: PlannerState, retest_effect: float | None = None
+    ) -> tuple[list[QueueRow], list[QueueRow]]:
+        """(untested lines, lines due a second look). A second look goes to an inconclusive line, and, once
+        no inconclusive one is left and the tier sets retest_effect, to a line rejected after a single try
+        whose interval still admits a win of that size (a one-seed look misses small wins often; the
+        fresh seeds of the second look are new evidence, agent/experiment.py)."""
         untested: list[QueueRow] = []
         retest: list[QueueRow] = []
+        near_miss: list[QueueRow] = []
         already = state.incumbent.get("env", {})
         for q in state.queue:
             if q["state"] in ("done", "banned") or not q["env"]:
@@ -41,10 +48,24 @@ class PlaybookPlanner:
                 "tries"
             ] <= RETRIES_FOR_INCONCLUSIVE:
                 retest.append(q)
-        return untested, retest
+            elif (
+                retest_effect is not None
+                and q["decided"] == "rejected"
+                and q["tries"] == 1
+                and q.get("ci_low") is not None
+                and q["ci_low"] < -retest_effect
+            ):
+                near_miss.append(q)
+        return untested, retest or near_miss
+
+    def ideas_left(self, state: PlannerState, ctx: Any = None) -> int:
+        """Ideas this playbook would still test: the untested queue lines, or once none is left the
+        inconclusive ones due a second look (the session sizes an adaptive tier's seeds by it)."""
+        untested, retest = self._eligible(state, retest_effect(ctx))
+        return len(untested) if untested else len(retest)
 
     def propose(self, state: PlannerState, ctx: Any = None) -> Proposal:
-        untested, retest = self._eligible(state)
+        untested, retest = self._eligible(state, retest_effect(ctx))
         # the whole queue is explored before any ambiguous result gets its second look
         group, second_look = (untested, False) if untested else (retest, True)
         ranked = {
@@ -70,7 +91,11 @@ class PlaybookPlanner:
         q = group[0]
         why = "queue order" if not ranked else "highest expected gain per dollar"
         if second_look:
-            why += ", second look at an inconclusive result"
+            why += (
+                ", second look at a rejection that leaves a worthwhile win possible"
+                if q["decided"] == "rejected" and q["state"] != "retest"
+                else ", second look at an inconclusive result"
+            )
         why += deferral_note(q, deferred, state.frontier_obsolete)
         return Proposal(
             action="experiment",
@@ -82,6 +107,11 @@ class PlaybookPlanner:
             ),
             reason=f"next in the battle plan ({why}); tries so far {q['tries']}",
         )
+
+
+def retest_effect(ctx: Any) -> float | None:
+    """The tier's retest_effect (memory/tiers.py) when the playbook runs inside a session."""
+    return getattr(getattr(ctx, "tier", None), "retest_effect", None)
 
 
 def defer_left_behind(

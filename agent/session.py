@@ -23,7 +23,7 @@ from agent import recovery
 from agent.containment import check_base_env, screen_queue
 from agent.costs import options_for_session
 from agent.experiment import ExperimentRunner
-from agent.planner import Budget, Planner, Proposal
+from agent.planner import Budget, Planner, PlannerState, Proposal
 from agent.progress import Progress
 from agent.state import build_state
 from memory import git_records, incumbent
@@ -249,6 +249,7 @@ class Session:
         self.frontier_obsolete: dict[str, str] = {}  # queue technique -> why newer records dropped it
         self.start_preset: Preset | None = None  # the plan's `start:` preset, read once at the start
         self.stop_tokens = 0  # tokens the planner spent on the decision to stop
+        self.last_state: PlannerState | None = None  # what the planner saw at its last decision
 
     # -- budget ---------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -485,7 +486,20 @@ class Session:
             script_dirty=script != inc.script,
             frontier_obsolete=self.frontier_obsolete,
         )
+        self.last_state = state
         return self.planner.propose(state, self.ctx)
+
+    def seed_budget(self) -> dict[str, Any]:
+        """What an adaptive tier sizes an experiment's seeds by: the runs the time budget has left, and the
+        ideas the planner would still test (only the playbook can say; None where unknown)."""
+        left = self.budget_left()
+        runs_left = (
+            None if left.minutes is None else left.minutes * 60 / max(1.0, self.runner.expected_run_s())
+        )
+        count = getattr(self.planner, "ideas_left", None)
+        state = self.last_state
+        ideas_left = count(state, self.ctx) if callable(count) and state is not None else None
+        return {"runs_left": runs_left, "ideas_left": ideas_left}
 
     def write_status_blocks(self) -> None:
         from agent.report_blocks import queue_status_block
@@ -515,7 +529,9 @@ class Session:
                     stopped = f"planner: {proposal.reason}"
                     self.stop_tokens = proposal.tokens_used
                     break
-                outcome = self.runner.run_experiment(proposal, planner=self.planner.name)
+                outcome = self.runner.run_experiment(
+                    proposal, planner=self.planner.name, **self.seed_budget()
+                )
                 self.planner.observe(outcome)
                 self.write_status_blocks()
         finally:

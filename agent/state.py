@@ -123,6 +123,7 @@ def queue_view(plan, findings: list[FindingRow], refused: dict[str, str] | None 
                 notes=q.notes[:160],
                 decided=f.outcome if f else None,
                 tries=f.tries if f else 0,
+                ci_low=f.ci[0] if f and f.ci else None,
                 refused=(refused or {}).get(refusal_key(q.technique, q.env)),
             )
         )

@@ -90,7 +90,9 @@ class PairedNoise(BaseModel):
     pool_kind: str  # architecture | training | eval: experiments whose spread may inform this one
     pool_std: float  # the prior: pooled per-seed-difference sd of that kind (or sqrt(2) x A/A std)
     pool_df: float  # degrees of freedom the prior was given here (capped)
-    pool_source: Literal["kind", "aa"]  # pooled from experiments of the kind, or the A/A fallback
+    # pooled from experiments of the kind (over the tier's figure when it has one), the tier's figure
+    # alone (its paired_noise), or the sqrt(2) x A/A fallback
+    pool_source: Literal["kind", "tier", "aa"]
     pool_experiments: int = 0
     own_std: float | None = None  # this experiment's own sd of differences (n >= 2)
     own_n: int = 0

@@ -27,6 +27,19 @@ class Tier(BaseModel):
     # drop a candidate at an interim look when its one-sided p exceeds this (None: never); lower screens
     # faster (benchmarks/decisions.py, "screen")
     futility_p: float | None = 0.8
+    # the sd of per-seed differences (candidate - incumbent on the same seed) that earlier ledgers of this
+    # tier show for its noisiest kind of change, and the degrees of freedom it counts for: the paired
+    # test's prior before the kind's own pool speaks (agent/judge.py, paired_prior). None: the
+    # sqrt(2) x A/A bound, which a one-seed look can rarely beat
+    paired_noise: float | None = None
+    paired_noise_df: float = 6.0
+    # cap each experiment's seeds by the runs the untested ideas leave over (agent/judge.py,
+    # affordable_seeds): one seed per idea while ideas outnumber runs, more once the queue is short
+    adaptive_seeds: bool = False
+    # once the queue is done, a rejected idea whose interval still admits a win of this many bpb gets one
+    # more look on fresh seeds (agent/playbook.py); None: a rejection is final. For a tier that decides
+    # at one seed, where a small win's first look is often above zero
+    retest_effect: float | None = None
     price_per_hour: float | None = None  # dollars, for cost accounting
     # Dollars per hour used only to rank options (agent/costs.py) where no money changes hands (own CPU,
     # own GPU): what renting the same machine would cost. Never booked as spend.

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.judge import noise_model, paired_prior, sequential_experiment
+from agent.judge import (
+    PAIRED_POOL_DF_CAP,
+    affordable_seeds,
+    noise_model,
+    paired_prior,
+    sequential_experiment,
+)
 from testing.simtrainer import SimTrainer
 
 
@@ -25,6 +31,18 @@ class LoopConfig:
     min_effect: float = 0.0
     futility_p: float | None = 0.8
     prior_std: float | None = None  # the tier's typical_noise; None: the trainer's true total seed std
+    # the tier's paired_noise (sd of per-seed differences from earlier ledgers): None, no figure (the
+    # sqrt(2) x A/A bound until the pool has data); "ledger": the figure an earlier ledger of this
+    # trainer gives, sqrt(2) x run noise, times paired_noise_scale (1: right; >1 a ledger that
+    # over-states the spread, <1 one that under-states it)
+    paired_noise: str | None = None
+    paired_noise_scale: float = 1.0
+    paired_noise_df: float = PAIRED_POOL_DF_CAP
+    adaptive_seeds: bool = False  # seeds_max from agent.judge.affordable_seeds (runs and ideas left)
+    # once the queue is done, a rejected idea whose interval still admits a win this large (bpb) gets one
+    # more look (agent/playbook.py); None: rejections are final. An adaptive tier runs every further
+    # look of an idea on seeds it has not run (agent/experiment.py, first_seed)
+    retest_effect: float | None = None
 
 
 # The tier defaults (tiers.toml: 3 A/A runs, 2..5 seeds, alpha 0.05), unpaired and paired; and paired
@@ -37,6 +55,18 @@ LOOP = LoopConfig()
 PAIRED = LoopConfig(name="paired", paired=True)
 SCREEN = LoopConfig(
     name="screen", paired=True, noise_runs=2, seeds_initial=1, seeds_max=2, alpha=0.02, futility_p=0.2
+)
+TRIAGE = LoopConfig(
+    name="triage",
+    paired=True,
+    noise_runs=1,
+    seeds_initial=1,
+    seeds_max=8,
+    alpha=0.04,
+    futility_p=0.5,
+    paired_noise="ledger",
+    adaptive_seeds=True,
+    retest_effect=0.0005,
 )
 
 
@@ -78,6 +108,9 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
     tally, stack = Tally(), frozenset()
     prior = float(np.hypot(sim.noise_std, sim.seed_sd)) if cfg.prior_std is None else cfg.prior_std
     pool: list[list[float]] = []  # per-seed differences of earlier paired experiments (one kind here)
+    tier_std = (
+        float(np.sqrt(2) * sim.noise_std * cfg.paired_noise_scale) if cfg.paired_noise == "ledger" else None
+    )
 
     def measure_incumbent(st: frozenset) -> dict[int, float]:
         # ensure_noise: A/A runs of the (new) incumbent on the first noise_runs seeds
@@ -88,9 +121,11 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
         return tally.close(sim, stack, 0.0)
     baseline_measured = float(np.mean(list(incumbent.values())))
     pending = list(ideas)
+    tries: dict[str, int] = {}
+    second_look: list[str] = []  # rejected, but a worthwhile win is not ruled out
     while pending:
         retry = []
-        for idea in pending:
+        for k, idea in enumerate(pending):
             if sim.runs + cfg.seeds_initial > budget:
                 return tally.close(sim, stack, baseline_measured - float(np.mean(list(incumbent.values()))))
             nm = noise_model(list(incumbent.values()), prior, "sim", "sim")
@@ -107,12 +142,29 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
                     inc[s] = sim.run(st, s)
                 return {s: inc[s] for s in cand}, dict(cand)
 
-            diff_prior = paired_prior(pool, nm.std, nm.df, "architecture") if cfg.paired else None
+            first = cfg.seeds_max * tries.get(idea, 0) if cfg.adaptive_seeds else 0
+            diff_prior = (
+                paired_prior(
+                    pool, nm.std, nm.df, "architecture", tier_std=tier_std, tier_df=cfg.paired_noise_df
+                )
+                if cfg.paired
+                else None
+            )
+            seeds_max = (
+                affordable_seeds(
+                    budget - sim.runs,
+                    len(pending) - k,
+                    seeds_initial=cfg.seeds_initial,
+                    seeds_max=cfg.seeds_max,
+                )
+                if cfg.adaptive_seeds
+                else cfg.seeds_max
+            )
             v = sequential_experiment(
                 measure,
-                seeds=range(cfg.seeds_max),
+                seeds=range(first, first + seeds_max),
                 seeds_initial=cfg.seeds_initial,
-                seeds_max=cfg.seeds_max,
+                seeds_max=seeds_max,
                 alpha=cfg.alpha,
                 min_effect=cfg.min_effect,
                 noise_std=nm.std,
@@ -126,6 +178,7 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
             if v.test == "paired" and len(v.seed_diffs) >= 2:
                 pool.append(v.seed_diffs)
             keep = v.outcome == "confirmed"
+            tries[idea] = tries.get(idea, 0) + 1
             stack = tally.consider(sim, stack, idea, keep)
             if keep:  # the incumbent changed: its winning runs serve on their seeds, A/A runs top up to
                 # noise_runs (agent/experiment.py, incumbent_runs and ensure_noise)
@@ -139,7 +192,16 @@ def rule_loop(sim: SimTrainer, ideas: list[str], budget: int, cfg: LoopConfig, r
                     break
             elif v.outcome == "inconclusive":
                 retry.append(idea)
+            elif (
+                cfg.retest_effect is not None
+                and tries[idea] == 1
+                and v.ci_low is not None
+                and v.ci_low < -cfg.retest_effect
+            ):
+                second_look.append(idea)
         pending = retry if repeat and pending else []
+        if not pending and repeat:  # the playbook's last group: one more look at near-miss rejections
+            pending, second_look = [i for i in second_look if i not in stack], []
     return tally.close(sim, stack, baseline_measured - float(np.mean(list(incumbent.values()))))
 
 
@@ -181,3 +243,28 @@ def rule_oracle(sim: SimTrainer, ideas: list[str], budget: int) -> Tally:
         stack = tally.consider(sim, stack, idea, sim.effect(stack, idea) < 0)
     gain = sim.true_bpb(frozenset()) - sim.true_bpb(stack)
     return tally.close(sim, stack, gain)
+
+
+def rule_threshold(sim: SimTrainer, ideas: list[str], budget: int, z: float, repeat: bool = False) -> Tally:
+    """The ceiling of one-look rules: one run per idea on seed 0 against the incumbent's run on seed 0, kept
+    when the difference is below -z times its true sd (sqrt(2) x run noise, which no real rule knows).
+
+    With one noisy difference per idea, the chance that an idea is a true win falls as the difference
+    grows (wins, nulls and harms are location shifts of one normal noise), so under a cap on the share
+    of false keeps the best keep rule is a threshold on the difference: sweeping z traces the best true
+    gain a one-run-per-idea rule can reach at each precision.
+    """
+    tally, stack = Tally(), frozenset()
+    sd = float(np.sqrt(2) * sim.noise_std)
+    inc = first = sim.run(stack, 0)
+    pending = list(ideas)
+    while pending and sim.runs < budget:
+        for idea in pending:
+            if sim.runs >= budget:
+                break
+            value = sim.run(stack | {idea}, 0)
+            keep = value - inc < -z * sd
+            stack = tally.consider(sim, stack, idea, keep)
+            inc = value if keep else inc
+        pending = [i for i in ideas if i not in stack] if repeat else []
+    return tally.close(sim, stack, first - inc)
