@@ -33,6 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.costs import options_for_session  # noqa: E402
+from agent.fidelity import context_lines  # noqa: E402
 from agent.llm_planner import LLMPlanner  # noqa: E402
 from agent.planner import Budget  # noqa: E402
 from agent.state import build_state  # noqa: E402
@@ -81,6 +83,7 @@ class StandIn:
         self.plan = load_plan(self.ws.battle_plan)
         tiers = load_tiers(ROOT / "tiers.toml")
         self.tier = tiers["cpu-smoke"]
+        self.tiers = tiers
         self.ledger = Ledger(self.ws.ledger)
         self.ctx = ToolContext(ws=self.ws, ledger=self.ledger, session="bench", tier=self.tier, tiers=tiers)
         self.incumbent = self.ws.script.read_text()
@@ -100,8 +103,9 @@ class StandIn:
         )
 
     def state(self, k: int, total: int):
+        records = self.ledger.records()
         return build_state(
-            records=self.ledger.records(),
+            records=records,
             plan=self.plan,
             session="bench",
             tier=self.tier.name,
@@ -109,6 +113,7 @@ class StandIn:
             script_sha="s0",
             budget_left=Budget(experiments=total - k),
             frontier=self.frontier,
+            options=options_for_session(records, self.plan, self.tier, self.tiers),  # as the session's
             script_dirty=self.ws.script.read_text() != self.incumbent,
         )
 
@@ -165,13 +170,20 @@ class StandIn:
         return dec.model_dump(exclude={"session", "at", "kind"})
 
 
-def run(decisions: int, seed: int, count) -> list[dict[str, Any]]:
+def run(decisions: int, seed: int, count, strict: bool = False) -> list[dict[str, Any]]:
     rows = []
     model = Researcher(ideas=trainer_ideas(decisions), code_every=2, drift_every=3)
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(model) as fake:
         loop = StandIn(Path(tmp), seed)
+        # as LLMPlanner.from_env builds it for a session: the tier's fidelity and projection in the context
         planner = LLMPlanner(
-            "scripted-researcher", base_url=fake.base_url, max_retries=0, timeout_s=30, max_repeats=99
+            "scripted-researcher",
+            base_url=fake.base_url,
+            max_retries=0,
+            timeout_s=30,
+            max_repeats=99,
+            fidelity=context_lines,
+            strict_tools=strict,
         )
         for k in range(decisions):
             before = len(fake.chat_requests())
