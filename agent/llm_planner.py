@@ -486,8 +486,12 @@ class LLMPlanner:
         return out
 
     def _user_prompt(self, state: PlannerState, ctx: Any) -> str:
-        digest_chars = max(800, self.digest_chars >> self.shrink)
-        shown = max(2, JOURNAL_SHOWN >> self.shrink)
+        # cut for a context window that refused the prompt: the digest to a quarter, then less; the journal
+        # and the research context's fidelity lines go too (the record rule and the tier line stay)
+        digest_chars = (
+            self.digest_chars if not self.shrink else max(600, self.digest_chars >> (self.shrink + 1))
+        )
+        shown = max(1, JOURNAL_SHOWN >> self.shrink)
         older = len(self.journal) - shown
         entries = self.journal[-shown:]
         if (
@@ -502,7 +506,7 @@ class LLMPlanner:
             P.decision_prompt(
                 state,
                 digest_chars,
-                context=self._context(ctx),
+                context=self._context(ctx, fidelity=not self.shrink),
                 journal=journal,
                 last=self.last_result,
                 seen_frontier=self.seen_frontier,
@@ -513,20 +517,20 @@ class LLMPlanner:
     def _saw(self, state: PlannerState) -> None:
         self.seen_frontier = {ln for ln in state.frontier.splitlines() if ln.strip()}
 
-    def _context(self, ctx: Any) -> str:
+    def _context(self, ctx: Any, fidelity: bool = True) -> str:
         tier = getattr(ctx, "tier", None)
         calibration: list[str] = []
-        fidelity: list[str] = []
+        lines: list[str] = []
         try:
             calibration = calibration_lines(ctx)
         except Exception as e:  # advice only: a broken calibration must not cost the decision
             log.info("calibration unavailable: %s", e)
-        if self.fidelity is not None:
+        if self.fidelity is not None and fidelity:
             try:
-                fidelity = list(self.fidelity(ctx))
+                lines = list(self.fidelity(ctx))
             except Exception as e:
                 log.info("fidelity unavailable: %s", e)
-        return P.research_context(tier, calibration, fidelity)
+        return P.research_context(tier, calibration, lines)
 
     def _decide(self, state: PlannerState, ctx: Any) -> Proposal:
         self._refresh_static(ctx)
@@ -960,6 +964,7 @@ def _usage(response: Any, messages: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 DROPPED_NOTE = "(earlier steps of this decision were dropped for room) "
+ELIDED_NOTE = "[answer elided for room; call again if you still need it]"
 CUT_NOTE = " …[cut to fit the decision's budget: ask for less]"
 
 
@@ -986,7 +991,8 @@ def fit_work(work: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]
     """A decision's steps bounded for the next request. A step is an assistant message and the answers
     that follow it (a call is never separated from its answer). A successful edit makes the reads and
     failed edits before it stale (the script changed; the diff shows the region): they are dropped. Then,
-    while the steps exceed `max_chars`, the oldest go, and the newest answers are cut to what is left."""
+    while the steps exceed `max_chars`, older answers are elided, then the oldest steps go, and the
+    newest answers are cut to what is left."""
     steps: list[list[dict[str, Any]]] = []
     for m in work:
         if m.get("role") == "assistant" or not steps:
@@ -1013,7 +1019,19 @@ def fit_work(work: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]
         call_msg = dict(steps[0][0])
         call_msg["tool_calls"] = [_applied(c) for c in call_msg.get("tool_calls") or []]
         steps[0] = [call_msg, *steps[0][1:]]
-    while len(steps) > 1 and sum(_size(m) for st in steps for m in st) > max_chars:
+
+    def total() -> int:
+        return sum(_size(m) for st in steps for m in st)
+
+    # over the budget: first the answers of older steps give way (their calls stay, so the model still
+    # knows what it did), then whole older steps, then the newest answers are cut
+    for st in steps[:-1]:
+        if total() <= max_chars:
+            break
+        for j, m in enumerate(st):
+            if m.get("role") == "tool" and len(str(m.get("content") or "")) > len(ELIDED_NOTE):
+                st[j] = m | {"content": ELIDED_NOTE}
+    while len(steps) > 1 and total() > max_chars:
         steps.pop(0)
         dropped = True
     out = [dict(m) for st in steps for m in st]

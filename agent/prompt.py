@@ -328,10 +328,12 @@ def _queue(s: PlannerState) -> tuple[str, list[str]]:
                 QUEUE_LINE,
             )
         )
-    more = len(open_items) - QUEUE_SHOWN
-    if more > 0:
-        marked = sum(1 for q in open_items[QUEUE_SHOWN:] if q.get("technique") in obsolete)
-        lines.append(f"+{more} more open" + (f" ({marked} OBSOLETE per frontier)" if marked else ""))
+    left = len(open_items) - QUEUE_SHOWN
+    if left > 0:  # the ones left out that the frontier made obsolete are still named as such
+        marked = [str(q.get("technique")) for q in open_items[QUEUE_SHOWN:] if q.get("technique") in obsolete]
+        lines.append(
+            _clip(f"+{left} more open" + (f" (OBSOLETE per frontier: {', '.join(marked)})" if marked else ""))
+        )
     lines = lines or ["- (queue exhausted)"]
     if s.options:  # the cost model's best-ranked option, as one line under the queue it ranks
         more = f" (+{len(s.options) - 1} more options)" if len(s.options) > 1 else ""

@@ -171,8 +171,8 @@ def test_a_scripted_model_views_the_script_edits_a_new_activation_and_launches_i
     bodies = fake.chat_requests()
     assert "nearest region" in bodies[3]["messages"][-1]["content"]  # the drifted first try, answered
     prompt = user_prompt(bodies[-1])
-    assert "d1 act_silu2 edit +1/-1 lines: a smooth squared activation -> inconclusive d=-0.0021" in prompt
-    assert '"outcome":"inconclusive"' in prompt[prompt.index("## Last result") :]
+    assert "d1 act_silu2 edit +1/-1 lines: a smooth squared activation -> see Last result" in prompt
+    assert "inconclusive; delta -0.0021" in prompt[prompt.index("## Last result") :]
     assert nxt.action == "experiment" and nxt.experiment.name == "smear_gate"  # then the queue's flag idea
 
 
