@@ -309,7 +309,9 @@ class JournalEntry(BaseModel):
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
         parts = [
             f"d{self.decision}",
-            self.name + (f" ({self.technique})" if self.technique and self.technique != self.name else ""),
+            # the technique in brackets when the name does not already start with it
+            self.name
+            + (f" ({self.technique})" if self.technique and not self.name.startswith(self.technique) else ""),
         ]
         if self.source == "playbook":
             parts.append("[playbook fallback]")

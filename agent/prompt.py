@@ -21,7 +21,7 @@ from agent.planner import PlannerState
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_MAX_CHARS = 6000
 MAX_LINE = 240  # no single item may take more than this
-QUEUE_LINE = 85  # a queue item's notes are the plan's own: the first words say enough
+QUEUE_LINE = 75  # a queue item's notes are the plan's own: the first words say enough
 _SEP = "\n\n"
 
 # Which section gets how much of the budget when everything cannot fit; what is left unused by a
@@ -265,13 +265,23 @@ def _frontier_rank(line: str) -> int:
     return 9
 
 
+def _repeats_best(line: str, best_line: str) -> bool:
+    """A "New:" entry that is the best record itself (same score and PR) says nothing the best line does not."""
+    m = re.match(r"New: (\d\.\d+) \((#+\d+)", line)
+    return bool(m and best_line.startswith(f"Best legal record: {m.group(1)} ({m.group(2)}"))
+
+
 def _frontier(s: PlannerState, seen: set[str] | None = None) -> tuple[str, list[str]]:
     # the digest mixes our words with titles and names from GitHub: every line is quoted as data; a line
     # the model has not seen in an earlier decision is marked NEW (outside the quotes: our word, not theirs)
     raw = [ln for ln in s.frontier.splitlines() if ln.strip()]
     fresh = {ln for ln in raw if seen and ln not in seen}
     best = next((float(m.group(1)) for ln in raw if (m := _BEST.search(ln))), None)
-    ordered = sorted(raw, key=lambda ln: (ln not in fresh, _frontier_rank(ln)))  # stable: digest order within
+    best_line = next((ln for ln in raw if ln.startswith("Best legal record")), "")
+    # stable: digest order within a rank
+    ordered = sorted(
+        raw, key=lambda ln: (ln not in fresh, _frontier_rank(ln) + 9 * _repeats_best(ln, best_line))
+    )
     lines = [
         ("NEW " if ln in fresh else "") + untrusted(ln, FRONTIER_LINE) + _claimed(ln, best) for ln in ordered
     ]
@@ -542,10 +552,8 @@ def system_prompt(knobs: list[Any] | None = None) -> str:
     return fill("system.txt", knobs=knob_lines(knobs or [])).strip()
 
 
-RECORD_RULE = (
-    "record rule: a final beats the best record by >= 0.005 nats, one-sided Welch p < 0.01 (8xH100, "
-    "10 min, 16,000,000 bytes); a proxy win is a lead"
-)
+# the challenge's limits (8xH100, 10 min, 16,000,000 bytes) are in the system prompt
+RECORD_RULE = "record rule: a final beats the best record by >= 0.005 nats, one-sided Welch p < 0.01; a proxy win is a lead"
 
 
 _SHAPE_WORDS = (
@@ -622,8 +630,10 @@ def research_context(
                 if m.group(3) != "0"
                 else ""
             )
-        else:
-            rest.append(_clip(f.strip(), 110))
+        else:  # the projection and the chance of a record, without the explanations in brackets
+            rest.append(
+                _clip(re.sub(r" \((not yet|leaderboard)[^)]*\)| calibrated from \S+", "", f.strip()), 120)
+            )
     if kinds:
         lines.append(_clip("calibration, full-scale delta ~ slope x this tier's: " + "; ".join(kinds), 300))
     lines += sorted(rest, key=lambda r: not r.startswith("projected"))[:5]
