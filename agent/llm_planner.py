@@ -60,11 +60,13 @@ MAX_KEPT_ARGUMENT_CHARS = 4000  # what an assistant tool call keeps of its argum
 MAX_KEPT_CONTENT_CHARS = 1000
 MAX_TOOL_RESULT_CHARS = 5000
 # What one decision's steps (the model's calls and the tools' answers) may add to a request, in characters
-# (~3 a token): with the ~3.4K-token stateless prompt, every request of a decision stays within ~4K tokens.
+# (~3 a token): with the ~3.7K-token stateless prompt, every request of a decision stays within 4K tokens.
 DEFAULT_WORK_CHARS = 800
 JOURNAL_SHOWN = 3  # entries of the journal in the prompt; older ones are one query_findings away
 DEFAULT_DIGEST_CHARS = 3000
-DEFAULT_SESSION_TOKENS = 8_000_000  # 500 decisions at ~16K tokens each, with room for code work
+DEFAULT_SESSION_TOKENS = (
+    8_000_000  # 500 decisions at ~10K input tokens each (benchmarks/planner.py), with room
+)
 DEFAULT_DECISION_TOKENS = 40_000  # input tokens of all requests of one decision
 
 

@@ -10,13 +10,14 @@ o200k tokenizer, the way the benchmark counts them.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from agent.fidelity import context_lines
-from agent.llm_planner import JournalEntry, LLMPlanner
+from agent.llm_planner import CUT_NOTE, DROPPED_NOTE, ELIDED_NOTE, JournalEntry, LLMPlanner, fit_work
 from agent.planner import ExperimentSpec
 from testing.fakes.fake_openai import FakeOpenAI
 from testing.fakes.researcher import Researcher, trainer_ideas
@@ -106,3 +107,37 @@ def test_every_request_of_a_code_decision_fits_4k_tokens_at_500_experiments(tmp_
     sizes = [request_tokens(b, count) for b in bodies]
     print(f"\n{name}: request tokens of a 5-step code decision at {EXPERIMENTS} experiments: {sizes}")
     assert max(sizes) <= MAX_REQUEST_TOKENS, sizes
+
+
+def _step(i: int, name: str, args: str, answer: str) -> list[dict]:
+    call = {"id": f"c{i}", "type": "function", "function": {"name": name, "arguments": args}}
+    return [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": f"c{i}", "content": answer},
+    ]
+
+
+def test_the_steps_of_a_decision_are_bounded_without_separating_a_call_from_its_answer():
+    grep = _step(0, "grep_script", '{"pattern": "def f"}', '{"text": "' + "g" * 400 + '"}')
+    view = _step(1, "view_script", '{"start_line": 1, "end_line": 9}', '{"text": "' + "v" * 400 + '"}')
+    # over the budget: the older answer is elided first, its call stays (the model knows what it did)
+    out = fit_work(grep + view, 800)
+    assert [m["role"] for m in out] == ["assistant", "tool", "assistant", "tool"]
+    assert out[1]["content"] == ELIDED_NOTE and out[3]["content"] == view[1]["content"]
+    # a successful edit retires the reads before it (the script changed; the diff shows the region), and
+    # its own call keeps the rationale, not the search/replace text the diff repeats
+    edit = _step(
+        2,
+        "edit_train_script",
+        '{"rationale": "silu", "edits": [{"search": "x", "replace": "y"}]}',
+        '{"diff": "-x\\n+y"}',
+    )
+    out = fit_work(grep + view + edit, 10_000)
+    assert [m.get("tool_call_id") for m in out] == [None, "c2"] and out[0]["content"].startswith(
+        DROPPED_NOTE.strip()
+    )
+    assert json.loads(out[0]["tool_calls"][0]["function"]["arguments"])["edits"].startswith("applied")
+    # a single answer larger than the budget is cut, and says so
+    big = _step(3, "view_script", "{}", "z" * 5000)
+    out = fit_work(big, 800)
+    assert len(out[1]["content"]) < 800 and out[1]["content"].endswith(CUT_NOTE)
