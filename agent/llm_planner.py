@@ -16,6 +16,7 @@ goes to the HTTP client only; text bound for the model is redacted; outside text
 
 from __future__ import annotations
 
+import difflib
 import email.utils
 import hashlib
 import json
@@ -58,9 +59,14 @@ OFFERED_TOOLS = [
 MAX_KEPT_ARGUMENT_CHARS = 4000  # what an assistant tool call keeps of its arguments within a decision
 MAX_KEPT_CONTENT_CHARS = 1000
 MAX_TOOL_RESULT_CHARS = 5000
-JOURNAL_SHOWN = 6  # entries of the journal in the prompt; older ones are one query_findings away
-DEFAULT_DIGEST_CHARS = 2500
-DEFAULT_SESSION_TOKENS = 8_000_000  # 500 decisions at ~16K tokens each, with room for code work
+# What one decision's steps (the model's calls and the tools' answers) may add to a request, in characters
+# (~3 a token): with the ~3.7K-token stateless prompt, every request of a decision stays within 4K tokens.
+DEFAULT_WORK_CHARS = 800
+JOURNAL_SHOWN = 3  # entries of the journal in the prompt; older ones are one query_findings away
+DEFAULT_DIGEST_CHARS = 3000
+DEFAULT_SESSION_TOKENS = (
+    8_000_000  # 500 decisions at ~10K input tokens each (benchmarks/planner.py), with room
+)
 DEFAULT_DECISION_TOKENS = 40_000  # input tokens of all requests of one decision
 
 
@@ -97,16 +103,18 @@ class ExperimentArgs(BaseModel):
 
 
 def experiment_schema(env_names: list[str]) -> dict[str, Any]:
+    """The model's launch_local_sweep parameters; `env_names` (when given) become the enum of an override's
+    name. The class docstring is for readers of this file, not a schema description the model pays for."""
     schema = ExperimentArgs.model_json_schema()
+    schema.pop("description", None)
     schema["properties"]["env"] = ENV_PAIRS_SCHEMA | {
-        "description": "knob overrides on the incumbent's; [] for none"
+        "description": "overrides of the system prompt's knobs; [] for none"
     }
     return registry.with_env_names(registry.strict_schema(schema), env_names)
 
 
 SWEEP_DESCRIPTION = (
-    "Run ONE experiment: the working script (with your edit, if any) and these knob overrides. "
-    "Ends the decision."
+    "Run ONE experiment: the working script (your edit, if any) with these knob overrides; ends the decision."
 )
 
 
@@ -260,28 +268,34 @@ def _canonical(arguments: str) -> str:
         return arguments
 
 
-# what the model needs first from a verdict; the hypothesis it wrote itself is left out
-_VERDICT_KEYS = (
-    "experiment",
-    "outcome",
-    "kept",
-    "delta",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "n_candidate",
-    "reason",
-    "candidate_runs",
-)
+def verdict_text(outcome: dict[str, Any], limit: int = 500) -> str:
+    """The last verdict as one line: what the judge decided, the effect with its interval, the judge's
+    reason and the last runs' ids (for read_logs). The hypothesis the model wrote itself is left out."""
+    o = outcome
 
+    def num(key: str, fmt: str) -> str:
+        v = o.get(key)
+        return format(v, fmt) if isinstance(v, int | float) and not isinstance(v, bool) else "-"
 
-def verdict_text(outcome: dict[str, Any], limit: int = 700) -> str:
-    first = {k: outcome[k] for k in _VERDICT_KEYS if outcome.get(k) not in (None, "", [])}
-    if isinstance(first.get("candidate_runs"), list):
-        first["candidate_runs"] = first["candidate_runs"][-2:]  # for read_logs
-    if isinstance(first.get("reason"), str):
-        first["reason"] = first["reason"][:160]
-    return P.compact(P.tidy(first, 3), limit)
+    parts = [
+        f"{o.get('experiment') or o.get('candidate') or '?'}: {o.get('outcome', '?')}"
+        + (" kept" if o.get("kept") else "")
+    ]
+    if o.get("delta") is not None:
+        ci = f" [{num('ci_low', '+.3g')},{num('ci_high', '+.3g')}]" if o.get("ci_low") is not None else ""
+        parts.append(f"delta {num('delta', '+.3g')}{ci}")
+    if o.get("p_value") is not None:
+        parts.append(f"p {num('p_value', '.2g')}")
+    if o.get("n_candidate"):
+        parts.append(f"n {o['n_candidate']}")
+    if o.get("reason"):
+        parts.append(P._clip(str(o["reason"]), 60))
+    runs = o.get("candidate_runs")
+    if isinstance(runs, list) and runs:
+        parts.append(f"last run {runs[-1]}")  # for read_logs; the others differ in the seed suffix
+    if o.get("error"):
+        parts.append("error " + str(o["error"])[:200])
+    return P.redact(P._clip("; ".join(parts), limit))
 
 
 class JournalEntry(BaseModel):
@@ -297,7 +311,9 @@ class JournalEntry(BaseModel):
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
         parts = [
             f"d{self.decision}",
-            self.name + (f" ({self.technique})" if self.technique and self.technique != self.name else ""),
+            # the technique in brackets when the name does not already start with it
+            self.name
+            + (f" ({self.technique})" if self.technique and not self.name.startswith(self.technique) else ""),
         ]
         if self.source == "playbook":
             parts.append("[playbook fallback]")
@@ -336,6 +352,7 @@ class LLMPlanner:
         failures_before_pause: int = 3,
         pause_decisions: int = 5,
         fidelity: Any = None,
+        max_work_chars: int = DEFAULT_WORK_CHARS,
     ):
         load_tools()
         if api_key is None and base_url:
@@ -356,6 +373,7 @@ class LLMPlanner:
         )
         self.reasoning_effort = reasoning_effort
         self.digest_chars = digest_chars
+        self.max_work_chars = max_work_chars
         self.max_repeats = max_repeats
         self.tool_choice = tool_choice  # "auto"; a named function forces a call (small local models)
         wanted = tools or OFFERED_TOOLS
@@ -452,34 +470,47 @@ class LLMPlanner:
             self._system = (key, P.system_prompt(knobs))
 
     def _tools(self) -> list[dict[str, Any]]:
+        # The knob names as an enum only where the provider decodes against it (strict tools): elsewhere the
+        # enum is ~650 tokens a request repeating the system prompt's knob list, and a wrong name is refused
+        # here with the nearest knobs named (_intercept), which costs one step instead of every request.
+        env_names = self._knob_names if self.strict else []
         out = []
         for name in self.tool_names:
             if name == SWEEP_TOOL:
                 fn: dict[str, Any] = {
                     "name": SWEEP_TOOL,
                     "description": SWEEP_DESCRIPTION,
-                    "parameters": experiment_schema(self._knob_names),
+                    "parameters": experiment_schema(env_names),
                 }
                 if self.strict:
                     fn["strict"] = True
                 out.append({"type": "function", "function": fn})
             else:
-                out += registry.openai_schemas([name], strict=self.strict, env_names=self._knob_names)
+                out += registry.openai_schemas([name], strict=self.strict, env_names=env_names)
         return out
 
     def _user_prompt(self, state: PlannerState, ctx: Any) -> str:
-        digest_chars = max(800, self.digest_chars >> self.shrink)
-        shown = max(2, JOURNAL_SHOWN >> self.shrink)
+        # cut for a context window that refused the prompt: the digest to a quarter, then less; the journal
+        # and the research context's fidelity lines go too (the record rule and the tier line stay)
+        digest_chars = (
+            self.digest_chars if not self.shrink else max(600, self.digest_chars >> (self.shrink + 1))
+        )
+        shown = max(1, JOURNAL_SHOWN >> self.shrink)
         older = len(self.journal) - shown
+        entries = self.journal[-shown:]
+        if (
+            entries and self.last_result and entries[-1].outcome != "pending"
+        ):  # its verdict is the Last result
+            entries = [*entries[:-1], entries[-1].model_copy(update={"outcome": "see Last result"})]
         journal = "\n".join(
             ([f"({older} earlier decisions: use query_findings)"] if older > 0 else [])
-            + [j.line() for j in self.journal[-shown:]]
+            + [j.line() for j in entries]
         )
         text = P.redact(
             P.decision_prompt(
                 state,
                 digest_chars,
-                context=self._context(ctx),
+                context=self._context(ctx, fidelity=not self.shrink),
                 journal=journal,
                 last=self.last_result,
                 seen_frontier=self.seen_frontier,
@@ -490,20 +521,20 @@ class LLMPlanner:
     def _saw(self, state: PlannerState) -> None:
         self.seen_frontier = {ln for ln in state.frontier.splitlines() if ln.strip()}
 
-    def _context(self, ctx: Any) -> str:
+    def _context(self, ctx: Any, fidelity: bool = True) -> str:
         tier = getattr(ctx, "tier", None)
         calibration: list[str] = []
-        fidelity: list[str] = []
+        lines: list[str] = []
         try:
             calibration = calibration_lines(ctx)
         except Exception as e:  # advice only: a broken calibration must not cost the decision
             log.info("calibration unavailable: %s", e)
-        if self.fidelity is not None:
+        if self.fidelity is not None and fidelity:
             try:
-                fidelity = list(self.fidelity(ctx))
+                lines = list(self.fidelity(ctx))
             except Exception as e:
                 log.info("fidelity unavailable: %s", e)
-        return P.research_context(tier, calibration, fidelity)
+        return P.research_context(tier, calibration, lines)
 
     def _decide(self, state: PlannerState, ctx: Any) -> Proposal:
         self._refresh_static(ctx)
@@ -572,6 +603,7 @@ class LLMPlanner:
             proposal = self._handle_calls(calls, content, ctx, tokens, work, truncated=finish == "length")
             if proposal is not None:
                 return proposal
+            work = fit_work(work, self.max_work_chars)
         raise _failed(f"no experiment chosen within {self.max_turns} turns", tokens)
 
     def _fall_back(
@@ -852,7 +884,13 @@ class LLMPlanner:
             if args.env and self._knob_names:
                 unknown = sorted(set(args.env) - set(self._knob_names))
                 if unknown:
-                    raise ValueError(f"not a knob of trainer/train_gpt.py: {', '.join(unknown)}")
+                    near = sorted(
+                        {m for u in unknown for m in difflib.get_close_matches(u, self._knob_names, 3, 0.6)}
+                    )
+                    raise ValueError(
+                        f"not a knob of trainer/train_gpt.py: {', '.join(unknown)}"
+                        + (f" (nearest knobs: {', '.join(near)})" if near else "")
+                    )
         except json.JSONDecodeError as e:
             error = f"arguments are not valid JSON: {e.msg} at char {e.pos}"
         except ValidationError as e:
@@ -929,6 +967,93 @@ def _usage(response: Any, messages: list[dict[str, Any]]) -> tuple[int, int]:
     return est, est
 
 
+DROPPED_NOTE = "(earlier steps of this decision were dropped for room) "
+ELIDED_NOTE = "[answer elided for room; call again if you still need it]"
+CUT_NOTE = " …[cut to fit the decision's budget: ask for less]"
+
+
+def _size(m: dict[str, Any]) -> int:
+    return len(str(m.get("content") or "")) + (len(json.dumps(m["tool_calls"])) if m.get("tool_calls") else 0)
+
+
+def _applied(c: dict[str, Any]) -> dict[str, Any]:
+    """An edit call whose diff came back, with its search/replace text replaced by a pointer to the diff."""
+    fn = c.get("function") or {}
+    if fn.get("name") != "edit_train_script":
+        return c
+    try:
+        args = json.loads(fn.get("arguments") or "{}")
+    except ValueError:
+        return c
+    if not isinstance(args, dict):
+        return c
+    short = {"rationale": str(args.get("rationale", ""))[:200], "edits": "applied: the diff below shows them"}
+    return c | {"function": fn | {"arguments": json.dumps(short)}}
+
+
+def fit_work(work: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]:
+    """A decision's steps bounded for the next request. A step is an assistant message and the answers
+    that follow it (a call is never separated from its answer). A successful edit makes the reads and
+    failed edits before it stale (the script changed; the diff shows the region): they are dropped. Then,
+    while the steps exceed `max_chars`, older answers are elided, then the oldest steps go, and the
+    newest answers are cut to what is left."""
+    steps: list[list[dict[str, Any]]] = []
+    for m in work:
+        if m.get("role") == "assistant" or not steps:
+            steps.append([])
+        steps[-1].append(m)
+    names = {
+        c.get("id"): c.get("function", {}).get("name")
+        for st in steps
+        for c in (st[0].get("tool_calls") or [])
+    }
+
+    def edited(st: list[dict[str, Any]]) -> bool:
+        return any(
+            m.get("role") == "tool"
+            and names.get(m.get("tool_call_id")) == "edit_train_script"
+            and str(m.get("content", "")).startswith('{"diff"')
+            for m in st
+        )
+
+    last_edit = max((i for i, st in enumerate(steps) if edited(st)), default=-1)
+    dropped = last_edit > 0
+    steps = steps[max(0, last_edit) :]
+    if last_edit >= 0:  # the diff shows what the edit did: its call keeps the rationale, not the text again
+        call_msg = dict(steps[0][0])
+        call_msg["tool_calls"] = [_applied(c) for c in call_msg.get("tool_calls") or []]
+        steps[0] = [call_msg, *steps[0][1:]]
+
+    def total() -> int:
+        return sum(_size(m) for st in steps for m in st)
+
+    # over the budget: first the answers of older steps give way (their calls stay, so the model still
+    # knows what it did), then whole older steps, then the newest answers are cut
+    for st in steps[:-1]:
+        if total() <= max_chars:
+            break
+        for j, m in enumerate(st):
+            if m.get("role") == "tool" and len(str(m.get("content") or "")) > len(ELIDED_NOTE):
+                st[j] = m | {"content": ELIDED_NOTE}
+    while len(steps) > 1 and total() > max_chars:
+        steps.pop(0)
+        dropped = True
+    out = [dict(m) for st in steps for m in st]
+    over = sum(_size(m) for m in out) - max_chars
+    answers = [m for m in out if m.get("role") == "tool"]
+    for m in reversed(answers):  # the newest answer is cut first: it is the one that made the steps too long
+        if over <= 0:
+            break
+        text = str(m.get("content") or "")
+        keep = max(200, len(text) - over - len(CUT_NOTE))
+        if keep < len(text):
+            m["content"] = text[:keep] + CUT_NOTE
+            over -= len(text) - len(m["content"])
+    if dropped and out and out[0].get("role") == "assistant":  # in the step's own text: answers stay as sent
+        out[0]["content"] = (DROPPED_NOTE + str(out[0].get("content") or "")).strip()
+    return out
+
+
 def _shrunk(m: dict[str, Any]) -> dict[str, Any]:
     if m.get("role") == "tool" and len(str(m.get("content", ""))) > 600:
         return m | {"content": str(m["content"])[:600] + "…[cut to fit the context]"}
@@ -945,7 +1070,7 @@ def _edit_note(arguments: dict[str, Any], result: dict[str, Any]) -> str:
     plus = sum(1 for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
     minus = sum(1 for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---"))
     why = str(arguments.get("rationale", "")) if isinstance(arguments, dict) else ""
-    return P._clip(f"+{plus}/-{minus} lines: {why}", 70)
+    return P._clip(f"+{plus}/-{minus} lines: {why}", 50)
 
 
 def calibration_lines(ctx: Any) -> list[str]:
@@ -959,8 +1084,5 @@ def calibration_lines(ctx: Any) -> list[str]:
     out = []
     for kind, c in calibrations_from_ledger(ledger.records(), tier.name).items():
         lo, hi = slope_interval(c)
-        out.append(
-            f"{kind}: final delta ~ {c.slope:+.2f} x this tier's (95% {lo:+.2f}..{hi:+.2f}; "
-            f"{c.n} own pairs, {c.source})"
-        )
+        out.append(f"{kind} {c.slope:+.2f} [{lo:+.2f},{hi:+.2f}] ({c.n} pairs, {c.source})")
     return out

@@ -7,13 +7,17 @@ tiers.toml and the shipped frontier snapshot. Every other decision it greps, vie
 (some first tries drift and are corrected from the nearest region the tool shows) before launching; in
 between it runs the queue's flags. The session's part is stood in for: each proposal gets a verdict
 drawn at random and recorded in the ledger as the real loop would (runs, decision), the state digest is
-built from that ledger by agent.state.build_state, and a discarded edit is reverted.
+built from that ledger by agent.state.build_state with the cost model's options, the research context
+carries the tier's fidelity and projection (as LLMPlanner.from_env wires them for a session), and a
+discarded edit is reverted.
 
 Input tokens are counted on the exact request bodies the server received: every message's content and
 tool calls (plus 4 tokens a message for the chat framing) and the tool schemas as JSON (OpenAI renders
 schemas more compactly, so this overstates them a little). With --tokenizer chars, 4 characters a token.
+Tools are plain by default, as a local OpenAI-compatible server gets them; --strict sends them as OpenAI
+gets them (strict, with the knob-name enum in launch_local_sweep).
 
-    python benchmarks/planner.py [--decisions 500] [--seed 0] [--json]
+    python benchmarks/planner.py [--decisions 500] [--seed 0] [--strict] [--json]
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.costs import options_for_session  # noqa: E402
+from agent.fidelity import context_lines  # noqa: E402
 from agent.llm_planner import LLMPlanner  # noqa: E402
 from agent.planner import Budget  # noqa: E402
 from agent.state import build_state  # noqa: E402
@@ -81,6 +87,7 @@ class StandIn:
         self.plan = load_plan(self.ws.battle_plan)
         tiers = load_tiers(ROOT / "tiers.toml")
         self.tier = tiers["cpu-smoke"]
+        self.tiers = tiers
         self.ledger = Ledger(self.ws.ledger)
         self.ctx = ToolContext(ws=self.ws, ledger=self.ledger, session="bench", tier=self.tier, tiers=tiers)
         self.incumbent = self.ws.script.read_text()
@@ -100,8 +107,9 @@ class StandIn:
         )
 
     def state(self, k: int, total: int):
+        records = self.ledger.records()
         return build_state(
-            records=self.ledger.records(),
+            records=records,
             plan=self.plan,
             session="bench",
             tier=self.tier.name,
@@ -109,6 +117,7 @@ class StandIn:
             script_sha="s0",
             budget_left=Budget(experiments=total - k),
             frontier=self.frontier,
+            options=options_for_session(records, self.plan, self.tier, self.tiers),  # as the session's
             script_dirty=self.ws.script.read_text() != self.incumbent,
         )
 
@@ -165,13 +174,20 @@ class StandIn:
         return dec.model_dump(exclude={"session", "at", "kind"})
 
 
-def run(decisions: int, seed: int, count) -> list[dict[str, Any]]:
+def run(decisions: int, seed: int, count, strict: bool = False) -> list[dict[str, Any]]:
     rows = []
     model = Researcher(ideas=trainer_ideas(decisions), code_every=2, drift_every=3)
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(model) as fake:
         loop = StandIn(Path(tmp), seed)
+        # as LLMPlanner.from_env builds it for a session: the tier's fidelity and projection in the context
         planner = LLMPlanner(
-            "scripted-researcher", base_url=fake.base_url, max_retries=0, timeout_s=30, max_repeats=99
+            "scripted-researcher",
+            base_url=fake.base_url,
+            max_retries=0,
+            timeout_s=30,
+            max_repeats=99,
+            fidelity=context_lines,
+            strict_tools=strict,
         )
         for k in range(decisions):
             before = len(fake.chat_requests())
@@ -191,6 +207,7 @@ def run(decisions: int, seed: int, count) -> list[dict[str, Any]]:
                     "input_tokens": sum(tokens),
                     "first_request_tokens": tokens[0] if tokens else 0,
                     "max_request_tokens": max(tokens or [0]),
+                    "request_tokens": tokens,
                     "code_edit": edited,
                     "fallback": p.reason.startswith("playbook fallback"),
                     "planner_s": wall,
@@ -210,6 +227,7 @@ def summarize(rows: list[dict[str, Any]], lo: int, hi: int) -> dict[str, Any]:
         "decisions": len(part),
         "input_tokens_per_decision": statistics.fmean(r["input_tokens"] for r in part),
         "first_request_tokens": statistics.fmean(r["first_request_tokens"] for r in part),
+        "p95_request_tokens": float(np.percentile([t for r in part for t in r["request_tokens"]], 95)),
         "max_request_tokens": max(r["max_request_tokens"] for r in part),
         "input_tokens_per_flag_decision": statistics.fmean(r["input_tokens"] for r in flags)
         if flags
@@ -229,13 +247,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--decisions", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer", choices=["auto", "o200k", "chars"], default="auto")
+    ap.add_argument(
+        "--strict",
+        action="store_true",
+        help="strict tool schemas, as sent to OpenAI (adds the knob-name enum to launch_local_sweep)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     name, count = tokenizer(args.tokenizer)
-    rows = run(args.decisions, args.seed, count)
+    rows = run(args.decisions, args.seed, count, strict=args.strict)
     n = len([r for r in rows if "requests" in r])
     report = {
         "tokenizer": name,
+        "strict_tools": args.strict,
         "decisions_run": n,
         "stopped": next((r["stopped"] for r in rows if "stopped" in r), ""),
         "first_10": summarize(rows, 1, 10),
@@ -246,7 +270,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(report, indent=1))
         return report
-    print(f"LLM planner, scripted researcher on the real trainer: {n} decisions, tokens by {name}")
+    print(
+        f"LLM planner, scripted researcher on the real trainer: {n} decisions, tokens by {name}"
+        + (", strict tool schemas" if args.strict else "")
+    )
     cols = ["first_10", f"last_10_of_{n}", "all"]
     print(f"{'':34s}" + "".join(f"{c:>16s}" for c in cols))
     for key in report["all"]:

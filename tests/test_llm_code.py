@@ -82,6 +82,29 @@ def test_an_edited_script_must_compile_stay_one_file_and_fit_the_budget(ctx, rep
     assert ctx.ws.script.read_text() == TRAINER.read_text()
 
 
+def parse_knob_list(system: str) -> dict[str, tuple[str | None, str]]:
+    """The knob list as a model reads it: {full name: (default or None for 0, meaning)}. Lines are
+    "NAME=default (meaning)" or "PREFIX_: A=1 (meaning), B (meaning)" (names A and B are PREFIX_A, PREFIX_B)."""
+    import re
+
+    out: dict[str, tuple[str | None, str]] = {}
+    for line in system[system.index("Trainer knobs") :].splitlines()[1:]:
+        m = re.match(r"^([A-Z][A-Z0-9]*_): (.*)$", line)
+        prefix, body = (m.group(1), m.group(2)) if m else ("", line)
+        items, depth, start = [], 0, 0
+        for i, ch in enumerate(body):  # split at ", " outside parentheses, before the next name
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0 and body.startswith(", ", i) and re.match(r"[A-Z]", body[i + 2 : i + 3]):
+                items.append(body[start:i])
+                start = i + 2
+        items.append(body[start:])
+        for item in items:
+            k = re.match(r"^([A-Z][A-Z0-9_]*)(?:=(.+?))?(?: \((.*)\))?$", item)
+            assert k, f"unreadable knob entry {item!r} in {line!r}"
+            out[prefix + k.group(1)] = (k.group(2), k.group(3) or "")
+    return out
+
+
 def test_the_knob_list_is_in_the_static_system_prompt(ctx):
     with FakeOpenAI(
         [tool_reply(call("finish", {"reason": "x"})), tool_reply(call("finish", {"reason": "y"}))]
@@ -93,12 +116,20 @@ def test_the_knob_list_is_in_the_static_system_prompt(ctx):
     assert first == second  # static: the provider can cache it
     from memory.knobs import HARNESS_ENV
 
-    for k in read_knobs(TRAINER.read_text()):
-        assert (f"\n{k.name}={k.default[:12]}" in first) == (
-            k.name not in HARNESS_ENV
-        )  # the harness's are not ours
-        assert k.name in HARNESS_ENV or k.meaning[:20] in first
-    assert "MLP_ACT_SLOPE=0.0: LeakyReLU slope before squaring" in first
+    listed = parse_knob_list(first)
+    knobs = read_knobs(TRAINER.read_text())
+    assert set(listed) == {k.name for k in knobs} - HARNESS_ENV  # every knob, and the harness's are not ours
+    for k in knobs:
+        if k.name in HARNESS_ENV:
+            continue
+        default, meaning = listed[k.name]
+        if default is None:  # left out: the header says an omitted default is 0
+            assert float(k.default) == 0, k
+        else:
+            assert k.default.split(" ")[0].strip("'")[:10] in default, (k, default)
+        assert k.meaning.startswith(meaning.split(" ")[0]) or k.meaning.startswith("0 = off"), (k, meaning)
+    assert listed["MLP_ACT_SLOPE"] == (None, "LeakyReLU slope")
+    assert listed["TTT_LORA_RANK"][0] == "80" and listed["ROPE_DIMS"][1].startswith("rotary dims")
 
 
 def test_a_scripted_model_views_the_script_edits_a_new_activation_and_launches_it(ctx):
@@ -140,8 +171,8 @@ def test_a_scripted_model_views_the_script_edits_a_new_activation_and_launches_i
     bodies = fake.chat_requests()
     assert "nearest region" in bodies[3]["messages"][-1]["content"]  # the drifted first try, answered
     prompt = user_prompt(bodies[-1])
-    assert "d1 act_silu2 edit +1/-1 lines: a smooth squared activation -> inconclusive d=-0.0021" in prompt
-    assert '"outcome":"inconclusive"' in prompt[prompt.index("## Last result") :]
+    assert "d1 act_silu2 edit +1/-1 lines: a smooth squared activation -> see Last result" in prompt
+    assert "inconclusive; delta -0.0021" in prompt[prompt.index("## Last result") :]
     assert nxt.action == "experiment" and nxt.experiment.name == "smear_gate"  # then the queue's flag idea
 
 

@@ -4,6 +4,8 @@ model that obeys any instruction it reads outside quoted data makes the same cal
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent import prompt as P
@@ -50,7 +52,9 @@ def run(frontier: str, ctx) -> tuple[Researcher, list[dict]]:
         return model, fake.chat_requests()
 
 
-def test_a_planted_instruction_in_the_frontier_changes_no_tool_call(ctx):
+def test_a_planted_instruction_in_the_frontier_changes_no_tool_call(ctx, monkeypatch):
+    # every frontier line in the prompt, so that the planted one is shown (as data), not left out by count
+    monkeypatch.setattr(P, "FRONTIER_SHOWN", 50)
     planted = frontier_text(PLANTED)
     assert INJECTION.search(planted)  # the digest does carry the attacker's words, unquoted
     clean_model, _ = run(frontier_text("alice"), ctx)
@@ -63,6 +67,8 @@ def test_a_planted_instruction_in_the_frontier_changes_no_tool_call(ctx):
     prompt = next(m["content"] for m in bodies[0]["messages"] if m["role"] == "user")
     frontier = prompt[prompt.index("## Frontier") : prompt.index("## Incumbent")]
     for line in filter(None, frontier.splitlines()[1:]):
+        if re.fullmatch(r"\+\d+ more frontier lines", line):  # our count of the lines left out
+            continue
         assert line.startswith("«") and line.endswith("»") and line.count("«") == 1
         assert len(line) <= P.MAX_LINE
     assert "IGNORE ALL PREVIOUS INSTRUCTIONS" in frontier  # kept for the model to weigh, as quoted data

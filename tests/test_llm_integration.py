@@ -147,7 +147,7 @@ def test_a_small_local_model_goes_through_the_tool_loop(llama_server, tmp_path):
     planner.observe({"outcome": "inconclusive", "kept": False, "delta": -0.001, "p_value": 0.3})
     second = planner.propose(state.model_copy(update={"decisions_so_far": 1}), ctx)
     # the second decision is one stateless prompt that carries the first verdict: the server took the
-    # strict-subset schemas (nullable fields, env pairs with a knob enum) and answered again. A 135M model
+    # strict-subset schemas (nullable fields, env name/value pairs) and answered again. A 135M model
     # may write the env pairs wrongly; then each bad call is refused with a message naming the fault and the
     # playbook takes the decision (the session goes on) -- never a crash, never a run with bad arguments
     tool_results = [str(m.get("content")) for m in planner.messages[2:] if m.get("role") == "tool"]

@@ -7,6 +7,7 @@ contains a model that misbehaves.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,8 +156,13 @@ def test_a_sweep_call_becomes_the_proposal_and_ends_the_decision(ctx):
 
 
 def test_each_decision_is_one_stateless_prompt_with_the_journal_and_the_last_verdict(ctx):
+    ema = SWEEP | {"name": "ema", "technique": "ema", "env": [{"name": "MATRIX_LR", "value": "0.05"}]}
     with FakeOpenAI(
-        [tool_reply(call("launch_local_sweep", SWEEP)), tool_reply(call("finish", FINISH))]
+        [
+            tool_reply(call("launch_local_sweep", SWEEP)),
+            tool_reply(call("launch_local_sweep", ema)),
+            tool_reply(call("finish", FINISH)),
+        ]
     ) as fake:
         pl = planner(fake)
         assert pl.propose(state(), ctx).action == "experiment"
@@ -171,17 +177,27 @@ def test_each_decision_is_one_stateless_prompt_with_the_journal_and_the_last_ver
                 "script_sha": "f" * 64,
             }
         )
-        p = pl.propose(state(decisions_so_far=1), ctx)
+        assert pl.propose(state(decisions_so_far=1), ctx).action == "experiment"
+        pl.observe({"outcome": "rejected", "delta": 0.002, "p_value": 0.4, "n_candidate": 2})
+        p = pl.propose(state(decisions_so_far=2), ctx)
     assert p.action == "stop" and "queue exhausted" in p.reason
     second = fake.chat_requests()[1]["messages"]
     assert [m["role"] for m in second] == ["system", "user"]  # no growing chat
     prompt = second[1]["content"]
     assert "Decision 2" in prompt
     journal = prompt[prompt.index("## Your journal") : prompt.index("## Last result")]
-    assert "d1 smear_gate" in journal and "SMEAR_GATE=1" in journal and "confirmed kept d=-0.0123" in journal
+    # the newest entry's verdict is the Last result, in full; the entry says so instead of repeating it
+    assert "d1 smear_gate env SMEAR_GATE=1 -> see Last result" in journal
     last = prompt[prompt.index("## Last result") :]
-    assert "confirmed" in last and "-0.0123" in last and "smear-s2" in last
+    assert "confirmed kept" in last and "-0.0123" in last and "smear-s2" in last and "p 0.0021" in last
     assert "0.012345678912" not in prompt and "f" * 64 not in prompt  # rounded, no long shas
+    third = user_prompt(fake.chat_requests()[2])
+    journal = third[third.index("## Your journal") : third.index("## Last result")]
+    assert "d1 smear_gate env SMEAR_GATE=1 -> confirmed kept d=-0.0123 p=0.0021 n=3" in journal
+    assert (
+        "d2 ema env MATRIX_LR=0.05 -> see Last result" in journal
+        and "rejected" in third[third.index("## Last") :]
+    )
 
 
 def test_tokens_used_per_decision_come_from_the_servers_usage(ctx):
@@ -244,7 +260,7 @@ def test_a_human_directive_is_the_first_thing_in_the_decision_prompt(ctx):
         planner(fake).propose(s, ctx)
     user = fake.chat_requests()[0]["messages"][1]["content"]
     at = user.index("Test BigramHash before anything else")
-    assert at < user.index("PR #999") < user.index("## Incumbent") < user.index("| ema | rejected")
+    assert at < user.index("PR #999") < user.index("## Incumbent") < user.index("ema rejected +0.01")
     assert at < user.index("## Queue") < user.index("## Budget left")
     assert "battle_plan.md was edited" in user
     assert fake.chat_requests()[0]["messages"][0]["role"] == "system"
@@ -274,9 +290,12 @@ def test_the_research_context_gives_the_tier_cost_calibration_and_record_rule(ct
         planner(fake).propose(state(frontier=frontier), ctx)
     prompt = user_prompt(fake.chat_requests()[0])
     ctx_part = prompt[prompt.index("## Research context") : prompt.index("## Your journal")]
-    assert "NUM_LAYERS=2 MODEL_DIM=64" in ctx_part and "~20s/run" in ctx_part and "$0.002/run" in ctx_part
-    assert "calibration " in ctx_part and "0.005 nats" in ctx_part
-    assert "smear_gate [priority 1, todo, OBSOLETE per frontier]" in prompt
+    assert "layers=2 dim=64" in ctx_part and "~20s/run" in ctx_part and "$0.002/run" in ctx_part
+    assert (
+        "calibration, full-scale delta ~ slope x this tier's: architecture " in ctx_part
+        and "0.005 nats" in ctx_part
+    )
+    assert "smear_gate [p1, todo, OBSOLETE per frontier]" in prompt
     assert "OBSOLETE" in fake.chat_requests()[0]["messages"][0]["content"]  # and the rules say what it means
 
 
@@ -696,8 +715,10 @@ def test_the_digest_stays_under_its_budget_as_the_ledger_grows(n):
     print(f"\ndecision prompt with {n} experiments in the ledger: {len(text)} characters")
     assert len(text) <= P.DEFAULT_MAX_CHARS + 600  # the digest's budget plus the template's fixed text
     assert "## Human directives" in text and "## Budget left" in text and "## Techniques judged" in text
-    if n == 500:
-        assert "more not shown" in text  # the table was cut, not the budget
+    if n == 500:  # the table was cut by count, not by the budget, and says where the rest is
+        assert re.search(
+            r"\n\+\d+ more \(\d+ confirmed, \d+ inconclusive, \d+ rejected\): query_findings", text
+        )
 
 
 # -- a whole session --------------------------------------------------------------------------------------
@@ -706,11 +727,11 @@ ACT_OLD = "    return (F.leaky_relu(x, slope) if slope else F.relu(x)).square()"
 ACT_NEW = "    return F.silu(x).square()"
 
 
-def _field(text: str, name: str) -> str | None:
-    import re
-
-    m = re.search(rf'"{name}":\[?"([^"]+)"', text)
-    return m.group(1) if m else None
+def _verdict(text: str) -> tuple[str | None, str | None]:
+    """(outcome, last run id) from the prompt's Last result line: "e1: rejected; delta ...; last run ID"."""
+    outcome = re.search(r"^[^\n:]+: (confirmed|rejected|inconclusive)", text, re.M)
+    run = re.search(r"last run (\S+)", text)
+    return (outcome.group(1) if outcome else None), (run.group(1) if run else None)
 
 
 def scientist(body: dict, n: int):
@@ -724,8 +745,8 @@ def scientist(body: dict, n: int):
         c["function"]["name"] for m in msgs[2:] if m["role"] == "assistant" for c in m.get("tool_calls", [])
     ]
     last_tool = next((m["content"] for m in reversed(msgs) if m["role"] == "tool"), "")
-    verdict = prompt[prompt.index("## Last result") :]
-    outcome = _field(verdict, "outcome")
+    verdict = prompt[prompt.index("## Last result") + len("## Last result\n") :]
+    outcome, last_run = _verdict(verdict)
     if decision == 1:
         if not done:
             return tool_reply(call("grep_script", {"pattern": "def mlp_activation", "ignore_case": None}))
@@ -758,9 +779,7 @@ def scientist(body: dict, n: int):
         )
     if decision == 2:
         if "read_logs" not in done:
-            return tool_reply(
-                call("read_logs", {"run_id": _field(verdict, "candidate_runs"), "tail_lines": 5})
-            )
+            return tool_reply(call("read_logs", {"run_id": last_run, "tail_lines": 5}))
         if "record_finding" not in done:
             return tool_reply(
                 call(
@@ -888,7 +907,7 @@ def test_frontier_lines_new_since_the_last_decision_are_marked_first(ctx):
     assert "NEW" not in first
     assert "1 line(s) NEW since your last decision" in second
     assert second.index("NEW «New: 1.0570") < second.index("«Best legal record")
-    assert "» (claims -0.0041 bpb vs the best record)" in second  # the claimed delta, in our words
+    assert "» (claims -0.0041 vs best)" in second  # the claimed delta against the best record, in our words
 
 
 def test_the_tiers_fidelity_and_projection_have_their_place_in_the_research_context(ctx):

@@ -41,7 +41,7 @@ class ViewResult(BaseModel):
 
 @tool(
     "view_script",
-    f"Show lines start_line..end_line of trainer/train_gpt.py, numbered (at most {MAX_VIEW_LINES} lines).",
+    f"Numbered lines start_line..end_line of trainer/train_gpt.py (at most {MAX_VIEW_LINES}).",
     ViewArgs,
 )
 def view_script(args: ViewArgs, ctx: ToolContext) -> ViewResult:
@@ -71,7 +71,7 @@ class GrepResult(BaseModel):
 
 @tool(
     "grep_script",
-    f"Regex search of trainer/train_gpt.py: up to {MAX_MATCHES} numbered matches in context.",
+    f"Regex search of trainer/train_gpt.py: numbered matches in context (at most {MAX_MATCHES}).",
     GrepArgs,
 )
 def grep_script(args: GrepArgs, ctx: ToolContext) -> GrepResult:

@@ -171,8 +171,7 @@ def apply_edits(text: str, edits: list[Edit]) -> str:
 
 @tool(
     "edit_train_script",
-    "Exact search/replace edits to trainer/train_gpt.py; the edited script is your next sweep's candidate. "
-    "Returns the diff.",
+    "Exact search/replace edits to trainer/train_gpt.py (your next sweep's candidate); returns the diff.",
     EditArgs,
 )
 def edit_train_script(args: EditArgs, ctx: ToolContext) -> EditResult:

@@ -135,7 +135,7 @@ def decision_row(d: DecisionRecord) -> str:
 
 @tool(
     "query_findings",
-    "Every past verdict (all sessions), filtered by technique, outcome, tier.",
+    "Past verdicts (all sessions) by technique, outcome, tier.",
     QueryArgs,
 )
 def query_findings(args: QueryArgs, ctx: ToolContext) -> QueryResult:

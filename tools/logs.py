@@ -83,7 +83,7 @@ def digest(rec: RunRecord, tail_lines: int = 10) -> LogDigest:
 
 @tool(
     "read_logs",
-    "A bounded digest of one run by its run_id: status, milestones, last metrics, error tail.",
+    "One run's log digest by run_id: status, milestones, last metrics, error tail.",
     ReadLogsArgs,
 )
 def read_logs(args: ReadLogsArgs, ctx: ToolContext) -> LogDigest:

@@ -160,7 +160,7 @@ class Researcher:
         # the first open queue item the prompt shows that is not obsolete, else a learning-rate sweep
         queue = prompt[prompt.find("## Queue") :]
         for row in queue.splitlines()[1:]:
-            m = re.match(r"- ([a-z0-9_.-]+) \[priority [^,]*, (todo|open|retest)\] env (.*?)(;|$)", row)
+            m = re.match(r"- ([a-z0-9_.-]+) \[p[^,]*, (todo|open|retest)\] (.*?)(;|$)", row)
             if m and "OBSOLETE" not in row and m.group(1) not in self.env_done:
                 self.env_done.add(m.group(1))
                 env = [
