@@ -6,21 +6,27 @@ plan's queue and the branch's incumbent.json. Both pass the same allow-list as a
 from __future__ import annotations
 
 from memory.battle_plan import BattlePlan
-from memory.knobs import check_env_allowed
+from memory.knobs import check_env_allowed, check_tier_fixed
 from memory.ledger import Ledger
 from memory.records import EventRecord
+from memory.tiers import Tier
 
 QUEUE_REFUSED = "queue_item_refused"
 INCUMBENT_ENV_REFUSED = "incumbent_env_refused"
 
 
-def screen_queue(plan: BattlePlan, script_text: str, ledger: Ledger, session: str, say=None) -> BattlePlan:
-    """The plan without the queue items whose overrides the incumbent script does not allow. Each refused
-    item is recorded (technique, env, why) the first time this session meets it; planners never see it."""
+def screen_queue(
+    plan: BattlePlan, script_text: str, ledger: Ledger, session: str, say=None, tier: Tier | None = None
+) -> BattlePlan:
+    """The plan without the queue items whose overrides the incumbent script does not allow, or that move
+    what the tier fixes (its budget, what is scored). Each refused item is recorded (technique, env, why)
+    the first time this session meets it; planners never see it."""
     kept, refused = [], []
     for q in plan.queue:
         try:
             check_env_allowed(q.effective_env(), script_text)
+            if tier is not None:
+                check_tier_fixed(q.effective_env(), tier.env, tier.step_matched)
             kept.append(q)
         except ValueError as e:
             refused.append((q, str(e)))

@@ -412,6 +412,7 @@ class Session:
             self.ledger,
             self.session,
             say=self.progress.line,
+            tier=self.tier,
         )
         sha = human_fingerprint(self.ws.battle_plan)
         if sha != self.plan_sha:

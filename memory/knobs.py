@@ -120,6 +120,37 @@ def check_env_allowed(env: dict[str, str], script_text: str) -> dict[str, str]:
     return env
 
 
+# What a tier fixes so that its runs compare: the training budget and what is scored. An override may not
+# move these (a 40-step tier "won" by ITERATIONS=400, or a score on fewer validation tokens, is no
+# finding); the challenge's own limits (600 s, 16 MB, GPTQ inside the training time) are tier values too.
+TIER_FIXED = frozenset(
+    {
+        "MAX_WALLCLOCK_SECONDS",
+        "VAL_MAX_TOKENS",
+        "VAL_HOLDOUT_TOKENS",
+        "ARTIFACT_CAP_BYTES",
+        "GPTQ_RESERVE_SECONDS",
+    }
+)
+# on a step-matched tier the step count and the tokens per step are the compute budget as well
+STEP_MATCHED_FIXED = frozenset({"ITERATIONS", "TRAIN_BATCH_TOKENS"})
+
+
+def check_tier_fixed(env: Mapping[str, str], tier_env: Mapping[str, object], step_matched: bool) -> None:
+    """Raises ValueError naming each override that moves a knob the tier fixes (see TIER_FIXED); setting
+    one to the tier's own value is allowed."""
+    fixed = TIER_FIXED | (STEP_MATCHED_FIXED if step_matched else frozenset())
+    moved = [
+        f"{k}={v} (the tier's {tier_env[k]})" if k in tier_env else f"{k}={v} (the trainer's default here)"
+        for k, v in env.items()
+        if k in fixed and (k not in tier_env or str(v) != str(tier_env[k]))
+    ]
+    if moved:
+        raise ValueError(
+            f"fixed by the tier so that runs compare (training budget and what is scored): {', '.join(moved)}"
+        )
+
+
 def caseops_on(env: Mapping[str, str] | None) -> bool:
     """The trainer's CASEOPS knob as it reads it (an integer, 0 = off): which data variant a run needs."""
     v = str((env or {}).get("CASEOPS", "0")).strip()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +238,52 @@ def test_a_planted_interpreter_variable_never_reaches_a_run(honest):
         )
         assert not out.ok and name in out.error
     assert not any((ctx.ws.runs_dir / "s1").glob("adhoc-x*"))
+
+
+@pytest.mark.parametrize(
+    "tier, env",
+    [
+        ("cpu-tiny", {"VAL_MAX_TOKENS": "1024"}),  # scored on fewer tokens: not the same measurement
+        ("cpu-tiny", {"MAX_WALLCLOCK_SECONDS": "3000"}),  # a bigger training budget
+        ("cpu-tiny", {"ARTIFACT_CAP_BYTES": "99000000"}),
+        ("cpu-smoke", {"ITERATIONS": "400"}),  # ten times the steps of a step-matched tier
+        ("cpu-smoke", {"TRAIN_BATCH_TOKENS": "8192"}),  # four times the tokens per step
+    ],
+)
+def test_an_override_cannot_buy_a_win_by_moving_the_tiers_budget_or_what_is_scored(honest, tier, env):
+    ctx, _, _ = honest
+    name = next(iter(env))
+    out = registry.call(
+        "launch_local_sweep",
+        {"candidates": [{"name": "budget", "env": env}], "seeds": [2], "tier": tier},
+        ctx,
+    )
+    assert not out.ok and "fixed by the tier" in out.error and name in out.error
+    assert not any((ctx.ws.runs_dir / "s1").glob("adhoc-budget*"))
+
+
+def test_the_tiers_own_value_and_a_time_capped_tiers_step_count_are_allowed():
+    from memory.knobs import check_tier_fixed
+
+    check_tier_fixed({"VAL_MAX_TOKENS": "4096"}, {"VAL_MAX_TOKENS": 4096}, step_matched=False)
+    # on a wallclock tier the clock is the budget; ITERATIONS only shapes the schedule
+    check_tier_fixed({"ITERATIONS": "9000"}, {"MAX_WALLCLOCK_SECONDS": 600}, step_matched=False)
+    with pytest.raises(ValueError, match="ITERATIONS=9000"):
+        check_tier_fixed({"ITERATIONS": "9000"}, {"ITERATIONS": 40}, step_matched=True)
+
+
+def test_a_queue_item_that_moves_the_tiers_budget_is_refused_and_recorded(tmp_path):
+    from agent.containment import QUEUE_REFUSED, screen_queue
+    from memory.battle_plan import parse_plan
+
+    root = Path(__file__).resolve().parents[1]
+    tiers = load_tiers(root / "tiers.toml")
+    plan = parse_plan(
+        "# Plan\n\n## Queue\n- [ ] more_steps: ITERATIONS=400\n- [ ] leaky_relu2: MLP_ACT_SLOPE=0.5\n"
+    )
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    script = (root / "trainer" / "train_gpt.py").read_text()
+    left = screen_queue(plan, script, ledger, "s1", tier=tiers["cpu-smoke"])
+    assert [q.technique for q in left.queue] == ["leaky_relu2"]
+    (refusal,) = [e for e in ledger.records(EventRecord) if e.event == QUEUE_REFUSED]
+    assert refusal.detail["technique"] == "more_steps" and "fixed by the tier" in refusal.detail["why"]

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
 from memory.faults import crash_point, die
 from memory.incumbent import candidate_env
-from memory.knobs import SAFE_RUNTIME_ENV, caseops_on, check_env_allowed, check_env_syntax
+from memory.knobs import SAFE_RUNTIME_ENV, caseops_on, check_env_allowed, check_env_syntax, check_tier_fixed
 from memory.records import Cost, EventRecord, RunRecord, RunResult
 from tools import cleanroom, metric_guard, rescore
 from tools.context import ToolContext
@@ -356,6 +356,7 @@ def sweep(args: SweepArgs, ctx: ToolContext) -> tuple[SweepResult, list[RunRecor
             raise ToolError(f"the incumbent's overrides (incumbent.json or a kept change): {e}") from None
         try:
             check_env_allowed(cand.env, text)
+            check_tier_fixed(candidate_env(ctx.incumbent_env, cand.env), tier.env, tier.step_matched)
         except ValueError as e:
             raise ToolError(f"candidate {cand.name}: {e}") from None
         problems = metric_guard.violations(text, reference=incumbent)
