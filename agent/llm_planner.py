@@ -33,7 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import prompt as P
 from agent.planner import ExperimentSpec, PlannerState, Proposal
-from memory.knobs import SAFE_RUNTIME_ENV, Knob, allowed_override_names, read_knobs
+from memory.knobs import (
+    SAFE_RUNTIME_ENV,
+    STEP_MATCHED_FIXED,
+    TIER_FIXED,
+    Knob,
+    allowed_override_names,
+    read_knobs,
+)
 from tools import registry
 from tools.registry import format_validation_error
 from tools.sweep import ENV_PAIRS_SCHEMA, env_from_pairs
@@ -459,11 +466,14 @@ class LLMPlanner:
         """The system prompt is static for a script version (a cached prefix at the provider); the knob
         enum follows the working script so that a knob the model just added can be set."""
         script = _read_script(ctx)
-        key = _text_sha(script)
+        step_matched = bool(getattr(getattr(ctx, "tier", None), "step_matched", False))
+        key = _text_sha(script) + ("/steps" if step_matched else "")
         if key not in self._knobs_by_sha:  # parsing a 1,400-line script costs ~0.1 s: once per version
             knobs: list[Knob] = read_knobs(script) if script else []
             # the model sets the trainer's own knobs; the runtime names (threads, devices) are the harness's
-            names = sorted(allowed_override_names(script) - SAFE_RUNTIME_ENV) if script else []
+            # and what the tier fixes (memory/knobs.py check_tier_fixed) would only be refused
+            fixed = TIER_FIXED | (STEP_MATCHED_FIXED if step_matched else frozenset())
+            names = sorted(allowed_override_names(script) - SAFE_RUNTIME_ENV - fixed) if script else []
             self._knobs_by_sha = {key: (knobs, names)}
         knobs, self._knob_names = self._knobs_by_sha[key]
         if self._system is None:  # the knob list of the system prompt is the incumbent's: stays put
