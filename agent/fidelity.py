@@ -84,6 +84,28 @@ class Fidelity(BaseModel):
     seconds_per_run: float | None = None
 
 
+SHIPPED_PAIRS = Path(__file__).resolve().parent.parent / "memory" / "data" / "fidelity_pairs.jsonl"
+
+
+def seed_shipped_pairs(ledger: Ledger, tier: str, path: str | Path | None = None) -> int:
+    """A fresh ledger gets the tier's calibration pairs that `golf fidelity` measured when pgolf was built
+    (memory/data/fidelity_pairs.jsonl), so its calibration and fidelity are the tier's own from the first
+    session rather than a prior from another tier. Only when the ledger holds no pair of that tier: a
+    user's own `golf fidelity` run always wins (it is later in the ledger). Returns the pairs written."""
+    src = Path(path or SHIPPED_PAIRS)
+    if not src.exists() or any(c.tier == tier for c in ledger.records(CalibrationPairRecord)):
+        return 0
+    shipped = [
+        CalibrationPairRecord.model_validate_json(line)
+        for line in src.read_text().splitlines()
+        if line.strip()
+    ]
+    mine = [c for c in shipped if c.tier == tier]
+    for c in mine:
+        ledger.append(c)
+    return len(mine)
+
+
 def tier_pairs(records: Sequence, tier: str) -> list[CalibrationPairRecord]:
     """The tier's calibration pairs, the latest per technique."""
     latest = {c.technique: c for c in records if isinstance(c, CalibrationPairRecord) and c.tier == tier}

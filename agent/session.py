@@ -330,6 +330,14 @@ class Session:
                     },
                 )
             )
+            from agent.fidelity import seed_shipped_pairs
+
+            seeded = seed_shipped_pairs(self.ledger, self.tier_name)
+            if seeded:
+                self.progress.line(
+                    f"calibration: {seeded} pairs `golf fidelity` measured on {self.tier_name} when pgolf "
+                    "was built go into the ledger (run `golf fidelity` to measure your own)"
+                )
         if cleared:
             self.ledger.append(
                 EventRecord(session=self.session, event="git_locks_cleared", detail={"locks": cleared})

@@ -109,3 +109,36 @@ def test_the_report_plots_a_tiers_fidelity_pairs_and_fits_on_them(tmp_path):
     assert drawn and len(drawn[0].lines[0].get_xdata()) == 3
     f = fidelity_of(records, "cpu-smoke")
     assert f.spearman == pytest.approx(1.0) and f.sign_agreement == 1.0
+
+
+def test_a_fresh_ledger_gets_the_tiers_shipped_measurement_once_and_a_users_own_pairs_win(tmp_path):
+    from pathlib import Path
+
+    from agent.fidelity import fidelity_of, seed_shipped_pairs
+    from memory.ledger import Ledger
+    from memory.records import CalibrationPairRecord
+    from memory.tiers import load_tiers
+
+    tiers = load_tiers(Path(__file__).resolve().parents[1] / "tiers.toml")
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    assert seed_shipped_pairs(ledger, "cpu-smoke") == 8
+    assert seed_shipped_pairs(ledger, "cpu-smoke") == 0  # once
+    measured = fidelity_of(ledger.records(), "cpu-smoke")
+    # the shipped pairs are the measurement tiers.toml records for the default tier
+    assert measured.spearman == pytest.approx(tiers["cpu-smoke"].fidelity_spearman, abs=0.005)
+    assert seed_shipped_pairs(ledger, "cpu-tiny") == 0  # the test tier ships none: it proves plumbing only
+
+    own = Ledger(tmp_path / "own.jsonl")
+    own.append(
+        CalibrationPairRecord(
+            session="me",
+            tier="cpu-smoke",
+            hardware="cpu@x",
+            technique="ema",
+            technique_kind="training",
+            lower_delta=-0.01,
+            upper_delta=0.0025,
+        )
+    )
+    assert seed_shipped_pairs(own, "cpu-smoke") == 0
+    assert [c.session for c in own.records(CalibrationPairRecord)] == ["me"]
