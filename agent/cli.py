@@ -77,7 +77,7 @@ def cmd_status(args) -> int:
     from agent.state import findings_table
     from memory import incumbent
     from memory.ledger import Ledger
-    from memory.records import DecisionRecord, NoiseRecord
+    from memory.records import DecisionRecord, EventRecord, NoiseRecord
     from memory.workspace import Workspace
 
     ws = Workspace.at(_ws(args))
@@ -95,7 +95,21 @@ def cmd_status(args) -> int:
     noise = [n for n in records if isinstance(n, NoiseRecord) and n.session == session]
     print(f"last session: {session} (branch golf/{session}), {len(decisions)} decision(s)")
     env = incumbent.current_env(records, session, incumbent.base_env(ws.root, records, session))
-    print(f"incumbent env: {json.dumps(env)}")
+    start = next(
+        (
+            e
+            for e in reversed(records)
+            if isinstance(e, EventRecord) and e.session == session and e.event == "start_preset"
+        ),
+        None,
+    )
+    if start is not None:  # the preset's flags are the incumbent's starting point, under what was kept
+        print(
+            f"incumbent env: preset {start.detail.get('name')} ({len(start.detail.get('env') or {})} flags "
+            f"on this tier) + kept overrides {json.dumps(env)}"
+        )
+    else:
+        print(f"incumbent env: {json.dumps(env)}")
     if noise:
         print(
             f"noise: std {noise[-1].std:.5f} bpb over {len(noise[-1].values)} A/A runs on {noise[-1].tier}, "

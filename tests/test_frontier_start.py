@@ -125,7 +125,9 @@ def test_the_plan_names_the_preset_its_session_starts_from():
         parse_plan(plan_with("- start: the frontier please"))
 
 
-def test_a_session_starting_from_a_preset_measures_every_candidate_on_top_of_it(tmp_path, tiny_dataset):
+def test_a_session_starting_from_a_preset_measures_every_candidate_on_top_of_it(
+    tmp_path, tiny_dataset, capsys
+):
     ws = make_workspace(tmp_path, tiny_dataset, plan=plan_with("- start: frontier"))
     (ws / "presets.toml").write_text(FIXTURE)
     git(ws, "add", "-A")
@@ -157,6 +159,14 @@ def test_a_session_starting_from_a_preset_measures_every_candidate_on_top_of_it(
     note = git(ws, "log", "-1", "--format=%B", decision.git_commit)
     assert "deferred: " in note and "mlp3x (superseded by mlp4x (#1218))" in note
     assert "lzma (superseded by lrzip (#1218))" in note
+    # golf status says where the incumbent started and scores it from the preset's record
+    from agent.cli import main
+
+    capsys.readouterr()
+    assert main(["--workspace", str(ws), "status"]) == 0
+    shown = capsys.readouterr().out
+    assert "incumbent env: preset frontier (" in shown
+    assert "= preset frontier (PR #1855) 1.0611 +" in shown
 
 
 def test_a_preset_naming_a_flag_the_trainer_lacks_stops_the_session_before_any_run(tmp_path, tiny_dataset):
