@@ -95,11 +95,15 @@ def seed_shipped_pairs(ledger: Ledger, tier: str, path: str | Path | None = None
     src = Path(path or SHIPPED_PAIRS)
     if not src.exists() or any(c.tier == tier for c in ledger.records(CalibrationPairRecord)):
         return 0
-    shipped = [
-        CalibrationPairRecord.model_validate_json(line)
-        for line in src.read_text().splitlines()
-        if line.strip()
-    ]
+    shipped = []
+    for n, line in enumerate(src.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            shipped.append(CalibrationPairRecord.model_validate_json(line))
+        except ValueError as e:  # nothing is written from a file that is partly unreadable
+            first = str(e).splitlines()[0]
+            raise ValueError(f"{src}:{n}: not a calibration pair ({first}); nothing was seeded") from None
     mine = [c for c in shipped if c.tier == tier]
     for c in mine:
         ledger.append(c)

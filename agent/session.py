@@ -332,7 +332,11 @@ class Session:
             )
             from agent.fidelity import seed_shipped_pairs
 
-            seeded = seed_shipped_pairs(self.ledger, self.tier_name)
+            try:
+                seeded = seed_shipped_pairs(self.ledger, self.tier_name)
+            except ValueError as e:  # the calibration falls back to its prior; the session goes on
+                seeded = 0
+                self.progress.line(f"calibration: shipped fidelity pairs skipped: {e}")
             if seeded:
                 self.progress.line(
                     f"calibration: {seeded} pairs `golf fidelity` measured on {self.tier_name} when pgolf "

@@ -3,6 +3,7 @@ the tier's own calibration pairs, which the calibration then fits on (real train
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -142,3 +143,17 @@ def test_a_fresh_ledger_gets_the_tiers_shipped_measurement_once_and_a_users_own_
     )
     assert seed_shipped_pairs(own, "cpu-smoke") == 0
     assert [c.session for c in own.records(CalibrationPairRecord)] == ["me"]
+
+
+def test_an_unreadable_shipped_pairs_file_is_named_and_seeds_nothing(tmp_path):
+    from agent.fidelity import SHIPPED_PAIRS, seed_shipped_pairs
+    from memory.ledger import Ledger
+
+    bad = tmp_path / "pairs.jsonl"
+    good = SHIPPED_PAIRS.read_text().splitlines()[0]
+    bad.write_text(good + "\n{not json\n")
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    tier = json.loads(good)["tier"]
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: not a calibration pair"):
+        seed_shipped_pairs(ledger, tier, bad)
+    assert ledger.records() == []
