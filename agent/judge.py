@@ -440,39 +440,24 @@ def paired_prior(
     ss = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in pool if len(g) >= 2)
     df = sum(len(g) - 1 for g in pool if len(g) >= 2)
     used = sum(1 for g in pool if len(g) >= 2)
+    source: Literal["kind", "tier", "aa"]
     if tier_std is not None:
         if not (tier_std > 0 and math.isfinite(tier_std) and tier_df > 0):
             raise ValueError(f"paired_prior: the tier's paired_noise must be positive, got {tier_std}")
         var = (tier_df * tier_std**2 + ss) / (tier_df + df)
-        given = min(tier_df + df, max(tier_df, PAIRED_POOL_DF_CAP))
-        return PairedNoise(
-            std=math.sqrt(var),
-            df=given,
-            pool_kind=kind,
-            pool_std=math.sqrt(var),
-            pool_df=given,
-            pool_source="tier" if df == 0 else "kind",
-            pool_experiments=used,
-        )
-    if df == 0:
-        return PairedNoise(
-            std=math.sqrt(fallback),
-            df=min(aa_df, PAIRED_POOL_DF_CAP),
-            pool_kind=kind,
-            pool_std=math.sqrt(fallback),
-            pool_df=min(aa_df, PAIRED_POOL_DF_CAP),
-            pool_source="aa",
-        )
-    var = ss / df
-    given = min(float(df), PAIRED_POOL_DF_CAP)
+        given, source = min(tier_df + df, max(tier_df, PAIRED_POOL_DF_CAP)), "tier" if df == 0 else "kind"
+    elif df == 0:
+        var, given, source = fallback, min(aa_df, PAIRED_POOL_DF_CAP), "aa"
+    else:
+        var, given, source = ss / df, min(float(df), PAIRED_POOL_DF_CAP), "kind"
     return PairedNoise(
         std=math.sqrt(var),
         df=given,
         pool_kind=kind,
         pool_std=math.sqrt(var),
         pool_df=given,
-        pool_source="kind",
-        pool_experiments=used,
+        pool_source=source,
+        pool_experiments=used if source != "aa" else 0,
     )
 
 
