@@ -212,11 +212,12 @@ def rule_single_run(
     repeat: bool,
     coin: np.random.Generator | None = None,
     fixed_seed: bool = True,
+    margin: float = 0.0,
 ) -> Tally:
     """One run per idea. Autoresearch keeps it if lower than the incumbent's single run; with `coin`,
     a fair coin decides instead (random choice). With `repeat`, ideas not kept are proposed again.
     fixed_seed: every run on seed 0, as autoresearch's train.py does (the greedy rule's best case: the
-    seed effect cancels); otherwise a new seed per run."""
+    seed effect cancels); otherwise a new seed per run. margin: keep only when lower by more than this."""
     tally, stack = Tally(), frozenset()
     first = best = sim.run(stack, 0)
     pending = list(ideas)
@@ -225,7 +226,7 @@ def rule_single_run(
             if sim.runs >= budget:
                 break
             value = sim.run(stack | {idea}, 0 if fixed_seed else tally.tests + 1)
-            keep = value < best if coin is None else bool(coin.random() < 0.5)
+            keep = value < best - margin if coin is None else bool(coin.random() < 0.5)
             stack = tally.consider(sim, stack, idea, keep)
             best = value if keep else best
         pending = [i for i in ideas if i not in stack] if repeat else []
@@ -254,17 +255,4 @@ def rule_threshold(sim: SimTrainer, ideas: list[str], budget: int, z: float, rep
     of false keeps the best keep rule is a threshold on the difference: sweeping z traces the best true
     gain a one-run-per-idea rule can reach at each precision.
     """
-    tally, stack = Tally(), frozenset()
-    sd = float(np.sqrt(2) * sim.noise_std)
-    inc = first = sim.run(stack, 0)
-    pending = list(ideas)
-    while pending and sim.runs < budget:
-        for idea in pending:
-            if sim.runs >= budget:
-                break
-            value = sim.run(stack | {idea}, 0)
-            keep = value - inc < -z * sd
-            stack = tally.consider(sim, stack, idea, keep)
-            inc = value if keep else inc
-        pending = [i for i in ideas if i not in stack] if repeat else []
-    return tally.close(sim, stack, first - inc)
+    return rule_single_run(sim, ideas, budget, repeat, margin=z * float(np.sqrt(2) * sim.noise_std))
