@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent import prompt as P
 from agent.planner import ExperimentSpec, PlannerState, Proposal
 from memory.knobs import (
+    RUN_SHAPE,
     SAFE_RUNTIME_ENV,
     STEP_MATCHED_FIXED,
     TIER_FIXED,
@@ -264,13 +265,17 @@ def _kept_arguments(arguments: str) -> str:
             json.loads(arguments)
             return arguments
         except ValueError:
+            pass
+        try:  # raw newlines inside strings: read leniently, kept as strict JSON
+            return json.dumps(registry.parse_arguments(arguments))
+        except ValueError:
             return json.dumps({"_invalid_arguments": arguments[:200]})
     return json.dumps({"_dropped_arguments_chars": len(arguments)})
 
 
 def _canonical(arguments: str) -> str:
     try:
-        return json.dumps(json.loads(arguments), sort_keys=True)
+        return json.dumps(registry.parse_arguments(arguments), sort_keys=True)
     except (ValueError, TypeError):
         return arguments
 
@@ -472,7 +477,7 @@ class LLMPlanner:
             knobs: list[Knob] = read_knobs(script) if script else []
             # the model sets the trainer's own knobs; the runtime names (threads, devices) are the harness's
             # and what the tier fixes (memory/knobs.py check_tier_fixed) would only be refused
-            fixed = TIER_FIXED | (STEP_MATCHED_FIXED if step_matched else frozenset())
+            fixed = TIER_FIXED | RUN_SHAPE | (STEP_MATCHED_FIXED if step_matched else frozenset())
             names = sorted(allowed_override_names(script) - SAFE_RUNTIME_ENV - fixed) if script else []
             self._knobs_by_sha = {key: (knobs, names)}
         knobs, self._knob_names = self._knobs_by_sha[key]
@@ -858,7 +863,7 @@ class LLMPlanner:
             return P.redact(outcome.text(MAX_TOOL_RESULT_CHARS)), None
         result = P.tidy(outcome.result)
         if name == "edit_train_script" and isinstance(result, dict):
-            self._edit_note = _edit_note(json.loads(arguments) if arguments else {}, result)
+            self._edit_note = _edit_note(registry.parse_arguments(arguments), result)
         if name == "read_logs" and isinstance(result, dict):  # log lines are the candidate's output: data
             result = quote_log_text(result)
         body = json.dumps(result, default=str, separators=(",", ":"), ensure_ascii=False)
@@ -875,7 +880,7 @@ class LLMPlanner:
             self._record_refusal(ctx, name, error)
             return "ERROR: " + error, None
         try:
-            raw = json.loads(arguments or "{}")
+            raw = registry.parse_arguments(arguments)
             if name == FINISH_TOOL:
                 finish = FinishArgs.model_validate(raw)
                 return "session ends", self._stop(
@@ -992,7 +997,7 @@ def _applied(c: dict[str, Any]) -> dict[str, Any]:
     if fn.get("name") != "edit_train_script":
         return c
     try:
-        args = json.loads(fn.get("arguments") or "{}")
+        args = registry.parse_arguments(fn.get("arguments"))
     except ValueError:
         return c
     if not isinstance(args, dict):

@@ -515,10 +515,10 @@ def knob_lines(knobs: list[Any]) -> str:
     """The trainer's knobs, densely: NAME=default (meaning). A default of 0 is left out (the header says
     so), and consecutive knobs sharing a prefix share a line, "TTT_: ENABLE, LR=0.002 (...)", so the
     ~110 knobs of the trainer cost about a thousand tokens instead of 1,600."""
-    from memory.knobs import HARNESS_ENV, TIER_FIXED
+    from memory.knobs import HARNESS_ENV, RUN_SHAPE, TIER_FIXED
 
-    # the harness sets those, and the tier fixes its budget and what is scored: overrides cannot
-    knobs = [k for k in knobs if k.name not in HARNESS_ENV | TIER_FIXED]
+    # the harness sets those, and the tier fixes its budget, what is scored and how a run executes
+    knobs = [k for k in knobs if k.name not in HARNESS_ENV | TIER_FIXED | RUN_SHAPE]
     if not knobs:
         return "(the script declares no knobs)"
 

@@ -12,10 +12,13 @@ carries the tier's fidelity and projection (as LLMPlanner.from_env wires them fo
 discarded edit is reverted.
 
 Input tokens are counted on the exact request bodies the server received: every message's content and
-tool calls (plus 4 tokens a message for the chat framing) and the tool schemas as JSON (OpenAI renders
-schemas more compactly, so this overstates them a little). With --tokenizer chars, 4 characters a token.
-Tools are plain by default, as a local OpenAI-compatible server gets them; --strict sends them as OpenAI
-gets them (strict, with the knob-name enum in launch_local_sweep).
+tool calls (plus 4 tokens a message for the chat framing) and the tool schemas. Tools are plain by
+default, as a local OpenAI-compatible server gets them, and counted as JSON (what chat templates such as
+llama.cpp's paste into the prompt). --strict sends them as OpenAI gets them (strict, with the knob-name
+enum in launch_local_sweep) and counts them as OpenAI's models read them: the TypeScript-like
+`namespace functions { ... }` block of OpenAI's published harmony format (openai_tool_text below); the
+same requests with the tools counted as JSON are reported beside it. With --tokenizer chars, 4
+characters a token.
 
     python benchmarks/planner.py [--decisions 500] [--seed 0] [--strict] [--json]
 """
@@ -67,13 +70,55 @@ def tokenizer(kind: str):
     return "4 characters a token", lambda text: len(text) // 4 + 1
 
 
-def request_tokens(body: dict[str, Any], count) -> int:
+def _ts_type(schema: dict[str, Any], depth: int) -> str:
+    if "anyOf" in schema:
+        return " | ".join(_ts_type(s, depth) for s in schema["anyOf"])
+    if "enum" in schema:
+        return " | ".join(json.dumps(v) for v in schema["enum"])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return " | ".join(_ts_type({**schema, "type": k}, depth) for k in kind)
+    if kind == "array":
+        inner = _ts_type(schema.get("items", {}), depth)
+        return f"Array<{inner}>" if " | " in inner else inner + "[]"
+    if kind == "object":
+        return "{\n" + _ts_fields(schema, depth + 1) + "\n" + "  " * depth + "}"
+    return {"integer": "number"}.get(str(kind), str(kind or "any"))
+
+
+def _ts_fields(schema: dict[str, Any], depth: int) -> str:
+    required, pad, out = set(schema.get("required", [])), "  " * depth, []
+    for name, prop in schema.get("properties", {}).items():
+        if prop.get("description"):
+            out.append(f"{pad}// {prop['description']}")
+        out.append(f"{pad}{name}{'' if name in required else '?'}: {_ts_type(prop, depth)},")
+    return "\n".join(out)
+
+
+def openai_tool_text(tools: list[dict[str, Any]]) -> str:
+    """The tools as OpenAI's models read them: a `namespace functions` block of TypeScript-like types, one
+    `// description` line and one `type name = (_: {...}) => any;` per tool (the harmony format OpenAI
+    published with gpt-oss). Property descriptions become comments; enums, unions and arrays are TS types."""
+    parts = ["namespace functions {", ""]
+    for t in tools:
+        fn = t["function"]
+        if fn.get("description"):
+            parts.append(f"// {fn['description']}")
+        parts += [f"type {fn['name']} = (_: {{\n{_ts_fields(fn.get('parameters', {}), 0)}\n}}) => any;", ""]
+    return "\n".join([*parts, "} // namespace functions"])
+
+
+def request_tokens(body: dict[str, Any], count, tools_as: str = "json") -> int:
+    """Input tokens of one request; tools_as "openai" counts the schemas as OpenAI renders them."""
     n = 0
     for m in body.get("messages", []):
         n += 4 + count(str(m.get("content") or ""))
         if m.get("tool_calls"):
             n += count(json.dumps(m["tool_calls"]))
-    return n + count(json.dumps(body.get("tools", [])))
+    tools = body.get("tools", [])
+    if not tools:
+        return n
+    return n + count(openai_tool_text(tools) if tools_as == "openai" else json.dumps(tools))
 
 
 class StandIn:
@@ -199,7 +244,9 @@ def run(decisions: int, seed: int, count, strict: bool = False) -> list[dict[str
                 rows.append({"decision": k + 1, "stopped": p.reason})
                 break
             edited = loop.ws.script.read_text() != loop.incumbent
-            tokens = [request_tokens(b, count) for b in bodies]
+            # strict tools go to OpenAI: counted as its models read them (plain: as JSON, and the same)
+            tokens = [request_tokens(b, count, "openai" if strict else "json") for b in bodies]
+            as_json = [request_tokens(b, count) for b in bodies]
             rows.append(
                 {
                     "decision": k + 1,
@@ -208,6 +255,7 @@ def run(decisions: int, seed: int, count, strict: bool = False) -> list[dict[str
                     "first_request_tokens": tokens[0] if tokens else 0,
                     "max_request_tokens": max(tokens or [0]),
                     "request_tokens": tokens,
+                    "max_request_tokens_tools_as_json": max(as_json or [0]),
                     "code_edit": edited,
                     "fallback": p.reason.startswith("playbook fallback"),
                     "planner_s": wall,
@@ -229,6 +277,7 @@ def summarize(rows: list[dict[str, Any]], lo: int, hi: int) -> dict[str, Any]:
         "first_request_tokens": statistics.fmean(r["first_request_tokens"] for r in part),
         "p95_request_tokens": float(np.percentile([t for r in part for t in r["request_tokens"]], 95)),
         "max_request_tokens": max(r["max_request_tokens"] for r in part),
+        "max_request_tokens_tools_as_json": max(r["max_request_tokens_tools_as_json"] for r in part),
         "input_tokens_per_flag_decision": statistics.fmean(r["input_tokens"] for r in flags)
         if flags
         else 0.0,
@@ -272,7 +321,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     print(
         f"LLM planner, scripted researcher on the real trainer: {n} decisions, tokens by {name}"
-        + (", strict tool schemas" if args.strict else "")
+        + (
+            ", strict tool schemas (tools counted as OpenAI renders them)"
+            if args.strict
+            else ", tools counted as JSON"
+        )
     )
     cols = ["first_10", f"last_10_of_{n}", "all"]
     print(f"{'':34s}" + "".join(f"{c:>16s}" for c in cols))

@@ -132,6 +132,24 @@ TIER_FIXED = frozenset(
         "GPTQ_RESERVE_SECONDS",
     }
 )
+# How a run executes on the tier's machine, not what it learns: the tier sets these (device, precision,
+# compilation, accumulation, logging, eval batching, divergence guard) and a planner gains nothing by
+# moving them, so the LLM planner's knob list and enum leave them out (~200 tokens a request).
+RUN_SHAPE = frozenset(
+    {
+        "DEVICE",
+        "DTYPE",
+        "COMPILE",
+        "COMPILE_NS",
+        "GRAD_ACCUM_STEPS",
+        "WARMUP_STEPS",
+        "VAL_BATCH_SIZE",
+        "VAL_LOSS_EVERY",
+        "TRAIN_LOG_EVERY",
+        "DIVERGE_LOSS",
+        "DIVERGE_GRACE_STEPS",
+    }
+)
 # on a step-matched tier the step count and the tokens per step are the compute budget as well
 STEP_MATCHED_FIXED = frozenset({"ITERATIONS", "TRAIN_BATCH_TOKENS"})
 

@@ -114,14 +114,15 @@ def test_the_knob_list_is_in_the_static_system_prompt(ctx):
         pl.propose(state(decisions_so_far=1), ctx)
     first, second = (b["messages"][0]["content"] for b in fake.chat_requests())
     assert first == second  # static: the provider can cache it
-    from memory.knobs import HARNESS_ENV, TIER_FIXED
+    from memory.knobs import HARNESS_ENV, RUN_SHAPE, TIER_FIXED
 
     listed = parse_knob_list(first)
     knobs = read_knobs(TRAINER.read_text())
-    # every knob an override may move: the harness's and what the tier fixes are not the model's
-    assert set(listed) == {k.name for k in knobs} - HARNESS_ENV - TIER_FIXED
+    # every knob that changes what a run learns: the harness's, what the tier fixes and how the tier's
+    # machine executes a run are not the model's
+    assert set(listed) == {k.name for k in knobs} - HARNESS_ENV - TIER_FIXED - RUN_SHAPE
     for k in knobs:
-        if k.name in HARNESS_ENV | TIER_FIXED:
+        if k.name in HARNESS_ENV | TIER_FIXED | RUN_SHAPE:
             continue
         default, meaning = listed[k.name]
         if default is None:  # left out: the header says an omitted default is 0
@@ -201,6 +202,21 @@ def test_every_exported_tool_schema_is_in_openais_strict_subset(ctx):
     text = json.dumps(exported + sent)
     for banned in ('"default"', '"minLength"', '"maxLength"', '"$ref"', '"$defs"', '"title"'):
         assert banned not in text
+
+    # a nullable list or object is a union with null, never a type list: grammar builders (llama.cpp's)
+    # read {"type": ["array", "null"]} as any array and would let a model send [1, 2] for the env pairs
+    def shapes(node):
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if isinstance(kind, list):
+                yield kind
+            for v in node.values():
+                yield from shapes(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from shapes(v)
+
+    assert not [k for k in shapes(exported + sent) if {"array", "object"} & set(k)]
 
 
 def test_the_strict_subset_check_catches_what_openai_refuses():

@@ -315,6 +315,24 @@ def test_malformed_json_arguments_are_answered_with_the_parse_error_and_the_deci
     json.loads(kept)  # the decision's history keeps valid JSON: servers re-parse it
 
 
+def test_raw_newlines_inside_argument_strings_are_read_and_kept_as_strict_json(ctx):
+    # small local models write multi-line hypotheses with literal newlines, which JSON forbids
+    raw = (
+        json.dumps(SWEEP | {"hypothesis": "line one\tLINE two"})
+        .replace("\\t", "\t")
+        .replace("LINE", "\nline")
+    )
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw)
+    with FakeOpenAI(
+        [tool_reply(call("read_logs", '{"run_id": "r\n1"}')), tool_reply(call("launch_local_sweep", raw))]
+    ) as fake:
+        p = planner(fake).propose(state(), ctx)
+    assert p.action == "experiment" and p.experiment.hypothesis == "line one\t\nline two"
+    kept = next(m for m in fake.chat_requests()[1]["messages"] if m["role"] == "assistant")
+    assert json.loads(kept["tool_calls"][0]["function"]["arguments"]) == {"run_id": "r\n1"}
+
+
 def test_a_validation_error_comes_back_verbatim_enough_to_fix(ctx):
     bad = SWEEP | {"name": "Not A Slug!"}
     harness = SWEEP | {"env": [{"name": "DATA_PATH", "value": "/etc"}]}
@@ -568,7 +586,8 @@ def test_against_openai_the_schemas_are_strict_and_parallel_calls_off(ctx):
     sweep = next(t for t in body["tools"] if t["function"]["name"] == "launch_local_sweep")["function"][
         "parameters"
     ]
-    names = sweep["properties"]["env"]["items"]["properties"]["name"]["enum"]
+    pairs = next(a for a in sweep["properties"]["env"]["anyOf"] if a.get("type") == "array")  # or null
+    names = pairs["items"]["properties"]["name"]["enum"]
     assert {"MATRIX_LR", "SMEAR_GATE", "MLP_ACT_SLOPE"} <= set(names) and "PYTHONPATH" not in names
 
 

@@ -5,7 +5,8 @@ shipped frontier, a ledger the way the loop writes it, the cost model's options,
 projection), with 500 judged experiments and a 500-entry journal. The scripted researcher then makes a
 code decision with every step a decision can take (grep, view, a drifted edit answered with the nearest
 region, the corrected edit, the launch), and each request the server received is counted with a real
-o200k tokenizer, the way the benchmark counts them.
+o200k tokenizer, the way the benchmark counts them: plain tools (a local server's) as JSON, strict tools
+(OpenAI's, with the knob-name enum) as OpenAI's models read them, a TypeScript-like namespace.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def ledger_of(loop: StandIn, n: int) -> list[JournalEntry]:
     return journal
 
 
-def test_every_request_of_a_code_decision_fits_4k_tokens_at_500_experiments(tmp_path):
+@pytest.mark.parametrize(
+    "strict", [False, True], ids=["plain-tools-as-json", "strict-tools-as-openai-renders"]
+)
+def test_every_request_of_a_code_decision_fits_4k_tokens_at_500_experiments(tmp_path, strict):
     bpe = pytest.importorskip("bpe_openai", reason="the dev extras install bpe-openai (o200k, offline)")
     assert bpe is not None
     name, count = tokenizer("o200k")
@@ -71,6 +75,7 @@ def test_every_request_of_a_code_decision_fits_4k_tokens_at_500_experiments(tmp_
             base_url=fake.base_url,
             max_retries=0,
             fidelity=context_lines,
+            strict_tools=strict,
         )
         planner.journal = journal
         planner.observe(loop.ledger.records()[-1].model_dump())  # the last verdict, as the loop reports it
@@ -104,7 +109,14 @@ def test_every_request_of_a_code_decision_fits_4k_tokens_at_500_experiments(tmp_
         "## Last result",
     ):
         assert part in user, part
-    sizes = [request_tokens(b, count) for b in bodies]
+    if strict:  # as OpenAI gets them: every schema strict, the knob names an enum of the trainer's knobs
+        sweep = next(
+            t["function"] for t in bodies[0]["tools"] if t["function"]["name"] == "launch_local_sweep"
+        )
+        env = sweep["parameters"]["properties"]["env"]["anyOf"]
+        names = next(a for a in env if a.get("type") == "array")["items"]["properties"]["name"]["enum"]
+        assert sweep["strict"] and "MLP_ACT_SLOPE" in names and "DEVICE" not in names  # DEVICE: the tier's
+    sizes = [request_tokens(b, count, "openai" if strict else "json") for b in bodies]
     print(f"\n{name}: request tokens of a 5-step code decision at {EXPERIMENTS} experiments: {sizes}")
     assert max(sizes) <= MAX_REQUEST_TOKENS, sizes
 

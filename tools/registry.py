@@ -98,6 +98,12 @@ def _nullable(node: dict[str, Any]) -> dict[str, Any]:
             out["description"] = node["description"]
         return out
     kind = node.get("type")
+    if kind in ("array", "object"):
+        # a union with null, not a type list: grammar builders (llama.cpp's) read ["array", "null"] as
+        # "any array" and drop the items' shape, so a model could send [1, 2] for the env pairs
+        inner = {k: v for k, v in node.items() if k != "description"}
+        out = {"anyOf": [inner, {"type": "null"}]}
+        return out | ({"description": node["description"]} if "description" in node else {})
     if isinstance(kind, str):
         return node | {"type": [kind, "null"]}
     return node
@@ -192,12 +198,13 @@ def with_env_names(schema: dict[str, Any], allowed: list[str]) -> dict[str, Any]
         if isinstance(node, dict):
             env = node.get("properties", {}).get("env")
             env = env if isinstance(env, dict) else {}
-            kind = env.get("type")
-            if kind == "array" or (isinstance(kind, list) and "array" in kind):
-                name = env.get("items", {}).get("properties", {}).get("name")
-                if isinstance(name, dict) and allowed:
-                    name.pop("pattern", None)
-                    name["enum"] = list(allowed)
+            for alt in [env, *env.get("anyOf", [])]:  # the array itself, or inside its nullable union
+                kind = alt.get("type")
+                if kind == "array" or (isinstance(kind, list) and "array" in kind):
+                    name = alt.get("items", {}).get("properties", {}).get("name")
+                    if isinstance(name, dict) and allowed:
+                        name.pop("pattern", None)
+                        name["enum"] = list(allowed)
             for v in node.values():
                 visit(v)
         elif isinstance(node, list):
@@ -267,6 +274,12 @@ def format_validation_error(e: ValidationError) -> str:
     return "invalid arguments: " + "; ".join(parts)
 
 
+def parse_arguments(text: str | None) -> Any:
+    """A tool call's JSON arguments. Raw newlines and tabs inside strings (which models write in code and
+    hypotheses, and JSON forbids) are read as the characters they are; anything else malformed raises."""
+    return json.loads(text or "{}", strict=False)
+
+
 def call(name: str, arguments: str | dict[str, Any] | None, ctx: Any) -> ToolOutcome:
     """Validate and run one tool call. Never raises for bad input or a tool's refusal."""
     if name not in _TOOLS:
@@ -282,7 +295,7 @@ def call(name: str, arguments: str | dict[str, Any] | None, ctx: Any) -> ToolOut
                 error=f"arguments are {len(arguments)} characters; the limit is {MAX_ARGUMENT_CHARS}",
             )
         try:
-            arguments = json.loads(arguments or "{}")
+            arguments = parse_arguments(arguments)
         except json.JSONDecodeError as e:
             return ToolOutcome(
                 tool=name, ok=False, error=f"arguments are not valid JSON: {e.msg} at char {e.pos}"
