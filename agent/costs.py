@@ -46,6 +46,7 @@ from memory.tiers import Tier
 Action = Literal["test", "add_seeds", "remeasure_incumbent", "promote"]
 DEFAULT_NOTIONAL = 0.05  # dollars per hour for a local tier without notional_price_per_hour
 WIN_PRIOR = (1.0, 3.0)  # Beta prior on how often a queued technique wins locally: 25%, worth 4 decisions
+PAIRED_SD_WINDOW = 20  # recent paired decisions whose spread of differences sizes the next test
 RUN_OVERHEAD_S = 10.0  # process start, data load, evaluation beyond the training wallclock (small tiers)
 
 
@@ -59,6 +60,7 @@ class Evidence(BaseModel):
     n_candidate: int
     n_incumbent: int
     experiment: str | None = None
+    paired: bool = False  # judged on per-seed differences: only seeds both arms ran sharpen it
 
 
 class Queued(BaseModel):
@@ -75,6 +77,9 @@ class CostInputs(BaseModel):
     ambiguous: list[Evidence] = Field(default_factory=list)
     unpromoted: list[Evidence] = Field(default_factory=list)  # kept locally since the last final
     noise_std: float  # local seed-to-seed std of val_bpb
+    # sd of per-seed differences on matched seeds, as the judge's paired test sees them (None: the
+    # unpaired test, two independent arms); a new test's standard error is this / sqrt(seeds)
+    paired_sd: float | None = None
     incumbent_n: int = 0
     p_win: float = 0.25
     win_delta: float | None = None  # typical proxy delta of a local win; default: just past detection
@@ -205,7 +210,10 @@ def options(inputs: CostInputs) -> list[Option]:
     out: list[Option] = []
 
     inc_missing = max(0, seeds - inputs.incumbent_n)
-    se_new = _se(inputs.noise_std, seeds, max(n_inc, seeds))
+    if inputs.paired_sd is not None:  # both arms on the same seeds: the difference's own spread
+        se_new = inputs.paired_sd / math.sqrt(seeds)
+    else:
+        se_new = _se(inputs.noise_std, seeds, max(n_inc, seeds))
     default_win = inputs.win_delta if inputs.win_delta is not None else -(z + 1.0) * se_new - tier.min_effect
     for q in inputs.queue:
         win = q.expected_proxy_delta if q.expected_proxy_delta is not None else default_win
@@ -221,9 +229,12 @@ def options(inputs: CostInputs) -> list[Option]:
         k = tier.seeds_max - e.n_candidate
         if k <= 0:
             continue
-        se_after = e.se * math.sqrt(
-            (1 / (e.n_candidate + k) + 1 / e.n_incumbent) / (1 / e.n_candidate + 1 / e.n_incumbent)
-        )
+        if e.paired:  # k more matched pairs
+            se_after = e.se * math.sqrt(e.n_candidate / (e.n_candidate + k))
+        else:
+            se_after = e.se * math.sqrt(
+                (1 / (e.n_candidate + k) + 1 / e.n_incumbent) / (1 / e.n_candidate + 1 / e.n_incumbent)
+            )
         p, gain = _confirm_gain(inputs, e, se_after, z)
         extra_inc = max(0, e.n_candidate + k - e.n_incumbent)
         why = (
@@ -235,6 +246,8 @@ def options(inputs: CostInputs) -> list[Option]:
     k = max(tier.noise_runs, 1)
     gain, parts = 0.0, []
     for e in inputs.ambiguous:
+        if e.paired:  # incumbent runs on seeds the candidate never ran are no pairs: they add nothing
+            continue
         se_after = e.se * math.sqrt(
             (1 / e.n_candidate + 1 / (e.n_incumbent + k)) / (1 / e.n_candidate + 1 / e.n_incumbent)
         )
@@ -305,6 +318,7 @@ def _evidence(d: DecisionRecord, kind: Kind, noise: float) -> Evidence:
         n_candidate=max(d.n_candidate, 1),
         n_incumbent=max(d.n_incumbent, 1),
         experiment=d.experiment,
+        paired=paired is not None,
     )
 
 
@@ -391,6 +405,14 @@ def inputs_from_ledger(
     ]
     if incumbent_n is None:
         incumbent_n = max((d.n_incumbent for d in local), default=0)
+    # the judge pairs whenever the arms share seeds (the session runs both from the same seeds): the
+    # spread of differences its recent paired decisions measured, else the tier's figure, else the
+    # judge's own bound for two independent runs (sqrt 2 x the A/A std; then the same as unpaired)
+    diffs = [d.paired_noise.std for d in local[-PAIRED_SD_WINDOW:] if d.test == "paired" and d.paired_noise]
+    if diffs:
+        paired_sd = math.sqrt(statistics.fmean(v * v for v in diffs))
+    else:
+        paired_sd = tier.paired_noise if tier.paired_noise is not None else math.sqrt(2.0) * noise
     return CostInputs(
         local_tier=tier,
         final_tier=final,
@@ -399,6 +421,7 @@ def inputs_from_ledger(
         ambiguous=ambiguous,
         unpromoted=unpromoted,
         noise_std=noise,
+        paired_sd=paired_sd,
         incumbent_n=incumbent_n,
         p_win=p_win,
         win_delta=statistics.fmean(win_deltas) if win_deltas else None,

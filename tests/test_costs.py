@@ -126,6 +126,59 @@ def test_more_seeds_are_worth_most_where_a_win_is_close():
     assert rank_options(inputs())[0].expected_gain_bpb == 0.0  # nothing ambiguous: re-measuring gains nothing
 
 
+def test_on_matched_seeds_a_close_call_is_worth_more_pairs_and_no_incumbent_reruns():
+    unpaired = Evidence(technique="close", delta=-0.004, se=0.003, n_candidate=2, n_incumbent=2)
+    paired = unpaired.model_copy(update={"paired": True})
+    opts = {o.action: o for o in rank_options(inputs(ambiguous=[paired]))}
+    # incumbent runs on seeds the candidate never ran are no pairs: re-measuring cannot sharpen it
+    assert opts["remeasure_incumbent"].expected_gain_bpb == 0.0 and opts["add_seeds"].expected_gain_bpb > 0
+    # two more pairs halve the variance of a 2-pair mean; two more candidate runs against 2 fixed
+    # incumbent runs shrink an unpaired one less, so the paired call is more likely to be settled
+    p_paired = float(opts["add_seeds"].why.rsplit("P ", 1)[1])
+    other = next(o for o in rank_options(inputs(ambiguous=[unpaired])) if o.action == "add_seeds")
+    assert p_paired > float(other.why.rsplit("P ", 1)[1])
+
+
+def test_a_new_test_is_sized_by_the_spread_of_differences_the_judge_sees():
+    # the same A/A noise; a tier whose paired differences are tight detects (and so predicts) smaller wins
+    wide = next(o for o in rank_options(inputs(queue=[Queued(technique="t")])) if o.action == "test")
+    tight = next(
+        o for o in rank_options(inputs(queue=[Queued(technique="t")], paired_sd=0.001)) if o.action == "test"
+    )
+    assert float(tight.why.split("win of ")[1].split()[0]) > float(wide.why.split("win of ")[1].split()[0])
+
+
+def test_the_ledger_gives_the_paired_spread_else_the_tier_figure_else_the_independent_bound():
+    from memory.records import DecisionRecord, PairedNoise
+
+    records = read_records(FIXTURE)
+    # the tier's figure when no paired decision is recorded (cpu-smoke's is not set: the sqrt(2) bound)
+    bare = inputs_from_ledger(records, TIERS, "cpu-smoke")
+    assert bare.paired_sd == pytest.approx(np.sqrt(2) * bare.noise_std)
+    h100 = TIERS["h100x1"]
+    assert inputs_from_ledger([], TIERS, "h100x1").paired_sd == pytest.approx(h100.paired_noise)
+    paired = [
+        DecisionRecord(
+            session="s",
+            experiment=f"e{i}",
+            candidate=f"c{i}",
+            tier="cpu-smoke",
+            hardware="cpu",
+            outcome="rejected",
+            kept=False,
+            delta=0.001,
+            test="paired",
+            seed_diffs=[0.001, 0.002],
+            paired_noise=PairedNoise(
+                std=sd, df=4, pool_kind="architecture", pool_std=sd, pool_df=3, pool_source="kind"
+            ),
+        )
+        for i, sd in enumerate([0.003, 0.004])
+    ]
+    inp = inputs_from_ledger([*records, *paired], TIERS, "cpu-smoke")
+    assert inp.paired_sd == pytest.approx(np.sqrt((0.003**2 + 0.004**2) / 2))
+
+
 def test_adopted_gain_matches_simulation():
     rng = np.random.default_rng(0)
     for mean, sd, measure in [(-0.001, 0.002, 0.0005), (0.0005, 0.001, 0.0), (-0.003, 0.0005, 0.002)]:
