@@ -481,8 +481,7 @@ def options_for_session(
     if any(o.action == "promote" for o in ranked):
         # a final is proposed only when the projected score beats the frontier by the record margin with
         # high probability (agent/projection.py); otherwise it is listed as not proposed, with the reason
-        from agent.projection import PROMOTE_PROB, project
-        from agent.report import frontier_best
+        from agent.projection import PROMOTE_PROB, frontier_best, project
 
         best, source = frontier if frontier is not None else frontier_best(list(records))
         proj = project(records, tier.name, frontier_bpb=best, frontier_source=source)

@@ -14,9 +14,11 @@ digest show (agent/prompt.py may call it).
 
 from __future__ import annotations
 
+import csv
 import math
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 from scipy import stats
@@ -32,6 +34,9 @@ from agent.calibration import (
 )
 from agent.judge import SP1024_BYTES_PER_TOKEN, nats_to_bpb
 from memory.records import DecisionRecord, EventRecord, FinalRecord, RunRecord
+
+LEADERBOARD = Path(__file__).resolve().parent.parent / "memory" / "data" / "leaderboard.tsv"
+FRONTIER_STATUSES = ("record", "merged")  # leaderboard rows that count as the legal frontier
 
 PROMOTE_PROB = 0.9  # how sure the projection must be of a record before a final is proposed
 RECORD_MARGIN_BPB = nats_to_bpb(0.005, 1.0, SP1024_BYTES_PER_TOKEN)
@@ -167,8 +172,6 @@ def describe_projection(p: Projection) -> list[str]:
 
 def projection_lines(records: Sequence, tier: str, session: str | None = None) -> list[str]:
     """What `golf status`, the report and the digest print: the projection against the frontier."""
-    from agent.report import frontier_best
-
     best, source = frontier_best(list(records))
     return describe_projection(project(records, tier, session, frontier_bpb=best, frontier_source=source))
 
@@ -188,3 +191,17 @@ def start_preset(records: Sequence, session: str | None = None) -> tuple[float |
             label = f"{name} (PR #{record})" if record else name
             return (float(bpb), label) if isinstance(bpb, int | float) else (None, None)
     return None, None
+
+
+def frontier_best(records: list, leaderboard: Path | None = LEADERBOARD) -> tuple[float | None, str]:
+    """The best legal frontier score and where it comes from: the leaderboard file, else the finals."""
+    if leaderboard is not None and leaderboard.exists():
+        with open(leaderboard, newline="") as f:
+            rows = [r for r in csv.DictReader(f, delimiter="\t") if r.get("status") in FRONTIER_STATUSES]
+        best = min(rows, key=lambda r: float(r["val_bpb"]), default=None)
+        if best is not None:
+            return float(best["val_bpb"]), f"leaderboard PR #{best['pr']}"
+    seen = [f.frontier_bpb for f in records if isinstance(f, FinalRecord) and f.frontier_bpb is not None]
+    if seen:
+        return min(seen), "finals' frontier"
+    return None, "no frontier data"

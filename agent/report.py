@@ -9,7 +9,6 @@ so a reader (or a test) can check a picture against its numbers.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import math
@@ -33,6 +32,7 @@ from agent.calibration import (
     predict,
     published_pairs,
 )
+from agent.projection import LEADERBOARD, frontier_best
 from memory.records import (
     CalibrationPairRecord,
     DecisionRecord,
@@ -46,12 +46,10 @@ from memory.records import (
 )
 from memory.workspace import Workspace
 
-LEADERBOARD = Path(__file__).resolve().parent.parent / "memory" / "data" / "leaderboard.tsv"
 DPI = 100
 WIDTH_IN = 9.0
 FINAL_GPUS = 8
 COLORS = {"confirmed": "tab:green", "rejected": "tab:red", "inconclusive": "tab:gray"}
-FRONTIER_STATUSES = ("record", "merged")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -83,20 +81,6 @@ def read_records(ledger: Path) -> list:
                 break
             raise
     return out
-
-
-def frontier_best(records: list, leaderboard: Path | None = LEADERBOARD) -> tuple[float | None, str]:
-    """The best legal frontier score and where it comes from: the leaderboard file, else the finals."""
-    if leaderboard is not None and leaderboard.exists():
-        with open(leaderboard, newline="") as f:
-            rows = [r for r in csv.DictReader(f, delimiter="\t") if r.get("status") in FRONTIER_STATUSES]
-        best = min(rows, key=lambda r: float(r["val_bpb"]), default=None)
-        if best is not None:
-            return float(best["val_bpb"]), f"leaderboard PR #{best['pr']}"
-    seen = [f.frontier_bpb for f in records if isinstance(f, FinalRecord) and f.frontier_bpb is not None]
-    if seen:
-        return min(seen), "finals' frontier"
-    return None, "no frontier data"
 
 
 def _mean(values: list[float]) -> float | None:
