@@ -1,11 +1,9 @@
 """Parameter Golf trainer: the challenge's baseline GPT, one file from a 2-core CPU to 8xH100.
-
 Run: `python trainer/train_gpt.py` (one device) or `torchrun --nproc_per_node=8 trainer/train_gpt.py`.
 Every knob is an environment variable read in `Hyperparameters`; every technique is off by default, so
 with no variables set this trains the challenge baseline (val_bpb 1.2244 on 8xH100 in 600 s).
 Writes RUN_DIR/train.log (starting with this source), RUN_DIR/metrics.jsonl and RUN_DIR/results.json.
-Standalone on purpose: it is copied to pods and mutated by the agent, so it imports nothing of the project.
-"""
+Standalone on purpose: it is copied to pods and mutated by the agent, so it imports nothing of the project."""
 
 from __future__ import annotations
 
@@ -45,23 +43,19 @@ except ImportError:  # pragma: no cover - depends on the host
 # HYPERPARAMETERS
 # -----------------------------------------------------------------------------
 
-
 class Hyperparameters:
     """All knobs, from the environment (or a mapping, for tests). Names and defaults follow the challenge."""
-
     def __init__(self, env: dict[str, str] | None = None):
         e = os.environ if env is None else env
-
         def get(name, default, cast=str):
             v = e.get(name)
             return default if v is None or v == "" else cast(v)
-
         # data and bookkeeping
         self.data_path = get("DATA_PATH", "data/datasets/fineweb10B_sp1024")
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_[0-9]*.bin")  # not the byte sidecars
         self.tokenizer_path = get("TOKENIZER_PATH", "data/tokenizers/fineweb_1024_bpe.model")
-        self.caseops = bool(get("CASEOPS", 0, int))  # case-transformed tokenizer data, scored via byte sidecar
+        self.caseops = bool(get("CASEOPS", 0, int))  # case-transformed tokenizer data, scored by byte sidecar
         self.run_id = get("RUN_ID", str(uuid.uuid4()))
         self.run_dir = get("RUN_DIR", os.path.join("runs", self.run_id))
         self.seed = get("SEED", 1337, int)
@@ -194,21 +188,16 @@ class Hyperparameters:
     def as_dict(self) -> dict:
         return dict(vars(self))
 
-
 # -----------------------------------------------------------------------------
 # DATA
 # -----------------------------------------------------------------------------
 
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-SHARD_HEADER_INTS = 256
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
 SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
-
 
 def load_data_shard(file: str | Path) -> torch.Tensor:
     """One shard as uint16 token ids; a corrupt file fails with its name and what is wrong."""
-    file = str(file)
-    size = os.path.getsize(file)
+    file, size = str(file), os.path.getsize(file)
     if size < SHARD_HEADER_BYTES:
         raise ValueError(f"{file}: truncated header: {size} bytes, a shard header is {SHARD_HEADER_BYTES}")
     header = np.fromfile(file, dtype="<i4", count=SHARD_HEADER_INTS)
@@ -224,34 +213,25 @@ def load_data_shard(file: str | Path) -> torch.Tensor:
     tokens = np.fromfile(file, dtype="<u2", count=num_tokens, offset=SHARD_HEADER_BYTES)
     return torch.from_numpy(tokens.astype(np.int32))
 
-
 def shard_files(pattern: str) -> list[str]:
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no shards match {pattern}")
     return files
 
-
 class TokenStream:
     """Reads shards in order and wraps around; no shuffling, exactly like the challenge."""
-
     def __init__(self, pattern: str):
-        self.files = shard_files(pattern)
-        self.file_idx = 0
+        self.files, self.file_idx, self.pos = shard_files(pattern), 0, 0
         self.tokens = load_data_shard(self.files[0])
-        self.pos = 0
-
-    def _advance_file(self):
-        self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = load_data_shard(self.files[self.file_idx])
-        self.pos = 0
 
     def take(self, n: int) -> torch.Tensor:
         chunks, remaining = [], n
         while remaining > 0:
             avail = self.tokens.numel() - self.pos
-            if avail <= 0:
-                self._advance_file()
+            if avail <= 0:  # next shard, wrapping around
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = load_data_shard(self.files[self.file_idx]), 0
                 continue
             k = min(remaining, avail)
             chunks.append(self.tokens[self.pos:self.pos + k])
@@ -259,43 +239,34 @@ class TokenStream:
             remaining -= k
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
-
 class DistributedTokenLoader:
     """Each call takes one contiguous span per rank; with world_size=1 and accumulation, the micro-batches
     walk the same spans in the same order, so one device reproduces the multi-device batch."""
-
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
-        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
-        local_tokens = (local_tokens // seq_len) * seq_len
+        local_tokens = (global_tokens // (self.world_size * grad_accum_steps) // seq_len) * seq_len
         if local_tokens <= 0:
             raise ValueError(f"TRAIN_BATCH_TOKENS={global_tokens} is too small for TRAIN_SEQ_LEN={seq_len} "
                              f"x world {self.world_size} x accumulation {grad_accum_steps}")
         span = local_tokens + 1
-        chunk = self.stream.take(span * self.world_size)
-        local = chunk[self.rank * span:(self.rank + 1) * span].to(dtype=torch.int64)
+        local = self.stream.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span].long()
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
 
 def load_validation_tokens(pattern: str) -> torch.Tensor:
     return torch.cat([load_data_shard(f) for f in shard_files(pattern)]).to(torch.int64)
 
-
 def split_validation(tokens: torch.Tensor, max_tokens: int, holdout_tokens: int):
     """(scored val tokens, holdout tokens): the holdout is cut from the END, so the two never overlap."""
-    if holdout_tokens >= tokens.numel():
-        raise ValueError(f"VAL_HOLDOUT_TOKENS={holdout_tokens} leaves nothing of the {tokens.numel()} "
-                         "validation tokens to score")
-    holdout = tokens[tokens.numel() - holdout_tokens:] if holdout_tokens > 0 else None
-    val = tokens[:tokens.numel() - holdout_tokens] if holdout_tokens > 0 else tokens
-    if max_tokens > 0:
-        val = val[:max_tokens]
-    return val, holdout
-
+    n = tokens.numel()
+    if holdout_tokens >= n:
+        raise ValueError(f"VAL_HOLDOUT_TOKENS={holdout_tokens} leaves nothing of the {n} validation tokens to score")
+    holdout = tokens[n - holdout_tokens:] if holdout_tokens > 0 else None
+    val = tokens[:n - holdout_tokens] if holdout_tokens > 0 else tokens
+    return (val[:max_tokens] if max_tokens > 0 else val), holdout
 
 # === PROTECTED: METRIC BEGIN ===
 def is_caseops(sp) -> bool:
@@ -362,7 +333,6 @@ def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> fl
     return (loss_sum_nats / token_count) / math.log(2.0) * (token_count / byte_count)
 # === PROTECTED: METRIC END ===
 
-
 # -----------------------------------------------------------------------------
 # MODEL
 # -----------------------------------------------------------------------------
@@ -371,7 +341,6 @@ def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> fl
 CONTROL_TENSOR_NAME_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "vr_lambda",
                                 "attn_gate", "smear", "bigram.scale", "skip_gates", "lane_")
 
-
 def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-row fake quantisation with a straight-through gradient (QAT)."""
     qmax = 2 ** (bits - 1) - 1
@@ -379,18 +348,15 @@ def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     q = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax) * scale
     return w + (q - w).detach()
 
-
 def accumulate_hessian(h: torch.Tensor, x: torch.Tensor):
     """h += X^T X in float32 (outside autocast, which would round the products to bf16)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.detach().flatten(0, -2).float()
         h += xf.T @ xf
 
-
 class CastedLinear(nn.Linear):
     """fp32 master weight, computed in the activation dtype; optional QAT fake quantisation, an optional
     per-sequence LoRA delta (TTT), and an optional Hessian accumulator (GPTQ calibration)."""
-
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.qat_bits, self.lora, self.hessian = 0, None, None
@@ -409,10 +375,8 @@ class CastedLinear(nn.Linear):
             y = y + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
         return y
 
-
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
-
 
 class Rotary(nn.Module):
     def __init__(self, dim: int, base: float):
@@ -430,7 +394,6 @@ class Rotary(nn.Module):
             self._cache = (seq_len, device, cos, sin)
         return cos.to(dtype), sin.to(dtype)
 
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dims: int) -> torch.Tensor:
     """Rotate the first rope_dims of each head (all if rope_dims == head dim); the rest are position-free."""
     if rope_dims < x.size(-1):
@@ -439,7 +402,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, args: Hyperparameters, layer_idx: int):
@@ -512,10 +474,8 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y), v_raw
 
-
 def mlp_activation(x: torch.Tensor, slope: float) -> torch.Tensor:
     return (F.leaky_relu(x, slope) if slope else F.relu(x)).square()
-
 
 class MLP(nn.Module):
     def __init__(self, args: Hyperparameters):
@@ -527,7 +487,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(mlp_activation(self.fc(x), self.slope))
-
 
 class Block(nn.Module):
     def __init__(self, args: Hyperparameters, layer_idx: int):
@@ -561,11 +520,9 @@ class Block(nn.Module):
         x = x + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(rms_norm(x) * self.norm_scale)
         return x, v
 
-
 class BigramHash(nn.Module):
     """Embedding of a hash of (previous, current) token. Sequence starts and BOS positions use a reserved
     bucket, so the first token of a document never sees the previous document."""
-
     def __init__(self, buckets: int, bigram_dim: int, model_dim: int, bos_id: int):
         super().__init__()
         if buckets < 2:
@@ -585,12 +542,10 @@ class BigramHash(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.embed(self.bucket_ids(ids))) * self.scale
 
-
 class SmearGate(nn.Module):
     """x_t <- (1-g) x_t + g x_{t-1}; no blending at BOS (PR #1851 fix). Static: g = sigmoid(per-channel
     parameter). Input-dependent (PR #1667 form): x_t <- x_t + lam * sigmoid(W x_t[:window]) * x_{t-1}, with
     W and lam zero-initialised so it starts transparent."""
-
     def __init__(self, dim: int, bos_id: int, window: int = 0):
         super().__init__()
         self.bos_id, self.window = bos_id, min(window, dim)
@@ -611,7 +566,6 @@ class SmearGate(nn.Module):
         prev = torch.where(at_bos, x, prev)
         return (1 - g) * x + g * prev
 
-
 def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], list[int]]:
     """(encoder layers, decoder layers) in execution order. Depth recurrence runs LOOP_START..LOOP_END
     NUM_LOOPS extra times; the expanded list is split in half for the U-Net skips."""
@@ -622,7 +576,6 @@ def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], lis
         order = order[:start] + order[start:end + 1] * (args.num_loops + 1) + order[end + 1:]
     half = len(order) // 2 if looping and args.num_loops > 0 else args.num_layers // 2
     return order[:half], order[half:]
-
 
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters, bos_id: int = 1):
@@ -712,20 +665,17 @@ class GPT(nn.Module):
         logits = self.logits(ids)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # fused_ce: set by the trainer
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # fused_ce: trainer sets it
         return softcap_cross_entropy(self.project(ids).flatten(0, 1), targets.flatten(), self.logit_softcap,
                                      self.fused_ce)
-
 
 def torch_softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
     logits = cap * torch.tanh(z.float() / cap)
     return F.cross_entropy(logits, targets, reduction="mean")
 
-
 def triton_usable(t: torch.Tensor) -> bool:
     """Kernels launch on CUDA, or on CPU tensors under TRITON_INTERPRET=1 (how the tests check them)."""
     return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-
 
 if triton is not None:
 
@@ -753,7 +703,6 @@ if triton is not None:
         dz = (p / denom - tl.where(is_t, 1.0, 0.0)) * (1.0 - th * th) * inv_n
         tl.store(grad_ptr + row * stride_row + offs, dz.to(grad_ptr.dtype.element_ty), mask=mask)
 
-
 class _FusedSoftcapCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, targets, cap):
@@ -771,10 +720,8 @@ class _FusedSoftcapCE(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         return grad * grad_out.to(grad.dtype), None, None
 
-
 def _fused_softcap_ce(z, targets, cap):
     return _FusedSoftcapCE.apply(z, targets, cap)
-
 
 def keep_kernel_out_of_compile():
     """torch.compile must not trace into the Triton launch: make the call a graph break. Done only when
@@ -782,17 +729,14 @@ def keep_kernel_out_of_compile():
     global _fused_softcap_ce
     _fused_softcap_ce = torch.compiler.disable(_fused_softcap_ce)
 
-
 def softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float, fused: bool) -> torch.Tensor:
     """Mean cross-entropy of cap*tanh(z/cap); the Triton kernel when asked for and able to launch."""
     if fused and triton_usable(z):
         return _fused_softcap_ce(z, targets, cap)
     return torch_softcap_cross_entropy(z, targets, cap)
 
-
 def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:
     return GPT(args, bos_id).to(device)
-
 
 def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
     """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul; a looped block once
@@ -805,11 +749,9 @@ def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
     attn = 6 * len(passes) * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
     return 6.0 * matmul + attn
 
-
 # -----------------------------------------------------------------------------
 # OPTIMIZER
 # -----------------------------------------------------------------------------
-
 
 # Polar Express (Amsel et al. 2025, as used from PR #1344 on): per-iteration minimax coefficients for 5 steps;
 # further steps repeat the last. The baseline's quintic uses one fixed triple for every step.
@@ -819,7 +761,6 @@ POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
                  (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
                  (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
 QUINTIC = ((3.4445, -4.7750, 2.0315),)
-
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7, polar: bool = False):
     """Quintic Newton-Schulz orthogonalisation (Muon); Polar Express coefficients when asked."""
@@ -836,9 +777,7 @@ def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7, 
         X = a * X + B @ X
     return X.T if transposed else X
 
-
 _compiled_ns = None
-
 
 def newton_schulz(G: torch.Tensor, steps: int, polar: bool, compiled: bool) -> torch.Tensor:
     global _compiled_ns
@@ -848,11 +787,9 @@ def newton_schulz(G: torch.Tensor, steps: int, polar: bool, compiled: bool) -> t
         _compiled_ns = torch.compile(zeropower_via_newtonschulz5, dynamic=False)
     return _compiled_ns(G, steps, polar=polar)
 
-
 class Optimizer:
     """The little of torch.optim.Optimizer this script needs. Constructing a torch.optim optimiser imports
     torch._dynamo, which costs seconds at every CPU start; these few lines do not."""
-
     def __init__(self, groups: list[dict], **defaults):
         self.param_groups = [dict(defaults, **g) for g in groups]
         self.state: dict = {}
@@ -875,10 +812,8 @@ class Optimizer:
         for g, saved in zip(self.param_groups, sd["groups"], strict=True):
             g.update(copy.deepcopy(saved))
 
-
 class Adam(Optimizer):
     """torch.optim.Adam's update (bias-corrected, eps outside the square root), with foreach kernels."""
-
     def __init__(self, groups: list[dict], betas: tuple[float, float], eps: float, wd: float = 0.0):
         super().__init__(groups, betas=betas, eps=eps, step=0, wd=wd)
 
@@ -906,13 +841,11 @@ class Adam(Optimizer):
             torch._foreach_add_(denom, g["eps"])
             torch._foreach_addcdiv_(ps, ms, denom, value=-g["lr"] / (1 - b1 ** g["step"]))
 
-
 class Muon(Optimizer):
     """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share of the matrices and one
     all-reduce assembles the updates (zeros elsewhere, so the sum is exact). Options: decoupled weight decay,
     MuonEq-R (rows to unit norm before orthogonalising), Polar Express, compiled Newton-Schulz, and the
     baseline's bf16 update buffer (half the all-reduce traffic)."""
-
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
                  wd: float = 0.0, row_norm: bool = False, polar: bool = False, compiled: bool = False,
                  bf16: bool = False):
@@ -958,7 +891,6 @@ class Muon(Optimizer):
                 p.add_(flat[curr:curr + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
                 curr += p.numel()
 
-
 def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
     """Muon for block matrices; Adam for the embedding(s), the untied head, vectors and control scalars."""
     matrix, scalar, embed = [], [], [model.tok_emb.weight]
@@ -988,11 +920,9 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
                          wd=args.embed_wd, **adam))
     return opts
 
-
 def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """Constant LR, then a linear warmdown to zero, or to the floor MIN_LR."""
     return max(warmdown_scale(args, step, elapsed_ms), args.min_lr)
-
 
 def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """Share of the run done, by the cap that binds first (iterations or wallclock)."""
@@ -1000,7 +930,6 @@ def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> fl
     if args.train_seconds > 0:
         progress = max(progress, elapsed_ms / (1000.0 * args.train_seconds))
     return progress
-
 
 def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     max_ms = 1000.0 * args.train_seconds if args.train_seconds > 0 else None
@@ -1023,10 +952,8 @@ def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float
     remaining_ms = max(max_ms - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
-
 class EMA:
     """Shadow fp32 weights, ema = d * ema + (1 - d) * w after each step; used for eval and export."""
-
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.params = [p for p in model.parameters()]
@@ -1041,11 +968,9 @@ class EMA:
         for p, s in zip(model.parameters(), self.shadow, strict=True):
             p.copy_(s.to(p.dtype))
 
-
 # -----------------------------------------------------------------------------
 # EVALUATION
 # -----------------------------------------------------------------------------
-
 
 def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored position) per window of seq_len inputs. Targets are the tokens after position 0,
@@ -1063,11 +988,9 @@ def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, 
         end = new_end
     return windows
 
-
 def window_batch(tokens: torch.Tensor, batch: list[tuple[int, int]], seq_len: int, device: torch.device):
     idx = torch.tensor([s for s, _ in batch])[:, None] + torch.arange(seq_len)[None, :]
     return tokens[idx].to(device, non_blocking=True), tokens[idx + 1].to(device, non_blocking=True)
-
 
 @torch.no_grad()
 def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int]], seq_len: int,
@@ -1089,7 +1012,6 @@ def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int
         byte_count += (count_target_bytes(x, y, luts, y_pos) * mask).sum()
     return float(loss_sum.item()), int(tok_count.item()), int(byte_count.item())
 
-
 def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tuple[float, int, int]:
     if not is_distributed():
         return values
@@ -1099,6 +1021,15 @@ def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tup
     dist.all_reduce(c)
     return float(t.item()), int(c[0].item()), int(c[1].item())
 
+def add_sums(total: list, sums) -> list:
+    return [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
+
+def score_shard(model, tokens, windows, args, luts, device, autocast, rank, world_size, batch_seqs):
+    """Scores this rank's contiguous share of the windows; the sums of all ranks."""
+    per = math.ceil(len(windows) / world_size)
+    mine = windows[rank * per:(rank + 1) * per]
+    return all_reduce_sums(score_windows(model, tokens, mine, args.train_seq_len, batch_seqs, luts, device,
+                                         autocast), device)
 
 def evaluate(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
              rank: int = 0, world_size: int = 1, batch_seqs: int = 1) -> dict:
@@ -1106,32 +1037,27 @@ def evaluate(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, devi
     was_training = model.training
     model.eval()
     windows = eval_windows(tokens.numel(), args.train_seq_len, args.eval_stride)
-    per = math.ceil(len(windows) / world_size)
-    mine = windows[rank * per:(rank + 1) * per]
-    sums = all_reduce_sums(score_windows(model, tokens, mine, args.train_seq_len, batch_seqs, luts, device,
-                                         autocast), device)
+    sums = score_shard(model, tokens, windows, args, luts, device, autocast, rank, world_size, batch_seqs)
     model.train(was_training)
     return summarize(sums)
-
 
 def summarize(sums: tuple[float, int, int]) -> dict:
     loss_sum, toks, nbytes = sums
     return dict(val_loss=loss_sum / toks, val_bpb=bits_per_byte(loss_sum, toks, nbytes), tokens=toks,
                 bytes=nbytes)
 
-
 def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float, epochs: int,
                   args: Hyperparameters, device, autocast, rank: int, world_size: int, batch_seqs: int,
                   state: dict):
     """SGD (momentum 0.9, clip 1.0, torch.optim.SGD's rule) on non-overlapping sequences whose targets all lie
     in [lo, hi): tokens that were already scored. Gradients are averaged over the sequences of all ranks."""
-    seq_len = args.train_seq_len
+    seq_len, step = args.train_seq_len, batch_seqs * world_size
     seqs = [(s, 0) for s in range(lo - 1, hi - seq_len, seq_len)]
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     for _ in range(epochs):
-        for i in range(0, len(seqs), batch_seqs * world_size):
-            whole = seqs[i:i + batch_seqs * world_size]
+        for i in range(0, len(seqs), step):
+            whole = seqs[i:i + step]
             group = whole[rank::world_size]
             for p in params:
                 p.grad = None
@@ -1158,10 +1084,8 @@ def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float,
         p.grad = None
     model.eval()
 
-
 class ContinuousWeights:
     """TTT updates and scores the continuous weights: QAT's fake quantisation is off inside this block."""
-
     def __init__(self, model: nn.Module):
         self.mods = [(m, m.qat_bits) for m in model.modules() if isinstance(m, CastedLinear)]
 
@@ -1173,30 +1097,26 @@ class ContinuousWeights:
         for m, bits in self.mods:
             m.qat_bits = bits
 
-
 def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                  rank: int = 0, world_size: int = 1, batch_seqs: int = 1, before_score=None) -> dict:
     """Legal score-first TTT as the records do it: windows are grouped into chunks of about TTT_CHUNK_TOKENS
-    scored targets; each chunk is scored with the weights as they are, and only then are the weights trained
-    (SGD, TTT_EPOCHS passes, LR cosine-decayed across chunks) on non-overlapping sequences of that chunk's
-    already-scored tokens before the next chunk. `before_score(k, model)`, if given, is called right before
-    chunk k is scored (the tests use it to check which weights scored which chunk)."""
+    scored targets; each chunk is scored with the weights as they are, and only then trained on (SGD,
+    TTT_EPOCHS passes, LR cosine-decayed across chunks) before the next chunk. `before_score(k, model)` is
+    called right before chunk k is scored (the tests check which weights scored which chunk)."""
     if args.ttt_mode == "lora":
         return evaluate_ttt_lora(model, tokens, args, luts, device, autocast, rank, world_size)
     if args.ttt_mode != "sgd" or args.ttt_lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"TTT_MODE={args.ttt_mode!r} / TTT_LR_SCHEDULE={args.ttt_lr_schedule!r}: expected "
                          "sgd or lora / cosine or constant")
     seq_len = args.train_seq_len
-    windows = eval_windows(tokens.numel(), seq_len, args.eval_stride)
-    chunks, cur, cur_targets = [], [], 0
-    for w in windows:
-        cur.append(w)
+    chunks, cur_targets = [[]], 0
+    for w in eval_windows(tokens.numel(), seq_len, args.eval_stride):
+        chunks[-1].append(w)
         cur_targets += seq_len - w[1]
         if cur_targets >= args.ttt_chunk_tokens:
-            chunks.append(cur)
-            cur, cur_targets = [], 0
-    if cur:
-        chunks.append(cur)
+            chunks.append([])
+            cur_targets = 0
+    chunks = [c for c in chunks if c]
     # target token indices [lo, hi) each chunk scores; consecutive chunks tile the scored targets
     spans = [(c[0][0] + 1 + c[0][1], c[-1][0] + 1 + seq_len) for c in chunks]
     total, per_chunk, state = [0.0, 0, 0], [], {}
@@ -1205,11 +1125,10 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
             if before_score is not None:
                 before_score(k, model)
             model.eval()
-            per = math.ceil(len(chunk) / world_size)
-            sums = all_reduce_sums(score_windows(model, tokens, chunk[rank * per:(rank + 1) * per], seq_len,
-                                                 batch_seqs, luts, device, autocast), device)
+            sums = score_shard(model, tokens, chunk, args, luts, device, autocast, rank, world_size,
+                               batch_seqs)
             per_chunk.append(sums)
-            total = [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
+            total = add_sums(total, sums)
             if k == len(chunks) - 1:
                 break  # nothing left to score: an update now would change no score
             cos = 0.5 * (1.0 + math.cos(math.pi * k / max(len(chunks) - 1, 1)))
@@ -1219,12 +1138,10 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
     model.eval()
     return dict(summarize(tuple(total)), chunks=per_chunk, spans=spans)
 
-
 def document_starts(tokens: torch.Tensor, n_targets: int, bos_id: int) -> list[int]:
     """Input positions where a document starts (its BOS), plus 0, within the first n_targets inputs."""
     starts = (tokens[:n_targets] == bos_id).nonzero().flatten().tolist()
     return starts if starts and starts[0] == 0 else [0, *starts]
-
 
 def make_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[tuple]:
     """Fresh adapters for n sequences (A uniform from `seed`, B zero: a no-op at first) on every block
@@ -1238,7 +1155,6 @@ def make_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[tuple]:
         sites.append((m, a.requires_grad_(), b))
     return sites
 
-
 def use_lora(sites: list[tuple], first: int | None):
     """Attach the adapters of sequences first.. (None: detach all)."""
     for m, a, b in sites:
@@ -1247,7 +1163,6 @@ def use_lora(sites: list[tuple], first: int | None):
             m.head_lora = pair
         else:
             m.lora = pair
-
 
 def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                       rank: int = 0, world_size: int = 1) -> dict:
@@ -1294,7 +1209,8 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                         losses = model.token_losses(x, y)
                     nats = (losses.detach().double() * mask).sum(1)  # recorded before any update on them
                     ntok = mask.sum(1)
-                    y_pos = (torch.tensor([s for s, _ in batch[k0:]])[:, None] + pos + 1).clamp_max(tokens.numel() - 1)
+                    starts = torch.tensor([s for s, _ in batch[k0:]])[:, None]
+                    y_pos = (starts + pos + 1).clamp_max(tokens.numel() - 1)
                     nbytes = (count_target_bytes(x, y, luts, y_pos) * mask).sum(1)
                     for j, (s, _) in enumerate(batch[k0:]):
                         per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
@@ -1317,13 +1233,11 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     model.eval()
     return dict(summarize(all_reduce_sums(tuple(total), device)), chunks=per_chunk, spans=spans)
 
-
 # -----------------------------------------------------------------------------
 # QUANTIZATION
 # -----------------------------------------------------------------------------
 
 INT8_CLIP_Q = 99.99984 / 100.0
-
 
 def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmax: int, block: int = 128):
     """Hessian-aware rounding (GPTQ): columns are quantised in order of decreasing H diagonal, and each one's
@@ -1349,7 +1263,6 @@ def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qm
         W[:, i2:] -= E @ Hinv[i1:i2, i2:]
     return Q[:, torch.argsort(perm)]
 
-
 def quantize_rows(t: torch.Tensor, bits: int, sigmas: float = 0.0, floor: float = 1e-12,
                   hessian: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric quantisation to int8 storage. The clip per row: SIGMAS x the row's std when given
@@ -1372,7 +1285,6 @@ def quantize_rows(t: torch.Tensor, bits: int, sigmas: float = 0.0, floor: float 
         q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
     return q.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
 
-
 def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
     """(bits, clip sigmas) for a large matrix at export."""
     if name.startswith("blocks."):
@@ -1381,7 +1293,6 @@ def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
     if name in ("tok_emb.weight", "lm_head.weight"):
         return args.embed_bits, args.embed_clip_sigmas or args.clip_sigmas
     return 8, 0.0
-
 
 def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict | None = None) -> dict:
     """Large 2-D float tensors -> per-row ints (block matrices MATRIX_BITS or QAT_BITS, the embedding
@@ -1414,7 +1325,6 @@ def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict 
                              *quantize_rows(Vh[:r].contiguous(), args.lqer_bits))
     return out
 
-
 def dequantize_state_dict(obj: dict) -> dict:
     sd = {}
     for name, q in obj["quantized"].items():
@@ -1427,7 +1337,6 @@ def dequantize_state_dict(obj: dict) -> dict:
         dtype = obj["dtypes"].get(name)
         sd[name] = t.to(getattr(torch, dtype)) if dtype else t
     return sd
-
 
 @torch.no_grad()
 def gptq_hessians(model: GPT, args: Hyperparameters, device, autocast, batches: int) -> dict:
@@ -1454,7 +1363,6 @@ def gptq_hessians(model: GPT, args: Hyperparameters, device, autocast, batches: 
     model.emb_hessian = None
     return out
 
-
 def codec(compressor: str):
     """(compress, decompress) for COMPRESSOR: zlib level 9, zstd level 22 or lzma preset 9."""
     if compressor == "zstd":
@@ -1466,7 +1374,6 @@ def codec(compressor: str):
         raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
     return codecs[compressor]
 
-
 def export_model(model: nn.Module, args: Hyperparameters, path: Path, hessians: dict | None = None) -> int:
     """Quantise, serialise, compress, write; returns the model file's size in bytes."""
     buf = io.BytesIO()
@@ -1475,20 +1382,16 @@ def export_model(model: nn.Module, args: Hyperparameters, path: Path, hessians: 
     path.write_bytes(blob)
     return len(blob)
 
-
 def load_exported(path: Path, args: Hyperparameters) -> dict:
     raw = codec(args.compressor)[1](path.read_bytes())
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
-
 
 # -----------------------------------------------------------------------------
 # TRAINING
 # -----------------------------------------------------------------------------
 
-
 class RunContext:
     """Process-level facts: device, ranks, logging. One per process."""
-
     def __init__(self, args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0):
         self.args, self.rank, self.world_size, self.local_rank = args, rank, world_size, local_rank
         want = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -1501,25 +1404,28 @@ class RunContext:
             raise ValueError(f"DTYPE={args.dtype!r}: expected fp32 or bf16")
         self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
                          if args.dtype == "bf16" else nullcontext())
-        self.master = rank == 0
-        self.run_dir = Path(args.run_dir)
-        self.log_path = self.run_dir / "train.log"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.master, self.run_dir = rank == 0, Path(args.run_dir)
+        self.log_path, self.metrics_path = self.run_dir / "train.log", self.run_dir / "metrics.jsonl"
         if self.master:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
+    def append(self, path: Path, line: str):
+        if self.master:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
     def log(self, msg: str, console: bool = True):
-        if not self.master:
-            return
-        if console:
+        if console and self.master:
             print(msg, flush=True)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(msg + "\n")
+        self.append(self.log_path, msg)
 
     def metric(self, row: dict):
-        if self.master:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+        self.append(self.metrics_path, json.dumps(row))
+
+    def evaluate(self, model: GPT, tokens: torch.Tensor, luts, ttt: bool = False) -> dict:
+        fn = evaluate_ttt if ttt else evaluate
+        return fn(model, tokens, self.args, luts, self.device, self.autocast, self.rank, self.world_size,
+                  self.val_batch_seqs)
 
     def sync(self):
         if self.device.type == "cuda":
@@ -1530,7 +1436,6 @@ class RunContext:
             return f"{self.world_size}x {torch.cuda.get_device_name(self.device)}"
         return f"{self.world_size}x cpu ({os.cpu_count()} cores)"
 
-
 def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -1538,10 +1443,8 @@ def set_seed(seed: int):
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
 
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
 
 def all_reduce_max(value: float, device: torch.device) -> float:
     if not is_distributed():
@@ -1550,7 +1453,6 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
-
 def write_results(ctx: RunContext, result: dict):
     if ctx.master:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -1558,17 +1460,14 @@ def write_results(ctx: RunContext, result: dict):
         tmp.write_text(json.dumps(result, indent=2, default=str))
         tmp.replace(ctx.run_dir / "results.json")
 
-
 def base_result(ctx: RunContext, source: str) -> dict:
     """Every field of the RunResult record, filled in as the run goes."""
     return dict(status="error", error=None, val_bpb=None, val_bpb_prequant=None, val_loss=None,
                 val_tokens=None, val_bytes=None, holdout_bpb=None, steps=None, train_tokens=None,
                 train_time_s=None, eval_time_s=None, bytes_code=len(source.encode("utf-8")), bytes_model=None,
                 bytes_total=None, over_cap=None, seed=ctx.args.seed, world_size=ctx.world_size,
-                device=ctx.device_name(),
-                torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
+                device=ctx.device_name(), torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
                 script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest())
-
 
 def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     """The training loop; fills steps/train_tokens/train_time_s and sets status 'diverged' if the loss blows
@@ -1612,9 +1511,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         frac = min(step / warm, 1.0) if warm > 0 else 1.0
         for g in optimizers[1].param_groups:
             g["momentum"] = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
-        for opt in optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * scale
+        for g in (g for opt in optimizers for g in opt.param_groups):
+            g["lr"] = g["base_lr"] * scale
         if args.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm)
         for opt in optimizers:
@@ -1644,8 +1542,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         if args.val_loss_every > 0 and step > 0 and step % args.val_loss_every == 0 and not last:
             ctx.sync()
             train_ms += 1000.0 * (time.perf_counter() - t0)
-            ev = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank,
-                          ctx.world_size, ctx.val_batch_seqs)
+            ev = ctx.evaluate(model, ctx.val_tokens, ctx.luts)
             ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} "
                     f"val_bpb:{ev['val_bpb']:.4f} "
                     f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
@@ -1686,28 +1583,24 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     model.looping = args.num_loops > 0  # evaluation runs the full recurrent depth
     train_ms += 1000.0 * (time.perf_counter() - t0)
     result.update(steps=step, train_tokens=step * tokens_per_step, train_time_s=train_ms / 1000.0)
+    peak = torch.cuda.max_memory_allocated(device) // 2**20 if device.type == "cuda" else 0
     ctx.log(f"training done: steps:{step} train_time:{train_ms:.0f}ms "
-            f"step_avg:{train_ms / max(step, 1):.2f}ms "
-            f"peak_mem:{torch.cuda.max_memory_allocated(device) // 2**20 if device.type == 'cuda' else 0}MiB")
+            f"step_avg:{train_ms / max(step, 1):.2f}ms peak_mem:{peak}MiB")
     return ema
-
 
 def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
     """Pre-quant score, export (quantise + compress), reload the artifact, and score it: the roundtrip score,
     with TTT and on the holdout slice when asked for."""
-    args, device = ctx.args, ctx.device
-    t_eval = time.perf_counter()
-    pre = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank, ctx.world_size,
-                   ctx.val_batch_seqs)
+    args, t_eval = ctx.args, time.perf_counter()
+    pre = ctx.evaluate(model, ctx.val_tokens, ctx.luts)
     result["val_bpb_prequant"] = pre["val_bpb"]
     ctx.log(f"prequant val_loss:{pre['val_loss']:.6f} val_bpb:{pre['val_bpb']:.6f}")
-    suffix = f"int{args.matrix_bits or args.qat_bits or 8}"
-    model_path = ctx.run_dir / f"final_model.{suffix}.ptz"
+    model_path = ctx.run_dir / f"final_model.int{args.matrix_bits or args.qat_bits or 8}.ptz"
     if ctx.master:
         hessians = None
         if args.gptq:
             t_cal = time.perf_counter()
-            hessians = gptq_hessians(model, args, device, ctx.autocast, args.gptq_calib_batches)
+            hessians = gptq_hessians(model, args, ctx.device, ctx.autocast, args.gptq_calib_batches)
             spent = time.perf_counter() - t_cal
             over = " OVER THE RESERVE" if spent > args.gptq_reserve_seconds else ""
             ctx.log(f"gptq: {args.gptq_calib_batches} training batches calibrated in {spent:.1f}s (reserved "
@@ -1715,17 +1608,13 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
         result["bytes_model"] = export_model(model, args, model_path, hessians)
     if is_distributed():
         dist.barrier()
-    state = load_exported(model_path, args)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load_exported(model_path, args), strict=True)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.ttt_enable else None
 
     def score(tokens, luts):
         if args.ttt_enable:
             model.load_state_dict(initial, strict=True)  # every slice adapts from the artifact's weights
-            return evaluate_ttt(model, tokens, args, luts, device, ctx.autocast, ctx.rank, ctx.world_size,
-                                ctx.val_batch_seqs)
-        return evaluate(model, tokens, args, luts, device, ctx.autocast, ctx.rank, ctx.world_size,
-                        ctx.val_batch_seqs)
+        return ctx.evaluate(model, tokens, luts, ttt=args.ttt_enable)
 
     rt = score(ctx.val_tokens, ctx.luts)
     result.update(val_bpb=rt["val_bpb"], val_loss=rt["val_loss"], val_tokens=rt["tokens"],
@@ -1742,9 +1631,23 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
         result["bytes_total"] = result["bytes_code"] + result["bytes_model"]
         result["over_cap"] = result["bytes_total"] > args.artifact_cap_bytes
         ctx.log(f"artifact: code {result['bytes_code']} + model {result['bytes_model']} = "
-                f"{result['bytes_total']} "
-                f"bytes{' OVER THE CAP' if result['over_cap'] else ''}")
+                f"{result['bytes_total']} bytes{' OVER THE CAP' if result['over_cap'] else ''}")
 
+def load_data(ctx: RunContext, sp):
+    """The validation tokens, the holdout slice and their byte accounting (a byte sidecar when present)."""
+    args = ctx.args
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE is "
+                         f"{args.vocab_size}")
+    if args.caseops != is_caseops(sp):  # the data must be the variant the knob asked for
+        raise ValueError(f"CASEOPS={int(args.caseops)} but {args.tokenizer_path} is "
+                         f"{'not ' * args.caseops}a CaseOps (case-marker) tokenizer")
+    ctx.luts = ctx.holdout_luts = build_sentencepiece_luts(sp, args.vocab_size, ctx.device)
+    val_all, side = load_validation_tokens(args.val_files), load_byte_sidecar(args.val_files, sp)
+    cut = (args.val_max_tokens, args.val_holdout_tokens)
+    ctx.val_tokens, ctx.holdout_tokens = split_validation(val_all, *cut)
+    if side is not None:  # bytes are the original text's, position by position (CaseOps)
+        ctx.luts, ctx.holdout_luts = ((v,) for v in split_validation(side, *cut))
 
 def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
     """One whole run in this process (the caller set up torch.distributed if world_size > 1). Always writes
@@ -1782,49 +1685,34 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
         set_seed(args.seed)
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-        if int(sp.vocab_size()) != args.vocab_size:
-            raise ValueError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE is "
-                             f"{args.vocab_size}")
-        if args.caseops != is_caseops(sp):  # the data must be the variant the knob asked for
-            raise ValueError(f"CASEOPS={int(args.caseops)} but {args.tokenizer_path} is "
-                             f"{'not ' * args.caseops}a CaseOps (case-marker) tokenizer")
-        ctx.luts = ctx.holdout_luts = build_sentencepiece_luts(sp, args.vocab_size, ctx.device)
-        val_all, side = load_validation_tokens(args.val_files), load_byte_sidecar(args.val_files, sp)
-        ctx.val_tokens, ctx.holdout_tokens = split_validation(val_all, args.val_max_tokens,
-                                                              args.val_holdout_tokens)
-        if side is not None:  # bytes are the original text's, position by position (CaseOps)
-            ctx.luts, ctx.holdout_luts = ((v,) for v in split_validation(side, args.val_max_tokens,
-                                                                         args.val_holdout_tokens))
+        load_data(ctx, sp)
         grad_accum = args.grad_accum_steps or max(8 // world_size, 1)
         ctx.val_batch_seqs = max(1, args.val_batch_size // (world_size * grad_accum) // args.train_seq_len)
         model = build_model(args, ctx.device, bos_id=sp.bos_id())
-        ctx.log(f"model_params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(args, model):.4e} "
+        n_params, holdout = sum(p.numel() for p in model.parameters()), ctx.holdout_tokens
+        ctx.log(f"model_params:{n_params} flops_per_token:{flops_per_token(args, model):.4e} "
                 f"world_size:{world_size} grad_accum_steps:{grad_accum} val_tokens:{ctx.val_tokens.numel()} "
-                f"holdout_tokens:{0 if ctx.holdout_tokens is None else ctx.holdout_tokens.numel()}")
+                f"holdout_tokens:{0 if holdout is None else holdout.numel()}")
         ema = train(ctx, model, result)
         if result["status"] == "diverged":
             ctx.log(f"diverged: {result['error']}")
-            write_results(ctx, result)
-            return result
-        if ema is not None:
-            ema.copy_to(model)
-        final_evaluation(ctx, model, result, source)
-        result["status"] = "ok"
+        else:
+            if ema is not None:
+                ema.copy_to(model)
+            final_evaluation(ctx, model, result, source)
+            result["status"] = "ok"
     except BaseException as e:
-        result["status"] = "error"
-        result["error"] = (traceback.format_exception_only(type(e), e)[-1].strip())[:2000]
+        result.update(status="error", error=(traceback.format_exception_only(type(e), e)[-1].strip())[:2000])
         ctx.log(traceback.format_exc())
         write_results(ctx, result)
         raise
     write_results(ctx, result)
     return result
 
-
 def main() -> int:
     args = Hyperparameters()
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if distributed and world_size > 1:
         use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -1840,7 +1728,6 @@ def main() -> int:
     finally:
         if is_distributed():
             dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     sys.exit(main())
