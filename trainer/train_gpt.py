@@ -240,8 +240,7 @@ class TokenStream:
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 class DistributedTokenLoader:
-    """Each call takes one contiguous span per rank; with world_size=1 and accumulation, the micro-batches
-    walk the same spans in the same order, so one device reproduces the multi-device batch."""
+    """One contiguous span per rank per call; one device with accumulation reproduces the multi-device batch."""
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
@@ -355,8 +354,7 @@ def accumulate_hessian(h: torch.Tensor, x: torch.Tensor):
         h += xf.T @ xf
 
 class CastedLinear(nn.Linear):
-    """fp32 master weight, computed in the activation dtype; optional QAT fake quantisation, an optional
-    per-sequence LoRA delta (TTT), and an optional Hessian accumulator (GPTQ calibration)."""
+    """fp32 master weight in the activation dtype; optional QAT, LoRA delta (TTT) and Hessian (GPTQ)."""
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.qat_bits, self.lora, self.hessian = 0, None, None
@@ -369,11 +367,14 @@ class CastedLinear(nn.Linear):
             w = fake_quantize_rows(w, self.qat_bits)
         if self.hessian is not None:
             accumulate_hessian(self.hessian, x)
-        y = F.linear(x, w.to(x.dtype))
-        if self.lora is not None:  # A: (B, r, in), B: (B, out, r), one adapter per sequence
-            a, b = self.lora
-            y = y + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
+        return lora_add(F.linear(x, w.to(x.dtype)), x, self.lora)
+
+def lora_add(y: torch.Tensor, x: torch.Tensor, lora) -> torch.Tensor:
+    """y + the per-sequence LoRA delta x A^T B^T, with A: (B, r, in), B: (B, out, r)."""
+    if lora is None:
         return y
+    a, b = lora
+    return y + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
@@ -410,10 +411,8 @@ class CausalSelfAttention(nn.Module):
         if dim % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("MODEL_DIM must divide by NUM_HEADS and NUM_HEADS by NUM_KV_HEADS")
         self.head_dim = dim // self.num_heads
-        kv_dim = self.num_kv_heads * self.head_dim
-        self.c_q = CastedLinear(dim, dim)
-        self.c_k = CastedLinear(dim, kv_dim)
-        self.c_v = CastedLinear(dim, kv_dim)
+        kv = self.num_kv_heads * self.head_dim
+        self.c_q, self.c_k, self.c_v = CastedLinear(dim, dim), CastedLinear(dim, kv), CastedLinear(dim, kv)
         self.proj = CastedLinear(dim, dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((self.num_heads,), args.qk_gain_init))
         self.rope_dims = args.rope_dims if 0 < args.rope_dims < self.head_dim else self.head_dim
@@ -421,8 +420,7 @@ class CausalSelfAttention(nn.Module):
             raise ValueError("ROPE_DIMS must be even")
         self.rotary = Rotary(self.rope_dims, args.rope_base)
         # Value Residual: V_n = l1 * V_0 + l2 * V_n for every layer after the first
-        use_vr = args.value_residual and layer_idx > 0
-        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if use_vr else None
+        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if args.value_residual and layer_idx else None
         # one per-head output gate: dense (whole input, bias 4 so sigmoid ~0.98: near identity), sparse
         # (first GATE_WINDOW dims, sigmoid(0) = 0.5 at init) or out (2*sigmoid(0) = 1: transparent at init)
         kinds = [k for k, on in (("dense", args.gated_attention), ("sparse", args.sparse_attn_gate),
@@ -450,15 +448,13 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin, self.rope_dims), apply_rotary(k, cos, sin, self.rope_dims)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        g = self.num_heads // self.num_kv_heads
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               enable_gqa=self.num_kv_heads != self.num_heads)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g != 1)
         else:  # document mask (causal, within one document): heads expanded so a masked kernel can run
-            g = self.num_heads // self.num_kv_heads
             y = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
                                                attn_mask=mask)
         if self.xsa:  # XSA: remove each output's component along the token's own value direction
-            g = self.num_heads // self.num_kv_heads
             yg = y.view(B, self.num_kv_heads, g, T, self.head_dim)
             vn = F.normalize(v, dim=-1).unsqueeze(2)
             y = (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(B, self.num_heads, T, self.head_dim)
@@ -468,11 +464,9 @@ class CausalSelfAttention(nn.Module):
                 gate = torch.sigmoid(F.linear(x, w, self.attn_gate_b.to(x.dtype)))
             else:
                 z = F.linear(x[..., :self.gate_in], w)
-                sparse = self.gate_kind == "sparse"
-                gate = torch.sigmoid(self.gate_scale * z) if sparse else 2 * torch.sigmoid(z)
+                gate = 2 * torch.sigmoid(z) if self.gate_kind == "out" else torch.sigmoid(self.gate_scale * z)
             y = y * gate.transpose(1, 2)[..., None]
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.proj(y), v_raw
+        return self.proj(y.transpose(1, 2).reshape(B, T, C)), v_raw
 
 def mlp_activation(x: torch.Tensor, slope: float) -> torch.Tensor:
     return (F.leaky_relu(x, slope) if slope else F.relu(x)).square()
@@ -521,8 +515,7 @@ class Block(nn.Module):
         return x, v
 
 class BigramHash(nn.Module):
-    """Embedding of a hash of (previous, current) token. Sequence starts and BOS positions use a reserved
-    bucket, so the first token of a document never sees the previous document."""
+    """Hashed (previous, current) token embedding; starts and BOS use a reserved bucket (documents apart)."""
     def __init__(self, buckets: int, bigram_dim: int, model_dim: int, bos_id: int):
         super().__init__()
         if buckets < 2:
@@ -567,8 +560,7 @@ class SmearGate(nn.Module):
         return (1 - g) * x + g * prev
 
 def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], list[int]]:
-    """(encoder layers, decoder layers) in execution order. Depth recurrence runs LOOP_START..LOOP_END
-    NUM_LOOPS extra times; the expanded list is split in half for the U-Net skips."""
+    """(encoder, decoder) layers in execution order; loops repeat LOOP_START..LOOP_END, split in half."""
     order = list(range(args.num_layers))
     if looping and args.num_loops > 0:  # a range past the last layer is cut there (a preset on a small tier)
         end = min(args.loop_end, args.num_layers - 1)
@@ -580,8 +572,7 @@ def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], lis
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters, bos_id: int = 1):
         super().__init__()
-        self.args, self.bos_id = args, bos_id
-        self.logit_softcap = args.logit_softcap
+        self.args, self.bos_id, self.logit_softcap = args, bos_id, args.logit_softcap
         self.fused_ce = False  # set by the trainer where a Triton kernel can run
         self.looping = args.num_loops > 0 and args.loop_from_frac <= 0  # the trainer switches it on later
         self.head_lora = None  # per-sequence LoRA on the output head (TTT)
@@ -592,8 +583,7 @@ class GPT(nn.Module):
                        if args.bigram_hash_buckets else None)
         self.smear_in = SmearGate(args.model_dim, bos_id, args.gate_window) if args.smear_input_gate else None
         self.smear = SmearGate(args.model_dim, bos_id) if args.smear_gate else None
-        enc, dec = layer_schedule(args, looping=True)
-        n_skips = min(len(enc), len(dec))
+        n_skips = min(len(part) for part in layer_schedule(args, looping=True))
         self.skip_weights = nn.Parameter(torch.ones(n_skips, args.model_dim))
         self.skip_gates = nn.Parameter(torch.zeros(n_skips, args.model_dim)) if args.skip_gates else None
         self.blocks = nn.ModuleList([Block(args, i) for i in range(args.num_layers)])
@@ -619,16 +609,13 @@ class GPT(nn.Module):
         """(B, 1, T, T) boolean: causal and within one document (a BOS starts a new one)."""
         if not self.args.doc_mask:
             return None
-        doc = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1)
-        T = ids.size(1)
+        doc, T = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1), ids.size(1)
         causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
         return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         x = x0 = self.embed(ids)
-        mask = self.doc_mask(ids)
-        enc, dec = layer_schedule(self.args, self.looping)
-        v0, skips = None, []
+        mask, (enc, dec), v0, skips = self.doc_mask(ids), layer_schedule(self.args, self.looping), None, []
         for i in enc:  # U-Net: encoder blocks store skips (a parallel block's attention lane)...
             x, v = self.blocks[i](x, x0, v0, mask)
             v0 = v if v0 is None else v0
@@ -650,11 +637,7 @@ class GPT(nn.Module):
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         if self.emb_hessian is not None:  # the head's inputs (the head is not called as a module)
             accumulate_hessian(self.emb_hessian, x)
-        z = F.linear(x, w.to(x.dtype))
-        if self.head_lora is not None:
-            a, b = self.head_lora
-            z = z + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
-        return z
+        return lora_add(F.linear(x, w.to(x.dtype)), x, self.head_lora)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         z = self.project(ids).float()
@@ -662,16 +645,15 @@ class GPT(nn.Module):
 
     def token_losses(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token cross-entropy in nats, float32, (B, T)."""
-        logits = self.logits(ids)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        losses = F.cross_entropy(self.logits(ids).flatten(0, 1), targets.flatten(), reduction="none")
+        return losses.view_as(targets)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # fused_ce: trainer sets it
         return softcap_cross_entropy(self.project(ids).flatten(0, 1), targets.flatten(), self.logit_softcap,
                                      self.fused_ce)
 
 def torch_softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
-    logits = cap * torch.tanh(z.float() / cap)
-    return F.cross_entropy(logits, targets, reduction="mean")
+    return F.cross_entropy(cap * torch.tanh(z.float() / cap), targets, reduction="mean")
 
 def triton_usable(t: torch.Tensor) -> bool:
     """Kernels launch on CUDA, or on CPU tensors under TRITON_INTERPRET=1 (how the tests check them)."""
@@ -707,9 +689,8 @@ class _FusedSoftcapCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, targets, cap):
         z = z.contiguous()
-        n, v = z.shape
+        (n, v), grad = z.shape, torch.empty_like(z)
         loss = torch.empty(n, device=z.device, dtype=torch.float32)
-        grad = torch.empty_like(z)
         _softcap_ce_kernel[(n,)](z, targets.contiguous(), loss, grad, z.stride(0), v, float(cap), 1.0 / n,
                                  BLOCK=triton.next_power_of_2(v), num_warps=4 if v <= 2048 else 8)
         ctx.save_for_backward(grad)
@@ -724,8 +705,7 @@ def _fused_softcap_ce(z, targets, cap):
     return _FusedSoftcapCE.apply(z, targets, cap)
 
 def keep_kernel_out_of_compile():
-    """torch.compile must not trace into the Triton launch: make the call a graph break. Done only when
-    compiling, because importing torch._dynamo costs seconds at every CPU start."""
+    """A graph break around the Triton launch; only when compiling (importing torch._dynamo costs seconds)."""
     global _fused_softcap_ce
     _fused_softcap_ce = torch.compiler.disable(_fused_softcap_ce)
 
@@ -739,8 +719,7 @@ def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) ->
     return GPT(args, bos_id).to(device)
 
 def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
-    """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul; a looped block once
-    per pass) + causal attention."""
+    """6 x matmul params (tied head once, a looped block once per pass) + causal attention, per token."""
     passes = sum(layer_schedule(args, looping=True), [])
     per_block = [sum(p.numel() for p in b.parameters() if p.ndim == 2) for b in model.blocks]
     matmul = sum(p.numel() for n, p in model.named_parameters()
@@ -788,8 +767,7 @@ def newton_schulz(G: torch.Tensor, steps: int, polar: bool, compiled: bool) -> t
     return _compiled_ns(G, steps, polar=polar)
 
 class Optimizer:
-    """The little of torch.optim.Optimizer this script needs. Constructing a torch.optim optimiser imports
-    torch._dynamo, which costs seconds at every CPU start; these few lines do not."""
+    """What this script needs of torch.optim.Optimizer, whose import of torch._dynamo costs seconds on CPU."""
     def __init__(self, groups: list[dict], **defaults):
         self.param_groups = [dict(defaults, **g) for g in groups]
         self.state: dict = {}
@@ -829,8 +807,7 @@ class Adam(Optimizer):
                 if p not in self.state:
                     self.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
             grads = [p.grad for p in ps]
-            ms = [self.state[p]["exp_avg"] for p in ps]
-            vs = [self.state[p]["exp_avg_sq"] for p in ps]
+            ms, vs = [self.state[p]["exp_avg"] for p in ps], [self.state[p]["exp_avg_sq"] for p in ps]
             torch._foreach_lerp_(ms, grads, 1 - b1)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
@@ -842,10 +819,8 @@ class Adam(Optimizer):
             torch._foreach_addcdiv_(ps, ms, denom, value=-g["lr"] / (1 - b1 ** g["step"]))
 
 class Muon(Optimizer):
-    """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share of the matrices and one
-    all-reduce assembles the updates (zeros elsewhere, so the sum is exact). Options: decoupled weight decay,
-    MuonEq-R (rows to unit norm before orthogonalising), Polar Express, compiled Newton-Schulz, and the
-    baseline's bf16 update buffer (half the all-reduce traffic)."""
+    """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share and one all-reduce
+    assembles the updates (zeros elsewhere: the sum is exact); bf16 updates halve the traffic (baseline)."""
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
                  wd: float = 0.0, row_norm: bool = False, polar: bool = False, compiled: bool = False,
                  bf16: bool = False):
@@ -856,23 +831,20 @@ class Muon(Optimizer):
     @torch.no_grad()
     def step(self):
         distributed = is_distributed()
-        world_size = dist.get_world_size() if distributed else 1
-        rank = dist.get_rank() if distributed else 0
+        world_size, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         for group in self.param_groups:
             params = group["params"]
             if not params:
                 continue
-            total = sum(p.numel() for p in params)
-            flat = torch.zeros(total, device=params[0].device,
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
                                dtype=torch.bfloat16 if group["bf16"] else torch.float32)
             curr = 0
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
                     g = p.grad
-                    state = self.state.setdefault(p, {})
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(g)
-                    buf = state["momentum_buffer"]
+                    if p not in self.state:
+                        self.state[p] = {"momentum_buffer": torch.zeros_like(g)}
+                    buf = self.state[p]["momentum_buffer"]
                     buf.mul_(group["momentum"]).add_(g)
                     if group["nesterov"]:
                         g = g.add(buf, alpha=group["momentum"])
@@ -947,16 +919,14 @@ def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float
         return max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
     # The challenge's rule: warm down over the estimated wallclock of the last WARMDOWN_ITERS steps. On slow
     # hardware that estimate exceeds the whole budget and the LR decays from the first step (known bug).
-    step_ms = elapsed_ms / max(step, 1)
-    warmdown_ms = args.warmdown_iters * step_ms
+    warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))  # at the mean step time so far
     remaining_ms = max(max_ms - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
 class EMA:
     """Shadow fp32 weights, ema = d * ema + (1 - d) * w after each step; used for eval and export."""
     def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.params = [p for p in model.parameters()]
+        self.decay, self.params = decay, list(model.parameters())
         self.shadow = [p.detach().float().clone() for p in self.params]
 
     @torch.no_grad()
@@ -1049,8 +1019,7 @@ def summarize(sums: tuple[float, int, int]) -> dict:
 def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float, epochs: int,
                   args: Hyperparameters, device, autocast, rank: int, world_size: int, batch_seqs: int,
                   state: dict):
-    """SGD (momentum 0.9, clip 1.0, torch.optim.SGD's rule) on non-overlapping sequences whose targets all lie
-    in [lo, hi): tokens that were already scored. Gradients are averaged over the sequences of all ranks."""
+    """SGD (momentum 0.9, clip 1.0) on whole sequences whose targets lie in [lo, hi), i.e. already scored."""
     seq_len, step = args.train_seq_len, batch_seqs * world_size
     seqs = [(s, 0) for s in range(lo - 1, hi - seq_len, seq_len)]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -1144,8 +1113,7 @@ def document_starts(tokens: torch.Tensor, n_targets: int, bos_id: int) -> list[i
     return starts if starts and starts[0] == 0 else [0, *starts]
 
 def make_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[tuple]:
-    """Fresh adapters for n sequences (A uniform from `seed`, B zero: a no-op at first) on every block
-    matrix and on the head: [(site, A (n, r, in), B (n, out, r))]."""
+    """[(site, A (n, r, in), B (n, out, r))] on every block matrix and the head; B = 0: a no-op at first."""
     gen, sites = torch.Generator().manual_seed(seed), []
     for m in [*(m for m in model.blocks.modules() if isinstance(m, CastedLinear)), model]:
         fan_in, fan_out = (m.in_features, m.out_features) if m is not model else (model.args.model_dim,
@@ -1166,20 +1134,18 @@ def use_lora(sites: list[tuple], first: int | None):
 
 def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                       rank: int = 0, world_size: int = 1) -> dict:
-    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736). The targets are those of the plain evaluation,
-    cut at every BOS into documents. Each document gets fresh LoRA adapters; it is read in chunks of
-    TTT_LORA_CHUNK tokens (with up to TRAIN_SEQ_LEN tokens of its own context); each chunk's loss is
-    recorded first and only then does one Adam step adapt that document's adapters. Phased: the first
-    TTT_PHASE_DOCS documents, in TTT_PHASES groups, also train the base weights (SGD on their already-scored
-    tokens) after the whole group is scored, so every later document starts from a better base."""
+    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736) on the plain evaluation's targets cut at BOS.
+    Each document gets fresh adapters and is read in TTT_LORA_CHUNK chunks (up to TRAIN_SEQ_LEN of its own
+    context): a chunk is scored first, then one Adam step adapts. The first TTT_PHASE_DOCS documents, in
+    TTT_PHASES groups, then train the base weights (SGD on their scored tokens) for the later documents."""
     seq_len, C = args.train_seq_len, args.ttt_lora_chunk
     if not 0 < C <= seq_len:
         raise ValueError(f"TTT_LORA_CHUNK={C} must be in 1..TRAIN_SEQ_LEN={seq_len}")
     n_targets = ((tokens.numel() - 1) // seq_len) * seq_len
     starts = document_starts(tokens, n_targets, model.bos_id)
     docs = list(zip(starts, [*starts[1:], n_targets], strict=True))  # input span [s, e) -> targets [s+1, e+1)
-    n_phased = min(args.ttt_phase_docs, len(docs))
-    cuts = [round(n_phased * p / max(args.ttt_phases, 1)) for p in range(max(args.ttt_phases, 1) + 1)]
+    n_phased, phases = min(args.ttt_phase_docs, len(docs)), max(args.ttt_phases, 1)
+    cuts = [round(n_phased * p / phases) for p in range(phases + 1)]
     groups = [docs[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a] + [docs[n_phased:]]
     base = [p for p in model.parameters() if p.requires_grad]
     total, per_chunk, spans, state = [0.0, 0, 0], [], [], {}
@@ -1207,16 +1173,14 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                     mask = ((pos >= c * C) & (pos < lengths[k0:])).to(device)
                     with autocast:
                         losses = model.token_losses(x, y)
-                    nats = (losses.detach().double() * mask).sum(1)  # recorded before any update on them
-                    ntok = mask.sum(1)
+                    nats, ntok = (losses.detach().double() * mask).sum(1), mask.sum(1)  # before any update
                     starts = torch.tensor([s for s, _ in batch[k0:]])[:, None]
                     y_pos = (starts + pos + 1).clamp_max(tokens.numel() - 1)
                     nbytes = (count_target_bytes(x, y, luts, y_pos) * mask).sum(1)
                     for j, (s, _) in enumerate(batch[k0:]):
                         per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
                         spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[j])))
-                    total = [total[0] + float(nats.sum()), total[1] + int(ntok.sum()),
-                             total[2] + int(nbytes.sum())]
+                    total = add_sums(total, (float(nats.sum()), int(ntok.sum()), int(nbytes.sum())))
                     if c == n_chunks - 1:
                         break
                     # one Adam step per document on the mean loss of the chunk it just scored
@@ -1265,9 +1229,8 @@ def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qm
 
 def quantize_rows(t: torch.Tensor, bits: int, sigmas: float = 0.0, floor: float = 1e-12,
                   hessian: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric quantisation to int8 storage. The clip per row: SIGMAS x the row's std when given
-    (std-based clipping), else the 99.99984th percentile for int8 (challenge) or the row max for fewer bits
-    (what QAT trained against). Scales are clamped at `floor` (the baseline clamps int8 at 1/127)."""
+    """Per-row symmetric quantisation, int8 storage. Clip: SIGMAS x row std, else the 99.99984th percentile
+    for int8 (challenge) or the row max (what QAT trained against); scales floored at `floor`."""
     qmax = 2 ** (bits - 1) - 1
     t32 = t.float()
     if sigmas > 0:
@@ -1295,13 +1258,12 @@ def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
     return 8, 0.0
 
 def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict | None = None) -> dict:
-    """Large 2-D float tensors -> per-row ints (block matrices MATRIX_BITS or QAT_BITS, the embedding
-    EMBED_BITS, else 8 bits; GPTQ where a Hessian is given); small tensors and control scalars stay float
-    (fp32 for control tensors, fp16 otherwise). LQER: the LQER_TOP_K block matrices with the largest
-    quantisation error also store a rank-LQER_RANK correction A @ B (SVD of the error, LQER_BITS factors)."""
+    """Large 2-D float tensors -> per-row ints (GPTQ where a Hessian is given); the rest stay float (control
+    tensors fp32, others fp16). LQER: the LQER_TOP_K block matrices with the largest error also store a
+    rank-LQER_RANK correction A @ B (SVD of the error, LQER_BITS factors)."""
     out = {"__quant_format__": "intN_per_row_v1", "quantized": {}, "scales": {}, "bits": {}, "dtypes": {},
            "passthrough": {}, "lqer": {}}
-    errors = {}
+    errors = {}  # LQER candidates: the quantisation error of each block matrix
     for name, tensor in state_dict.items():
         t = tensor.detach().cpu()
         if not t.is_floating_point():
@@ -1340,15 +1302,13 @@ def dequantize_state_dict(obj: dict) -> dict:
 
 @torch.no_grad()
 def gptq_hessians(model: GPT, args: Hyperparameters, device, autocast, batches: int) -> dict:
-    """X^T X of the inputs of every block matrix (and of the tied embedding as the output head) over
-    GPTQ_CALIB_BATCHES batches read by a fresh loader from the TRAINING shards: the validation split is never
-    read for calibration (the challenge forbids it)."""
+    """X^T X of the inputs of every block matrix and of the head, over GPTQ_CALIB_BATCHES batches from the
+    TRAINING shards: calibrating on validation data is forbidden by the challenge."""
     mods = {n + ".weight": m for n, m in model.named_modules() if isinstance(m, CastedLinear)}
     for m in mods.values():
         m.hessian = torch.zeros(m.in_features, m.in_features, device=device)
     model.emb_hessian = torch.zeros(args.model_dim, args.model_dim, device=device)
-    loader = DistributedTokenLoader(args.train_files, 0, 1, device)
-    was_training = model.training
+    loader, was_training = DistributedTokenLoader(args.train_files, 0, 1, device), model.training
     model.eval()
     for _ in range(batches):
         x, _ = loader.next_batch(args.train_batch_tokens, args.train_seq_len, args.grad_accum_steps or 8)
@@ -1378,9 +1338,7 @@ def export_model(model: nn.Module, args: Hyperparameters, path: Path, hessians: 
     """Quantise, serialise, compress, write; returns the model file's size in bytes."""
     buf = io.BytesIO()
     torch.save(quantize_state_dict(model.state_dict(), args, hessians), buf)
-    blob = codec(args.compressor)[0](buf.getvalue())
-    path.write_bytes(blob)
-    return len(blob)
+    return path.write_bytes(codec(args.compressor)[0](buf.getvalue()))
 
 def load_exported(path: Path, args: Hyperparameters) -> dict:
     raw = codec(args.compressor)[1](path.read_bytes())
@@ -1470,8 +1428,7 @@ def base_result(ctx: RunContext, source: str) -> dict:
                 script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest())
 
 def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
-    """The training loop; fills steps/train_tokens/train_time_s and sets status 'diverged' if the loss blows
-    up. Returns the EMA (if any) so the caller evaluates the shadow weights."""
+    """The training loop; fills steps/train_tokens/train_time_s (or status 'diverged'); returns the EMA."""
     args, device = ctx.args, ctx.device
     grad_accum = args.grad_accum_steps or 8 // ctx.world_size
     if not args.grad_accum_steps and 8 % ctx.world_size:
@@ -1589,8 +1546,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     return ema
 
 def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
-    """Pre-quant score, export (quantise + compress), reload the artifact, and score it: the roundtrip score,
-    with TTT and on the holdout slice when asked for."""
+    """Pre-quant score, export, reload the artifact and score it (with TTT, and on the holdout if asked)."""
     args, t_eval = ctx.args, time.perf_counter()
     pre = ctx.evaluate(model, ctx.val_tokens, ctx.luts)
     result["val_bpb_prequant"] = pre["val_bpb"]
@@ -1650,8 +1606,7 @@ def load_data(ctx: RunContext, sp):
         ctx.luts, ctx.holdout_luts = ((v,) for v in split_validation(side, *cut))
 
 def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
-    """One whole run in this process (the caller set up torch.distributed if world_size > 1). Always writes
-    results.json; returns the result dict. Exceptions propagate after the error result is written."""
+    """One whole run (the caller set up torch.distributed); always writes results.json, then re-raises."""
     source = Path(__file__).read_text(encoding="utf-8")
     try:
         ctx = RunContext(args, rank, world_size, local_rank)
