@@ -39,9 +39,7 @@ except ImportError:  # pragma: no cover - depends on the host
     triton = None
     tl = None
 
-# -----------------------------------------------------------------------------
-# HYPERPARAMETERS
-# -----------------------------------------------------------------------------
+# ---------------------------------------- HYPERPARAMETERS ---------------------------------------------------
 
 class Hyperparameters:
     """All knobs, from the environment (or a mapping, for tests). Names and defaults follow the challenge."""
@@ -188,9 +186,7 @@ class Hyperparameters:
     def as_dict(self) -> dict:
         return dict(vars(self))
 
-# -----------------------------------------------------------------------------
-# DATA
-# -----------------------------------------------------------------------------
+# ---------------------------------------- DATA --------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
 SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
@@ -240,7 +236,7 @@ class TokenStream:
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 class DistributedTokenLoader:
-    """One contiguous span per rank per call; one device with accumulation reproduces the multi-device batch."""
+    """One contiguous span per rank per call: one device with accumulation reproduces the multi-GPU batch."""
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
@@ -262,7 +258,8 @@ def split_validation(tokens: torch.Tensor, max_tokens: int, holdout_tokens: int)
     """(scored val tokens, holdout tokens): the holdout is cut from the END, so the two never overlap."""
     n = tokens.numel()
     if holdout_tokens >= n:
-        raise ValueError(f"VAL_HOLDOUT_TOKENS={holdout_tokens} leaves nothing of the {n} validation tokens to score")
+        raise ValueError(f"VAL_HOLDOUT_TOKENS={holdout_tokens} leaves nothing of the {n} validation tokens "
+                         "to score")
     holdout = tokens[n - holdout_tokens:] if holdout_tokens > 0 else None
     val = tokens[:n - holdout_tokens] if holdout_tokens > 0 else tokens
     return (val[:max_tokens] if max_tokens > 0 else val), holdout
@@ -332,9 +329,7 @@ def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> fl
     return (loss_sum_nats / token_count) / math.log(2.0) * (token_count / byte_count)
 # === PROTECTED: METRIC END ===
 
-# -----------------------------------------------------------------------------
-# MODEL
-# -----------------------------------------------------------------------------
+# ---------------------------------------- MODEL -------------------------------------------------------------
 
 # Small per-channel tensors: Adam instead of Muon, kept in float at export.
 CONTROL_TENSOR_NAME_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "vr_lambda",
@@ -728,9 +723,7 @@ def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
     attn = 6 * len(passes) * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
     return 6.0 * matmul + attn
 
-# -----------------------------------------------------------------------------
-# OPTIMIZER
-# -----------------------------------------------------------------------------
+# ---------------------------------------- OPTIMIZER ---------------------------------------------------------
 
 # Polar Express (Amsel et al. 2025, as used from PR #1344 on): per-iteration minimax coefficients for 5 steps;
 # further steps repeat the last. The baseline's quintic uses one fixed triple for every step.
@@ -938,9 +931,7 @@ class EMA:
         for p, s in zip(model.parameters(), self.shadow, strict=True):
             p.copy_(s.to(p.dtype))
 
-# -----------------------------------------------------------------------------
-# EVALUATION
-# -----------------------------------------------------------------------------
+# ---------------------------------------- EVALUATION --------------------------------------------------------
 
 def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored position) per window of seq_len inputs. Targets are the tokens after position 0,
@@ -1197,9 +1188,7 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     model.eval()
     return dict(summarize(all_reduce_sums(tuple(total), device)), chunks=per_chunk, spans=spans)
 
-# -----------------------------------------------------------------------------
-# QUANTIZATION
-# -----------------------------------------------------------------------------
+# ---------------------------------------- QUANTIZATION ------------------------------------------------------
 
 INT8_CLIP_Q = 99.99984 / 100.0
 
@@ -1344,9 +1333,7 @@ def load_exported(path: Path, args: Hyperparameters) -> dict:
     raw = codec(args.compressor)[1](path.read_bytes())
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
 
-# -----------------------------------------------------------------------------
-# TRAINING
-# -----------------------------------------------------------------------------
+# ---------------------------------------- TRAINING ----------------------------------------------------------
 
 class RunContext:
     """Process-level facts: device, ranks, logging. One per process."""
@@ -1451,7 +1438,6 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     optimizers = build_optimizers(model, args, device)
     loader = DistributedTokenLoader(args.train_files, ctx.rank, ctx.world_size, device)
     diverge_at = args.diverge_loss or math.log(args.vocab_size) + 3.0
-
     def step_once(step: int, scale: float) -> torch.Tensor:
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -1475,7 +1461,6 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         for opt in optimizers:
             opt.step()
         return total / grad_accum
-
     model.train()
     if args.warmup_steps > 0:  # prime compile/kernels, then restore the true initial state and data order
         init_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -1566,12 +1551,10 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
         dist.barrier()
     model.load_state_dict(load_exported(model_path, args), strict=True)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.ttt_enable else None
-
     def score(tokens, luts):
         if args.ttt_enable:
             model.load_state_dict(initial, strict=True)  # every slice adapts from the artifact's weights
         return ctx.evaluate(model, tokens, luts, ttt=args.ttt_enable)
-
     rt = score(ctx.val_tokens, ctx.luts)
     result.update(val_bpb=rt["val_bpb"], val_loss=rt["val_loss"], val_tokens=rt["tokens"],
                   val_bytes=rt["bytes"])
