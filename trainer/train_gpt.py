@@ -414,8 +414,8 @@ class CausalSelfAttention(nn.Module):
         if self.rope_dims % 2:
             raise ValueError("ROPE_DIMS must be even")
         self.rotary = Rotary(self.rope_dims, args.rope_base)
-        # Value Residual: V_n = l1 * V_0 + l2 * V_n for every layer after the first
-        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if args.value_residual and layer_idx else None
+        use_vr = args.value_residual and layer_idx  # Value Residual: V_n = l1 * V_0 + l2 * V_n after layer 0
+        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if use_vr else None
         # one per-head output gate: dense (whole input, bias 4 so sigmoid ~0.98: near identity), sparse
         # (first GATE_WINDOW dims, sigmoid(0) = 0.5 at init) or out (2*sigmoid(0) = 1: transparent at init)
         kinds = [k for k, on in (("dense", args.gated_attention), ("sparse", args.sparse_attn_gate),
@@ -469,10 +469,8 @@ def mlp_activation(x: torch.Tensor, slope: float) -> torch.Tensor:
 class MLP(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
-        hidden = int(args.mlp_mult * args.model_dim)
-        self.fc = CastedLinear(args.model_dim, hidden)
-        self.proj = CastedLinear(hidden, args.model_dim, zero_init=True)
-        self.slope = args.mlp_act_slope
+        hidden, self.slope = int(args.mlp_mult * args.model_dim), args.mlp_act_slope
+        self.fc, self.proj = CastedLinear(args.model_dim, hidden), CastedLinear(hidden, args.model_dim, True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(mlp_activation(self.fc(x), self.slope))
@@ -481,10 +479,8 @@ class Block(nn.Module):
     def __init__(self, args: Hyperparameters, layer_idx: int):
         super().__init__()
         dim = args.model_dim
-        self.attn = CausalSelfAttention(args, layer_idx)
-        self.mlp = MLP(args)
-        self.attn_scale = nn.Parameter(torch.ones(dim))
-        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.attn, self.mlp = CausalSelfAttention(args, layer_idx), MLP(args)
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]))
         self.norm_scale = 1.0 / math.sqrt(layer_idx + 1) if args.ln_scale else 1.0
         # two-lane parallel residual: attention reads lane 0, the MLP reads lane 1, both write both lanes
@@ -515,8 +511,7 @@ class BigramHash(nn.Module):
         super().__init__()
         if buckets < 2:
             raise ValueError("BIGRAM_HASH_BUCKETS must be 0 or >= 2")
-        self.buckets, self.bos_id = buckets, bos_id
-        self.embed = nn.Embedding(buckets, bigram_dim)
+        self.buckets, self.bos_id, self.embed = buckets, bos_id, nn.Embedding(buckets, bigram_dim)
         nn.init.zeros_(self.embed.weight)  # starts as a no-op; the projection is not zero so both learn
         self.proj = CastedLinear(bigram_dim, model_dim)
         self.scale = nn.Parameter(torch.tensor(0.05))
@@ -544,14 +539,13 @@ class SmearGate(nn.Module):
             self.smear_gate = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
         at_bos = (ids == self.bos_id)[..., None]
         if self.window:  # nothing to smear from at BOS or at the first position
             g = self.smear_lambda.to(x.dtype) * torch.sigmoid(F.linear(x[..., :self.window],
                                                                        self.smear_w.to(x.dtype)))
             return x + g.masked_fill(at_bos, 0.0) * F.pad(x[:, :-1], (0, 0, 1, 0))
         g = torch.sigmoid(self.smear_gate).to(x.dtype)[None, None, :]
-        prev = torch.where(at_bos, x, prev)
+        prev = torch.where(at_bos, x, torch.cat([x[:, :1], x[:, :-1]], dim=1))
         return (1 - g) * x + g * prev
 
 def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], list[int]]:
@@ -659,8 +653,7 @@ if triton is not None:
     @triton.jit
     def _softcap_ce_kernel(z_ptr, tgt_ptr, loss_ptr, grad_ptr, stride_row, n_cols, cap, inv_n,
                            BLOCK: tl.constexpr):
-        # One row per program: softcap, log-sum-exp, loss, and d(mean loss)/dz in one pass over the logits,
-        # so the float32 softcapped logits are never written to memory.
+        # one row per program, one pass: the float32 softcapped logits are never written to memory
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         mask = offs < n_cols
@@ -725,8 +718,7 @@ def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
 
 # ---------------------------------------- OPTIMIZER ---------------------------------------------------------
 
-# Polar Express (Amsel et al. 2025, as used from PR #1344 on): per-iteration minimax coefficients for 5 steps;
-# further steps repeat the last. The baseline's quintic uses one fixed triple for every step.
+# Polar Express (Amsel et al. 2025; PR #1344 on): minimax coefficients per step, then the last one repeats
 POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
                  (4.042929935166739, -2.808917465908714, 0.5000178451051316),
                  (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
@@ -753,11 +745,9 @@ _compiled_ns = None
 
 def newton_schulz(G: torch.Tensor, steps: int, polar: bool, compiled: bool) -> torch.Tensor:
     global _compiled_ns
-    if not compiled:
-        return zeropower_via_newtonschulz5(G, steps, polar=polar)
-    if _compiled_ns is None:  # compiled lazily: importing the compiler costs seconds at every CPU start
+    if compiled and _compiled_ns is None:  # lazily: importing the compiler costs seconds at every CPU start
         _compiled_ns = torch.compile(zeropower_via_newtonschulz5, dynamic=False)
-    return _compiled_ns(G, steps, polar=polar)
+    return (_compiled_ns if compiled else zeropower_via_newtonschulz5)(G, steps, polar=polar)
 
 class Optimizer:
     """What this script needs of torch.optim.Optimizer, whose import of torch._dynamo costs seconds on CPU."""
@@ -899,8 +889,7 @@ def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> fl
 def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     max_ms = 1000.0 * args.train_seconds if args.train_seconds > 0 else None
     if args.warmdown_mode == "time_fraction":
-        # The fix for slow hardware: warm down over the last WARMDOWN_FRAC of the run, measured by the cap
-        # that binds first (wallclock or iterations), however long a step takes.
+        # the slow-hardware fix: the last WARMDOWN_FRAC of the run by the binding cap, whatever a step costs
         progress = training_progress(args, step, elapsed_ms)
         return float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
     if args.warmdown_mode != "iters":
@@ -910,8 +899,7 @@ def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float
     if max_ms is None:
         start = max(args.iterations - args.warmdown_iters, 0)
         return max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
-    # The challenge's rule: warm down over the estimated wallclock of the last WARMDOWN_ITERS steps. On slow
-    # hardware that estimate exceeds the whole budget and the LR decays from the first step (known bug).
+    # the challenge's rule; on slow hardware it exceeds the budget and decays from the first step (known bug)
     warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))  # at the mean step time so far
     remaining_ms = max(max_ms - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
@@ -1068,15 +1056,13 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
     if args.ttt_mode != "sgd" or args.ttt_lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"TTT_MODE={args.ttt_mode!r} / TTT_LR_SCHEDULE={args.ttt_lr_schedule!r}: expected "
                          "sgd or lora / cosine or constant")
-    seq_len = args.train_seq_len
-    chunks, cur_targets = [[]], 0
+    seq_len, chunks, cur_targets = args.train_seq_len, [[]], 0
     for w in eval_windows(tokens.numel(), seq_len, args.eval_stride):
-        chunks[-1].append(w)
-        cur_targets += seq_len - w[1]
-        if cur_targets >= args.ttt_chunk_tokens:
+        if cur_targets >= args.ttt_chunk_tokens and chunks[-1]:  # a chunk is full: start the next
             chunks.append([])
             cur_targets = 0
-    chunks = [c for c in chunks if c]
+        chunks[-1].append(w)
+        cur_targets += seq_len - w[1]
     # target token indices [lo, hi) each chunk scores; consecutive chunks tile the scored targets
     spans = [(c[0][0] + 1 + c[0][1], c[-1][0] + 1 + seq_len) for c in chunks]
     total, per_chunk, state = [0.0, 0, 0], [], {}
@@ -1085,10 +1071,9 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
             if before_score is not None:
                 before_score(k, model)
             model.eval()
-            sums = score_shard(model, tokens, chunk, args, luts, device, autocast, rank, world_size,
-                               batch_seqs)
-            per_chunk.append(sums)
-            total = add_sums(total, sums)
+            per_chunk.append(score_shard(model, tokens, chunk, args, luts, device, autocast, rank, world_size,
+                                         batch_seqs))
+            total = add_sums(total, per_chunk[-1])
             if k == len(chunks) - 1:
                 break  # nothing left to score: an update now would change no score
             cos = 0.5 * (1.0 + math.cos(math.pi * k / max(len(chunks) - 1, 1)))
@@ -1165,8 +1150,8 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                     with autocast:
                         losses = model.token_losses(x, y)
                     nats, ntok = (losses.detach().double() * mask).sum(1), mask.sum(1)  # before any update
-                    starts = torch.tensor([s for s, _ in batch[k0:]])[:, None]
-                    y_pos = (starts + pos + 1).clamp_max(tokens.numel() - 1)
+                    first = torch.tensor([s for s, _ in batch[k0:]])[:, None]  # each document's start
+                    y_pos = (first + pos + 1).clamp_max(tokens.numel() - 1)
                     nbytes = (count_target_bytes(x, y, luts, y_pos) * mask).sum(1)
                     for j, (s, _) in enumerate(batch[k0:]):
                         per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
@@ -1513,8 +1498,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
                             tokens_per_s=step * tokens_per_step / max(elapsed_ms / 1000.0, 1e-9)))
             ctx.log(f"step:{step}/{args.iterations} train_loss:{lv:.4f} lr_scale:{scale:.4f} "
                     f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
-            # early spikes are normal at full scale (the baseline jumps from ~6.9 to ~16 at step 2 and
-            # recovers), so a finite loss only counts as divergence after the first DIVERGE_GRACE_STEPS
+            # early finite spikes are normal at full scale (baseline: ~6.9 to ~16 at step 2, then recovers)
             if not math.isfinite(lv) or (lv > diverge_at and step > args.diverge_grace_steps):
                 result["status"] = "diverged"
                 result["error"] = f"train_loss {lv} at step {step} (limit {diverge_at:.2f})"
