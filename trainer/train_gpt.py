@@ -1439,8 +1439,9 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         frac = min(step / warm, 1.0) if warm > 0 else 1.0
         for g in optimizers[1].param_groups:
             g["momentum"] = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
-        for g in (g for opt in optimizers for g in opt.param_groups):
-            g["lr"] = g["base_lr"] * scale
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * scale
         if args.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm)
         for opt in optimizers:
@@ -1556,7 +1557,7 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
         ctx.log(f"artifact: code {result['bytes_code']} + model {result['bytes_model']} = "
                 f"{result['bytes_total']} bytes{' OVER THE CAP' if result['over_cap'] else ''}")
 
-def load_data(ctx: RunContext, sp):
+def load_validation(ctx: RunContext, sp):
     """The validation tokens, the holdout slice and their byte accounting (a byte sidecar when present)."""
     args = ctx.args
     if int(sp.vocab_size()) != args.vocab_size:
@@ -1607,7 +1608,7 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
         set_seed(args.seed)
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-        load_data(ctx, sp)
+        load_validation(ctx, sp)
         grad_accum = args.grad_accum_steps or max(8 // world_size, 1)
         ctx.val_batch_seqs = max(1, args.val_batch_size // (world_size * grad_accum) // args.train_seq_len)
         model = build_model(args, ctx.device, bos_id=sp.bos_id())
