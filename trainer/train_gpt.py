@@ -1,11 +1,9 @@
 """Parameter Golf trainer: the challenge's baseline GPT, one file from a 2-core CPU to 8xH100.
-
 Run: `python trainer/train_gpt.py` (one device) or `torchrun --nproc_per_node=8 trainer/train_gpt.py`.
 Every knob is an environment variable read in `Hyperparameters`; every technique is off by default, so
 with no variables set this trains the challenge baseline (val_bpb 1.2244 on 8xH100 in 600 s).
 Writes RUN_DIR/train.log (starting with this source), RUN_DIR/metrics.jsonl and RUN_DIR/results.json.
-Standalone on purpose: it is copied to pods and mutated by the agent, so it imports nothing of the project.
-"""
+Standalone on purpose: it is copied to pods and mutated by the agent, so it imports nothing of the project."""
 
 from __future__ import annotations
 
@@ -41,27 +39,21 @@ except ImportError:  # pragma: no cover - depends on the host
     triton = None
     tl = None
 
-# -----------------------------------------------------------------------------
-# HYPERPARAMETERS
-# -----------------------------------------------------------------------------
-
+# ---------------------------------------- HYPERPARAMETERS ---------------------------------------------------
 
 class Hyperparameters:
     """All knobs, from the environment (or a mapping, for tests). Names and defaults follow the challenge."""
-
     def __init__(self, env: dict[str, str] | None = None):
         e = os.environ if env is None else env
-
         def get(name, default, cast=str):
             v = e.get(name)
             return default if v is None or v == "" else cast(v)
-
         # data and bookkeeping
         self.data_path = get("DATA_PATH", "data/datasets/fineweb10B_sp1024")
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_[0-9]*.bin")  # not the byte sidecars
         self.tokenizer_path = get("TOKENIZER_PATH", "data/tokenizers/fineweb_1024_bpe.model")
-        self.caseops = bool(get("CASEOPS", 0, int))  # case-transformed tokenizer data, scored via byte sidecar
+        self.caseops = bool(get("CASEOPS", 0, int))  # case-transformed tokenizer data, scored by byte sidecar
         self.run_id = get("RUN_ID", str(uuid.uuid4()))
         self.run_dir = get("RUN_DIR", os.path.join("runs", self.run_id))
         self.seed = get("SEED", 1337, int)
@@ -194,21 +186,14 @@ class Hyperparameters:
     def as_dict(self) -> dict:
         return dict(vars(self))
 
+# ---------------------------------------- DATA --------------------------------------------------------------
 
-# -----------------------------------------------------------------------------
-# DATA
-# -----------------------------------------------------------------------------
-
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-SHARD_HEADER_INTS = 256
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
 SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
-
 
 def load_data_shard(file: str | Path) -> torch.Tensor:
     """One shard as uint16 token ids; a corrupt file fails with its name and what is wrong."""
-    file = str(file)
-    size = os.path.getsize(file)
+    file, size = str(file), os.path.getsize(file)
     if size < SHARD_HEADER_BYTES:
         raise ValueError(f"{file}: truncated header: {size} bytes, a shard header is {SHARD_HEADER_BYTES}")
     header = np.fromfile(file, dtype="<i4", count=SHARD_HEADER_INTS)
@@ -224,34 +209,25 @@ def load_data_shard(file: str | Path) -> torch.Tensor:
     tokens = np.fromfile(file, dtype="<u2", count=num_tokens, offset=SHARD_HEADER_BYTES)
     return torch.from_numpy(tokens.astype(np.int32))
 
-
 def shard_files(pattern: str) -> list[str]:
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no shards match {pattern}")
     return files
 
-
 class TokenStream:
     """Reads shards in order and wraps around; no shuffling, exactly like the challenge."""
-
     def __init__(self, pattern: str):
-        self.files = shard_files(pattern)
-        self.file_idx = 0
+        self.files, self.file_idx, self.pos = shard_files(pattern), 0, 0
         self.tokens = load_data_shard(self.files[0])
-        self.pos = 0
-
-    def _advance_file(self):
-        self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = load_data_shard(self.files[self.file_idx])
-        self.pos = 0
 
     def take(self, n: int) -> torch.Tensor:
         chunks, remaining = [], n
         while remaining > 0:
             avail = self.tokens.numel() - self.pos
-            if avail <= 0:
-                self._advance_file()
+            if avail <= 0:  # next shard, wrapping around
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = load_data_shard(self.files[self.file_idx]), 0
                 continue
             k = min(remaining, avail)
             chunks.append(self.tokens[self.pos:self.pos + k])
@@ -259,43 +235,34 @@ class TokenStream:
             remaining -= k
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
-
 class DistributedTokenLoader:
-    """Each call takes one contiguous span per rank; with world_size=1 and accumulation, the micro-batches
-    walk the same spans in the same order, so one device reproduces the multi-device batch."""
-
+    """One contiguous span per rank per call: one device with accumulation reproduces the multi-GPU batch."""
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
-        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
-        local_tokens = (local_tokens // seq_len) * seq_len
+        local_tokens = (global_tokens // (self.world_size * grad_accum_steps) // seq_len) * seq_len
         if local_tokens <= 0:
             raise ValueError(f"TRAIN_BATCH_TOKENS={global_tokens} is too small for TRAIN_SEQ_LEN={seq_len} "
                              f"x world {self.world_size} x accumulation {grad_accum_steps}")
         span = local_tokens + 1
-        chunk = self.stream.take(span * self.world_size)
-        local = chunk[self.rank * span:(self.rank + 1) * span].to(dtype=torch.int64)
+        local = self.stream.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span].long()
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
 
 def load_validation_tokens(pattern: str) -> torch.Tensor:
     return torch.cat([load_data_shard(f) for f in shard_files(pattern)]).to(torch.int64)
 
-
 def split_validation(tokens: torch.Tensor, max_tokens: int, holdout_tokens: int):
     """(scored val tokens, holdout tokens): the holdout is cut from the END, so the two never overlap."""
-    if holdout_tokens >= tokens.numel():
-        raise ValueError(f"VAL_HOLDOUT_TOKENS={holdout_tokens} leaves nothing of the {tokens.numel()} "
-                         "validation tokens to score")
-    holdout = tokens[tokens.numel() - holdout_tokens:] if holdout_tokens > 0 else None
-    val = tokens[:tokens.numel() - holdout_tokens] if holdout_tokens > 0 else tokens
-    if max_tokens > 0:
-        val = val[:max_tokens]
-    return val, holdout
-
+    n = tokens.numel()
+    if holdout_tokens >= n:
+        raise ValueError(f"VAL_HOLDOUT_TOKENS={holdout_tokens} leaves nothing of the {n} validation tokens "
+                         "to score")
+    holdout = tokens[n - holdout_tokens:] if holdout_tokens > 0 else None
+    val = tokens[:n - holdout_tokens] if holdout_tokens > 0 else tokens
+    return (val[:max_tokens] if max_tokens > 0 else val), holdout
 
 # === PROTECTED: METRIC BEGIN ===
 def is_caseops(sp) -> bool:
@@ -362,15 +329,11 @@ def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> fl
     return (loss_sum_nats / token_count) / math.log(2.0) * (token_count / byte_count)
 # === PROTECTED: METRIC END ===
 
-
-# -----------------------------------------------------------------------------
-# MODEL
-# -----------------------------------------------------------------------------
+# ---------------------------------------- MODEL -------------------------------------------------------------
 
 # Small per-channel tensors: Adam instead of Muon, kept in float at export.
 CONTROL_TENSOR_NAME_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "vr_lambda",
                                 "attn_gate", "smear", "bigram.scale", "skip_gates", "lane_")
-
 
 def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-row fake quantisation with a straight-through gradient (QAT)."""
@@ -379,18 +342,14 @@ def fake_quantize_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     q = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax) * scale
     return w + (q - w).detach()
 
-
 def accumulate_hessian(h: torch.Tensor, x: torch.Tensor):
     """h += X^T X in float32 (outside autocast, which would round the products to bf16)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.detach().flatten(0, -2).float()
         h += xf.T @ xf
 
-
 class CastedLinear(nn.Linear):
-    """fp32 master weight, computed in the activation dtype; optional QAT fake quantisation, an optional
-    per-sequence LoRA delta (TTT), and an optional Hessian accumulator (GPTQ calibration)."""
-
+    """fp32 master weight in the activation dtype; optional QAT, LoRA delta (TTT) and Hessian (GPTQ)."""
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.qat_bits, self.lora, self.hessian = 0, None, None
@@ -403,16 +362,17 @@ class CastedLinear(nn.Linear):
             w = fake_quantize_rows(w, self.qat_bits)
         if self.hessian is not None:
             accumulate_hessian(self.hessian, x)
-        y = F.linear(x, w.to(x.dtype))
-        if self.lora is not None:  # A: (B, r, in), B: (B, out, r), one adapter per sequence
-            a, b = self.lora
-            y = y + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
-        return y
+        return lora_add(F.linear(x, w.to(x.dtype)), x, self.lora)
 
+def lora_add(y: torch.Tensor, x: torch.Tensor, lora) -> torch.Tensor:
+    """y + the per-sequence LoRA delta x A^T B^T, with A: (B, r, in), B: (B, out, r)."""
+    if lora is None:
+        return y
+    a, b = lora
+    return y + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
-
 
 class Rotary(nn.Module):
     def __init__(self, dim: int, base: float):
@@ -430,7 +390,6 @@ class Rotary(nn.Module):
             self._cache = (seq_len, device, cos, sin)
         return cos.to(dtype), sin.to(dtype)
 
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dims: int) -> torch.Tensor:
     """Rotate the first rope_dims of each head (all if rope_dims == head dim); the rest are position-free."""
     if rope_dims < x.size(-1):
@@ -440,7 +399,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
 
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, args: Hyperparameters, layer_idx: int):
         super().__init__()
@@ -448,18 +406,15 @@ class CausalSelfAttention(nn.Module):
         if dim % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("MODEL_DIM must divide by NUM_HEADS and NUM_HEADS by NUM_KV_HEADS")
         self.head_dim = dim // self.num_heads
-        kv_dim = self.num_kv_heads * self.head_dim
-        self.c_q = CastedLinear(dim, dim)
-        self.c_k = CastedLinear(dim, kv_dim)
-        self.c_v = CastedLinear(dim, kv_dim)
+        kv = self.num_kv_heads * self.head_dim
+        self.c_q, self.c_k, self.c_v = CastedLinear(dim, dim), CastedLinear(dim, kv), CastedLinear(dim, kv)
         self.proj = CastedLinear(dim, dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((self.num_heads,), args.qk_gain_init))
         self.rope_dims = args.rope_dims if 0 < args.rope_dims < self.head_dim else self.head_dim
         if self.rope_dims % 2:
             raise ValueError("ROPE_DIMS must be even")
         self.rotary = Rotary(self.rope_dims, args.rope_base)
-        # Value Residual: V_n = l1 * V_0 + l2 * V_n for every layer after the first
-        use_vr = args.value_residual and layer_idx > 0
+        use_vr = args.value_residual and layer_idx  # Value Residual: V_n = l1 * V_0 + l2 * V_n after layer 0
         self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5])) if use_vr else None
         # one per-head output gate: dense (whole input, bias 4 so sigmoid ~0.98: near identity), sparse
         # (first GATE_WINDOW dims, sigmoid(0) = 0.5 at init) or out (2*sigmoid(0) = 1: transparent at init)
@@ -488,15 +443,13 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin, self.rope_dims), apply_rotary(k, cos, sin, self.rope_dims)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        g = self.num_heads // self.num_kv_heads
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               enable_gqa=self.num_kv_heads != self.num_heads)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g != 1)
         else:  # document mask (causal, within one document): heads expanded so a masked kernel can run
-            g = self.num_heads // self.num_kv_heads
             y = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
                                                attn_mask=mask)
         if self.xsa:  # XSA: remove each output's component along the token's own value direction
-            g = self.num_heads // self.num_kv_heads
             yg = y.view(B, self.num_kv_heads, g, T, self.head_dim)
             vn = F.normalize(v, dim=-1).unsqueeze(2)
             y = (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(B, self.num_heads, T, self.head_dim)
@@ -506,37 +459,28 @@ class CausalSelfAttention(nn.Module):
                 gate = torch.sigmoid(F.linear(x, w, self.attn_gate_b.to(x.dtype)))
             else:
                 z = F.linear(x[..., :self.gate_in], w)
-                sparse = self.gate_kind == "sparse"
-                gate = torch.sigmoid(self.gate_scale * z) if sparse else 2 * torch.sigmoid(z)
+                gate = 2 * torch.sigmoid(z) if self.gate_kind == "out" else torch.sigmoid(self.gate_scale * z)
             y = y * gate.transpose(1, 2)[..., None]
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.proj(y), v_raw
-
+        return self.proj(y.transpose(1, 2).reshape(B, T, C)), v_raw
 
 def mlp_activation(x: torch.Tensor, slope: float) -> torch.Tensor:
     return (F.leaky_relu(x, slope) if slope else F.relu(x)).square()
 
-
 class MLP(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
-        hidden = int(args.mlp_mult * args.model_dim)
-        self.fc = CastedLinear(args.model_dim, hidden)
-        self.proj = CastedLinear(hidden, args.model_dim, zero_init=True)
-        self.slope = args.mlp_act_slope
+        hidden, self.slope = int(args.mlp_mult * args.model_dim), args.mlp_act_slope
+        self.fc, self.proj = CastedLinear(args.model_dim, hidden), CastedLinear(hidden, args.model_dim, True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(mlp_activation(self.fc(x), self.slope))
-
 
 class Block(nn.Module):
     def __init__(self, args: Hyperparameters, layer_idx: int):
         super().__init__()
         dim = args.model_dim
-        self.attn = CausalSelfAttention(args, layer_idx)
-        self.mlp = MLP(args)
-        self.attn_scale = nn.Parameter(torch.ones(dim))
-        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.attn, self.mlp = CausalSelfAttention(args, layer_idx), MLP(args)
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]))
         self.norm_scale = 1.0 / math.sqrt(layer_idx + 1) if args.ln_scale else 1.0
         # two-lane parallel residual: attention reads lane 0, the MLP reads lane 1, both write both lanes
@@ -561,17 +505,13 @@ class Block(nn.Module):
         x = x + self.mlp_scale.to(x.dtype)[None, None, :] * self.mlp(rms_norm(x) * self.norm_scale)
         return x, v
 
-
 class BigramHash(nn.Module):
-    """Embedding of a hash of (previous, current) token. Sequence starts and BOS positions use a reserved
-    bucket, so the first token of a document never sees the previous document."""
-
+    """Hashed (previous, current) token embedding; starts and BOS use a reserved bucket (documents apart)."""
     def __init__(self, buckets: int, bigram_dim: int, model_dim: int, bos_id: int):
         super().__init__()
         if buckets < 2:
             raise ValueError("BIGRAM_HASH_BUCKETS must be 0 or >= 2")
-        self.buckets, self.bos_id = buckets, bos_id
-        self.embed = nn.Embedding(buckets, bigram_dim)
+        self.buckets, self.bos_id, self.embed = buckets, bos_id, nn.Embedding(buckets, bigram_dim)
         nn.init.zeros_(self.embed.weight)  # starts as a no-op; the projection is not zero so both learn
         self.proj = CastedLinear(bigram_dim, model_dim)
         self.scale = nn.Parameter(torch.tensor(0.05))
@@ -585,12 +525,10 @@ class BigramHash(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.embed(self.bucket_ids(ids))) * self.scale
 
-
 class SmearGate(nn.Module):
     """x_t <- (1-g) x_t + g x_{t-1}; no blending at BOS (PR #1851 fix). Static: g = sigmoid(per-channel
     parameter). Input-dependent (PR #1667 form): x_t <- x_t + lam * sigmoid(W x_t[:window]) * x_{t-1}, with
     W and lam zero-initialised so it starts transparent."""
-
     def __init__(self, dim: int, bos_id: int, window: int = 0):
         super().__init__()
         self.bos_id, self.window = bos_id, min(window, dim)
@@ -601,20 +539,17 @@ class SmearGate(nn.Module):
             self.smear_gate = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
         at_bos = (ids == self.bos_id)[..., None]
         if self.window:  # nothing to smear from at BOS or at the first position
             g = self.smear_lambda.to(x.dtype) * torch.sigmoid(F.linear(x[..., :self.window],
                                                                        self.smear_w.to(x.dtype)))
             return x + g.masked_fill(at_bos, 0.0) * F.pad(x[:, :-1], (0, 0, 1, 0))
         g = torch.sigmoid(self.smear_gate).to(x.dtype)[None, None, :]
-        prev = torch.where(at_bos, x, prev)
+        prev = torch.where(at_bos, x, torch.cat([x[:, :1], x[:, :-1]], dim=1))
         return (1 - g) * x + g * prev
 
-
 def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], list[int]]:
-    """(encoder layers, decoder layers) in execution order. Depth recurrence runs LOOP_START..LOOP_END
-    NUM_LOOPS extra times; the expanded list is split in half for the U-Net skips."""
+    """(encoder, decoder) layers in execution order; loops repeat LOOP_START..LOOP_END, split in half."""
     order = list(range(args.num_layers))
     if looping and args.num_loops > 0:  # a range past the last layer is cut there (a preset on a small tier)
         end = min(args.loop_end, args.num_layers - 1)
@@ -623,12 +558,10 @@ def layer_schedule(args: Hyperparameters, looping: bool) -> tuple[list[int], lis
     half = len(order) // 2 if looping and args.num_loops > 0 else args.num_layers // 2
     return order[:half], order[half:]
 
-
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters, bos_id: int = 1):
         super().__init__()
-        self.args, self.bos_id = args, bos_id
-        self.logit_softcap = args.logit_softcap
+        self.args, self.bos_id, self.logit_softcap = args, bos_id, args.logit_softcap
         self.fused_ce = False  # set by the trainer where a Triton kernel can run
         self.looping = args.num_loops > 0 and args.loop_from_frac <= 0  # the trainer switches it on later
         self.head_lora = None  # per-sequence LoRA on the output head (TTT)
@@ -639,8 +572,7 @@ class GPT(nn.Module):
                        if args.bigram_hash_buckets else None)
         self.smear_in = SmearGate(args.model_dim, bos_id, args.gate_window) if args.smear_input_gate else None
         self.smear = SmearGate(args.model_dim, bos_id) if args.smear_gate else None
-        enc, dec = layer_schedule(args, looping=True)
-        n_skips = min(len(enc), len(dec))
+        n_skips = min(len(part) for part in layer_schedule(args, looping=True))
         self.skip_weights = nn.Parameter(torch.ones(n_skips, args.model_dim))
         self.skip_gates = nn.Parameter(torch.zeros(n_skips, args.model_dim)) if args.skip_gates else None
         self.blocks = nn.ModuleList([Block(args, i) for i in range(args.num_layers)])
@@ -666,16 +598,13 @@ class GPT(nn.Module):
         """(B, 1, T, T) boolean: causal and within one document (a BOS starts a new one)."""
         if not self.args.doc_mask:
             return None
-        doc = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1)
-        T = ids.size(1)
+        doc, T = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1), ids.size(1)
         causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
         return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         x = x0 = self.embed(ids)
-        mask = self.doc_mask(ids)
-        enc, dec = layer_schedule(self.args, self.looping)
-        v0, skips = None, []
+        mask, (enc, dec), v0, skips = self.doc_mask(ids), layer_schedule(self.args, self.looping), None, []
         for i in enc:  # U-Net: encoder blocks store skips (a parallel block's attention lane)...
             x, v = self.blocks[i](x, x0, v0, mask)
             v0 = v if v0 is None else v0
@@ -697,11 +626,7 @@ class GPT(nn.Module):
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         if self.emb_hessian is not None:  # the head's inputs (the head is not called as a module)
             accumulate_hessian(self.emb_hessian, x)
-        z = F.linear(x, w.to(x.dtype))
-        if self.head_lora is not None:
-            a, b = self.head_lora
-            z = z + (x @ a.transpose(1, 2).to(x.dtype)) @ b.transpose(1, 2).to(x.dtype)
-        return z
+        return lora_add(F.linear(x, w.to(x.dtype)), x, self.head_lora)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         z = self.project(ids).float()
@@ -709,31 +634,26 @@ class GPT(nn.Module):
 
     def token_losses(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token cross-entropy in nats, float32, (B, T)."""
-        logits = self.logits(ids)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        losses = F.cross_entropy(self.logits(ids).flatten(0, 1), targets.flatten(), reduction="none")
+        return losses.view_as(targets)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # fused_ce: set by the trainer
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # fused_ce: trainer sets it
         return softcap_cross_entropy(self.project(ids).flatten(0, 1), targets.flatten(), self.logit_softcap,
                                      self.fused_ce)
 
-
 def torch_softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
-    logits = cap * torch.tanh(z.float() / cap)
-    return F.cross_entropy(logits, targets, reduction="mean")
-
+    return F.cross_entropy(cap * torch.tanh(z.float() / cap), targets, reduction="mean")
 
 def triton_usable(t: torch.Tensor) -> bool:
     """Kernels launch on CUDA, or on CPU tensors under TRITON_INTERPRET=1 (how the tests check them)."""
     return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-
 
 if triton is not None:
 
     @triton.jit
     def _softcap_ce_kernel(z_ptr, tgt_ptr, loss_ptr, grad_ptr, stride_row, n_cols, cap, inv_n,
                            BLOCK: tl.constexpr):
-        # One row per program: softcap, log-sum-exp, loss, and d(mean loss)/dz in one pass over the logits,
-        # so the float32 softcapped logits are never written to memory.
+        # one row per program, one pass: the float32 softcapped logits are never written to memory
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         mask = offs < n_cols
@@ -753,14 +673,12 @@ if triton is not None:
         dz = (p / denom - tl.where(is_t, 1.0, 0.0)) * (1.0 - th * th) * inv_n
         tl.store(grad_ptr + row * stride_row + offs, dz.to(grad_ptr.dtype.element_ty), mask=mask)
 
-
 class _FusedSoftcapCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, targets, cap):
         z = z.contiguous()
-        n, v = z.shape
+        (n, v), grad = z.shape, torch.empty_like(z)
         loss = torch.empty(n, device=z.device, dtype=torch.float32)
-        grad = torch.empty_like(z)
         _softcap_ce_kernel[(n,)](z, targets.contiguous(), loss, grad, z.stride(0), v, float(cap), 1.0 / n,
                                  BLOCK=triton.next_power_of_2(v), num_warps=4 if v <= 2048 else 8)
         ctx.save_for_backward(grad)
@@ -771,17 +689,13 @@ class _FusedSoftcapCE(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         return grad * grad_out.to(grad.dtype), None, None
 
-
 def _fused_softcap_ce(z, targets, cap):
     return _FusedSoftcapCE.apply(z, targets, cap)
 
-
 def keep_kernel_out_of_compile():
-    """torch.compile must not trace into the Triton launch: make the call a graph break. Done only when
-    compiling, because importing torch._dynamo costs seconds at every CPU start."""
+    """A graph break around the Triton launch; only when compiling (importing torch._dynamo costs seconds)."""
     global _fused_softcap_ce
     _fused_softcap_ce = torch.compiler.disable(_fused_softcap_ce)
-
 
 def softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float, fused: bool) -> torch.Tensor:
     """Mean cross-entropy of cap*tanh(z/cap); the Triton kernel when asked for and able to launch."""
@@ -789,14 +703,11 @@ def softcap_cross_entropy(z: torch.Tensor, targets: torch.Tensor, cap: float, fu
         return _fused_softcap_ce(z, targets, cap)
     return torch_softcap_cross_entropy(z, targets, cap)
 
-
 def build_model(args: Hyperparameters, device: torch.device, bos_id: int = 1) -> GPT:
     return GPT(args, bos_id).to(device)
 
-
 def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
-    """Training FLOPs per token: 6 x matmul params (tied head counted once as a matmul; a looped block once
-    per pass) + causal attention."""
+    """6 x matmul params (tied head once, a looped block once per pass) + causal attention, per token."""
     passes = sum(layer_schedule(args, looping=True), [])
     per_block = [sum(p.numel() for p in b.parameters() if p.ndim == 2) for b in model.blocks]
     matmul = sum(p.numel() for n, p in model.named_parameters()
@@ -805,21 +716,15 @@ def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
     attn = 6 * len(passes) * args.train_seq_len * args.model_dim  # 12*L*T*d halved by causality
     return 6.0 * matmul + attn
 
+# ---------------------------------------- OPTIMIZER ---------------------------------------------------------
 
-# -----------------------------------------------------------------------------
-# OPTIMIZER
-# -----------------------------------------------------------------------------
-
-
-# Polar Express (Amsel et al. 2025, as used from PR #1344 on): per-iteration minimax coefficients for 5 steps;
-# further steps repeat the last. The baseline's quintic uses one fixed triple for every step.
+# Polar Express (Amsel et al. 2025; PR #1344 on): minimax coefficients per step, then the last one repeats
 POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
                  (4.042929935166739, -2.808917465908714, 0.5000178451051316),
                  (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
                  (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
                  (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
 QUINTIC = ((3.4445, -4.7750, 2.0315),)
-
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7, polar: bool = False):
     """Quintic Newton-Schulz orthogonalisation (Muon); Polar Express coefficients when asked."""
@@ -836,23 +741,16 @@ def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int, eps: float = 1e-7, 
         X = a * X + B @ X
     return X.T if transposed else X
 
-
 _compiled_ns = None
-
 
 def newton_schulz(G: torch.Tensor, steps: int, polar: bool, compiled: bool) -> torch.Tensor:
     global _compiled_ns
-    if not compiled:
-        return zeropower_via_newtonschulz5(G, steps, polar=polar)
-    if _compiled_ns is None:  # compiled lazily: importing the compiler costs seconds at every CPU start
+    if compiled and _compiled_ns is None:  # lazily: importing the compiler costs seconds at every CPU start
         _compiled_ns = torch.compile(zeropower_via_newtonschulz5, dynamic=False)
-    return _compiled_ns(G, steps, polar=polar)
-
+    return (_compiled_ns if compiled else zeropower_via_newtonschulz5)(G, steps, polar=polar)
 
 class Optimizer:
-    """The little of torch.optim.Optimizer this script needs. Constructing a torch.optim optimiser imports
-    torch._dynamo, which costs seconds at every CPU start; these few lines do not."""
-
+    """What this script needs of torch.optim.Optimizer, whose import of torch._dynamo costs seconds on CPU."""
     def __init__(self, groups: list[dict], **defaults):
         self.param_groups = [dict(defaults, **g) for g in groups]
         self.state: dict = {}
@@ -875,10 +773,8 @@ class Optimizer:
         for g, saved in zip(self.param_groups, sd["groups"], strict=True):
             g.update(copy.deepcopy(saved))
 
-
 class Adam(Optimizer):
     """torch.optim.Adam's update (bias-corrected, eps outside the square root), with foreach kernels."""
-
     def __init__(self, groups: list[dict], betas: tuple[float, float], eps: float, wd: float = 0.0):
         super().__init__(groups, betas=betas, eps=eps, step=0, wd=wd)
 
@@ -894,8 +790,7 @@ class Adam(Optimizer):
                 if p not in self.state:
                     self.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
             grads = [p.grad for p in ps]
-            ms = [self.state[p]["exp_avg"] for p in ps]
-            vs = [self.state[p]["exp_avg_sq"] for p in ps]
+            ms, vs = [self.state[p]["exp_avg"] for p in ps], [self.state[p]["exp_avg_sq"] for p in ps]
             torch._foreach_lerp_(ms, grads, 1 - b1)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
@@ -906,13 +801,9 @@ class Adam(Optimizer):
             torch._foreach_add_(denom, g["eps"])
             torch._foreach_addcdiv_(ps, ms, denom, value=-g["lr"] / (1 - b1 ** g["step"]))
 
-
 class Muon(Optimizer):
-    """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share of the matrices and one
-    all-reduce assembles the updates (zeros elsewhere, so the sum is exact). Options: decoupled weight decay,
-    MuonEq-R (rows to unit norm before orthogonalising), Polar Express, compiled Newton-Schulz, and the
-    baseline's bf16 update buffer (half the all-reduce traffic)."""
-
+    """Momentum + Newton-Schulz for 2-D matrices. Each rank orthogonalises its share and one all-reduce
+    assembles the updates (zeros elsewhere: the sum is exact); bf16 updates halve the traffic (baseline)."""
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
                  wd: float = 0.0, row_norm: bool = False, polar: bool = False, compiled: bool = False,
                  bf16: bool = False):
@@ -923,23 +814,20 @@ class Muon(Optimizer):
     @torch.no_grad()
     def step(self):
         distributed = is_distributed()
-        world_size = dist.get_world_size() if distributed else 1
-        rank = dist.get_rank() if distributed else 0
+        world_size, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         for group in self.param_groups:
             params = group["params"]
             if not params:
                 continue
-            total = sum(p.numel() for p in params)
-            flat = torch.zeros(total, device=params[0].device,
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
                                dtype=torch.bfloat16 if group["bf16"] else torch.float32)
             curr = 0
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:
                     g = p.grad
-                    state = self.state.setdefault(p, {})
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(g)
-                    buf = state["momentum_buffer"]
+                    if p not in self.state:
+                        self.state[p] = {"momentum_buffer": torch.zeros_like(g)}
+                    buf = self.state[p]["momentum_buffer"]
                     buf.mul_(group["momentum"]).add_(g)
                     if group["nesterov"]:
                         g = g.add(buf, alpha=group["momentum"])
@@ -957,7 +845,6 @@ class Muon(Optimizer):
                     p.mul_(1.0 - group["lr"] * group["wd"])
                 p.add_(flat[curr:curr + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
                 curr += p.numel()
-
 
 def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
     """Muon for block matrices; Adam for the embedding(s), the untied head, vectors and control scalars."""
@@ -988,11 +875,9 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
                          wd=args.embed_wd, **adam))
     return opts
 
-
 def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """Constant LR, then a linear warmdown to zero, or to the floor MIN_LR."""
     return max(warmdown_scale(args, step, elapsed_ms), args.min_lr)
-
 
 def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """Share of the run done, by the cap that binds first (iterations or wallclock)."""
@@ -1001,12 +886,10 @@ def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> fl
         progress = max(progress, elapsed_ms / (1000.0 * args.train_seconds))
     return progress
 
-
 def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     max_ms = 1000.0 * args.train_seconds if args.train_seconds > 0 else None
     if args.warmdown_mode == "time_fraction":
-        # The fix for slow hardware: warm down over the last WARMDOWN_FRAC of the run, measured by the cap
-        # that binds first (wallclock or iterations), however long a step takes.
+        # the slow-hardware fix: the last WARMDOWN_FRAC of the run by the binding cap, whatever a step costs
         progress = training_progress(args, step, elapsed_ms)
         return float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
     if args.warmdown_mode != "iters":
@@ -1016,20 +899,15 @@ def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float
     if max_ms is None:
         start = max(args.iterations - args.warmdown_iters, 0)
         return max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
-    # The challenge's rule: warm down over the estimated wallclock of the last WARMDOWN_ITERS steps. On slow
-    # hardware that estimate exceeds the whole budget and the LR decays from the first step (known bug).
-    step_ms = elapsed_ms / max(step, 1)
-    warmdown_ms = args.warmdown_iters * step_ms
+    # the challenge's rule; on slow hardware it exceeds the budget and decays from the first step (known bug)
+    warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))  # at the mean step time so far
     remaining_ms = max(max_ms - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
-
 class EMA:
     """Shadow fp32 weights, ema = d * ema + (1 - d) * w after each step; used for eval and export."""
-
     def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.params = [p for p in model.parameters()]
+        self.decay, self.params = decay, list(model.parameters())
         self.shadow = [p.detach().float().clone() for p in self.params]
 
     @torch.no_grad()
@@ -1041,11 +919,7 @@ class EMA:
         for p, s in zip(model.parameters(), self.shadow, strict=True):
             p.copy_(s.to(p.dtype))
 
-
-# -----------------------------------------------------------------------------
-# EVALUATION
-# -----------------------------------------------------------------------------
-
+# ---------------------------------------- EVALUATION --------------------------------------------------------
 
 def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored position) per window of seq_len inputs. Targets are the tokens after position 0,
@@ -1063,11 +937,9 @@ def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, 
         end = new_end
     return windows
 
-
 def window_batch(tokens: torch.Tensor, batch: list[tuple[int, int]], seq_len: int, device: torch.device):
     idx = torch.tensor([s for s, _ in batch])[:, None] + torch.arange(seq_len)[None, :]
     return tokens[idx].to(device, non_blocking=True), tokens[idx + 1].to(device, non_blocking=True)
-
 
 @torch.no_grad()
 def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int]], seq_len: int,
@@ -1089,7 +961,6 @@ def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int
         byte_count += (count_target_bytes(x, y, luts, y_pos) * mask).sum()
     return float(loss_sum.item()), int(tok_count.item()), int(byte_count.item())
 
-
 def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tuple[float, int, int]:
     if not is_distributed():
         return values
@@ -1099,6 +970,15 @@ def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tup
     dist.all_reduce(c)
     return float(t.item()), int(c[0].item()), int(c[1].item())
 
+def add_sums(total: list, sums) -> list:
+    return [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
+
+def score_shard(model, tokens, windows, args, luts, device, autocast, rank, world_size, batch_seqs):
+    """Scores this rank's contiguous share of the windows; the sums of all ranks."""
+    per = math.ceil(len(windows) / world_size)
+    mine = windows[rank * per:(rank + 1) * per]
+    return all_reduce_sums(score_windows(model, tokens, mine, args.train_seq_len, batch_seqs, luts, device,
+                                         autocast), device)
 
 def evaluate(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
              rank: int = 0, world_size: int = 1, batch_seqs: int = 1) -> dict:
@@ -1106,32 +986,26 @@ def evaluate(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, devi
     was_training = model.training
     model.eval()
     windows = eval_windows(tokens.numel(), args.train_seq_len, args.eval_stride)
-    per = math.ceil(len(windows) / world_size)
-    mine = windows[rank * per:(rank + 1) * per]
-    sums = all_reduce_sums(score_windows(model, tokens, mine, args.train_seq_len, batch_seqs, luts, device,
-                                         autocast), device)
+    sums = score_shard(model, tokens, windows, args, luts, device, autocast, rank, world_size, batch_seqs)
     model.train(was_training)
     return summarize(sums)
-
 
 def summarize(sums: tuple[float, int, int]) -> dict:
     loss_sum, toks, nbytes = sums
     return dict(val_loss=loss_sum / toks, val_bpb=bits_per_byte(loss_sum, toks, nbytes), tokens=toks,
                 bytes=nbytes)
 
-
 def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float, epochs: int,
                   args: Hyperparameters, device, autocast, rank: int, world_size: int, batch_seqs: int,
                   state: dict):
-    """SGD (momentum 0.9, clip 1.0, torch.optim.SGD's rule) on non-overlapping sequences whose targets all lie
-    in [lo, hi): tokens that were already scored. Gradients are averaged over the sequences of all ranks."""
-    seq_len = args.train_seq_len
+    """SGD (momentum 0.9, clip 1.0) on whole sequences whose targets lie in [lo, hi), i.e. already scored."""
+    seq_len, step = args.train_seq_len, batch_seqs * world_size
     seqs = [(s, 0) for s in range(lo - 1, hi - seq_len, seq_len)]
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     for _ in range(epochs):
-        for i in range(0, len(seqs), batch_seqs * world_size):
-            whole = seqs[i:i + batch_seqs * world_size]
+        for i in range(0, len(seqs), step):
+            whole = seqs[i:i + step]
             group = whole[rank::world_size]
             for p in params:
                 p.grad = None
@@ -1158,10 +1032,8 @@ def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float,
         p.grad = None
     model.eval()
 
-
 class ContinuousWeights:
     """TTT updates and scores the continuous weights: QAT's fake quantisation is off inside this block."""
-
     def __init__(self, model: nn.Module):
         self.mods = [(m, m.qat_bits) for m in model.modules() if isinstance(m, CastedLinear)]
 
@@ -1173,30 +1045,24 @@ class ContinuousWeights:
         for m, bits in self.mods:
             m.qat_bits = bits
 
-
 def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                  rank: int = 0, world_size: int = 1, batch_seqs: int = 1, before_score=None) -> dict:
     """Legal score-first TTT as the records do it: windows are grouped into chunks of about TTT_CHUNK_TOKENS
-    scored targets; each chunk is scored with the weights as they are, and only then are the weights trained
-    (SGD, TTT_EPOCHS passes, LR cosine-decayed across chunks) on non-overlapping sequences of that chunk's
-    already-scored tokens before the next chunk. `before_score(k, model)`, if given, is called right before
-    chunk k is scored (the tests use it to check which weights scored which chunk)."""
+    scored targets; each chunk is scored with the weights as they are, and only then trained on (SGD,
+    TTT_EPOCHS passes, LR cosine-decayed across chunks) before the next chunk. `before_score(k, model)` is
+    called right before chunk k is scored (the tests check which weights scored which chunk)."""
     if args.ttt_mode == "lora":
         return evaluate_ttt_lora(model, tokens, args, luts, device, autocast, rank, world_size)
     if args.ttt_mode != "sgd" or args.ttt_lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"TTT_MODE={args.ttt_mode!r} / TTT_LR_SCHEDULE={args.ttt_lr_schedule!r}: expected "
                          "sgd or lora / cosine or constant")
-    seq_len = args.train_seq_len
-    windows = eval_windows(tokens.numel(), seq_len, args.eval_stride)
-    chunks, cur, cur_targets = [], [], 0
-    for w in windows:
-        cur.append(w)
+    seq_len, chunks, cur_targets = args.train_seq_len, [[]], 0
+    for w in eval_windows(tokens.numel(), seq_len, args.eval_stride):
+        if cur_targets >= args.ttt_chunk_tokens and chunks[-1]:  # a chunk is full: start the next
+            chunks.append([])
+            cur_targets = 0
+        chunks[-1].append(w)
         cur_targets += seq_len - w[1]
-        if cur_targets >= args.ttt_chunk_tokens:
-            chunks.append(cur)
-            cur, cur_targets = [], 0
-    if cur:
-        chunks.append(cur)
     # target token indices [lo, hi) each chunk scores; consecutive chunks tile the scored targets
     spans = [(c[0][0] + 1 + c[0][1], c[-1][0] + 1 + seq_len) for c in chunks]
     total, per_chunk, state = [0.0, 0, 0], [], {}
@@ -1205,11 +1071,9 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
             if before_score is not None:
                 before_score(k, model)
             model.eval()
-            per = math.ceil(len(chunk) / world_size)
-            sums = all_reduce_sums(score_windows(model, tokens, chunk[rank * per:(rank + 1) * per], seq_len,
-                                                 batch_seqs, luts, device, autocast), device)
-            per_chunk.append(sums)
-            total = [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
+            per_chunk.append(score_shard(model, tokens, chunk, args, luts, device, autocast, rank, world_size,
+                                         batch_seqs))
+            total = add_sums(total, per_chunk[-1])
             if k == len(chunks) - 1:
                 break  # nothing left to score: an update now would change no score
             cos = 0.5 * (1.0 + math.cos(math.pi * k / max(len(chunks) - 1, 1)))
@@ -1219,16 +1083,13 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
     model.eval()
     return dict(summarize(tuple(total)), chunks=per_chunk, spans=spans)
 
-
 def document_starts(tokens: torch.Tensor, n_targets: int, bos_id: int) -> list[int]:
     """Input positions where a document starts (its BOS), plus 0, within the first n_targets inputs."""
     starts = (tokens[:n_targets] == bos_id).nonzero().flatten().tolist()
     return starts if starts and starts[0] == 0 else [0, *starts]
 
-
 def make_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[tuple]:
-    """Fresh adapters for n sequences (A uniform from `seed`, B zero: a no-op at first) on every block
-    matrix and on the head: [(site, A (n, r, in), B (n, out, r))]."""
+    """[(site, A (n, r, in), B (n, out, r))] on every block matrix and the head; B = 0: a no-op at first."""
     gen, sites = torch.Generator().manual_seed(seed), []
     for m in [*(m for m in model.blocks.modules() if isinstance(m, CastedLinear)), model]:
         fan_in, fan_out = (m.in_features, m.out_features) if m is not model else (model.args.model_dim,
@@ -1237,7 +1098,6 @@ def make_lora(model: GPT, n: int, rank: int, device, seed: int) -> list[tuple]:
         b = torch.zeros(n, fan_out, rank, device=device, requires_grad=True)
         sites.append((m, a.requires_grad_(), b))
     return sites
-
 
 def use_lora(sites: list[tuple], first: int | None):
     """Attach the adapters of sequences first.. (None: detach all)."""
@@ -1248,23 +1108,20 @@ def use_lora(sites: list[tuple], first: int | None):
         else:
             m.lora = pair
 
-
 def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                       rank: int = 0, world_size: int = 1) -> dict:
-    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736). The targets are those of the plain evaluation,
-    cut at every BOS into documents. Each document gets fresh LoRA adapters; it is read in chunks of
-    TTT_LORA_CHUNK tokens (with up to TRAIN_SEQ_LEN tokens of its own context); each chunk's loss is
-    recorded first and only then does one Adam step adapt that document's adapters. Phased: the first
-    TTT_PHASE_DOCS documents, in TTT_PHASES groups, also train the base weights (SGD on their already-scored
-    tokens) after the whole group is scored, so every later document starts from a better base."""
+    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736) on the plain evaluation's targets cut at BOS.
+    Each document gets fresh adapters and is read in TTT_LORA_CHUNK chunks (up to TRAIN_SEQ_LEN of its own
+    context): a chunk is scored first, then one Adam step adapts. The first TTT_PHASE_DOCS documents, in
+    TTT_PHASES groups, then train the base weights (SGD on their scored tokens) for the later documents."""
     seq_len, C = args.train_seq_len, args.ttt_lora_chunk
     if not 0 < C <= seq_len:
         raise ValueError(f"TTT_LORA_CHUNK={C} must be in 1..TRAIN_SEQ_LEN={seq_len}")
     n_targets = ((tokens.numel() - 1) // seq_len) * seq_len
     starts = document_starts(tokens, n_targets, model.bos_id)
     docs = list(zip(starts, [*starts[1:], n_targets], strict=True))  # input span [s, e) -> targets [s+1, e+1)
-    n_phased = min(args.ttt_phase_docs, len(docs))
-    cuts = [round(n_phased * p / max(args.ttt_phases, 1)) for p in range(max(args.ttt_phases, 1) + 1)]
+    n_phased, phases = min(args.ttt_phase_docs, len(docs)), max(args.ttt_phases, 1)
+    cuts = [round(n_phased * p / phases) for p in range(phases + 1)]
     groups = [docs[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a] + [docs[n_phased:]]
     base = [p for p in model.parameters() if p.requires_grad]
     total, per_chunk, spans, state = [0.0, 0, 0], [], [], {}
@@ -1292,15 +1149,14 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                     mask = ((pos >= c * C) & (pos < lengths[k0:])).to(device)
                     with autocast:
                         losses = model.token_losses(x, y)
-                    nats = (losses.detach().double() * mask).sum(1)  # recorded before any update on them
-                    ntok = mask.sum(1)
-                    y_pos = (torch.tensor([s for s, _ in batch[k0:]])[:, None] + pos + 1).clamp_max(tokens.numel() - 1)
+                    nats, ntok = (losses.detach().double() * mask).sum(1), mask.sum(1)  # before any update
+                    first = torch.tensor([s for s, _ in batch[k0:]])[:, None]  # each document's start
+                    y_pos = (first + pos + 1).clamp_max(tokens.numel() - 1)
                     nbytes = (count_target_bytes(x, y, luts, y_pos) * mask).sum(1)
                     for j, (s, _) in enumerate(batch[k0:]):
                         per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
                         spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[j])))
-                    total = [total[0] + float(nats.sum()), total[1] + int(ntok.sum()),
-                             total[2] + int(nbytes.sum())]
+                    total = add_sums(total, (float(nats.sum()), int(ntok.sum()), int(nbytes.sum())))
                     if c == n_chunks - 1:
                         break
                     # one Adam step per document on the mean loss of the chunk it just scored
@@ -1317,13 +1173,9 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     model.eval()
     return dict(summarize(all_reduce_sums(tuple(total), device)), chunks=per_chunk, spans=spans)
 
-
-# -----------------------------------------------------------------------------
-# QUANTIZATION
-# -----------------------------------------------------------------------------
+# ---------------------------------------- QUANTIZATION ------------------------------------------------------
 
 INT8_CLIP_Q = 99.99984 / 100.0
-
 
 def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmax: int, block: int = 128):
     """Hessian-aware rounding (GPTQ): columns are quantised in order of decreasing H diagonal, and each one's
@@ -1349,12 +1201,10 @@ def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qm
         W[:, i2:] -= E @ Hinv[i1:i2, i2:]
     return Q[:, torch.argsort(perm)]
 
-
 def quantize_rows(t: torch.Tensor, bits: int, sigmas: float = 0.0, floor: float = 1e-12,
                   hessian: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric quantisation to int8 storage. The clip per row: SIGMAS x the row's std when given
-    (std-based clipping), else the 99.99984th percentile for int8 (challenge) or the row max for fewer bits
-    (what QAT trained against). Scales are clamped at `floor` (the baseline clamps int8 at 1/127)."""
+    """Per-row symmetric quantisation, int8 storage. Clip: SIGMAS x row std, else the 99.99984th percentile
+    for int8 (challenge) or the row max (what QAT trained against); scales floored at `floor`."""
     qmax = 2 ** (bits - 1) - 1
     t32 = t.float()
     if sigmas > 0:
@@ -1372,7 +1222,6 @@ def quantize_rows(t: torch.Tensor, bits: int, sigmas: float = 0.0, floor: float 
         q = torch.clamp(torch.round(clipped / scale[:, None]), -qmax, qmax)
     return q.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
 
-
 def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
     """(bits, clip sigmas) for a large matrix at export."""
     if name.startswith("blocks."):
@@ -1382,15 +1231,13 @@ def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
         return args.embed_bits, args.embed_clip_sigmas or args.clip_sigmas
     return 8, 0.0
 
-
 def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict | None = None) -> dict:
-    """Large 2-D float tensors -> per-row ints (block matrices MATRIX_BITS or QAT_BITS, the embedding
-    EMBED_BITS, else 8 bits; GPTQ where a Hessian is given); small tensors and control scalars stay float
-    (fp32 for control tensors, fp16 otherwise). LQER: the LQER_TOP_K block matrices with the largest
-    quantisation error also store a rank-LQER_RANK correction A @ B (SVD of the error, LQER_BITS factors)."""
+    """Large 2-D float tensors -> per-row ints (GPTQ where a Hessian is given); the rest stay float (control
+    tensors fp32, others fp16). LQER: the LQER_TOP_K block matrices with the largest error also store a
+    rank-LQER_RANK correction A @ B (SVD of the error, LQER_BITS factors)."""
     out = {"__quant_format__": "intN_per_row_v1", "quantized": {}, "scales": {}, "bits": {}, "dtypes": {},
            "passthrough": {}, "lqer": {}}
-    errors = {}
+    errors = {}  # LQER candidates: the quantisation error of each block matrix
     for name, tensor in state_dict.items():
         t = tensor.detach().cpu()
         if not t.is_floating_point():
@@ -1414,7 +1261,6 @@ def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict 
                              *quantize_rows(Vh[:r].contiguous(), args.lqer_bits))
     return out
 
-
 def dequantize_state_dict(obj: dict) -> dict:
     sd = {}
     for name, q in obj["quantized"].items():
@@ -1428,18 +1274,15 @@ def dequantize_state_dict(obj: dict) -> dict:
         sd[name] = t.to(getattr(torch, dtype)) if dtype else t
     return sd
 
-
 @torch.no_grad()
 def gptq_hessians(model: GPT, args: Hyperparameters, device, autocast, batches: int) -> dict:
-    """X^T X of the inputs of every block matrix (and of the tied embedding as the output head) over
-    GPTQ_CALIB_BATCHES batches read by a fresh loader from the TRAINING shards: the validation split is never
-    read for calibration (the challenge forbids it)."""
+    """X^T X of the inputs of every block matrix and of the head, over GPTQ_CALIB_BATCHES batches from the
+    TRAINING shards: calibrating on validation data is forbidden by the challenge."""
     mods = {n + ".weight": m for n, m in model.named_modules() if isinstance(m, CastedLinear)}
     for m in mods.values():
         m.hessian = torch.zeros(m.in_features, m.in_features, device=device)
     model.emb_hessian = torch.zeros(args.model_dim, args.model_dim, device=device)
-    loader = DistributedTokenLoader(args.train_files, 0, 1, device)
-    was_training = model.training
+    loader, was_training = DistributedTokenLoader(args.train_files, 0, 1, device), model.training
     model.eval()
     for _ in range(batches):
         x, _ = loader.next_batch(args.train_batch_tokens, args.train_seq_len, args.grad_accum_steps or 8)
@@ -1454,7 +1297,6 @@ def gptq_hessians(model: GPT, args: Hyperparameters, device, autocast, batches: 
     model.emb_hessian = None
     return out
 
-
 def codec(compressor: str):
     """(compress, decompress) for COMPRESSOR: zlib level 9, zstd level 22 or lzma preset 9."""
     if compressor == "zstd":
@@ -1466,29 +1308,20 @@ def codec(compressor: str):
         raise ValueError(f"COMPRESSOR={compressor!r}: expected zlib, zstd or lzma")
     return codecs[compressor]
 
-
 def export_model(model: nn.Module, args: Hyperparameters, path: Path, hessians: dict | None = None) -> int:
     """Quantise, serialise, compress, write; returns the model file's size in bytes."""
     buf = io.BytesIO()
     torch.save(quantize_state_dict(model.state_dict(), args, hessians), buf)
-    blob = codec(args.compressor)[0](buf.getvalue())
-    path.write_bytes(blob)
-    return len(blob)
-
+    return path.write_bytes(codec(args.compressor)[0](buf.getvalue()))
 
 def load_exported(path: Path, args: Hyperparameters) -> dict:
     raw = codec(args.compressor)[1](path.read_bytes())
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
 
-
-# -----------------------------------------------------------------------------
-# TRAINING
-# -----------------------------------------------------------------------------
-
+# ---------------------------------------- TRAINING ----------------------------------------------------------
 
 class RunContext:
     """Process-level facts: device, ranks, logging. One per process."""
-
     def __init__(self, args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0):
         self.args, self.rank, self.world_size, self.local_rank = args, rank, world_size, local_rank
         want = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -1501,25 +1334,28 @@ class RunContext:
             raise ValueError(f"DTYPE={args.dtype!r}: expected fp32 or bf16")
         self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
                          if args.dtype == "bf16" else nullcontext())
-        self.master = rank == 0
-        self.run_dir = Path(args.run_dir)
-        self.log_path = self.run_dir / "train.log"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.master, self.run_dir = rank == 0, Path(args.run_dir)
+        self.log_path, self.metrics_path = self.run_dir / "train.log", self.run_dir / "metrics.jsonl"
         if self.master:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
+    def append(self, path: Path, line: str):
+        if self.master:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
     def log(self, msg: str, console: bool = True):
-        if not self.master:
-            return
-        if console:
+        if console and self.master:
             print(msg, flush=True)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(msg + "\n")
+        self.append(self.log_path, msg)
 
     def metric(self, row: dict):
-        if self.master:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+        self.append(self.metrics_path, json.dumps(row))
+
+    def evaluate(self, model: GPT, tokens: torch.Tensor, luts, ttt: bool = False) -> dict:
+        fn = evaluate_ttt if ttt else evaluate
+        return fn(model, tokens, self.args, luts, self.device, self.autocast, self.rank, self.world_size,
+                  self.val_batch_seqs)
 
     def sync(self):
         if self.device.type == "cuda":
@@ -1530,7 +1366,6 @@ class RunContext:
             return f"{self.world_size}x {torch.cuda.get_device_name(self.device)}"
         return f"{self.world_size}x cpu ({os.cpu_count()} cores)"
 
-
 def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -1538,10 +1373,8 @@ def set_seed(seed: int):
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
 
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
 
 def all_reduce_max(value: float, device: torch.device) -> float:
     if not is_distributed():
@@ -1550,7 +1383,6 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
-
 def write_results(ctx: RunContext, result: dict):
     if ctx.master:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -1558,21 +1390,17 @@ def write_results(ctx: RunContext, result: dict):
         tmp.write_text(json.dumps(result, indent=2, default=str))
         tmp.replace(ctx.run_dir / "results.json")
 
-
 def base_result(ctx: RunContext, source: str) -> dict:
     """Every field of the RunResult record, filled in as the run goes."""
     return dict(status="error", error=None, val_bpb=None, val_bpb_prequant=None, val_loss=None,
                 val_tokens=None, val_bytes=None, holdout_bpb=None, steps=None, train_tokens=None,
                 train_time_s=None, eval_time_s=None, bytes_code=len(source.encode("utf-8")), bytes_model=None,
                 bytes_total=None, over_cap=None, seed=ctx.args.seed, world_size=ctx.world_size,
-                device=ctx.device_name(),
-                torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
+                device=ctx.device_name(), torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
                 script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest())
 
-
 def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
-    """The training loop; fills steps/train_tokens/train_time_s and sets status 'diverged' if the loss blows
-    up. Returns the EMA (if any) so the caller evaluates the shadow weights."""
+    """The training loop; fills steps/train_tokens/train_time_s (or status 'diverged'); returns the EMA."""
     args, device = ctx.args, ctx.device
     grad_accum = args.grad_accum_steps or 8 // ctx.world_size
     if not args.grad_accum_steps and 8 % ctx.world_size:
@@ -1595,7 +1423,6 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     optimizers = build_optimizers(model, args, device)
     loader = DistributedTokenLoader(args.train_files, ctx.rank, ctx.world_size, device)
     diverge_at = args.diverge_loss or math.log(args.vocab_size) + 3.0
-
     def step_once(step: int, scale: float) -> torch.Tensor:
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -1620,7 +1447,6 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         for opt in optimizers:
             opt.step()
         return total / grad_accum
-
     model.train()
     if args.warmup_steps > 0:  # prime compile/kernels, then restore the true initial state and data order
         init_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -1644,8 +1470,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
         if args.val_loss_every > 0 and step > 0 and step % args.val_loss_every == 0 and not last:
             ctx.sync()
             train_ms += 1000.0 * (time.perf_counter() - t0)
-            ev = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank,
-                          ctx.world_size, ctx.val_batch_seqs)
+            ev = ctx.evaluate(model, ctx.val_tokens, ctx.luts)
             ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} "
                     f"val_bpb:{ev['val_bpb']:.4f} "
                     f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
@@ -1674,8 +1499,7 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
                             tokens_per_s=step * tokens_per_step / max(elapsed_ms / 1000.0, 1e-9)))
             ctx.log(f"step:{step}/{args.iterations} train_loss:{lv:.4f} lr_scale:{scale:.4f} "
                     f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
-            # early spikes are normal at full scale (the baseline jumps from ~6.9 to ~16 at step 2 and
-            # recovers), so a finite loss only counts as divergence after the first DIVERGE_GRACE_STEPS
+            # early finite spikes are normal at full scale (baseline: ~6.9 to ~16 at step 2, then recovers)
             if not math.isfinite(lv) or (lv > diverge_at and step > args.diverge_grace_steps):
                 result["status"] = "diverged"
                 result["error"] = f"train_loss {lv} at step {step} (limit {diverge_at:.2f})"
@@ -1686,28 +1510,23 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
     model.looping = args.num_loops > 0  # evaluation runs the full recurrent depth
     train_ms += 1000.0 * (time.perf_counter() - t0)
     result.update(steps=step, train_tokens=step * tokens_per_step, train_time_s=train_ms / 1000.0)
+    peak = torch.cuda.max_memory_allocated(device) // 2**20 if device.type == "cuda" else 0
     ctx.log(f"training done: steps:{step} train_time:{train_ms:.0f}ms "
-            f"step_avg:{train_ms / max(step, 1):.2f}ms "
-            f"peak_mem:{torch.cuda.max_memory_allocated(device) // 2**20 if device.type == 'cuda' else 0}MiB")
+            f"step_avg:{train_ms / max(step, 1):.2f}ms peak_mem:{peak}MiB")
     return ema
 
-
 def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
-    """Pre-quant score, export (quantise + compress), reload the artifact, and score it: the roundtrip score,
-    with TTT and on the holdout slice when asked for."""
-    args, device = ctx.args, ctx.device
-    t_eval = time.perf_counter()
-    pre = evaluate(model, ctx.val_tokens, args, ctx.luts, device, ctx.autocast, ctx.rank, ctx.world_size,
-                   ctx.val_batch_seqs)
+    """Pre-quant score, export, reload the artifact and score it (with TTT, and on the holdout if asked)."""
+    args, t_eval = ctx.args, time.perf_counter()
+    pre = ctx.evaluate(model, ctx.val_tokens, ctx.luts)
     result["val_bpb_prequant"] = pre["val_bpb"]
     ctx.log(f"prequant val_loss:{pre['val_loss']:.6f} val_bpb:{pre['val_bpb']:.6f}")
-    suffix = f"int{args.matrix_bits or args.qat_bits or 8}"
-    model_path = ctx.run_dir / f"final_model.{suffix}.ptz"
+    model_path = ctx.run_dir / f"final_model.int{args.matrix_bits or args.qat_bits or 8}.ptz"
     if ctx.master:
         hessians = None
         if args.gptq:
             t_cal = time.perf_counter()
-            hessians = gptq_hessians(model, args, device, ctx.autocast, args.gptq_calib_batches)
+            hessians = gptq_hessians(model, args, ctx.device, ctx.autocast, args.gptq_calib_batches)
             spent = time.perf_counter() - t_cal
             over = " OVER THE RESERVE" if spent > args.gptq_reserve_seconds else ""
             ctx.log(f"gptq: {args.gptq_calib_batches} training batches calibrated in {spent:.1f}s (reserved "
@@ -1715,18 +1534,12 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
         result["bytes_model"] = export_model(model, args, model_path, hessians)
     if is_distributed():
         dist.barrier()
-    state = load_exported(model_path, args)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load_exported(model_path, args), strict=True)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.ttt_enable else None
-
     def score(tokens, luts):
         if args.ttt_enable:
             model.load_state_dict(initial, strict=True)  # every slice adapts from the artifact's weights
-            return evaluate_ttt(model, tokens, args, luts, device, ctx.autocast, ctx.rank, ctx.world_size,
-                                ctx.val_batch_seqs)
-        return evaluate(model, tokens, args, luts, device, ctx.autocast, ctx.rank, ctx.world_size,
-                        ctx.val_batch_seqs)
-
+        return ctx.evaluate(model, tokens, luts, ttt=args.ttt_enable)
     rt = score(ctx.val_tokens, ctx.luts)
     result.update(val_bpb=rt["val_bpb"], val_loss=rt["val_loss"], val_tokens=rt["tokens"],
                   val_bytes=rt["bytes"])
@@ -1742,13 +1555,26 @@ def final_evaluation(ctx: RunContext, model: GPT, result: dict, source: str):
         result["bytes_total"] = result["bytes_code"] + result["bytes_model"]
         result["over_cap"] = result["bytes_total"] > args.artifact_cap_bytes
         ctx.log(f"artifact: code {result['bytes_code']} + model {result['bytes_model']} = "
-                f"{result['bytes_total']} "
-                f"bytes{' OVER THE CAP' if result['over_cap'] else ''}")
+                f"{result['bytes_total']} bytes{' OVER THE CAP' if result['over_cap'] else ''}")
 
+def load_validation(ctx: RunContext, sp):
+    """The validation tokens, the holdout slice and their byte accounting (a byte sidecar when present)."""
+    args = ctx.args
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE is "
+                         f"{args.vocab_size}")
+    if args.caseops != is_caseops(sp):  # the data must be the variant the knob asked for
+        raise ValueError(f"CASEOPS={int(args.caseops)} but {args.tokenizer_path} is "
+                         f"{'not ' * args.caseops}a CaseOps (case-marker) tokenizer")
+    ctx.luts = ctx.holdout_luts = build_sentencepiece_luts(sp, args.vocab_size, ctx.device)
+    val_all, side = load_validation_tokens(args.val_files), load_byte_sidecar(args.val_files, sp)
+    cut = (args.val_max_tokens, args.val_holdout_tokens)
+    ctx.val_tokens, ctx.holdout_tokens = split_validation(val_all, *cut)
+    if side is not None:  # bytes are the original text's, position by position (CaseOps)
+        ctx.luts, ctx.holdout_luts = ((v,) for v in split_validation(side, *cut))
 
 def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
-    """One whole run in this process (the caller set up torch.distributed if world_size > 1). Always writes
-    results.json; returns the result dict. Exceptions propagate after the error result is written."""
+    """One whole run (the caller set up torch.distributed); always writes results.json, then re-raises."""
     source = Path(__file__).read_text(encoding="utf-8")
     try:
         ctx = RunContext(args, rank, world_size, local_rank)
@@ -1782,49 +1608,34 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
         set_seed(args.seed)
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-        if int(sp.vocab_size()) != args.vocab_size:
-            raise ValueError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE is "
-                             f"{args.vocab_size}")
-        if args.caseops != is_caseops(sp):  # the data must be the variant the knob asked for
-            raise ValueError(f"CASEOPS={int(args.caseops)} but {args.tokenizer_path} is "
-                             f"{'not ' * args.caseops}a CaseOps (case-marker) tokenizer")
-        ctx.luts = ctx.holdout_luts = build_sentencepiece_luts(sp, args.vocab_size, ctx.device)
-        val_all, side = load_validation_tokens(args.val_files), load_byte_sidecar(args.val_files, sp)
-        ctx.val_tokens, ctx.holdout_tokens = split_validation(val_all, args.val_max_tokens,
-                                                              args.val_holdout_tokens)
-        if side is not None:  # bytes are the original text's, position by position (CaseOps)
-            ctx.luts, ctx.holdout_luts = ((v,) for v in split_validation(side, args.val_max_tokens,
-                                                                         args.val_holdout_tokens))
+        load_validation(ctx, sp)
         grad_accum = args.grad_accum_steps or max(8 // world_size, 1)
         ctx.val_batch_seqs = max(1, args.val_batch_size // (world_size * grad_accum) // args.train_seq_len)
         model = build_model(args, ctx.device, bos_id=sp.bos_id())
-        ctx.log(f"model_params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(args, model):.4e} "
+        n_params, holdout = sum(p.numel() for p in model.parameters()), ctx.holdout_tokens
+        ctx.log(f"model_params:{n_params} flops_per_token:{flops_per_token(args, model):.4e} "
                 f"world_size:{world_size} grad_accum_steps:{grad_accum} val_tokens:{ctx.val_tokens.numel()} "
-                f"holdout_tokens:{0 if ctx.holdout_tokens is None else ctx.holdout_tokens.numel()}")
+                f"holdout_tokens:{0 if holdout is None else holdout.numel()}")
         ema = train(ctx, model, result)
         if result["status"] == "diverged":
             ctx.log(f"diverged: {result['error']}")
-            write_results(ctx, result)
-            return result
-        if ema is not None:
-            ema.copy_to(model)
-        final_evaluation(ctx, model, result, source)
-        result["status"] = "ok"
+        else:
+            if ema is not None:
+                ema.copy_to(model)
+            final_evaluation(ctx, model, result, source)
+            result["status"] = "ok"
     except BaseException as e:
-        result["status"] = "error"
-        result["error"] = (traceback.format_exception_only(type(e), e)[-1].strip())[:2000]
+        result.update(status="error", error=(traceback.format_exception_only(type(e), e)[-1].strip())[:2000])
         ctx.log(traceback.format_exc())
         write_results(ctx, result)
         raise
     write_results(ctx, result)
     return result
 
-
 def main() -> int:
     args = Hyperparameters()
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if distributed and world_size > 1:
         use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -1840,7 +1651,6 @@ def main() -> int:
     finally:
         if is_distributed():
             dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     sys.exit(main())
