@@ -499,6 +499,8 @@ class Block(nn.Module):
             m = self.mlp_scale.to(a.dtype) * self.mlp(rms_norm(lane1) * self.norm_scale)
             r, p = self.lane_resid.to(a.dtype), self.lane_post.to(a.dtype)
             return (r[0] * lane0 + p[0, 0] * a + p[0, 1] * m, r[1] * lane1 + p[1, 0] * a + p[1, 1] * m), v
+        if isinstance(x, tuple):  # a loop back out of the parallel region: merge lanes as the output does
+            x = 0.5 * (x[0] + x[1])
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
         a, v = self.attn(rms_norm(x) * self.norm_scale, v0, mask)
         x = x + self.attn_scale.to(x.dtype)[None, None, :] * a
