@@ -22,7 +22,7 @@ import time
 import traceback
 import uuid
 import zlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ except ImportError:  # pragma: no cover - depends on the host
     tl = None
 
 # ---------------------------------------- HYPERPARAMETERS ---------------------------------------------------
-
 class Hyperparameters:
     """All knobs, from the environment (or a mapping, for tests). Names and defaults follow the challenge."""
     def __init__(self, env: dict[str, str] | None = None):
@@ -187,7 +186,6 @@ class Hyperparameters:
         return dict(vars(self))
 
 # ---------------------------------------- DATA --------------------------------------------------------------
-
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
 SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
 
@@ -330,7 +328,6 @@ def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> fl
 # === PROTECTED: METRIC END ===
 
 # ---------------------------------------- MODEL -------------------------------------------------------------
-
 # Small per-channel tensors: Adam instead of Muon, kept in float at export.
 CONTROL_TENSOR_NAME_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "vr_lambda",
                                 "attn_gate", "smear", "bigram.scale", "skip_gates", "lane_")
@@ -651,7 +648,6 @@ def triton_usable(t: torch.Tensor) -> bool:
     return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 if triton is not None:
-
     @triton.jit
     def _softcap_ce_kernel(z_ptr, tgt_ptr, loss_ptr, grad_ptr, stride_row, n_cols, cap, inv_n,
                            BLOCK: tl.constexpr):
@@ -719,7 +715,6 @@ def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
     return 6.0 * matmul + attn
 
 # ---------------------------------------- OPTIMIZER ---------------------------------------------------------
-
 # Polar Express (Amsel et al. 2025; PR #1344 on): minimax coefficients per step, then the last one repeats
 POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
                  (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -877,10 +872,6 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
                          wd=args.embed_wd, **adam))
     return opts
 
-def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    """Constant LR, then a linear warmdown to zero, or to the floor MIN_LR."""
-    return max(warmdown_scale(args, step, elapsed_ms), args.min_lr)
-
 def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """Share of the run done, by the cap that binds first (iterations or wallclock)."""
     progress = step / max(args.iterations, 1)
@@ -888,23 +879,24 @@ def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> fl
         progress = max(progress, elapsed_ms / (1000.0 * args.train_seconds))
     return progress
 
-def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    max_ms = 1000.0 * args.train_seconds if args.train_seconds > 0 else None
+def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """Constant LR, then a linear warmdown to zero, or to the floor MIN_LR."""
     if args.warmdown_mode == "time_fraction":
         # the slow-hardware fix: the last WARMDOWN_FRAC of the run by the binding cap, whatever a step costs
         progress = training_progress(args, step, elapsed_ms)
-        return float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
-    if args.warmdown_mode != "iters":
+        scale = float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
+    elif args.warmdown_mode != "iters":
         raise ValueError(f"WARMDOWN_MODE={args.warmdown_mode!r}: expected iters or time_fraction")
-    if args.warmdown_iters <= 0:
-        return 1.0
-    if max_ms is None:
+    elif args.warmdown_iters <= 0:
+        scale = 1.0
+    elif args.train_seconds <= 0:
         start = max(args.iterations - args.warmdown_iters, 0)
-        return max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
-    # the challenge's rule; on slow hardware it exceeds the budget and decays from the first step (known bug)
-    warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))  # at the mean step time so far
-    remaining_ms = max(max_ms - elapsed_ms, 0.0)
-    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+        scale = max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
+    else:  # the challenge's rule: on slow hardware it decays from the first step (a known bug)
+        warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))  # at the mean step time so far
+        remaining_ms = max(1000.0 * args.train_seconds - elapsed_ms, 0.0)
+        scale = remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+    return max(scale, args.min_lr)
 
 class EMA:
     """Shadow fp32 weights, ema = d * ema + (1 - d) * w after each step; used for eval and export."""
@@ -922,7 +914,6 @@ class EMA:
             p.copy_(s.to(p.dtype))
 
 # ---------------------------------------- EVALUATION --------------------------------------------------------
-
 def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored position) per window of seq_len inputs. Targets are the tokens after position 0,
     truncated to a multiple of seq_len as in the challenge; every target is scored exactly once. With a
@@ -971,9 +962,6 @@ def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tup
     dist.all_reduce(t)
     dist.all_reduce(c)
     return float(t.item()), int(c[0].item()), int(c[1].item())
-
-def add_sums(total: list, sums) -> list:
-    return [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
 
 def score_shard(model, tokens, windows, args, luts, device, autocast, rank, world_size, batch_seqs):
     """Scores this rank's contiguous share of the windows; the sums of all ranks."""
@@ -1034,18 +1022,15 @@ def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float,
         p.grad = None
     model.eval()
 
-class ContinuousWeights:
+@contextmanager
+def continuous_weights(model: nn.Module):
     """TTT updates and scores the continuous weights: QAT's fake quantisation is off inside this block."""
-    def __init__(self, model: nn.Module):
-        self.mods = [(m, m.qat_bits) for m in model.modules() if isinstance(m, CastedLinear)]
-
-    def __enter__(self):
-        for m, _ in self.mods:
-            m.qat_bits = 0
-
-    def __exit__(self, *exc):
-        for m, bits in self.mods:
-            m.qat_bits = bits
+    mods = [(m, m.qat_bits) for m in model.modules() if isinstance(m, CastedLinear)]
+    for m, _ in mods:
+        m.qat_bits = 0
+    yield
+    for m, bits in mods:
+        m.qat_bits = bits
 
 def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                  rank: int = 0, world_size: int = 1, batch_seqs: int = 1, before_score=None) -> dict:
@@ -1068,14 +1053,14 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
     # target token indices [lo, hi) each chunk scores; consecutive chunks tile the scored targets
     spans = [(c[0][0] + 1 + c[0][1], c[-1][0] + 1 + seq_len) for c in chunks]
     total, per_chunk, state = [0.0, 0, 0], [], {}
-    with ContinuousWeights(model):
+    with continuous_weights(model):
         for k, chunk in enumerate(chunks):
             if before_score is not None:
                 before_score(k, model)
             model.eval()
             per_chunk.append(score_shard(model, tokens, chunk, args, luts, device, autocast, rank, world_size,
                                          batch_seqs))
-            total = add_sums(total, per_chunk[-1])
+            total = [t + s for t, s in zip(total, per_chunk[-1], strict=True)]
             if k == len(chunks) - 1:
                 break  # nothing left to score: an update now would change no score
             cos = 0.5 * (1.0 + math.cos(math.pi * k / max(len(chunks) - 1, 1)))
@@ -1127,7 +1112,7 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     groups = [docs[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a] + [docs[n_phased:]]
     base = [p for p in model.parameters() if p.requires_grad]
     total, per_chunk, spans, state = [0.0, 0, 0], [], [], {}
-    with ContinuousWeights(model):
+    with continuous_weights(model):
         for gi, group in enumerate(groups):
             mine = sorted(group[rank::world_size], key=lambda d: d[1] - d[0])  # similar lengths batch well
             for p in base:
@@ -1158,7 +1143,8 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                     for j, (s, _) in enumerate(batch[k0:]):
                         per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
                         spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[j])))
-                    total = add_sums(total, (float(nats.sum()), int(ntok.sum()), int(nbytes.sum())))
+                    sums = (float(nats.sum()), int(ntok.sum()), int(nbytes.sum()))
+                    total = [t + s for t, s in zip(total, sums, strict=True)]
                     if c == n_chunks - 1:
                         break
                     # one Adam step per document on the mean loss of the chunk it just scored
@@ -1176,7 +1162,6 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     return dict(summarize(all_reduce_sums(tuple(total), device)), chunks=per_chunk, spans=spans)
 
 # ---------------------------------------- QUANTIZATION ------------------------------------------------------
-
 INT8_CLIP_Q = 99.99984 / 100.0
 
 def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmax: int, block: int = 128):
@@ -1321,7 +1306,6 @@ def load_exported(path: Path, args: Hyperparameters) -> dict:
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
 
 # ---------------------------------------- TRAINING ----------------------------------------------------------
-
 class RunContext:
     """Process-level facts: device, ranks, logging. One per process."""
     def __init__(self, args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0):
@@ -1392,13 +1376,13 @@ def write_results(ctx: RunContext, result: dict):
         tmp.write_text(json.dumps(result, indent=2, default=str))
         tmp.replace(ctx.run_dir / "results.json")
 
-def base_result(ctx: RunContext, source: str) -> dict:
+def base_result(args: Hyperparameters, world_size: int, source: str) -> dict:
     """Every field of the RunResult record, filled in as the run goes."""
     return dict(status="error", error=None, val_bpb=None, val_bpb_prequant=None, val_loss=None,
                 val_tokens=None, val_bytes=None, holdout_bpb=None, steps=None, train_tokens=None,
                 train_time_s=None, eval_time_s=None, bytes_code=len(source.encode("utf-8")), bytes_model=None,
-                bytes_total=None, over_cap=None, seed=ctx.args.seed, world_size=ctx.world_size,
-                device=ctx.device_name(), torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
+                bytes_total=None, over_cap=None, seed=args.seed, world_size=world_size, device=None,
+                torch_version=torch.__version__, hyperparameters=args.as_dict(),
                 script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest())
 
 def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
@@ -1473,9 +1457,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
             ctx.sync()
             train_ms += 1000.0 * (time.perf_counter() - t0)
             ev = ctx.evaluate(model, ctx.val_tokens, ctx.luts)
-            ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} "
-                    f"val_bpb:{ev['val_bpb']:.4f} "
-                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} val_bpb:{ev['val_bpb']:.4f}"
+                    f" train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
             ctx.sync()
             t0 = time.perf_counter()
         if last:
@@ -1578,18 +1561,16 @@ def load_validation(ctx: RunContext, sp):
 def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
     """One whole run (the caller set up torch.distributed); always writes results.json, then re-raises."""
     source = Path(__file__).read_text(encoding="utf-8")
+    result = base_result(args, world_size, source)
     try:
         ctx = RunContext(args, rank, world_size, local_rank)
     except BaseException as e:  # bad DEVICE/DTYPE: still leave a result behind
         if rank == 0:
             Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(args.run_dir) / "results.json").write_text(json.dumps(dict(
-                status="error", error=traceback.format_exception_only(type(e), e)[-1].strip(), seed=args.seed,
-                world_size=world_size, torch_version=torch.__version__, hyperparameters=args.as_dict(),
-                bytes_code=len(source.encode("utf-8")),
-                script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest()), indent=2))
+            result["error"] = traceback.format_exception_only(type(e), e)[-1].strip()
+            (Path(args.run_dir) / "results.json").write_text(json.dumps(result, indent=2))
         raise
-    result = base_result(ctx, source)
+    result["device"] = ctx.device_name()
     if ctx.master:
         for p in (ctx.log_path, ctx.metrics_path):
             p.unlink(missing_ok=True)
