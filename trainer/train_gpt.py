@@ -22,7 +22,7 @@ import time
 import traceback
 import uuid
 import zlib
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import numpy as np
@@ -236,8 +236,7 @@ class TokenStream:
 class DistributedTokenLoader:
     """One contiguous span per rank per call: one device with accumulation reproduces the multi-GPU batch."""
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
-        self.rank, self.world_size, self.device = rank, world_size, device
-        self.stream = TokenStream(pattern)
+        self.rank, self.world_size, self.device, self.stream = rank, world_size, device, TokenStream(pattern)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
         local_tokens = (global_tokens // (self.world_size * grad_accum_steps) // seq_len) * seq_len
@@ -423,8 +422,7 @@ class CausalSelfAttention(nn.Module):
         self.gate_in = dim if self.gate_kind == "dense" else min(args.gate_window, dim)
         self.gate_scale = args.sparse_attn_gate_scale if self.gate_kind == "sparse" else 1.0
         self.attn_gate_w = nn.Parameter(torch.zeros(self.num_heads, self.gate_in)) if kinds else None
-        dense = self.gate_kind == "dense"
-        self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0)) if dense else None
+        self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0)) if kinds == ["dense"] else None
         self.xsa = layer_idx >= args.num_layers - args.xsa_last_n if args.xsa_last_n > 0 else False
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None, mask: torch.Tensor | None = None):
@@ -938,9 +936,8 @@ def window_batch(tokens: torch.Tensor, batch: list[tuple[int, int]], seq_len: in
 def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int]], seq_len: int,
                   batch_seqs: int, luts, device: torch.device, autocast) -> tuple[float, int, int]:
     """(sum of nats, scored targets, their bytes) over the given windows, float64/int64 sums."""
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    tok_count = torch.zeros((), device=device, dtype=torch.int64)
-    byte_count = torch.zeros((), device=device, dtype=torch.int64)
+    loss_sum, tok_count, byte_count = (torch.zeros((), device=device, dtype=dtype)
+                                       for dtype in (torch.float64, torch.int64, torch.int64))
     pos = torch.arange(seq_len)
     for i in range(0, len(windows), batch_seqs):
         batch = windows[i:i + batch_seqs]
@@ -1322,8 +1319,10 @@ class RunContext:
                          if args.dtype == "bf16" else nullcontext())
         self.master, self.run_dir = rank == 0, Path(args.run_dir)
         self.log_path, self.metrics_path = self.run_dir / "train.log", self.run_dir / "metrics.jsonl"
-        if self.master:
+        if self.master:  # a fresh log and metrics file per run
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for p in (self.log_path, self.metrics_path):
+                p.unlink(missing_ok=True)
 
     def append(self, path: Path, line: str):
         if self.master:
@@ -1351,13 +1350,6 @@ class RunContext:
         if self.device.type == "cuda":
             return f"{self.world_size}x {torch.cuda.get_device_name(self.device)}"
         return f"{self.world_size}x cpu ({os.cpu_count()} cores)"
-
-def set_seed(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -1571,9 +1563,6 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
             (Path(args.run_dir) / "results.json").write_text(json.dumps(result, indent=2))
         raise
     result["device"] = ctx.device_name()
-    if ctx.master:
-        for p in (ctx.log_path, ctx.metrics_path):
-            p.unlink(missing_ok=True)
     ctx.log(source, console=False)
     ctx.log("=" * 100, console=False)
     ctx.log(f"python {sys.version.split()[0]} torch {torch.__version__} device {ctx.device_name()}")
@@ -1583,12 +1572,12 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
             torch.cuda.set_device(ctx.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            try:
-                smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
-                ctx.log(smi, console=False)
-            except (OSError, subprocess.SubprocessError):
-                pass
-        set_seed(args.seed)
+            with suppress(OSError, subprocess.SubprocessError):
+                ctx.log(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout,
+                        console=False)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)  # seeds every CUDA device too
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
         load_validation(ctx, sp)
