@@ -176,8 +176,7 @@ class Hyperparameters:
 
     @property
     def train_seconds(self) -> float:
-        """The training wallclock cap (0 = none): GPTQ's calibration reads training data, so the challenge
-        counts it in the 600 s: its reserve comes off the cap."""
+        """The training wallclock cap (0 = none) less GPTQ's reserve: its calibration reads training data."""
         if self.max_wallclock_seconds <= 0:
             return 0.0
         return max(self.max_wallclock_seconds - (self.gptq_reserve_seconds if self.gptq else 0.0), 1e-3)
@@ -983,8 +982,7 @@ def summarize(sums: tuple[float, int, int]) -> dict:
                 bytes=nbytes)
 
 def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float, epochs: int,
-                  args: Hyperparameters, device, autocast, rank: int, world_size: int, batch_seqs: int,
-                  state: dict):
+                  args: Hyperparameters, device, autocast, rank, world_size, batch_seqs, state: dict):
     """SGD (momentum 0.9, clip 1.0) on whole sequences whose targets lie in [lo, hi), i.e. already scored."""
     seq_len, step = args.train_seq_len, batch_seqs * world_size
     seqs = [(s, 0) for s in range(lo - 1, hi - seq_len, seq_len)]
@@ -1031,10 +1029,9 @@ def continuous_weights(model: nn.Module):
 
 def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                  rank: int = 0, world_size: int = 1, batch_seqs: int = 1, before_score=None) -> dict:
-    """Legal score-first TTT as the records do it: windows are grouped into chunks of about TTT_CHUNK_TOKENS
-    scored targets; each chunk is scored with the weights as they are, and only then trained on (SGD,
-    TTT_EPOCHS passes, LR cosine-decayed across chunks) before the next chunk. `before_score(k, model)` is
-    called right before chunk k is scored (the tests check which weights scored which chunk)."""
+    """Legal score-first TTT as the records do it: windows grouped into chunks of ~TTT_CHUNK_TOKENS targets;
+    each chunk is scored with the weights as they are, only then trained on (SGD, TTT_EPOCHS passes, LR cosine
+    across chunks). `before_score(k, model)` runs right before chunk k is scored (tests check the weights)."""
     if args.ttt_mode == "lora":
         return evaluate_ttt_lora(model, tokens, args, luts, device, autocast, rank, world_size)
     if args.ttt_mode != "sgd" or args.ttt_lr_schedule not in ("cosine", "constant"):
@@ -1087,17 +1084,13 @@ def use_lora(sites: list[tuple], first: int | None):
     """Attach the adapters of sequences first.. (None: detach all)."""
     for m, a, b in sites:
         pair = None if first is None else (a[first:], b[first:])
-        if isinstance(m, GPT):
-            m.head_lora = pair
-        else:
-            m.lora = pair
+        setattr(m, "head_lora" if isinstance(m, GPT) else "lora", pair)
 
 def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                       rank: int = 0, world_size: int = 1) -> dict:
-    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736) on the plain evaluation's targets cut at BOS.
-    Each document gets fresh adapters and is read in TTT_LORA_CHUNK chunks (up to TRAIN_SEQ_LEN of its own
-    context): a chunk is scored first, then one Adam step adapts. The first TTT_PHASE_DOCS documents, in
-    TTT_PHASES groups, then train the base weights (SGD on their scored tokens) for the later documents."""
+    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736) on the plain evaluation's targets cut at BOS:
+    fresh adapters per document, read in TTT_LORA_CHUNK chunks (with up to TRAIN_SEQ_LEN of context), each
+    scored, then one Adam step. The first TTT_PHASE_DOCS documents (TTT_PHASES groups) then train the base."""
     seq_len, C = args.train_seq_len, args.ttt_lora_chunk
     if not 0 < C <= seq_len:
         raise ValueError(f"TTT_LORA_CHUNK={C} must be in 1..TRAIN_SEQ_LEN={seq_len}")
@@ -1162,9 +1155,8 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
 INT8_CLIP_Q = 99.99984 / 100.0
 
 def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmax: int, block: int = 128):
-    """Hessian-aware rounding (GPTQ): columns are quantised in order of decreasing H diagonal, and each one's
-    rounding error is pushed onto the columns not yet quantised through the Cholesky factor of H^-1, which
-    minimises the layer's output error on the calibration inputs instead of the weight error."""
+    """GPTQ: columns quantised by decreasing H diagonal, each rounding error pushed onto the columns not yet
+    done via the Cholesky factor of H^-1: minimises the output error on calibration data, not weight error."""
     W, H, n = w.clone(), hessian.clone(), w.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -1216,9 +1208,8 @@ def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
     return 8, 0.0
 
 def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict | None = None) -> dict:
-    """Large 2-D float tensors -> per-row ints (GPTQ where a Hessian is given); the rest stay float (control
-    tensors fp32, others fp16). LQER: the LQER_TOP_K block matrices with the largest error also store a
-    rank-LQER_RANK correction A @ B (SVD of the error, LQER_BITS factors)."""
+    """Large 2-D float tensors -> per-row ints (GPTQ given a Hessian); the rest stay float (control fp32, else
+    fp16). LQER: the LQER_TOP_K worst block matrices also store a rank-LQER_RANK A @ B (SVD, LQER_BITS)."""
     out = {"__quant_format__": "intN_per_row_v1", "quantized": {}, "scales": {}, "bits": {}, "dtypes": {},
            "passthrough": {}, "lqer": {}}
     errors = {}  # LQER candidates: the quantisation error of each block matrix
