@@ -428,8 +428,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v_raw = v
+        v = v_raw = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.vr_lambda is not None and v0 is not None:
             lam = self.vr_lambda.to(v.dtype)
             v = lam[0] * v0 + lam[1] * v
@@ -862,8 +861,7 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
                  polar=args.muon_ns == "polar", compiled=args.compile_ns, bf16=args.muon_bf16_reduce),
             Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], wd=args.adam_wd,
                  **adam)]
-    for g in opts[1].param_groups:
-        g["base_lr"] = args.matrix_lr
+    opts[1].param_groups[0]["base_lr"] = args.matrix_lr  # Muon's one group
     if model.lm_head is not None:
         opts.append(Adam([{"params": [model.lm_head.weight], "lr": args.head_lr, "base_lr": args.head_lr}],
                          wd=args.embed_wd, **adam))
