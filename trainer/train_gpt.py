@@ -1082,7 +1082,10 @@ def use_lora(sites: list[tuple], first: int | None):
     """Attach the adapters of sequences first.. (None: detach all)."""
     for m, a, b in sites:
         pair = None if first is None else (a[first:], b[first:])
-        setattr(m, "head_lora" if isinstance(m, GPT) else "lora", pair)
+        if isinstance(m, GPT):
+            m.head_lora = pair
+        else:
+            m.lora = pair
 
 def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                       rank: int = 0, world_size: int = 1) -> dict:
