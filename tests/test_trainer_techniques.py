@@ -262,6 +262,18 @@ def test_wallclock_cap_stops_training(tg, tiny_data, tmp_path):
     assert result["status"] == "ok" and 1 <= result["steps"] < 100000 and result["train_time_s"] < 5
 
 
+def test_a_loop_back_out_of_the_parallel_region_runs(tg, tiny_data, tmp_path):
+    # Layers 1-2 are parallel (two lanes); the loop over 0..1 sends layer 1's lane pair back into layer 0,
+    # a single-stream block, which merges the lanes as the final output does (a TypeError before).
+    env = dict(NUM_LAYERS=3, NUM_LOOPS=2, LOOP_START=0, LOOP_END=1, PARALLEL_START=1, LOOP_FROM_FRAC=0.0)
+    enc, dec = tg.layer_schedule(tg.Hyperparameters(tiny_data.env(**env)), looping=True)
+    assert enc + dec == [0, 1, 0, 1, 0, 1, 2]
+    result = run_in_process(tg, tiny_data, tmp_path / "run", **env)
+    assert result["status"] == "ok", result["error"]
+    assert all(math.isfinite(m["train_loss"]) for m in read_metrics(tmp_path / "run"))
+    assert math.isfinite(result["val_bpb"])
+
+
 def test_warmdown_modes(tg, tiny_data):
     slow = tg.Hyperparameters(tiny_data.env(ITERATIONS=20000, WARMDOWN_ITERS=1200, MAX_WALLCLOCK_SECONDS=600))
     # 1 s per step: the challenge rule's warmdown estimate (1200 s) exceeds the 600 s budget from step one

@@ -22,7 +22,7 @@ import time
 import traceback
 import uuid
 import zlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ except ImportError:  # pragma: no cover - depends on the host
     tl = None
 
 # ---------------------------------------- HYPERPARAMETERS ---------------------------------------------------
-
 class Hyperparameters:
     """All knobs, from the environment (or a mapping, for tests). Names and defaults follow the challenge."""
     def __init__(self, env: dict[str, str] | None = None):
@@ -177,8 +176,7 @@ class Hyperparameters:
 
     @property
     def train_seconds(self) -> float:
-        """The training wallclock cap (0 = none): GPTQ's calibration reads training data, so the challenge
-        counts it in the 600 s: its reserve comes off the cap."""
+        """The training wallclock cap (0 = none) less GPTQ's reserve: its calibration reads training data."""
         if self.max_wallclock_seconds <= 0:
             return 0.0
         return max(self.max_wallclock_seconds - (self.gptq_reserve_seconds if self.gptq else 0.0), 1e-3)
@@ -187,7 +185,6 @@ class Hyperparameters:
         return dict(vars(self))
 
 # ---------------------------------------- DATA --------------------------------------------------------------
-
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
 SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
 
@@ -238,8 +235,7 @@ class TokenStream:
 class DistributedTokenLoader:
     """One contiguous span per rank per call: one device with accumulation reproduces the multi-GPU batch."""
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
-        self.rank, self.world_size, self.device = rank, world_size, device
-        self.stream = TokenStream(pattern)
+        self.rank, self.world_size, self.device, self.stream = rank, world_size, device, TokenStream(pattern)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
         local_tokens = (global_tokens // (self.world_size * grad_accum_steps) // seq_len) * seq_len
@@ -330,7 +326,6 @@ def bits_per_byte(loss_sum_nats: float, token_count: int, byte_count: int) -> fl
 # === PROTECTED: METRIC END ===
 
 # ---------------------------------------- MODEL -------------------------------------------------------------
-
 # Small per-channel tensors: Adam instead of Muon, kept in float at export.
 CONTROL_TENSOR_NAME_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "vr_lambda",
                                 "attn_gate", "smear", "bigram.scale", "skip_gates", "lane_")
@@ -426,16 +421,14 @@ class CausalSelfAttention(nn.Module):
         self.gate_in = dim if self.gate_kind == "dense" else min(args.gate_window, dim)
         self.gate_scale = args.sparse_attn_gate_scale if self.gate_kind == "sparse" else 1.0
         self.attn_gate_w = nn.Parameter(torch.zeros(self.num_heads, self.gate_in)) if kinds else None
-        dense = self.gate_kind == "dense"
-        self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0)) if dense else None
+        self.attn_gate_b = nn.Parameter(torch.full((self.num_heads,), 4.0)) if kinds == ["dense"] else None
         self.xsa = layer_idx >= args.num_layers - args.xsa_last_n if args.xsa_last_n > 0 else False
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None, mask: torch.Tensor | None = None):
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v_raw = v
+        v = v_raw = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.vr_lambda is not None and v0 is not None:
             lam = self.vr_lambda.to(v.dtype)
             v = lam[0] * v0 + lam[1] * v
@@ -499,6 +492,8 @@ class Block(nn.Module):
             m = self.mlp_scale.to(a.dtype) * self.mlp(rms_norm(lane1) * self.norm_scale)
             r, p = self.lane_resid.to(a.dtype), self.lane_post.to(a.dtype)
             return (r[0] * lane0 + p[0, 0] * a + p[0, 1] * m, r[1] * lane1 + p[1, 0] * a + p[1, 1] * m), v
+        if isinstance(x, tuple):  # a loop back out of the parallel region: merge lanes as the output does
+            x = 0.5 * (x[0] + x[1])
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
         a, v = self.attn(rms_norm(x) * self.norm_scale, v0, mask)
         x = x + self.attn_scale.to(x.dtype)[None, None, :] * a
@@ -649,7 +644,6 @@ def triton_usable(t: torch.Tensor) -> bool:
     return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 if triton is not None:
-
     @triton.jit
     def _softcap_ce_kernel(z_ptr, tgt_ptr, loss_ptr, grad_ptr, stride_row, n_cols, cap, inv_n,
                            BLOCK: tl.constexpr):
@@ -717,7 +711,6 @@ def flops_per_token(args: Hyperparameters, model: nn.Module) -> float:
     return 6.0 * matmul + attn
 
 # ---------------------------------------- OPTIMIZER ---------------------------------------------------------
-
 # Polar Express (Amsel et al. 2025; PR #1344 on): minimax coefficients per step, then the last one repeats
 POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
                  (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -868,16 +861,11 @@ def build_optimizers(model: GPT, args: Hyperparameters, device: torch.device):
                  polar=args.muon_ns == "polar", compiled=args.compile_ns, bf16=args.muon_bf16_reduce),
             Adam([{"params": scalar, "lr": args.scalar_lr, "base_lr": args.scalar_lr}], wd=args.adam_wd,
                  **adam)]
-    for g in opts[1].param_groups:
-        g["base_lr"] = args.matrix_lr
+    opts[1].param_groups[0]["base_lr"] = args.matrix_lr  # Muon's one group
     if model.lm_head is not None:
         opts.append(Adam([{"params": [model.lm_head.weight], "lr": args.head_lr, "base_lr": args.head_lr}],
                          wd=args.embed_wd, **adam))
     return opts
-
-def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    """Constant LR, then a linear warmdown to zero, or to the floor MIN_LR."""
-    return max(warmdown_scale(args, step, elapsed_ms), args.min_lr)
 
 def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """Share of the run done, by the cap that binds first (iterations or wallclock)."""
@@ -886,23 +874,24 @@ def training_progress(args: Hyperparameters, step: int, elapsed_ms: float) -> fl
         progress = max(progress, elapsed_ms / (1000.0 * args.train_seconds))
     return progress
 
-def warmdown_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    max_ms = 1000.0 * args.train_seconds if args.train_seconds > 0 else None
+def lr_scale(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """Constant LR, then a linear warmdown to zero, or to the floor MIN_LR."""
     if args.warmdown_mode == "time_fraction":
         # the slow-hardware fix: the last WARMDOWN_FRAC of the run by the binding cap, whatever a step costs
         progress = training_progress(args, step, elapsed_ms)
-        return float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
-    if args.warmdown_mode != "iters":
+        scale = float(min(1.0, max(0.0, (1.0 - progress) / max(args.warmdown_frac, 1e-9))))
+    elif args.warmdown_mode != "iters":
         raise ValueError(f"WARMDOWN_MODE={args.warmdown_mode!r}: expected iters or time_fraction")
-    if args.warmdown_iters <= 0:
-        return 1.0
-    if max_ms is None:
+    elif args.warmdown_iters <= 0:
+        scale = 1.0
+    elif args.train_seconds <= 0:
         start = max(args.iterations - args.warmdown_iters, 0)
-        return max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
-    # the challenge's rule; on slow hardware it exceeds the budget and decays from the first step (known bug)
-    warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))  # at the mean step time so far
-    remaining_ms = max(max_ms - elapsed_ms, 0.0)
-    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+        scale = max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0) if step >= start else 1.0
+    else:  # the challenge's rule: on slow hardware it decays from the first step (a known bug)
+        warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))  # at the mean step time so far
+        remaining_ms = max(1000.0 * args.train_seconds - elapsed_ms, 0.0)
+        scale = remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+    return max(scale, args.min_lr)
 
 class EMA:
     """Shadow fp32 weights, ema = d * ema + (1 - d) * w after each step; used for eval and export."""
@@ -920,7 +909,6 @@ class EMA:
             p.copy_(s.to(p.dtype))
 
 # ---------------------------------------- EVALUATION --------------------------------------------------------
-
 def eval_windows(num_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored position) per window of seq_len inputs. Targets are the tokens after position 0,
     truncated to a multiple of seq_len as in the challenge; every target is scored exactly once. With a
@@ -945,9 +933,8 @@ def window_batch(tokens: torch.Tensor, batch: list[tuple[int, int]], seq_len: in
 def score_windows(model: GPT, tokens: torch.Tensor, windows: list[tuple[int, int]], seq_len: int,
                   batch_seqs: int, luts, device: torch.device, autocast) -> tuple[float, int, int]:
     """(sum of nats, scored targets, their bytes) over the given windows, float64/int64 sums."""
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    tok_count = torch.zeros((), device=device, dtype=torch.int64)
-    byte_count = torch.zeros((), device=device, dtype=torch.int64)
+    loss_sum, tok_count, byte_count = (torch.zeros((), device=device, dtype=dtype)
+                                       for dtype in (torch.float64, torch.int64, torch.int64))
     pos = torch.arange(seq_len)
     for i in range(0, len(windows), batch_seqs):
         batch = windows[i:i + batch_seqs]
@@ -969,9 +956,6 @@ def all_reduce_sums(values: tuple[float, int, int], device: torch.device) -> tup
     dist.all_reduce(t)
     dist.all_reduce(c)
     return float(t.item()), int(c[0].item()), int(c[1].item())
-
-def add_sums(total: list, sums) -> list:
-    return [total[0] + sums[0], total[1] + sums[1], total[2] + sums[2]]
 
 def score_shard(model, tokens, windows, args, luts, device, autocast, rank, world_size, batch_seqs):
     """Scores this rank's contiguous share of the windows; the sums of all ranks."""
@@ -996,8 +980,7 @@ def summarize(sums: tuple[float, int, int]) -> dict:
                 bytes=nbytes)
 
 def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float, epochs: int,
-                  args: Hyperparameters, device, autocast, rank: int, world_size: int, batch_seqs: int,
-                  state: dict):
+                  args: Hyperparameters, device, autocast, rank, world_size, batch_seqs, state: dict):
     """SGD (momentum 0.9, clip 1.0) on whole sequences whose targets lie in [lo, hi), i.e. already scored."""
     seq_len, step = args.train_seq_len, batch_seqs * world_size
     seqs = [(s, 0) for s in range(lo - 1, hi - seq_len, seq_len)]
@@ -1032,25 +1015,21 @@ def sgd_on_scored(model: GPT, tokens: torch.Tensor, lo: int, hi: int, lr: float,
         p.grad = None
     model.eval()
 
-class ContinuousWeights:
+@contextmanager
+def continuous_weights(model: nn.Module):
     """TTT updates and scores the continuous weights: QAT's fake quantisation is off inside this block."""
-    def __init__(self, model: nn.Module):
-        self.mods = [(m, m.qat_bits) for m in model.modules() if isinstance(m, CastedLinear)]
-
-    def __enter__(self):
-        for m, _ in self.mods:
-            m.qat_bits = 0
-
-    def __exit__(self, *exc):
-        for m, bits in self.mods:
-            m.qat_bits = bits
+    mods = [(m, m.qat_bits) for m in model.modules() if isinstance(m, CastedLinear)]
+    for m, _ in mods:
+        m.qat_bits = 0
+    yield
+    for m, bits in mods:
+        m.qat_bits = bits
 
 def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                  rank: int = 0, world_size: int = 1, batch_seqs: int = 1, before_score=None) -> dict:
-    """Legal score-first TTT as the records do it: windows are grouped into chunks of about TTT_CHUNK_TOKENS
-    scored targets; each chunk is scored with the weights as they are, and only then trained on (SGD,
-    TTT_EPOCHS passes, LR cosine-decayed across chunks) before the next chunk. `before_score(k, model)` is
-    called right before chunk k is scored (the tests check which weights scored which chunk)."""
+    """Legal score-first TTT as the records do it: windows grouped into chunks of ~TTT_CHUNK_TOKENS targets;
+    each chunk is scored with the weights as they are, only then trained on (SGD, TTT_EPOCHS passes, LR cosine
+    across chunks). `before_score(k, model)` runs right before chunk k is scored (tests check the weights)."""
     if args.ttt_mode == "lora":
         return evaluate_ttt_lora(model, tokens, args, luts, device, autocast, rank, world_size)
     if args.ttt_mode != "sgd" or args.ttt_lr_schedule not in ("cosine", "constant"):
@@ -1066,14 +1045,14 @@ def evaluate_ttt(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, 
     # target token indices [lo, hi) each chunk scores; consecutive chunks tile the scored targets
     spans = [(c[0][0] + 1 + c[0][1], c[-1][0] + 1 + seq_len) for c in chunks]
     total, per_chunk, state = [0.0, 0, 0], [], {}
-    with ContinuousWeights(model):
+    with continuous_weights(model):
         for k, chunk in enumerate(chunks):
             if before_score is not None:
                 before_score(k, model)
             model.eval()
             per_chunk.append(score_shard(model, tokens, chunk, args, luts, device, autocast, rank, world_size,
                                          batch_seqs))
-            total = add_sums(total, per_chunk[-1])
+            total = [t + s for t, s in zip(total, per_chunk[-1], strict=True)]
             if k == len(chunks) - 1:
                 break  # nothing left to score: an update now would change no score
             cos = 0.5 * (1.0 + math.cos(math.pi * k / max(len(chunks) - 1, 1)))
@@ -1110,10 +1089,9 @@ def use_lora(sites: list[tuple], first: int | None):
 
 def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, luts, device, autocast,
                       rank: int = 0, world_size: int = 1) -> dict:
-    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736) on the plain evaluation's targets cut at BOS.
-    Each document gets fresh adapters and is read in TTT_LORA_CHUNK chunks (up to TRAIN_SEQ_LEN of its own
-    context): a chunk is scored first, then one Adam step adapts. The first TTT_PHASE_DOCS documents, in
-    TTT_PHASES groups, then train the base weights (SGD on their scored tokens) for the later documents."""
+    """Phased per-document LoRA TTT (PRs #1530, #1610, #1736) on the plain evaluation's targets cut at BOS:
+    fresh adapters per document, read in TTT_LORA_CHUNK chunks (with up to TRAIN_SEQ_LEN of context), each
+    scored, then one Adam step. The first TTT_PHASE_DOCS documents (TTT_PHASES groups) then train the base."""
     seq_len, C = args.train_seq_len, args.ttt_lora_chunk
     if not 0 < C <= seq_len:
         raise ValueError(f"TTT_LORA_CHUNK={C} must be in 1..TRAIN_SEQ_LEN={seq_len}")
@@ -1125,7 +1103,7 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     groups = [docs[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a] + [docs[n_phased:]]
     base = [p for p in model.parameters() if p.requires_grad]
     total, per_chunk, spans, state = [0.0, 0, 0], [], [], {}
-    with ContinuousWeights(model):
+    with continuous_weights(model):
         for gi, group in enumerate(groups):
             mine = sorted(group[rank::world_size], key=lambda d: d[1] - d[0])  # similar lengths batch well
             for p in base:
@@ -1156,7 +1134,8 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
                     for j, (s, _) in enumerate(batch[k0:]):
                         per_chunk.append((float(nats[j]), int(ntok[j]), int(nbytes[j])))
                         spans.append((s + 1 + c * C, s + 1 + c * C + int(ntok[j])))
-                    total = add_sums(total, (float(nats.sum()), int(ntok.sum()), int(nbytes.sum())))
+                    sums = (float(nats.sum()), int(ntok.sum()), int(nbytes.sum()))
+                    total = [t + s for t, s in zip(total, sums, strict=True)]
                     if c == n_chunks - 1:
                         break
                     # one Adam step per document on the mean loss of the chunk it just scored
@@ -1174,13 +1153,11 @@ def evaluate_ttt_lora(model: GPT, tokens: torch.Tensor, args: Hyperparameters, l
     return dict(summarize(all_reduce_sums(tuple(total), device)), chunks=per_chunk, spans=spans)
 
 # ---------------------------------------- QUANTIZATION ------------------------------------------------------
-
 INT8_CLIP_Q = 99.99984 / 100.0
 
 def gptq_columns(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmax: int, block: int = 128):
-    """Hessian-aware rounding (GPTQ): columns are quantised in order of decreasing H diagonal, and each one's
-    rounding error is pushed onto the columns not yet quantised through the Cholesky factor of H^-1, which
-    minimises the layer's output error on the calibration inputs instead of the weight error."""
+    """GPTQ: columns quantised by decreasing H diagonal, each rounding error pushed onto the columns not yet
+    done via the Cholesky factor of H^-1: minimises the output error on calibration data, not weight error."""
     W, H, n = w.clone(), hessian.clone(), w.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -1232,9 +1209,8 @@ def export_bits(name: str, args: Hyperparameters) -> tuple[int, float]:
     return 8, 0.0
 
 def quantize_state_dict(state_dict: dict, args: Hyperparameters, hessians: dict | None = None) -> dict:
-    """Large 2-D float tensors -> per-row ints (GPTQ where a Hessian is given); the rest stay float (control
-    tensors fp32, others fp16). LQER: the LQER_TOP_K block matrices with the largest error also store a
-    rank-LQER_RANK correction A @ B (SVD of the error, LQER_BITS factors)."""
+    """Large 2-D float tensors -> per-row ints (GPTQ given a Hessian); the rest stay float (control fp32, else
+    fp16). LQER: the LQER_TOP_K worst block matrices also store a rank-LQER_RANK A @ B (SVD, LQER_BITS)."""
     out = {"__quant_format__": "intN_per_row_v1", "quantized": {}, "scales": {}, "bits": {}, "dtypes": {},
            "passthrough": {}, "lqer": {}}
     errors = {}  # LQER candidates: the quantisation error of each block matrix
@@ -1319,7 +1295,6 @@ def load_exported(path: Path, args: Hyperparameters) -> dict:
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
 
 # ---------------------------------------- TRAINING ----------------------------------------------------------
-
 class RunContext:
     """Process-level facts: device, ranks, logging. One per process."""
     def __init__(self, args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0):
@@ -1336,8 +1311,10 @@ class RunContext:
                          if args.dtype == "bf16" else nullcontext())
         self.master, self.run_dir = rank == 0, Path(args.run_dir)
         self.log_path, self.metrics_path = self.run_dir / "train.log", self.run_dir / "metrics.jsonl"
-        if self.master:
+        if self.master:  # a fresh log and metrics file per run
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for p in (self.log_path, self.metrics_path):
+                p.unlink(missing_ok=True)
 
     def append(self, path: Path, line: str):
         if self.master:
@@ -1366,13 +1343,6 @@ class RunContext:
             return f"{self.world_size}x {torch.cuda.get_device_name(self.device)}"
         return f"{self.world_size}x cpu ({os.cpu_count()} cores)"
 
-def set_seed(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -1390,13 +1360,13 @@ def write_results(ctx: RunContext, result: dict):
         tmp.write_text(json.dumps(result, indent=2, default=str))
         tmp.replace(ctx.run_dir / "results.json")
 
-def base_result(ctx: RunContext, source: str) -> dict:
+def base_result(args: Hyperparameters, world_size: int, source: str) -> dict:
     """Every field of the RunResult record, filled in as the run goes."""
     return dict(status="error", error=None, val_bpb=None, val_bpb_prequant=None, val_loss=None,
                 val_tokens=None, val_bytes=None, holdout_bpb=None, steps=None, train_tokens=None,
                 train_time_s=None, eval_time_s=None, bytes_code=len(source.encode("utf-8")), bytes_model=None,
-                bytes_total=None, over_cap=None, seed=ctx.args.seed, world_size=ctx.world_size,
-                device=ctx.device_name(), torch_version=torch.__version__, hyperparameters=ctx.args.as_dict(),
+                bytes_total=None, over_cap=None, seed=args.seed, world_size=world_size, device=None,
+                torch_version=torch.__version__, hyperparameters=args.as_dict(),
                 script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest())
 
 def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
@@ -1471,9 +1441,8 @@ def train(ctx: RunContext, model: GPT, result: dict) -> EMA | None:
             ctx.sync()
             train_ms += 1000.0 * (time.perf_counter() - t0)
             ev = ctx.evaluate(model, ctx.val_tokens, ctx.luts)
-            ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} "
-                    f"val_bpb:{ev['val_bpb']:.4f} "
-                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            ctx.log(f"step:{step}/{args.iterations} val_loss:{ev['val_loss']:.4f} val_bpb:{ev['val_bpb']:.4f}"
+                    f" train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
             ctx.sync()
             t0 = time.perf_counter()
         if last:
@@ -1576,21 +1545,16 @@ def load_validation(ctx: RunContext, sp):
 def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> dict:
     """One whole run (the caller set up torch.distributed); always writes results.json, then re-raises."""
     source = Path(__file__).read_text(encoding="utf-8")
+    result = base_result(args, world_size, source)
     try:
         ctx = RunContext(args, rank, world_size, local_rank)
     except BaseException as e:  # bad DEVICE/DTYPE: still leave a result behind
         if rank == 0:
             Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(args.run_dir) / "results.json").write_text(json.dumps(dict(
-                status="error", error=traceback.format_exception_only(type(e), e)[-1].strip(), seed=args.seed,
-                world_size=world_size, torch_version=torch.__version__, hyperparameters=args.as_dict(),
-                bytes_code=len(source.encode("utf-8")),
-                script_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest()), indent=2))
+            result["error"] = traceback.format_exception_only(type(e), e)[-1].strip()
+            (Path(args.run_dir) / "results.json").write_text(json.dumps(result, indent=2))
         raise
-    result = base_result(ctx, source)
-    if ctx.master:
-        for p in (ctx.log_path, ctx.metrics_path):
-            p.unlink(missing_ok=True)
+    result["device"] = ctx.device_name()
     ctx.log(source, console=False)
     ctx.log("=" * 100, console=False)
     ctx.log(f"python {sys.version.split()[0]} torch {torch.__version__} device {ctx.device_name()}")
@@ -1600,12 +1564,12 @@ def run(args: Hyperparameters, rank: int = 0, world_size: int = 1, local_rank: i
             torch.cuda.set_device(ctx.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            try:
-                smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
-                ctx.log(smi, console=False)
-            except (OSError, subprocess.SubprocessError):
-                pass
-        set_seed(args.seed)
+            with suppress(OSError, subprocess.SubprocessError):
+                ctx.log(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout,
+                        console=False)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)  # seeds every CUDA device too
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
         load_validation(ctx, sp)
