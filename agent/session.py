@@ -41,7 +41,7 @@ from tools.sweep import hardware_id
 from tools.toolbox import load_tools
 
 DEFAULT_TIER = "cpu-smoke"
-AGENT_BLOCKS = ("confirmed", "dead_ends", "frontier", "queue_status")
+AGENT_BLOCKS = ("confirmed", "dead_ends", "preset_worth", "frontier", "queue_status")
 
 
 class SessionSummary(BaseModel):

@@ -29,10 +29,11 @@ from memory.frontier import load_synonyms
 from memory.knobs import ENV_NAME
 from memory.records import FindingRecord
 
-BLOCK_NAMES = ("confirmed", "dead_ends", "frontier", "queue_status", "log")
+BLOCK_NAMES = ("confirmed", "dead_ends", "preset_worth", "frontier", "queue_status", "log")
 BLOCK_HEADINGS = {  # used when a block is missing and write_blocks appends it
     "confirmed": "Confirmed deltas",
     "dead_ends": "Dead ends",
+    "preset_worth": "What the start preset's techniques are worth here",
     "frontier": "Frontier",
     "queue_status": "Queue status",
     "log": "Session log",
@@ -528,6 +529,39 @@ def render_confirmed(findings: Iterable[FindingRecord]) -> str:
                 f.experiment or "–",
             ]
             for f in rows
+        ),
+    )
+
+
+PRESET_WORTH_HEADER = ["technique", "ablation", "tier", "delta bpb with it", "95% CI", "n", "reading"]
+
+
+def render_preset_worth(ablations: Iterable[tuple[FindingRecord, str]]) -> str:
+    """Ablations of the start preset read the other way round: a finding for "no_ttt" (TTT_ENABLE 1->0,
+    delta +0.026) says the preset's TTT is worth -0.026 on this tier. `ablations` pairs each finding with
+    what it turned off; the table shows the preset's techniques, most valuable first."""
+
+    def reading(f: FindingRecord) -> str:
+        if f.status == "confirmed":
+            return "hurts here: removing it won"
+        if f.ci_low is not None and f.ci_low > 0:
+            return "helps here: removing it is worse"
+        return "no effect shown here"
+
+    rows = sorted(ablations, key=lambda a: -(a[0].delta or 0.0))
+    return _table(
+        PRESET_WORTH_HEADER,
+        (
+            [
+                f.technique,
+                turned_off,
+                f.tier,
+                _fmt(-f.delta if f.delta is not None else None),
+                "–" if f.ci_low is None or f.ci_high is None else f"[{_fmt(-f.ci_high)}, {_fmt(-f.ci_low)}]",
+                str(f.n),
+                reading(f),
+            ]
+            for f, turned_off in rows
         ),
     )
 

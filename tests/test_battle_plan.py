@@ -17,6 +17,7 @@ from memory.battle_plan import (
     parse_plan,
     render_confirmed,
     render_dead_ends,
+    render_preset_worth,
     set_queue_state,
     write_blocks,
 )
@@ -363,6 +364,7 @@ def test_shipped_battle_plan_is_a_real_starting_plan():
     assert set(plan.blocks) == set(BLOCK_NAMES)
     assert plan.blocks["confirmed"] == render_confirmed([])
     assert plan.blocks["dead_ends"] == render_dead_ends([])
+    assert plan.blocks["preset_worth"] == render_preset_worth([])
     assert plan.directives
 
     by = {q.technique: q for q in plan.queue}

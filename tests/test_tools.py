@@ -192,3 +192,77 @@ def test_a_finding_cannot_be_confirmed_without_the_judges_decision(ctx):
         not in plan.split("<!-- golf:begin confirmed -->")[1].split("<!-- golf:end confirmed -->")[0]
     )
     assert "- be careful" in plan  # the human's part survives
+
+
+def test_an_ablation_of_the_start_preset_is_written_as_what_the_technique_is_worth_here(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from memory.records import EventRecord
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "trainer").mkdir()
+    shutil.copy(root / "trainer" / "train_gpt.py", tmp_path / "trainer" / "train_gpt.py")
+    shutil.copy(root / "presets.toml", tmp_path / "presets.toml")
+    (tmp_path / "battle_plan.md").write_text(PLAN)
+    load_tools()
+    ws = Workspace.at(tmp_path)
+    tier = Tier(name="cpu-smoke", hardware="cpu")
+    ctx = ToolContext(ws=ws, ledger=Ledger(ws.ledger), session="s1", tier=tier, tiers={"cpu-smoke": tier})
+    inc_env = {
+        "TTT_ENABLE": "1",
+        "TTT_MODE": "lora",
+        "NUM_LOOPS": "2",
+        "PARALLEL_START": "8",
+        "MATRIX_BITS": "6",
+    }
+    ctx.ledger.append(EventRecord(session="s1", event="start_preset", detail={"name": "frontier"}))
+    ctx.ledger.append(
+        RunRecord(
+            session="s1",
+            run_id="inc",
+            experiment="aa",
+            candidate="incumbent",
+            tier="cpu-smoke",
+            hardware="cpu",
+            seed=1337,
+            script_sha="s0",
+            env=inc_env,
+            result=RunResult(status="ok", val_bpb=3.6),
+        )
+    )
+
+    def decide(name: str, change: dict[str, str], delta: float, lo: float, hi: float) -> None:
+        ctx.ledger.append(
+            DecisionRecord(
+                session="s1",
+                experiment=f"e-{name}",
+                candidate=name,
+                technique=name,
+                tier="cpu-smoke",
+                hardware="cpu",
+                outcome="rejected",
+                kept=False,
+                delta=delta,
+                ci_low=lo,
+                ci_high=hi,
+                p_value=0.99,
+                n_candidate=2,
+                incumbent_runs=["inc"],
+                env=inc_env | change,  # a candidate's env holds the incumbent's as well
+            )
+        )
+        assert registry.call("record_finding", {"technique": name, "status": "rejected"}, ctx).ok
+
+    decide("no_ttt", {"TTT_ENABLE": "0"}, 0.026, 0.0158, 0.0362)  # switched back to the trainer's default
+    decide("no_recurrence", {"NUM_LOOPS": "0"}, 0.005, -0.005, 0.015)
+    decide("parallel_from_3", {"PARALLEL_START": "3"}, 0.0047, 0.0039, 0.0055)  # moved, not removed
+    plan = ctx.ws.battle_plan.read_text()
+    worth = plan.split("<!-- golf:begin preset_worth -->")[1].split("<!-- golf:end preset_worth -->")[0]
+    rows = [r for r in worth.splitlines() if r.startswith("| no_") or r.startswith("| parallel")]
+    assert rows == [
+        "| no_ttt | TTT_ENABLE 1->0 | cpu-smoke | -0.0260 | [-0.0362, -0.0158] | 2 | helps here: removing it is worse |",
+        "| no_recurrence | NUM_LOOPS 2->0 | cpu-smoke | -0.0050 | [-0.0150, +0.0050] | 2 | no effect shown here |",
+    ]
+    # all three stay dead ends as experiments; the block was appended under its heading for this plan
+    assert "What the start preset's techniques are worth here" in plan and "| parallel_from_3 |" in plan

@@ -11,8 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from memory.battle_plan import render_confirmed, render_dead_ends, write_blocks
-from memory.records import DecisionRecord, FindingRecord
+from memory.battle_plan import render_confirmed, render_dead_ends, render_preset_worth, write_blocks
+from memory.knobs import read_knobs
+from memory.presets import PRESETS_FILE, PresetError, get_preset
+from memory.records import DecisionRecord, EventRecord, FindingRecord, RunRecord
 from tools.context import ToolContext
 from tools.registry import ToolError, tool
 
@@ -42,12 +44,66 @@ def latest_findings(ctx: ToolContext) -> list[FindingRecord]:
     return list(latest.values())
 
 
+def _same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a.strip().lower() == b.strip().lower()
+
+
+def ablation_of(env: dict[str, str], preset_env: dict[str, str], defaults: dict[str, str]) -> str | None:
+    """What an experiment turns off of its start preset, e.g. "TTT_ENABLE 1->0": every knob it sets is one
+    the preset moved, set back to the trainer's default. None when it is not an ablation (PARALLEL_START=3
+    on a preset with 8 moves the technique, it does not remove it)."""
+    parts = []
+    for k, v in env.items():
+        if k not in preset_env or k not in defaults or _same(preset_env[k], v) or not _same(v, defaults[k]):
+            return None
+        parts.append(f"{k} {preset_env[k]}->{v}")
+    return ", ".join(parts) or None
+
+
+def preset_ablations(ctx: ToolContext, found: list[FindingRecord]) -> list[tuple[FindingRecord, str]]:
+    """The findings that ablate the preset their session started from, with what each turned off."""
+    records = ctx.ledger.records()
+    starts = {
+        e.session: str(e.detail.get("name"))
+        for e in records
+        if isinstance(e, EventRecord) and e.event == "start_preset"
+    }
+    if not starts:
+        return []
+    decisions = {d.experiment: d for d in records if isinstance(d, DecisionRecord)}
+    run_env = {r.run_id: r.env for r in records if isinstance(r, RunRecord)}
+    defaults = {k.name: k.default for k in read_knobs(ctx.ws.script.read_text(encoding="utf-8"))}
+    presets: dict[str, dict[str, str]] = {}
+    out = []
+    for f in found:
+        d = decisions.get(f.experiment or "")
+        name = starts.get(d.session) if d else None
+        if d is None or name is None or f.status == "inconclusive":
+            continue
+        if name not in presets:
+            try:
+                presets[name] = get_preset(ctx.ws.root / PRESETS_FILE, name).env
+            except PresetError:  # an unreadable presets file costs this table, never the findings
+                presets[name] = {}
+        # what the candidate changed against the incumbent it was judged with (its env holds both)
+        inc = next((run_env[r] for r in d.incumbent_runs if r in run_env), {})
+        changed = {k: v for k, v in d.env.items() if k not in inc or not _same(inc[k], v)}
+        turned_off = ablation_of(changed, presets[name], defaults)
+        if turned_off:
+            out.append((f, turned_off))
+    return out
+
+
 def rewrite_plan_blocks(ctx: ToolContext) -> list[str]:
     """Blocks are rendered from the whole ledger every time, so a crash between steps is harmless."""
     found = latest_findings(ctx)
     blocks = {
         "confirmed": render_confirmed([f for f in found if f.status == "confirmed"]),
         "dead_ends": render_dead_ends([f for f in found if f.status != "confirmed"]),
+        "preset_worth": render_preset_worth(preset_ablations(ctx, found)),
     }
     write_blocks(ctx.ws.battle_plan, blocks)
     return sorted(blocks)
