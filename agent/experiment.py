@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,6 +66,9 @@ class ExperimentRunner:
         self.tier = ctx.tier
         self.progress = progress
         self.hardware = ""
+        # why n more runs do not fit the session's budget (None: they fit); the session sets it, so that
+        # a further seed is bought only with money and minutes that are left (agent/session.py, afford)
+        self.afford: Callable[[int], str | None] | None = None
         ctx.on_run = self._on_run
 
     def _on_run(self, phase: str, run_id: str, rec: RunRecord | None) -> None:
@@ -283,6 +287,7 @@ class ExperimentRunner:
         first = self.first_seed(spec)
         seeds_all = list(range(first, first + seeds_max))
         runs: list[RunRecord] = []
+        budget_stop = ""
         kind = noise_kind(
             spec.technique,
             [k for k in cand_env if cand_env.get(k) != inc_env.get(k)],
@@ -305,7 +310,14 @@ class ExperimentRunner:
         )
 
         def measure(seeds: list[int]) -> tuple[dict[int, float], dict[int, float]] | None:
-            nonlocal inc_runs
+            nonlocal inc_runs, budget_stop
+            if runs and self.afford is not None:  # a further look: its runs must fit what is left
+                have = {r.seed for r in self.incumbent_runs()}
+                why = self.afford(len(seeds) + sum(s not in have for s in seeds))
+                if why:
+                    budget_stop = f"no further seed: {why}"
+                    self.progress.line(f"{exp_id}: {budget_stop}")
+                    return None
             _, recs = sweep(
                 SweepArgs(
                     candidates=[Candidate(name=spec.name, env=spec.env)],
@@ -340,6 +352,8 @@ class ExperimentRunner:
             diff_prior=diff_prior,
             futility_p=self.tier.futility_p,
         )
+        if budget_stop and verdict is not None:  # the judge wanted more; the budget said no
+            verdict = verdict.model_copy(update={"reason": f"{verdict.reason}; {budget_stop}"})
         return self.decide(
             spec,
             proposal,

@@ -242,6 +242,7 @@ class Session:
             python=sys.executable,
         )
         self.runner = ExperimentRunner(self.ctx, self.progress)
+        self.runner.afford = self.afford
         self.t0 = time.time()
         self.prior_elapsed = 0.0
         self.plan_sha = ""
@@ -271,13 +272,30 @@ class Session:
             dollars=None if b.dollars is None else max(0.0, b.dollars - dollars),
         )
 
+    def afford(self, runs: int) -> str | None:
+        """Why `runs` more runs do not fit the money or minutes left (None: they fit), at the tier's
+        recent wall time per run; the experiment asks before each further seed."""
+        left = self.budget_left()
+        wall_s = self.runner.expected_run_s() / max(1, self.tier.nproc)
+        if left.dollars is not None and self.tier.price_per_hour:
+            cost = runs * wall_s * self.tier.price_per_hour / 3600
+            if cost > left.dollars:
+                return f"{runs} more run(s) cost ~${cost:.2f}, ${left.dollars:.2f} of the budget is left"
+        if left.minutes is not None and runs * wall_s / 60 > left.minutes:
+            return f"{runs} more run(s) take ~{runs * wall_s / 60:.1f} min, {left.minutes:.1f} min are left"
+        return None
+
     def out_of_budget(self) -> str | None:
         spent = self.spent()
         left = self.budget_left(spent)
         if left.experiments is not None and left.experiments <= 0:
             return "experiment budget spent"
-        if left.dollars is not None and left.dollars <= 0 and self.tier.price_per_hour:
-            return "dollar budget spent"
+        if left.dollars is not None and self.tier.price_per_hour:
+            # an experiment starts only when its first look (seeds_initial runs) is paid for
+            wall_s = self.runner.expected_run_s() / max(1, self.tier.nproc)
+            first = self.tier.seeds_initial * wall_s * self.tier.price_per_hour / 3600
+            if left.dollars <= 0 or left.dollars < first:
+                return f"dollar budget spent (${left.dollars:.2f} left, a first look costs ~${first:.2f})"
         if left.minutes is not None:
             need = self.runner.expected_experiment_s() / 60
             if left.minutes <= 0 or (spent[0] > 0 and left.minutes < need):
