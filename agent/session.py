@@ -272,17 +272,21 @@ class Session:
             dollars=None if b.dollars is None else max(0.0, b.dollars - dollars),
         )
 
+    def run_price(self, runs: int) -> tuple[float, float]:
+        """(dollars, minutes) of `runs` more runs at the tier's recent wall time per run."""
+        wall_s = runs * self.runner.expected_run_s() / max(1, self.tier.nproc)
+        return wall_s * (self.tier.price_per_hour or 0.0) / 3600, wall_s / 60
+
     def afford(self, runs: int) -> str | None:
         """Why `runs` more runs do not fit the money or minutes left (None: they fit), at the tier's
         recent wall time per run; the experiment asks before each further seed."""
         left = self.budget_left()
-        wall_s = self.runner.expected_run_s() / max(1, self.tier.nproc)
+        cost, minutes = self.run_price(runs)
         if left.dollars is not None and self.tier.price_per_hour:
-            cost = runs * wall_s * self.tier.price_per_hour / 3600
             if cost > left.dollars:
                 return f"{runs} more run(s) cost ~${cost:.2f}, ${left.dollars:.2f} of the budget is left"
-        if left.minutes is not None and runs * wall_s / 60 > left.minutes:
-            return f"{runs} more run(s) take ~{runs * wall_s / 60:.1f} min, {left.minutes:.1f} min are left"
+        if left.minutes is not None and minutes > left.minutes:
+            return f"{runs} more run(s) take ~{minutes:.1f} min, {left.minutes:.1f} min are left"
         return None
 
     def out_of_budget(self) -> str | None:
@@ -292,8 +296,7 @@ class Session:
             return "experiment budget spent"
         if left.dollars is not None and self.tier.price_per_hour:
             # an experiment starts only when its first look (seeds_initial runs) is paid for
-            wall_s = self.runner.expected_run_s() / max(1, self.tier.nproc)
-            first = self.tier.seeds_initial * wall_s * self.tier.price_per_hour / 3600
+            first, _ = self.run_price(self.tier.seeds_initial)
             if left.dollars <= 0 or left.dollars < first:
                 return f"dollar budget spent (${left.dollars:.2f} left, a first look costs ~${first:.2f})"
         if left.minutes is not None:
